@@ -1,0 +1,1 @@
+"""Hydra configs, mapped into the installed package as `leetbench.configs`."""

@@ -1,0 +1,13 @@
+"""leetbench: a benchmark harness and leaderboard for exponentially decaying causal linear attention.
+
+    S_t = λ · S_{t-1} + k_tᵀ v_t,    o_t = c · q_t S_t
+
+A method is a function registered with `@register` in a plugin file (see DESIGN.md §3 and README.md).
+"""
+
+from leetbench.problem import Inputs, Problem, ProblemError
+from leetbench.registry import Method, Registry, RegistryError, load_methods, register
+
+__version__ = "0.1.0"
+__all__ = ["register", "load_methods", "Method", "Registry", "RegistryError", "Problem", "ProblemError",
+           "Inputs", "__version__"]

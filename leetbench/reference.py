@@ -1,0 +1,100 @@
+"""The float64 reference every method is judged against, and the literal definitions that check it.
+
+`reference` is exact and chunked: per chunk of C tokens it forms the C×C decay-masked product (intra-chunk)
+and carries the D×E state between chunks (inter-chunk), so memory stays O(N·C) per head and no power of λ
+beyond C is ever formed. `literal` (the O(N²) masked parallel form) and `recurrence` (token by token) are
+the two textbook definitions, written as plainly as possible, used only in tests to check `reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from leetbench.decay import block_decay, decay_mask, decay_powers, log_decay
+from leetbench.problem import Inputs
+
+F64 = torch.float64
+# Bound on the float64 intra-chunk products formed at once, in elements (about 256 MB).
+_SEGMENT_ELEMENTS = 32 * 1024 * 1024
+
+
+def _chunk_segment(q, k, v, log_lam, state, scale):
+    """Outputs and new state for q, k, v of shape [B, H, G, c, ·]: G consecutive chunks of c tokens."""
+    c = q.shape[3]
+    mask = decay_mask(log_lam, c)[None, :, None]  # [1, H, 1, c, c]
+    scores = torch.einsum("bhgtd,bhgsd->bhgts", q, k) * mask
+    out = torch.einsum("bhgts,bhgse->bhgte", scores, v)
+    into = decay_powers(log_lam, c, start=1)[None, :, :, None]  # λ^(i+1): carried state → position i
+    reach = decay_powers(log_lam, c, reverse=True)[None, :, None, :, None]  # λ^(c-1-i): key i → chunk end
+    local = torch.einsum("bhgsd,bhgse->bhgde", k * reach, v)  # each chunk's own contribution
+    across = block_decay(log_lam, c)[None, :, None, None]
+    for g in range(q.shape[2]):
+        out[:, :, g] += torch.einsum("bhtd,bhde->bhte", q[:, :, g] * into, state)
+        state = across * state + local[:, :, g]
+    return out * scale, state
+
+
+def reference(inputs: Inputs, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact float64 outputs [B, H, N, E] and final state [B, H, D, E], on the inputs' device."""
+    q, k, v = inputs.q.to(F64), inputs.k.to(F64), inputs.v.to(F64)
+    B, H, N, D = q.shape
+    E = v.shape[-1]
+    log_lam = log_decay(inputs.decay.to(q.device))
+    state = (torch.zeros(B, H, D, E, dtype=F64, device=q.device) if inputs.initial_state is None
+             else inputs.initial_state.to(F64).clone())
+    out = torch.empty(B, H, N, E, dtype=F64, device=q.device)
+    full = (N // chunk) * chunk
+    per_chunk = max(1, B * H * chunk * max(chunk, D, E))
+    group = max(1, _SEGMENT_ELEMENTS // per_chunk) * chunk
+    start = 0
+    while start < N:
+        stop = min(start + group, full) if start < full else N
+        c = chunk if start < full else N - full
+        seg = lambda x: x[:, :, start:stop].reshape(B, H, (stop - start) // c, c, x.shape[-1])  # noqa: E731
+        o, state = _chunk_segment(seg(q), seg(k), seg(v), log_lam, state, inputs.scale)
+        out[:, :, start:stop] = o.reshape(B, H, stop - start, E)
+        start = stop
+    return out, state
+
+
+def prefix_state(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """The exact float64 state S_N = Σ_s λ^(N-1-s) k_sᵀ v_s that a prefix leaves (for decode problems)."""
+    B, H, N, D = k.shape
+    zeros_q = torch.zeros(B, H, N, D, dtype=F64, device=k.device)
+    _, state = reference(Inputs(zeros_q, k.to(F64), v.to(F64), decay, 1.0, None))
+    return state
+
+
+# ---- the literal definitions (tests only) ------------------------------------------------------------
+
+def literal(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """O = c·((QKᵀ) ⊙ M)V + c·diag(λ^t)QS0 with M[t,s] = λ^(t-s), s ≤ t; S_N = λ^N S0 + Σ λ^(N-s) k_sᵀv_s."""
+    q, k, v = inputs.q.to(F64), inputs.k.to(F64), inputs.v.to(F64)
+    N = q.shape[2]
+    lam = inputs.decay.to(F64).to(q.device)[:, None, None]
+    t = torch.arange(N, dtype=F64, device=q.device)
+    diff = t[:, None] - t[None, :]
+    mask = torch.where(diff >= 0, lam ** diff.clamp(min=0), torch.zeros((), dtype=F64, device=q.device))
+    out = inputs.scale * (q @ k.transpose(-1, -2) * mask) @ v
+    weights = (lam[:, :, 0] ** (N - 1 - t))[None, :, :, None]  # [1, H, N, 1]
+    state = (k * weights).transpose(-1, -2) @ v
+    if inputs.initial_state is not None:
+        s0 = inputs.initial_state.to(F64)
+        out = out + inputs.scale * (lam ** (t + 1)[:, None])[None] * (q @ s0)
+        state = state + (lam[:, :, 0] ** N)[None, :, :, None] * s0
+    return out, state
+
+
+def recurrence(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """S_t = λ S_{t-1} + k_tᵀ v_t, o_t = c q_t S_t, one token at a time."""
+    q, k, v = inputs.q.to(F64), inputs.k.to(F64), inputs.v.to(F64)
+    B, H, N, D = q.shape
+    E = v.shape[-1]
+    lam = inputs.decay.to(F64).to(q.device)[None, :, None, None]
+    state = (torch.zeros(B, H, D, E, dtype=F64, device=q.device) if inputs.initial_state is None
+             else inputs.initial_state.to(F64).clone())
+    out = torch.empty(B, H, N, E, dtype=F64, device=q.device)
+    for t in range(N):
+        state = lam * state + k[:, :, t, :, None] * v[:, :, t, None, :]
+        out[:, :, t] = inputs.scale * torch.einsum("bhd,bhde->bhe", q[:, :, t], state)
+    return out, state

@@ -1,0 +1,35 @@
+"""Token-by-token recurrence.
+
+    S_t = λ · S_{t-1} + k_tᵀ v_t,    o_t = c · q_t S_t,    final state S_N
+
+The literal recurrent form, one token per step with the D×E state carried (in float32 for half-precision
+inputs, as models keep it). It is the decode step of a language model applied N times, so it also serves
+`decode` problems.
+
+Complexity: O(N · D · E) time, O(D · E) state; N sequential steps (no parallelism over the sequence).
+Source: RetNet's recurrent form (Sun et al., 2023, eq. 6); LeetDecoding's `causal_dot_product_torch`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from leetbench import register
+from leetbench.decay import compute_dtype
+
+
+@register(name="recurrent", family="recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"))
+def recurrent(q, k, v, decay, *, scale, initial_state=None):
+    """One token at a time, state carried."""
+    B, H, N, D = q.shape
+    E = v.shape[-1]
+    acc = compute_dtype(q.dtype)
+    lam = decay.to(acc)[None, :, None, None]
+    state = (torch.zeros(B, H, D, E, dtype=acc, device=q.device) if initial_state is None
+             else initial_state.to(acc))
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    out = torch.empty(B, H, N, E, dtype=acc, device=q.device)
+    for t in range(N):
+        state = torch.addcmul(lam * state, ka[:, :, t, :, None], va[:, :, t, None, :])
+        out[:, :, t] = (qa[:, :, t, None, :] @ state).squeeze(-2)
+    return (out * scale).to(v.dtype), state
