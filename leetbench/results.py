@@ -182,7 +182,7 @@ def read_results(paths: Iterable[Path]) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = math.nan
     for col in ("error", "gpu", "cupy", "git_sha", "decay", "host", "complexity", "method_hash"):
-        df[col] = df[col].fillna("").astype(str)
+        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     return df
 
 

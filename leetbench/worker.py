@@ -46,8 +46,10 @@ def environment(device: str, measure_bandwidth: bool) -> dict[str, Any]:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         gpu = torch.cuda.get_device_name(dev)
+        mem_total = torch.cuda.mem_get_info(dev)[1]
     else:
         gpu = ""
+        mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     env = {
         "host": socket.gethostname(),
         "gpu": gpu,
@@ -56,6 +58,7 @@ def environment(device: str, measure_bandwidth: bool) -> dict[str, Any]:
         "cupy": cupy_version,
         "threads": torch.get_num_threads(),
         "copy_gbps": float("nan"),
+        "mem_total_bytes": mem_total,
     }
     if measure_bandwidth:
         env["copy_gbps"] = copy_bandwidth_gbps(dev)

@@ -1,0 +1,3 @@
+from leetbench.cli import main
+
+main()

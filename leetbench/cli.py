@@ -1,0 +1,207 @@
+"""The command line: `leetbench [overrides]` (also `python -m leetbench`), a Hydra app.
+
+    leetbench                                   # the smoke sweep on the CPU
+    leetbench sweep=paper device=cuda dtypes=[bfloat16]
+    leetbench report=[results/runs/a,results/runs/b] out=results/merged   # tables and plots only
+
+Bad input ends with one line `leetbench: error: …` and exit code 2; Ctrl-C writes what finished, then 130.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from leetbench.config import (ConfigError, PROGRESS, cpu_threads, normalize_rerun, problems_from,
+                              register_configs, resolve_device, select_methods)
+from leetbench.gpus import gpu_slot, visible_gpus
+from leetbench.problem import ProblemError
+from leetbench.registry import RegistryError, load_methods
+from leetbench.report import find_results, merge, write_merged, write_report
+from leetbench.results import atomic_write
+from leetbench.runner import RunSettings, Runner
+
+register_configs()
+
+USER_ERRORS = (ConfigError, RegistryError, ProblemError, FileNotFoundError)
+
+
+def fail(message: str) -> None:
+    print(f"leetbench: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_folder() -> Path:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not under Hydra (called from Python)
+        raise ConfigError("run folder unknown: call leetbench through its command line") from None
+
+
+def summary_table(board_table: Any, limit: int = 12) -> str:
+    cols = ["rank", "method", "family", "ok", "problems", "speedup", "median_rel_err", "fitted_exponent"]
+    t = board_table[cols].head(limit).copy()
+    t["speedup"] = t["speedup"].map(lambda v: f"{v:.2f}x" if v == v else "-")
+    t["median_rel_err"] = t["median_rel_err"].map(lambda v: f"{v:.1e}" if v == v else "-")
+    t["fitted_exponent"] = t["fitted_exponent"].map(lambda v: f"{v:.2f}" if v == v else "-")
+    t["rank"] = t["rank"].astype("string").fillna("-")
+    return t.to_string(index=False)
+
+
+def report_only(cfg: DictConfig, out: Path) -> int:
+    paths = find_results(cfg.report)
+    if not paths:
+        raise ConfigError(f"no results.csv found under {list(cfg.report)}")
+    df = merge(paths)
+    if len(paths) > 1 or paths[0].parent.resolve() != out.resolve():
+        write_merged(df, out)
+    rep = write_report(df, out, cfg.baseline, plots=cfg.plots)
+    print(f"merged {len(paths)} results file(s), {len(df)} rows → {out}")
+    print(summary_table(rep.board.table))
+    return 0
+
+
+def sweep(cfg: DictConfig, out: Path) -> int:
+    if cfg.progress not in PROGRESS:
+        raise ConfigError(f"progress={cfg.progress!r}: use one of {', '.join(PROGRESS)}")
+    device = resolve_device(cfg.device)
+    problems = problems_from(cfg.sweep, list(cfg.dtypes), device, cfg.seed)
+    registry = load_methods(list(cfg.methods_dirs))
+    methods = select_methods(registry, list(cfg.methods), list(cfg.exclude))
+    for f in registry.failures:
+        print(f"leetbench: warning: plugin {f.source} failed to load: {f.error}", file=sys.stderr)
+    if not methods:
+        raise ConfigError("no methods selected: check methods= and exclude=; known: " + ", ".join(registry.names()))
+    settings = RunSettings(
+        out=out, device=device, timeout_s=float(cfg.timeout_s), reference_timeout_s=float(cfg.reference_timeout_s),
+        rerun=normalize_rerun(cfg.rerun), threads=cpu_threads(cfg.threads) if device == "cpu" else cfg.threads,
+        methods_dirs=list(cfg.methods_dirs), timing=OmegaConf.to_container(cfg.timing),
+        tolerances=OmegaConf.to_container(cfg.tolerances), memory_fraction=float(cfg.memory_fraction),
+        progress=cfg.progress,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    print(f"leetbench: {len(problems)} problems × {len(methods)} methods on {device} → {out}", file=sys.stderr)
+    runner = Runner(problems, methods, settings, registry.failures)
+    with pinned_gpu(cfg, device) as env:
+        settings.worker_env.update(env)
+        result = runner.run()
+    df = runner.store.read()
+    failures = [(f.source, f.error) for f in registry.failures]
+    if not df.empty:
+        rep = write_report(df, out, cfg.baseline, plots=cfg.plots, load_failures=failures)
+        print(summary_table(rep.board.table))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing new"
+    resumed = f"; {result.skipped_existing} already in results.csv" if result.skipped_existing else ""
+    print(f"leetbench: {result.rows_written} rows ({counts}){resumed} → {out}")
+    if result.interrupted:
+        print("leetbench: interrupted; finished rows are saved (run again with the same out= to resume)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+@contextmanager
+def pinned_gpu(cfg: DictConfig, device: str) -> Iterator[dict[str, str]]:
+    """In a multirun job on `device=cuda`, hold one GPU of the host for the job (leetbench.gpus)."""
+    if device != "cuda" or not is_multirun():
+        yield {}
+        return
+    gpus = [str(g) for g in cfg.gpus] if cfg.gpus else visible_gpus()
+    lock_dir = Path(HydraConfig.get().sweep.dir) / ".gpus"
+    with gpu_slot(lock_dir, gpus) as gpu:
+        print(f"leetbench: job {HydraConfig.get().job.num} measures on GPU {gpu}", file=sys.stderr)
+        yield {"CUDA_VISIBLE_DEVICES": gpu}
+
+
+@hydra.main(version_base="1.3", config_path="pkg://leetbench.configs", config_name="config")
+def app(cfg: DictConfig) -> None:
+    if isinstance(sys.stderr, _HeldStderr):
+        sys.stderr.release()  # a job has started: Hydra accepted the configuration
+    try:
+        out = run_folder()
+        code = report_only(cfg, out) if cfg.report else sweep(cfg, out)
+    except USER_ERRORS as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return
+    if code:
+        sys.exit(code)
+
+
+class _HeldStderr:
+    """Holds what Hydra writes to stderr until the first job starts, so that a bad override, which Hydra
+    reports in several lines before any job runs, can be turned into one `leetbench: error:` line."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.held: list[str] = []
+        self.passing = False
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.real.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.passing:
+            self.real.flush()
+
+    def release(self) -> None:
+        if not self.passing:
+            self.passing = True
+            self.real.write("".join(self.held))
+            self.held.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def one_line(hydra_message: str) -> str:
+    """Hydra's multi-line configuration error as one line (no search path, no type-name noise)."""
+    parts: list[str] = []
+    for line in hydra_message.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR", "reference_type=",
+                                        "object_type=", "provider=")):
+            continue
+        if line.startswith("Config search path"):
+            break
+        if parts and parts[-1].endswith(":") and not line.endswith(":"):
+            parts[-1] = parts[-1] + " " + line
+        elif parts and parts[-1].startswith("Available options") :
+            parts[-1] = parts[-1] + ", " + line
+        else:
+            parts.append(line)
+    return "; ".join(p.replace(": ,", ":") for p in parts) or "invalid configuration"
+
+
+def main() -> None:
+    held = _HeldStderr(sys.stderr)
+    sys.stderr = held
+    try:
+        app()
+    except SystemExit as exc:
+        if not held.passing and exc.code not in (0, None):
+            sys.stderr = held.real
+            print(f"leetbench: error: {one_line(''.join(held.held))}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    finally:
+        if sys.stderr is held:
+            held.release()
+            sys.stderr = held.real
+
+
+def is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False

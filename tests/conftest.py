@@ -1,0 +1,47 @@
+"""Shared helpers: run the installed `leetbench` console script on tiny sweeps, write plugin files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TINY = ["sweep=tiny", "progress=lines"]
+
+
+def leetbench_cmd() -> list[str]:
+    exe = shutil.which("leetbench")
+    if exe is None:
+        pytest.fail("the `leetbench` console script is not installed (pip install -e '.[test]')")
+    return [exe]
+
+
+def run_cli(*args: str, cwd: Path, module: bool = False, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "leetbench"] if module else leetbench_cmd()
+    return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def write_plugin(folder: Path, name: str, source: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def results(folder: Path) -> pd.DataFrame:
+    from leetbench.results import read_results
+
+    return read_results([folder / "results.csv"])
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    return tmp_path / "plugins"

@@ -1,0 +1,178 @@
+"""Faults never stop a sweep or lose a row: planted raising, hanging, crashing, wrong and greedy methods,
+kill -9 and resume, a torn last line, two runs into one folder, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, leetbench_cmd, results, run_cli, write_plugin
+from leetbench.results import KEY_COLUMNS
+from leetbench.runner import RunLock
+
+FAULTS = '''
+import os, signal, time
+import torch
+from leetbench import register
+
+@register(name="fault_raise", family="fault")
+def fault_raise(q, k, v, decay, *, scale, initial_state=None):
+    raise ValueError("planted failure")
+
+@register(name="fault_hang", family="fault")
+def fault_hang(q, k, v, decay, *, scale, initial_state=None):
+    time.sleep(3600)
+
+@register(name="fault_segv", family="fault")
+def fault_segv(q, k, v, decay, *, scale, initial_state=None):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+@register(name="fault_exit", family="fault")
+def fault_exit(q, k, v, decay, *, scale, initial_state=None):
+    os._exit(7)
+
+@register(name="fault_nan", family="fault")
+def fault_nan(q, k, v, decay, *, scale, initial_state=None):
+    return torch.full_like(v, float("nan"))
+
+@register(name="fault_shape", family="fault")
+def fault_shape(q, k, v, decay, *, scale, initial_state=None):
+    return v[:, :, :-1]
+
+@register(name="fault_dtype", family="fault")
+def fault_dtype(q, k, v, decay, *, scale, initial_state=None):
+    return v.double() if v.dtype != torch.float64 else v.float()
+
+@register(name="fault_oom", family="fault")
+def fault_oom(q, k, v, decay, *, scale, initial_state=None):
+    return torch.empty(1 << 50, dtype=torch.uint8)  # a petabyte: the allocator refuses
+
+@register(name="fault_print", family="fault")
+def fault_print(q, k, v, decay, *, scale, initial_state=None):
+    print("noise on stdout must not break the worker protocol")
+    os.write(1, b"raw noise on fd 1\\n")
+    return torch.zeros_like(v)
+'''
+
+SLOW = '''
+import time
+from leetbench import register
+from leetbench.problem import Problem
+
+@register(name="slow_ok", family="slow")
+def slow_ok(q, k, v, decay, *, scale, initial_state=None):
+    from leetbench.reference import reference
+    from leetbench.problem import Inputs
+    time.sleep(0.05)
+    o, _ = reference(Inputs(q, k, v, decay, scale, initial_state))
+    return o.to(v.dtype)
+'''
+
+SLOW_ARGS = ("sweep.length=[8,12,16,20,24,28]", "sweep.dim=[4]", "methods=[slow_ok]", "timing.rep_ms=1",
+             "timing.warmup_ms=1", "timing.min_reps=2")
+
+
+def test_one_sweep_with_every_planted_fault_finishes(tmp_path: Path, plugins: Path) -> None:
+    write_plugin(plugins, "faults.py", FAULTS)
+    write_plugin(plugins, "broken.py", "def nope(:\n")
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[fault_*,recurrent]", "timeout_s=4",
+                   f"out={out}", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = results(out)
+    assert len(df) == 2 * 10  # 2 problems × (9 faults + recurrent): every row written
+    status = df.groupby("method")["status"].agg(set).to_dict()
+    expected = {"recurrent": {"ok"}, "fault_raise": {"error"}, "fault_hang": {"timeout"},
+                "fault_segv": {"crashed"}, "fault_exit": {"crashed"}, "fault_nan": {"inaccurate"},
+                "fault_shape": {"error"}, "fault_dtype": {"error"}, "fault_oom": {"oom"},
+                "fault_print": {"inaccurate"}}
+    assert status == expected
+    err = df.groupby("method")["error"].first().to_dict()
+    assert "ValueError: planted failure" in err["fault_raise"]
+    assert "within 4 s" in err["fault_hang"]
+    assert "SIGSEGV" in err["fault_segv"] and "exited with code 7" in err["fault_exit"]
+    assert "NaN" in err["fault_nan"]
+    assert "output shape: expected [1, 2, 32, 16], got [1, 2, 31, 16]" in err["fault_shape"]
+    assert "output dtype: expected torch.float32, got torch.float64" in err["fault_dtype"]
+    assert err["fault_oom"]
+    assert "Traceback" in (out / "errors.log").read_text() and "planted failure" in (out / "errors.log").read_text()
+    board = (out / "leaderboard.md").read_text()
+    assert "broken.py" in board and "SyntaxError" in board and "failed to load" in proc.stderr
+    ranked = pd.read_csv(out / "leaderboard.csv").dropna(subset=["rank"])
+    assert list(ranked["method"]) == ["recurrent"]  # nothing inaccurate or failed ranks
+
+
+def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n + 1:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("rows did not appear")
+
+
+def test_kill_9_then_resume_redoes_nothing_and_loses_nothing(tmp_path: Path, plugins: Path) -> None:
+    write_plugin(plugins, "slow.py", SLOW)
+    out = tmp_path / "run"
+    args = [*TINY, f"methods_dirs=[{plugins}]", *SLOW_ARGS, f"out={out}"]
+    proc = subprocess.Popen(leetbench_cmd() + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    _wait_for_rows(out / "results.csv", 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = results(out)
+    assert 3 <= len(before) < 6
+    with open(out / "results.csv", "a") as f:  # a torn last line, as a kill during a write could leave
+        f.write("slow_ok,slow,cpu,float32,1,2,999")
+    proc2 = run_cli(*args, cwd=tmp_path)
+    assert proc2.returncode == 0, proc2.stderr
+    after = results(out)
+    assert len(after) == 6 and not after.duplicated(subset=KEY_COLUMNS).any()
+    assert set(after["length"]) == {8, 12, 16, 20, 24, 28}
+    kept = after.merge(before, on=KEY_COLUMNS + ["timestamp"])
+    assert len(kept) == len(before)  # finished rows untouched
+    assert f"{len(before)} already in results.csv" in proc2.stdout
+    # and a third run measures nothing new; rerun=all measures everything again
+    assert "0 rows" in run_cli(*args, cwd=tmp_path).stdout
+    proc4 = run_cli(*args, "rerun=all", cwd=tmp_path)
+    assert "6 rows" in proc4.stdout and len(results(out)) == 12
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):
+        proc = run_cli(*TINY, f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"another leetbench run (pid {os.getpid()}) is writing to {out}" in proc.stderr
+
+
+def test_ctrl_c_keeps_finished_rows_writes_the_report_and_exits_nonzero(tmp_path: Path, plugins: Path) -> None:
+    write_plugin(plugins, "slow.py", SLOW)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(leetbench_cmd() + [*TINY, f"methods_dirs=[{plugins}]", *SLOW_ARGS, f"out={out}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(out / "results.csv", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and (out / "leaderboard.md").exists()
+    assert 2 <= len(results(out)) < 6
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="peak memory via /proc is Linux-only")
+def test_rows_carry_memory_and_provenance(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_cli(*TINY, "methods=[quadratic]", f"out={out}", cwd=tmp_path).returncode == 0
+    df = results(out)
+    assert (df["peak_mem_mb"] >= 0).all() and (df["method_hash"].str.len() == 12).all()
+    assert (df["threads"] >= 1).all() and (df["copy_gbps"] > 0).all() and (df["gbps"] > 0).all()
+    assert df["timestamp"].str.match(r"\d{4}-\d\d-\d\dT").all() and (df["torch"] != "").all()
