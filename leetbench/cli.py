@@ -30,6 +30,16 @@ from leetbench.runner import RunSettings, Runner
 
 register_configs()
 
+
+def _gpu_count() -> int:
+    """GPUs on this host, for launcher configs (`n_jobs: ${leetbench_gpus:}`); 1 without any."""
+    from leetbench.gpus import visible_gpus
+
+    return max(1, len(visible_gpus()))
+
+
+OmegaConf.register_new_resolver("leetbench_gpus", _gpu_count, replace=True)
+
 USER_ERRORS = (ConfigError, RegistryError, ProblemError, FileNotFoundError)
 
 
