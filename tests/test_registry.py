@@ -148,3 +148,14 @@ def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.
     reg = load_methods(builtin=False)
     assert "ep_scan" in reg and reg["ep_scan"].source.startswith("entry point ep")
     sys.modules.pop("ep_methods", None)
+
+
+def test_the_contributor_template_runs_as_it_is(plugins: Path) -> None:
+    template = Path(__file__).resolve().parent.parent / "scripts" / "method_template.py"
+    write_plugin(plugins, "my_method.py", template.read_text())
+    reg = load_methods([plugins], builtin=False)
+    for dtype, kw in [("float64", dict(initial_state=True, decay="multiscale")), ("float32", dict(decay=1.0)),
+                      ("bfloat16", dict(decay=1e-6))]:
+        outcome = verify(reg["my_method"], Problem(2, 3, 131, 8, dim_v=5, dtype=dtype, **kw))
+        assert outcome.status == "ok", (dtype, outcome)
+    assert verify(reg["my_method"], Problem(1, 2, 100, 8, dtype="float64")).rel_err < 1e-12
