@@ -51,6 +51,17 @@ def block_decay(log_lam: torch.Tensor, n: int, dtype: torch.dtype = torch.float6
     return torch.exp(log_lam.to(torch.float64) * n).to(dtype)
 
 
+def split_hi_lo(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float64 x as hi + lo in `dtype` (hi = x rounded, lo = what rounding lost; lo = 0 for float64).
+
+    A decay applied many times in float32 must not be a rounded decay: λ = 1 − 2^-12 stored in float32 is off
+    by up to 2^-24 relative, and over 1/(1 − λ) steps that grows to ~2^-12 relative error. Multiplying by hi
+    and adding lo·x keeps the product as accurate as one float32 rounding.
+    """
+    hi = x.to(dtype)
+    return hi, (x - hi.to(x.dtype)).to(dtype)
+
+
 def pad_length(x: torch.Tensor, multiple: int, dim: int = 2) -> torch.Tensor:
     """Zero-pad `x` along `dim` to a multiple of `multiple` (at the end).
 
