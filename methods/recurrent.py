@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from leetbench import register
-from leetbench.decay import compute_dtype
+from leetbench.decay import compute_dtype, split_hi_lo
 
 
 @register(name="recurrent", family="recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"))
@@ -24,12 +24,13 @@ def recurrent(q, k, v, decay, *, scale, initial_state=None):
     B, H, N, D = q.shape
     E = v.shape[-1]
     acc = compute_dtype(q.dtype)
-    lam = decay.to(acc)[None, :, None, None]
+    # λ as hi + lo: a rounded float32 λ near 1, applied N times, would be a different decay
+    lam, lam_lo = (x[None, :, None, None] for x in split_hi_lo(decay.to(q.device, torch.float64), acc))
     state = (torch.zeros(B, H, D, E, dtype=acc, device=q.device) if initial_state is None
              else initial_state.to(acc))
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
     out = torch.empty(B, H, N, E, dtype=acc, device=q.device)
     for t in range(N):
-        state = torch.addcmul(lam * state, ka[:, :, t, :, None], va[:, :, t, None, :])
+        state = torch.addcmul(torch.addcmul(lam_lo * state, lam, state), ka[:, :, t, :, None], va[:, :, t, None, :])
         out[:, :, t] = (qa[:, :, t, None, :] @ state).squeeze(-2)
     return (out * scale).to(v.dtype), state
