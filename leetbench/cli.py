@@ -55,14 +55,18 @@ def run_folder() -> Path:
         raise ConfigError("run folder unknown: call leetbench through its command line") from None
 
 
-def summary_table(board_table: Any, limit: int = 12) -> str:
+def summary_table(board_table: Any, limit: int = 15) -> str:
+    """The leaderboard's methods that ran, as printed at the end of a run."""
     cols = ["rank", "method", "family", "ok", "problems", "speedup", "median_rel_err", "fitted_exponent"]
-    t = board_table[cols].head(limit).copy()
+    ran = board_table[board_table["problems"] > 0]
+    idle = len(board_table) - len(ran)
+    t = ran[cols].head(limit).copy()
     t["speedup"] = t["speedup"].map(lambda v: f"{v:.2f}x" if v == v else "-")
     t["median_rel_err"] = t["median_rel_err"].map(lambda v: f"{v:.1e}" if v == v else "-")
     t["fitted_exponent"] = t["fitted_exponent"].map(lambda v: f"{v:.2f}" if v == v else "-")
     t["rank"] = t["rank"].astype("string").fillna("-")
-    return t.to_string(index=False)
+    note = f"\n({idle} more method(s) skipped on every problem; reasons in leaderboard.md)" if idle else ""
+    return (t.to_string(index=False) if len(t) else "(no method ran)") + note
 
 
 def report_only(cfg: DictConfig, out: Path) -> int:

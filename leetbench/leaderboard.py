@@ -147,22 +147,28 @@ def markdown(board: Leaderboard, df: pd.DataFrame, load_failures: list[tuple[str
     envs = df.drop_duplicates(["host", "gpu", "device", "torch"])[["host", "gpu", "device", "torch", "cupy",
                                                                    "copy_gbps", "threads", "git_sha"]]
     for e in envs.to_dict("records"):
-        where = e["gpu"] or f"CPU ({int(e['threads'] or 0)} threads)"
+        where = e["gpu"] or f"CPU ({int(e['threads'] or 0)} thread(s))"
         bw = e["copy_gbps"]
         bw_txt = f", copy bandwidth {float(bw):.0f} GB/s" if isinstance(bw, (int, float)) and math.isfinite(bw) else ""
         lines.append(f"- {where} on `{e['host']}`, torch {e['torch']}"
-                     f"{', cupy ' + str(e['cupy']) if e['cupy'] else ''}{bw_txt}, leetbench {e['git_sha'] or '?'}")
+                     f"{', cupy ' + str(e['cupy']) if e['cupy'] else ''}{bw_txt}, commit {e['git_sha'] or '?'}")
     lines += ["", f"Speed-up: geometric mean of `{board.baseline}` time / method time over the problems both ran "
               f"`ok`. Inaccurate rows never rank. Fitted exponent: slope of log time vs log N.", ""]
     header = ["rank", "method", "family", "complexity", "fitted exp.", "speed-up", "ok / ran", "median rel_err",
               "best % BW"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for r in board.table.to_dict("records"):
+    idle = board.table[board.table["problems"] == 0]
+    for r in board.table[board.table["problems"] > 0].to_dict("records"):
         lines.append("| " + " | ".join([
             _fmt(r["rank"]), f"`{r['method']}`", str(r["family"]), str(r["complexity"] or "—"),
             _fmt(r["fitted_exponent"], "f2"), _fmt(r["speedup"], "x"), f"{r['ok']} / {r['problems']}",
             _fmt(r["median_rel_err"], "sci"), _fmt(r["best_pct_bw"], "bw")]) + " |")
+    if len(idle):
+        lines += ["", "Not run on any problem here:", ""]
+        for m in idle["method"]:
+            reasons = df[(df["method"] == m) & (df["status"] == "skipped")]["error"]
+            lines.append(f"- `{m}`: {reasons.iloc[0] if len(reasons) else 'no rows'}")
     if not board.winners.empty:
         lines += ["", "## Fastest correct method per problem", "",
                   "| device | dtype | B | H | N | D | E | decay | mode | winner | ms | runner-up | ms |",

@@ -196,34 +196,46 @@ class Problem:
     def decay_values(self, device: str | torch.device = "cpu") -> torch.Tensor:
         return decay_profile(self.decay, self.heads).to(device)
 
-    def make_inputs(self, device: str | None = None) -> Inputs:
+    def draw_key(self) -> tuple:
+        """What the random draws depend on: problems differing only in dtype, decay or device share them."""
+        return (self.batch, self.heads, self.length, self.dim, self.E, self.seed, self.initial_state, self.mode,
+                self.steps)
+
+    def draw(self) -> dict[str, torch.Tensor]:
+        """The seeded float32 CPU draws behind `make_inputs` (q, k, v; a raw initial state or a prefix)."""
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        B, H, N, D, E = self.batch, self.heads, self.length, self.dim, self.E
+        n_tokens = self.steps if self.mode == "decode" else N
+        draws = {"q": torch.randn(B, H, n_tokens, D, generator=gen),
+                 "k": torch.randn(B, H, n_tokens, D, generator=gen),
+                 "v": torch.randn(B, H, n_tokens, E, generator=gen)}
+        if self.mode == "decode":
+            draws["k_prefix"] = torch.randn(B, H, N, D, generator=gen)
+            draws["v_prefix"] = torch.randn(B, H, N, E, generator=gen)
+        elif self.initial_state:
+            draws["s0"] = torch.randn(B, H, D, E, generator=gen) * (D ** -0.5)
+        return draws
+
+    def make_inputs(self, device: str | None = None, draws: dict[str, torch.Tensor] | None = None) -> Inputs:
         """Seeded inputs: float32 on the CPU, rounded to the dtype, on the device.
 
         q, k and v are unit normal (so c·q·k is O(1)). A prefill initial state, when asked for, is normal
         with standard deviation 1/sqrt(D). In decode mode the initial state is the exact float64 state a
-        seeded prefix of `length` tokens leaves, rounded to the state dtype.
+        seeded prefix of `length` tokens leaves, rounded to the state dtype. `draws` (from `draw()` of a
+        problem with the same `draw_key()`) saves drawing again.
         """
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        B, H, N, D, E = self.batch, self.heads, self.length, self.dim, self.E
-        n_tokens = self.steps if self.mode == "decode" else N
-        q = torch.randn(B, H, n_tokens, D, generator=gen)
-        k = torch.randn(B, H, n_tokens, D, generator=gen)
-        v = torch.randn(B, H, n_tokens, E, generator=gen)
-        s0 = None
-        if self.mode == "decode":
-            from leetbench.reference import prefix_state
-
-            kp = torch.randn(B, H, N, D, generator=gen).to(self.torch_dtype)
-            vp = torch.randn(B, H, N, E, generator=gen).to(self.torch_dtype)
-            s0 = prefix_state(kp, vp, self.decay_values())
-        elif self.initial_state:
-            s0 = torch.randn(B, H, D, E, generator=gen) * (D ** -0.5)
+        d = draws if draws is not None else self.draw()
         dev = device or self.device
         dt = self.torch_dtype
         to = lambda t: t.to(dt).to(dev)  # noqa: E731 - round on the CPU, then move
+        s0 = d.get("s0")
+        if self.mode == "decode":
+            from leetbench.reference import prefix_state
+
+            s0 = prefix_state(to(d["k_prefix"]), to(d["v_prefix"]), self.decay_values(dev))
         # The state stays float32 for low-precision dtypes: models carry it in float32.
         state_dt = torch.float64 if dt == torch.float64 else torch.float32
         return Inputs(
-            q=to(q), k=to(k), v=to(v), decay=self.decay_values(dev), scale=self.scale,
+            q=to(d["q"]), k=to(d["k"]), v=to(d["v"]), decay=self.decay_values(dev), scale=self.scale,
             initial_state=None if s0 is None else s0.to(state_dt).to(dev),
         )

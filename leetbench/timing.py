@@ -66,17 +66,22 @@ def l2_flush_bytes(device: torch.device) -> int:
 def time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig) -> Timing:
     flush = torch.empty(l2_flush_bytes(device) // 4, dtype=torch.int32, device=device)
     stream = torch.cuda.current_stream(device)
-    # estimate: five calls with cold caches
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record(stream)
-    for _ in range(5):
-        flush.zero_()
-        fn()
-    end.record(stream)
-    torch.cuda.synchronize(device)
-    flush_est = _time_flush(flush, stream, device)
-    estimate = max((start.elapsed_time(end) - 5 * flush_est) / 5, 1e-4)
+
+    def cold_calls(n: int) -> float:
+        """Mean ms of n calls, each after a cache flush (the flush's own time taken out)."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record(stream)
+        for _ in range(n):
+            flush.zero_()
+            fn()
+        end.record(stream)
+        torch.cuda.synchronize(device)
+        return max((start.elapsed_time(end) - n * _time_flush(flush, stream, device)) / n, 1e-4)
+
+    estimate = cold_calls(1)
+    if estimate < 10.0:  # cheap calls: a steadier estimate from five
+        estimate = cold_calls(5)
     warmup, reps = _counts(estimate, cfg)
     for _ in range(warmup):
         fn()
