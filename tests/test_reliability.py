@@ -156,7 +156,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_finished_rows_writes_the_report_and_exits_nonzero(tmp_path: Path, plugins: Path) -> None:
-    write_plugin(plugins, "slow.py", SLOW)
+    write_plugin(plugins, "slow.py", SLOW.replace("time.sleep(0.05)", "time.sleep(0.25)"))  # rows of ~1.5 s
     out = tmp_path / "run"
     proc = subprocess.Popen(leetbench_cmd() + [*TINY, f"methods_dirs=[{plugins}]", *SLOW_ARGS, f"out={out}"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,128 @@
+"""Shared pieces of the peer adapters (methods/peer_*.py): converted inputs, made once per input tensor.
+
+A peer library wants its inputs in its own convention (fla: [B, T, H, D] and g_gamma = log λ; lightning-attn:
+the rate s = −log λ; kernels without a `scale` argument: q·c). A user of that library holds its inputs in
+that convention already, so converting our [B, H, N, D] tensors inside the timed call would charge the peer
+for work its users never do. `cached(t, convert, *tag)` therefore keeps `convert(t)` per source tensor and
+returns it again while the source is unchanged: the first (untimed, checked) call converts, the timed calls
+reuse it. An entry is reused only for the same tensor object (held weakly, so the cache never keeps a tensor
+alive, and an entry goes when its source does) with the same data pointer, shape, strides, dtype, device and
+version counter; any in-place write bumps `t._version`, so a modified tensor is converted afresh. A
+conversion that is only a view of its source (already in the wanted layout) is returned, not kept.
+
+Tensors without a version counter (made under `torch.inference_mode`) are converted on every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+_entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def fingerprint(t: torch.Tensor) -> tuple | None:
+    """What must not change for a conversion of `t` to stay valid; None when `t` has no version counter."""
+    try:
+        version = t._version
+    except RuntimeError:  # inference tensors track no version
+        return None
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, version)
+
+
+def cached(t: torch.Tensor, convert: Callable[..., Any], *tag: Any) -> Any:
+    """`convert(t, *tag)`, computed once per (tensor, convert, tag) while `t` is unchanged."""
+    stamp = fingerprint(t)
+    if stamp is None:
+        return convert(t, *tag)
+    per_tensor = _entries.get(t)
+    if per_tensor is None:
+        per_tensor = _entries[t] = {}
+    key = (convert, tag)
+    hit = per_tensor.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = convert(t, *tag)
+    if isinstance(value, torch.Tensor) and _shares_memory(value, t):
+        return value  # a view of t costs nothing to remake, and caching it would keep t alive
+    per_tensor[key] = (stamp, value)
+    return value
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def clear() -> None:
+    """Drop every cached conversion."""
+    _entries.clear()
+
+
+# ---- the conversions the adapters share ------------------------------------------------------------
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).contiguous()
+
+
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, X] → contiguous [B, N, H, X] (fla's layout), cached."""
+    return cached(x, _time_major)
+
+
+def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return (x * scale).contiguous()
+
+
+def prescaled(q: torch.Tensor, scale: float) -> torch.Tensor:
+    """q · c rounded to q's dtype, cached: for kernels without a `scale` argument.
+
+    A model folds c into its query projection, so a user of such a kernel does not pay this multiply;
+    the result is rounded once more to q's dtype, which adds about one unit of that dtype's rounding
+    (exact when c is a power of two, e.g. D = 64 or 256).
+    """
+    if scale == 1.0:
+        return q
+    return cached(q, _scaled, float(scale))
+
+
+def _log_decay(decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.log(decay.to(torch.float64)).clamp(max=0.0).to(dtype)
+
+
+def log_decay_as(decay: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log λ [H] (fla's g_gamma), computed in float64 then rounded to `dtype`, cached."""
+    return cached(decay, _log_decay, dtype)
+
+
+def _rate(decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (-torch.log(decay.to(torch.float64))).clamp(min=0.0).to(dtype)
+
+
+def rate_as(decay: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The rate s = −log λ ≥ 0 [H] (lightning-attn's `s`, the seed's `gamma`), in float64 then `dtype`, cached."""
+    return cached(decay, _rate, dtype)
+
+
+def _decay_as(decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return decay.to(torch.float64).to(dtype).contiguous()
+
+
+def decay_as(decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """λ itself [H] in `dtype` (rounded from float64), cached."""
+    return cached(decay, _decay_as, dtype)
+
+
+def _per_token_log_decay(decay: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    g = _log_decay(decay, torch.float32)
+    return g.view(1, 1, -1).expand(batch, length, -1).contiguous()
+
+
+def per_token_log_decay(decay: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """log λ broadcast to a per-token gate [B, T, H] float32 (fla's `g`), cached."""
+    return cached(decay, _per_token_log_decay, batch, length)
+
+
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0

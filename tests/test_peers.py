@@ -1,0 +1,307 @@
+"""The peer adapters (methods/peer_*.py) and their conversion cache (leetbench/adapters.py), on the CPU.
+
+The peers themselves need CUDA, so here they are replaced by fake modules that implement the operator in
+each peer's own convention (layout, decay as log λ, rate −log λ or λ itself, no scale) by calling the float64
+reference. An adapter that converts correctly then matches the reference to float64 rounding; one that
+swaps a layout, a sign of the decay, the heads or the scale is off by O(1).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib.machinery import ModuleSpec
+
+import pytest
+import torch
+
+from leetbench import Problem, load_methods
+from leetbench.adapters import cached, clear, fingerprint, prescaled, time_major
+from leetbench.execute import run_method
+from leetbench.problem import Inputs
+from leetbench.reference import reference
+
+F64 = torch.float64
+
+FLA = ("fla_chunk", "fla_fused_chunk", "fla_fused_recurrent", "fla_parallel")
+LIGHTNING = ("lightning_attn2",)
+SEED = ("seed_causal_dot_product", "seed_block_based", "seed_recursion", "seed_fleet_attention",
+        "seed_fleet_attention_triton", "seed_lightning_attn2", "seed_lightning_attn2_torch")
+PEER_MODULES = ("fla", "lightning_attn", "leetDecoding", "triton", "pycuda")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_methods(entry_points=False)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    clear()
+    yield
+    clear()
+
+
+def _package(monkeypatch, name: str, **attrs) -> types.ModuleType:
+    """Install a fake module (with a spec, so `requires=` finds it) under `name`."""
+    module = types.ModuleType(name)
+    module.__spec__ = ModuleSpec(name, None)
+    module.__dict__.update(attrs)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def _exact_log_decays(heads: int) -> torch.Tensor:
+    """λ_h = exp(−2^-(5+h)): log λ is exact in float32, so float32 g_gamma or rate loses nothing."""
+    g = -torch.pow(2.0, -5.0 - torch.arange(heads, dtype=F64))
+    return torch.exp(g)
+
+
+def _check(method, problem: Problem, tol: float = 1e-13):
+    """Run `method` on `problem`'s inputs with exact-log decays; its errors against the float64 reference."""
+    inputs = problem.make_inputs()
+    inputs.decay = _exact_log_decays(problem.heads)
+    outcome = run_method(method, problem, inputs, reference(inputs), None, {"float64": tol, "float32": 1e-5})
+    assert outcome.status == "ok", outcome
+    assert outcome.rel_err < tol
+    return outcome
+
+
+def _reference(q, k, v, lam, initial_state=None, scale=1.0):
+    """Outputs [B, H, N, E] and final state of the operator on [B, H, N, ·] tensors, in float64."""
+    return reference(Inputs(q.to(F64), k.to(F64), v.to(F64), lam.to(F64), scale,
+                            None if initial_state is None else initial_state.to(F64)))
+
+
+# ---- (1) without the packages: registered, and skipped with the reason ---------------------------------
+
+@pytest.mark.parametrize("names, needs", [(FLA, "fla"), (LIGHTNING, "lightning_attn"), (SEED, "leetDecoding")])
+def test_peers_are_registered_and_skipped_when_missing(registry, monkeypatch, names, needs):
+    for module in PEER_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)  # find_spec → None: "not installed" on every machine
+    problem = Problem(batch=1, heads=4, length=64, dim=64, dtype="float32", device="cuda")
+    for name in names:
+        assert name in registry, f"{name} not registered; load failures: {registry.failures}"
+        method = registry[name]
+        assert method.family.startswith("peer:")
+        assert method.summary and method.complexity
+        reason = method.why_not(problem)
+        assert reason is not None and reason.startswith("needs ") and reason.endswith("(not installed)")
+        assert needs in reason
+
+
+def test_peer_files_load_without_their_packages(registry):
+    assert not [f for f in registry.failures if "peer_" in f.source], registry.failures
+
+
+def test_capabilities(registry):
+    s0 = Problem(batch=1, heads=4, length=64, dim=64, dtype="float32", device="cuda", initial_state=True)
+    dec = Problem(batch=1, heads=4, length=64, dim=64, dtype="float32", device="cuda", mode="decode", steps=2)
+    for name in LIGHTNING + SEED + ("fla_parallel",):
+        assert "initial state" in registry[name].supports(s0)
+    for name in ("fla_chunk", "fla_fused_chunk", "fla_fused_recurrent"):
+        assert registry[name].supports is None
+    assert registry["fla_fused_recurrent"].modes == ("prefill", "decode")
+    assert "decode" not in registry["fla_chunk"].modes
+    assert dec.mode not in registry["lightning_attn2"].modes
+    assert {n for n in FLA + LIGHTNING + SEED if registry[n].tf32} == {
+        "fla_chunk", "fla_fused_chunk", "fla_parallel", "lightning_attn2", "seed_lightning_attn2"}
+    assert registry["seed_causal_dot_product"].dtypes == ("float32", "float16")
+    lightning = registry["lightning_attn2"].supports
+    assert lightning(Problem(batch=1, heads=2, length=8, dim=96, device="cuda")).startswith("D must")
+    assert lightning(Problem(batch=1, heads=2, length=8, dim=64, dim_v=40, device="cuda")).startswith("E must")
+    assert lightning(Problem(batch=1, heads=2, length=8, dim=128, dim_v=96, device="cuda")) is None
+    fleet = registry["seed_fleet_attention_triton"].supports
+    assert fleet(Problem(batch=1, heads=2, length=8, dim=16, device="cuda")).startswith("E must")
+
+
+# ---- (2) conversions, against fakes in each peer's own convention -------------------------------------
+
+def _fla_gate(g_gamma, heads):
+    assert g_gamma.dtype == torch.float32 and g_gamma.shape == (heads,)
+    assert (g_gamma <= 0).all(), "g_gamma is log λ ≤ 0"
+    return torch.exp(g_gamma.to(F64))
+
+
+def _fla_stateful(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
+                  **kwargs):
+    """fla's simple-GLA contract: [B, T, H, ·] inputs, g_gamma = log λ [H], scale, state [N, H, K, V]."""
+    B, T, H, K = q.shape
+    assert g is None and not kwargs
+    for x in (q, k, v):
+        assert x.is_contiguous() and x.shape[:3] == (B, T, H), "fla wants contiguous [B, T, H, ·]"
+    lam = _fla_gate(g_gamma, H)
+    o, state = _reference(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), lam, initial_state, scale)
+    return o.transpose(1, 2).to(q.dtype), (state if output_final_state else None)
+
+
+def _fla_parallel(q, k, v, g=None, scale=None, output_attentions=False, **kwargs):
+    B, T, H, K = q.shape
+    assert g.shape == (B, T, H) and g.dtype == torch.float32 and not kwargs
+    assert torch.equal(g, g[:1, :1].expand_as(g)), "a constant gate per head"
+    lam = _fla_gate(g[0, 0].contiguous(), H)
+    o, _ = _reference(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), lam, None, scale)
+    return o.transpose(1, 2).to(q.dtype), None
+
+
+@pytest.fixture
+def fake_fla(monkeypatch):
+    _package(monkeypatch, "fla")
+    _package(monkeypatch, "fla.ops")
+    return _package(monkeypatch, "fla.ops.simple_gla", chunk_simple_gla=_fla_stateful,
+                    fused_chunk_simple_gla=_fla_stateful, fused_recurrent_simple_gla=_fla_stateful,
+                    parallel_simple_gla=_fla_parallel)
+
+
+@pytest.mark.parametrize("name", FLA)
+@pytest.mark.parametrize("initial_state", [False, True])
+def test_fla_conversion(registry, fake_fla, name, initial_state):
+    method = registry[name]
+    problem = Problem(batch=2, heads=3, length=37, dim=8, dim_v=5, dtype="float64", initial_state=initial_state)
+    if method.supports is not None and method.supports(problem):
+        pytest.skip(method.supports(problem))
+    out = _check(method, problem)
+    if name != "fla_parallel":
+        assert out.state_rel_err < 1e-13
+
+
+def test_fla_decode(registry, fake_fla):
+    problem = Problem(batch=2, heads=3, length=20, dim=8, dim_v=6, dtype="float64", mode="decode", steps=4)
+    out = _check(registry["fla_fused_recurrent"], problem)
+    assert out.state_rel_err < 1e-13
+
+
+def test_fla_half_precision_keeps_dtype(registry, fake_fla):
+    problem = Problem(batch=1, heads=2, length=33, dim=16, dtype="bfloat16", initial_state=True)
+    out = run_method(registry["fla_chunk"], problem, problem.make_inputs(), reference(problem.make_inputs()), None)
+    assert out.status == "ok" and out.rel_err < 1e-2
+
+
+def _lightning_attn2(q, k, v, s):
+    """lightning-attn's contract: [B, H, N, ·], the rate s = −log λ as [H, 1, 1], no scale, no state."""
+    H = q.shape[1]
+    assert s.dtype == torch.float32 and s.shape == (H, 1, 1) and (s >= 0).all()
+    o, _ = _reference(q, k, v, torch.exp(-s.view(-1).to(F64)))
+    return o.to(q.dtype)
+
+
+def test_lightning_conversion(registry, monkeypatch):
+    _package(monkeypatch, "lightning_attn")
+    _package(monkeypatch, "lightning_attn.ops", lightning_attn2=_lightning_attn2)
+    _check(registry["lightning_attn2"], Problem(batch=2, heads=3, length=150, dim=16, dim_v=32, dtype="float64"))
+
+
+def _seed_fake(takes: str, decay_dtype: str, returns_float32: bool = False):
+    """A seed route: q, k, v [B, H, N, ·], decay as λ ('lambda') or rate γ = −log λ ('rate'), no scale.
+
+    `decay_dtype` is 'input' (the route computes in the input dtype) or 'float32'.
+    """
+
+    def route(q, k, v, gamma):
+        want = q.dtype if decay_dtype == "input" else torch.float32
+        assert gamma.dtype == want and gamma.shape == (q.shape[1],), (gamma.dtype, gamma.shape)
+        g = gamma.to(F64)
+        lam = g if takes == "lambda" else torch.exp(-g)
+        assert ((lam > 0) & (lam <= 1)).all()
+        o, _ = _reference(q, k, v, lam)
+        return o.to(torch.float32 if returns_float32 else q.dtype)
+
+    return route
+
+
+SEED_FAKES = {
+    "causal_dot_product": ("causal_dot_product", _seed_fake("lambda", "input", returns_float32=True)),
+    "BlockBased": ("blockBased", _seed_fake("rate", "input")),
+    "Recursion": ("recursion", _seed_fake("rate", "input")),
+    "FleetAttention": ("FleetAttention", _seed_fake("lambda", "input")),
+    "FleetAttention_triton": ("FleetAttention_triton", _seed_fake("lambda", "float32")),
+    "lightningAttention2": ("lightning_attn2", _seed_fake("rate", "input")),
+    "lightningAttention2_torch": ("lightningAttention2_torch", _seed_fake("rate", "float32")),
+}
+
+
+@pytest.fixture
+def fake_seed(monkeypatch):
+    _package(monkeypatch, "leetDecoding")
+    _package(monkeypatch, "leetDecoding.methods")
+    for module, (attr, fn) in SEED_FAKES.items():
+        _package(monkeypatch, f"leetDecoding.methods.{module}", **{attr: fn})
+
+
+# Routes whose own convention rounds to float32 (λ read as float32, or a float32 result) at float64 inputs.
+FLOAT32_BOUND = {"seed_causal_dot_product", "seed_fleet_attention_triton"}
+
+
+@pytest.mark.parametrize("name", SEED)
+def test_seed_conversion(registry, fake_seed, name):
+    method = registry[name]
+    problem = Problem(batch=2, heads=3, length=45, dim=8, dim_v=32, dtype="float64")
+    method.setup(problem)
+    _check(method, problem, tol=1e-6 if name in FLOAT32_BOUND else 1e-13)
+
+
+@pytest.mark.parametrize("name", ["seed_causal_dot_product", "seed_fleet_attention_triton"])
+def test_seed_conversion_float32(registry, fake_seed, name):
+    # causal_dot_product returns float32 whatever the input; the adapter gives back v's dtype
+    _check(registry[name], Problem(batch=1, heads=2, length=30, dim=16, dim_v=32, dtype="float32"), tol=1e-5)
+
+
+def test_seed_lightning_torch_runs_for_real_on_cpu_shapes(registry, fake_seed):
+    """The torch routes are CPU-capable; the fakes stand in for them here (the real ones need the package)."""
+    assert "cpu" in registry["seed_lightning_attn2_torch"].devices
+    assert "cpu" in registry["seed_fleet_attention"].devices
+    assert registry["seed_causal_dot_product"].devices == ("cuda",)
+
+
+# ---- (3) the conversion cache ------------------------------------------------------------------------
+
+def test_cache_reuses_until_an_inplace_write():
+    calls = []
+
+    def convert(t):
+        calls.append(1)
+        return t * 2
+
+    x = torch.randn(3, 4)
+    a = cached(x, convert)
+    assert cached(x, convert) is a and len(calls) == 1
+    x.add_(1.0)  # bumps x._version
+    b = cached(x, convert)
+    assert b is not a and len(calls) == 2
+    assert torch.equal(b, x * 2)
+    x[0, 0] = 5.0  # an indexed write bumps it too
+    assert cached(x, convert) is not b and len(calls) == 3
+
+
+def test_cache_keys_on_the_tensor_and_the_tag():
+    x = torch.randn(2, 3, 5, 4)
+    y = x.clone()  # same values, another tensor
+    q1 = prescaled(x, 0.5)
+    assert prescaled(x, 0.5) is q1
+    assert prescaled(y, 0.5) is not q1
+    assert prescaled(x, 0.25) is not q1
+    assert prescaled(x, 1.0) is x
+    t = time_major(x)
+    assert t.shape == (2, 5, 3, 4) and t.is_contiguous() and torch.equal(t, x.transpose(1, 2))
+    assert time_major(x) is t
+
+
+def test_cache_holds_no_tensor_alive():
+    from leetbench import adapters
+
+    x = torch.randn(2, 3, 5, 4)
+    time_major(x)
+    assert len(adapters._entries) == 1
+    del x
+    assert len(adapters._entries) == 0
+    # a conversion that is only a view of its source is not kept (it would keep the source alive)
+    one_head = torch.randn(2, 1, 5, 4)
+    assert time_major(one_head).data_ptr() == one_head.data_ptr()
+    assert len(adapters._entries) == 0 or not any(adapters._entries.values())
+
+
+def test_cache_converts_inference_tensors_every_time():
+    with torch.inference_mode():
+        x = torch.randn(3, 4)
+    assert fingerprint(x) is None
+    assert cached(x, lambda t: t * 2) is not cached(x, lambda t: t * 2)
