@@ -95,6 +95,7 @@ def sweep(cfg: DictConfig, out: Path) -> int:
         raise ConfigError("no methods selected: check methods= and exclude=; known: " + ", ".join(registry.names()))
     settings = RunSettings(
         out=out, device=device, timeout_s=float(cfg.timeout_s), reference_timeout_s=float(cfg.reference_timeout_s),
+        setup_timeout_s=None if cfg.setup_timeout_s is None else float(cfg.setup_timeout_s),
         rerun=normalize_rerun(cfg.rerun), threads=cpu_threads(cfg.threads) if device == "cpu" else cfg.threads,
         methods_dirs=list(cfg.methods_dirs), timing=OmegaConf.to_container(cfg.timing),
         tolerances=OmegaConf.to_container(cfg.tolerances), memory_fraction=float(cfg.memory_fraction),

@@ -54,7 +54,8 @@ class Config:
     methods: List[str] = field(default_factory=list)  # names or globs; empty = all
     exclude: List[str] = field(default_factory=list)
     methods_dirs: List[str] = field(default_factory=list)
-    timeout_s: float = 120.0  # per (method, problem)
+    timeout_s: float = 120.0  # per (method, problem): checking and timing, after its setup
+    setup_timeout_s: Optional[float] = None  # a method's setup= (compiling, autotuning); null = timeout_s
     reference_timeout_s: float = 900.0  # per problem, for inputs + float64 reference
     out: Optional[str] = None  # run folder; default results/runs/<timestamp>
     baseline: str = "chunked"  # speed-ups in the leaderboard are relative to this method

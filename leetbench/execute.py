@@ -73,15 +73,19 @@ def _split(result: Any, expected_o: tuple, expected_s: tuple, inputs: Inputs,
 
 
 def run_method(method: Method, problem: Problem, inputs: Inputs, ref: tuple[torch.Tensor, torch.Tensor],
-               timing: TimingConfig | None, tolerances: Mapping[str, float] | None = None) -> Outcome:
+               timing: TimingConfig | None, tolerances: Mapping[str, float] | None = None,
+               on_setup_done: Callable[[], None] | None = None) -> Outcome:
     """Set up, call once and check, then time and take the peak memory of one method on one problem.
 
-    With `timing=None` only the check is done (tests use this).
+    `on_setup_done` is called once `setup=` has returned (it may compile or autotune kernels, so the runner
+    gives it its own time limit). With `timing=None` only the check is done (tests use this).
     """
     device = inputs.q.device
     B, H, D, E = problem.batch, problem.heads, problem.dim, problem.E
     if method.setup is not None:
         method.setup(problem)
+    if on_setup_done is not None:
+        on_setup_done()
     decode = problem.mode == "decode"
     fn = method.fn
 

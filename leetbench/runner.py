@@ -35,6 +35,7 @@ class RunSettings:
     out: Path
     device: str
     timeout_s: float = 120.0
+    setup_timeout_s: float | None = None  # None: timeout_s
     reference_timeout_s: float = 900.0
     rerun: str = "none"
     threads: int | None = None
@@ -127,6 +128,8 @@ class Runner:
         self.env: dict[str, Any] = {}
         self.result = RunResult()
         self._last_traceback = ""
+        # (method, problem shape without N) → (N, status) of a timeout or oom: longer N is not tried
+        self._gave_up: dict[tuple, tuple[int, str]] = {}
 
     # ---- rows ------------------------------------------------------------------------------------
     def _row(self, method: Method, problem: Problem, outcome: Outcome) -> Row:
@@ -177,10 +180,11 @@ class Runner:
         worker.hello = {**hello, "measure_bandwidth": False}
         return worker
 
-    def _ask(self, worker: WorkerProcess, message: dict[str, Any], timeout_s: float) -> Outcome:
+    def _ask(self, worker: WorkerProcess, message: dict[str, Any], timeout_s: float,
+             first_phase_s: float | None = None) -> Outcome:
         self._last_traceback = ""
         try:
-            reply = worker.request(message, timeout_s)
+            reply = worker.request(message, timeout_s, first_phase_s)
         except WorkerTimeout as exc:
             return Outcome(status="timeout", error=str(exc))
         except WorkerDied as exc:
@@ -253,8 +257,12 @@ class Runner:
     def _run_problem(self, worker: WorkerProcess, problem: Problem, methods: list[Method], progress: Progress,
                      memory_limit: float) -> None:
         runnable = []
+        shape = tuple(v for k, v in problem.as_dict().items() if k not in ("length", "seed"))
         for m in methods:
             reason = m.why_not(problem)
+            gave_up = self._gave_up.get((m.name, shape))
+            if reason is None and gave_up is not None and problem.length > gave_up[0]:
+                reason = f"{gave_up[1]} at N={gave_up[0]}; longer sequences are not tried"
             if reason:
                 self._skip_all([m], problem, "skipped", reason, progress)
             else:
@@ -283,9 +291,12 @@ class Runner:
             progress.start(m.name, problem.label())
             t0 = time.monotonic()
             outcome = self._ask(worker, {"op": "run", "method": m.name, "timing": self.s.timing,
-                                         "tolerances": self.s.tolerances}, self.s.timeout_s)
+                                         "tolerances": self.s.tolerances}, self.s.timeout_s,
+                                first_phase_s=self.s.setup_timeout_s or self.s.timeout_s)
             if outcome.status in ("error", "crashed", "timeout", "oom"):
                 self._log(m.name, problem.label(), self._last_traceback or outcome.error)
+            if outcome.status in ("timeout", "oom"):
+                self._gave_up.setdefault((m.name, shape), (problem.length, outcome.status))
             row = self._row(m, problem, outcome)
             self._write(row)
             detail = (f"{row.time_ms:.3f} ms rel_err {row.rel_err:.1e}" if row.status in ("ok", "inaccurate")

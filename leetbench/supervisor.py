@@ -77,29 +77,37 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send one request and wait for its reply; raise WorkerTimeout or WorkerDied."""
+    def request(self, message: dict[str, Any], timeout_s: float,
+                first_phase_s: float | None = None) -> dict[str, Any]:
+        """Send one request and wait for its reply; raise WorkerTimeout or WorkerDied.
+
+        With `first_phase_s`, the worker has that long until it reports `{"phase": ...}` (a method's `setup=`:
+        compilation, autotuning), then `timeout_s` for the rest; otherwise `timeout_s` for all of it.
+        """
         if not self.alive:
             self.start()
             if self.hello is not None:  # a restarted worker gets the same hello first
                 self._exchange(self.hello, timeout_s=max(timeout_s, 300))
-        return self._exchange(message, timeout_s)
+        return self._exchange(message, timeout_s, first_phase_s)
 
-    def _exchange(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _exchange(self, message: dict[str, Any], timeout_s: float,
+                  first_phase_s: float | None = None) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write((json.dumps(message) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerDied(self._death_note()) from None
-        deadline = time.monotonic() + timeout_s
+        limit, what = ((first_phase_s, "end of setup (setup_timeout_s)") if first_phase_s is not None
+                       else (timeout_s, "answer"))
+        deadline = time.monotonic() + limit
         buf = b""
         fd = self.proc.stdout.fileno()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                raise WorkerTimeout(f"no answer within {timeout_s:g} s; worker process group killed")
+                raise WorkerTimeout(f"no {what} within {limit:g} s; worker process group killed")
             ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
             if not ready:
                 continue
@@ -107,9 +115,13 @@ class WorkerProcess:
             if not chunk:
                 raise WorkerDied(self._death_note())
             buf += chunk
-            if b"\n" in buf:
-                line, _, _ = buf.partition(b"\n")
-                return json.loads(line)
+            while b"\n" in buf:
+                line, _, buf = buf.partition(b"\n")
+                reply = json.loads(line)
+                if "phase" not in reply:
+                    return reply
+                limit, what = timeout_s, "answer"  # first phase done: the measurement's own limit starts
+                deadline = time.monotonic() + timeout_s
 
     def _death_note(self) -> str:
         assert self.proc is not None

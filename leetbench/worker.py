@@ -17,7 +17,7 @@ import platform
 import socket
 import sys
 import traceback
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 
@@ -66,7 +66,8 @@ def environment(device: str, measure_bandwidth: bool) -> dict[str, Any]:
 
 
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, send: Callable[[dict], None] = lambda message: None) -> None:
+        self.send = send  # writes one protocol line (progress notes between request and reply)
         self.registry: Registry | None = None
         self.device = "cpu"
         self.problem: Problem | None = None
@@ -100,7 +101,8 @@ class Worker:
         assert self.registry is not None and self.inputs is not None and self.ref is not None
         method = self.registry[req["method"]]
         timing = TimingConfig(**req.get("timing", {}))
-        outcome = run_method(method, self.problem, _clone(self.inputs), self.ref, timing, req.get("tolerances"))
+        outcome = run_method(method, self.problem, _clone(self.inputs), self.ref, timing, req.get("tolerances"),
+                             on_setup_done=lambda: self.send({"phase": "setup done"}))
         return {"ok": True, "outcome": outcome.as_dict()}
 
     def handle(self, req: dict) -> dict:
@@ -135,14 +137,18 @@ def _protocol_stream() -> TextIO:
 
 def main() -> int:
     out = _protocol_stream()
-    worker = Worker()
+
+    def send(message: dict) -> None:
+        out.write(json.dumps(message, default=float) + "\n")
+        out.flush()
+
+    worker = Worker(send)
     for line in sys.stdin:
         line = line.strip()
         if not line:
             continue
         reply = worker.handle(json.loads(line))
-        out.write(json.dumps(reply, default=float) + "\n")
-        out.flush()
+        send(reply)
         if reply.get("restart"):
             return 3
     return 0

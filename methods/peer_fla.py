@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib
 
 from leetbench import register
-from leetbench.adapters import log_decay_as, per_token_log_decay, time_major
+from leetbench.adapters import log_decay_as, per_token_log_decay, time_major, warm_up
 
 _COMMON = dict(family="peer:fla", devices=("cuda",), dtypes=("float32", "float16", "bfloat16"),
                requires=("fla", "triton"))
@@ -41,10 +41,6 @@ _COMMON = dict(family="peer:fla", devices=("cuda",), dtypes=("float32", "float16
 
 def _route(name: str):
     return getattr(importlib.import_module("fla.ops.simple_gla"), name)
-
-
-def _setup(problem) -> None:
-    importlib.import_module("fla.ops.simple_gla")  # import (and fla's device probing) outside the timed calls
 
 
 def _with_state(route: str, q, k, v, decay, scale, initial_state):
@@ -62,27 +58,29 @@ def _no_initial_state(problem) -> str | None:
     return None
 
 
-@register(name="fla_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, setup=_setup, **_COMMON)
+@register(name="fla_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, setup=warm_up(lambda: fla_chunk),
+          **_COMMON)
 def fla_chunk(q, k, v, decay, *, scale, initial_state=None):
     """fla chunk_simple_gla: chunked, state per chunk (Triton)."""
     return _with_state("chunk_simple_gla", q, k, v, decay, scale, initial_state)
 
 
-@register(name="fla_fused_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, setup=_setup, **_COMMON)
+@register(name="fla_fused_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True,
+          setup=warm_up(lambda: fla_fused_chunk), **_COMMON)
 def fla_fused_chunk(q, k, v, decay, *, scale, initial_state=None):
     """fla fused_chunk_simple_gla: one kernel over the chunks, state in registers (Triton)."""
     return _with_state("fused_chunk_simple_gla", q, k, v, decay, scale, initial_state)
 
 
-@register(name="fla_fused_recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"), setup=_setup,
-          **_COMMON)
+@register(name="fla_fused_recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"),
+          setup=warm_up(lambda: fla_fused_recurrent), **_COMMON)
 def fla_fused_recurrent(q, k, v, decay, *, scale, initial_state=None):
     """fla fused_recurrent_simple_gla: token by token, float32 state (Triton); also the decode step."""
     return _with_state("fused_recurrent_simple_gla", q, k, v, decay, scale, initial_state)
 
 
-@register(name="fla_parallel", complexity="O(N²·(D + E))", tf32=True, supports=_no_initial_state, setup=_setup,
-          **_COMMON)
+@register(name="fla_parallel", complexity="O(N²·(D + E))", tf32=True, supports=_no_initial_state,
+          setup=warm_up(lambda: fla_parallel), **_COMMON)
 def fla_parallel(q, k, v, decay, *, scale, initial_state=None):
     """fla parallel_simple_gla: masked parallel form in blocks, per-token gate (Triton); no state."""
     B, _, N, _ = q.shape

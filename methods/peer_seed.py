@@ -45,7 +45,7 @@ import importlib
 import torch
 
 from leetbench import register
-from leetbench.adapters import decay_as, prescaled, rate_as
+from leetbench.adapters import decay_as, prescaled, rate_as, warm_up
 
 ALL = ("float64", "float32", "float16", "bfloat16")
 HALF_AND_SINGLE = ("float32", "float16", "bfloat16")
@@ -120,7 +120,7 @@ def seed_fleet_attention(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="seed_fleet_attention_triton", complexity="O(N·D·E)", devices=("cuda",), dtypes=HALF_AND_SINGLE,
-          supports=_fleet_triton_supports, setup=_setup_for("FleetAttention_triton"),
+          supports=_fleet_triton_supports, setup=warm_up(lambda: seed_fleet_attention_triton),
           family="peer:seed", requires=("leetDecoding", "triton"))
 def seed_fleet_attention_triton(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding FleetAttention_triton: one program per key coordinate (Triton), λ in float32."""
@@ -129,7 +129,7 @@ def seed_fleet_attention_triton(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="seed_lightning_attn2", complexity="O(N·(C·D + D·E))", devices=("cuda",), dtypes=HALF_AND_SINGLE,
-          tf32=True, supports=_stateless, setup=_setup_for("lightningAttention2"),
+          tf32=True, supports=_stateless, setup=warm_up(lambda: seed_lightning_attn2),
           family="peer:seed", requires=("leetDecoding", "triton", "pycuda"))
 def seed_lightning_attn2(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding lightning_attn2: Lightning Attention-2 copy (Triton, TF32 dots), rate γ in the input dtype."""

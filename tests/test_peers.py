@@ -305,3 +305,21 @@ def test_cache_converts_inference_tensors_every_time():
         x = torch.randn(3, 4)
     assert fingerprint(x) is None
     assert cached(x, lambda t: t * 2) is not cached(x, lambda t: t * 2)
+
+
+def test_warm_up_setup_calls_the_method_once_on_the_problem_shape() -> None:
+    from leetbench import Problem
+    from leetbench.adapters import warm_up
+
+    seen = []
+
+    def method(q, k, v, decay, *, scale, initial_state=None):
+        seen.append((tuple(q.shape), tuple(v.shape), q.dtype, decay.shape,
+                     None if initial_state is None else tuple(initial_state.shape)))
+        return v
+
+    warm_up(lambda: method)(Problem(2, 3, 17, 8, dim_v=4, dtype="bfloat16", initial_state=True))
+    warm_up(lambda: method)(Problem(1, 2, 50, 8, mode="decode", steps=4))
+    import torch
+    assert seen == [((2, 3, 17, 8), (2, 3, 17, 4), torch.bfloat16, (3,), (2, 3, 8, 4)),
+                    ((1, 2, 1, 8), (1, 2, 1, 8), torch.float32, (2,), (1, 2, 8, 8))]

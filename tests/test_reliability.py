@@ -89,9 +89,10 @@ def test_one_sweep_with_every_planted_fault_finishes(tmp_path: Path, plugins: Pa
     df = results(out)
     assert len(df) == 2 * 10  # 2 problems × (9 faults + recurrent): every row written
     status = df.groupby("method")["status"].agg(set).to_dict()
-    expected = {"recurrent": {"ok"}, "fault_raise": {"error"}, "fault_hang": {"timeout"},
+    # after a timeout or oom at N=32, N=128 is not tried (it would only take longer or more memory)
+    expected = {"recurrent": {"ok"}, "fault_raise": {"error"}, "fault_hang": {"timeout", "skipped"},
                 "fault_segv": {"crashed"}, "fault_exit": {"crashed"}, "fault_nan": {"inaccurate"},
-                "fault_shape": {"error"}, "fault_dtype": {"error"}, "fault_oom": {"oom"},
+                "fault_shape": {"error"}, "fault_dtype": {"error"}, "fault_oom": {"oom", "skipped"},
                 "fault_print": {"inaccurate"}}
     assert status == expected
     err = df.groupby("method")["error"].first().to_dict()
@@ -176,3 +177,46 @@ def test_rows_carry_memory_and_provenance(tmp_path: Path) -> None:
     assert (df["peak_mem_mb"] >= 0).all() and (df["method_hash"].str.len() == 12).all()
     assert (df["threads"] >= 1).all() and (df["copy_gbps"] > 0).all() and (df["gbps"] > 0).all()
     assert df["timestamp"].str.match(r"\d{4}-\d\d-\d\dT").all() and (df["torch"] != "").all()
+
+
+PHASES = '''
+import time
+from leetbench import register
+from leetbench.problem import Inputs
+from leetbench.reference import reference
+
+_compiled = []
+
+def _compile(problem):
+    if not _compiled:  # like a kernel build or an autotune: once per worker
+        time.sleep(4)
+        _compiled.append(True)
+
+def _exact(q, k, v, decay, scale, s0):
+    return reference(Inputs(q, k, v, decay, scale, s0))[0].to(v.dtype)
+
+@register(name="slow_setup", setup=_compile)
+def slow_setup(q, k, v, decay, *, scale, initial_state=None):
+    return _exact(q, k, v, decay, scale, initial_state)
+
+@register(name="slow_long")
+def slow_long(q, k, v, decay, *, scale, initial_state=None):
+    if q.shape[2] > 16:
+        time.sleep(3600)
+    return _exact(q, k, v, decay, scale, initial_state)
+'''
+
+
+def test_setup_has_its_own_limit_and_longer_n_is_not_tried_after_a_timeout(tmp_path: Path, plugins: Path) -> None:
+    write_plugin(plugins, "phases.py", PHASES)
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[slow_setup,slow_long]", "timeout_s=2",
+                   "setup_timeout_s=30", "sweep.length=[8,16,24,32,40]", "sweep.dim=[4]", f"out={out}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    df = results(out).set_index(["method", "length"])
+    assert (df.loc["slow_setup", "status"] == "ok").all()  # a 4 s setup under setup_timeout_s, not timeout_s
+    long = df.loc["slow_long"]
+    assert list(long["status"]) == ["ok", "ok", "timeout", "skipped", "skipped"]
+    assert "within 2 s" in long.loc[24, "error"]
+    assert long.loc[32, "error"] == "timeout at N=24; longer sequences are not tried"
