@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from leetbench.callbacks import HeldStderr, release_stderr
 from leetbench.config import (ConfigError, PROGRESS, cpu_threads, normalize_rerun, problems_from,
                               register_configs, resolve_device, select_methods)
 from leetbench.gpus import gpu_slot, visible_gpus
@@ -138,8 +139,7 @@ def pinned_gpu(cfg: DictConfig, device: str) -> Iterator[dict[str, str]]:
 
 @hydra.main(version_base="1.3", config_path="pkg://leetbench.configs", config_name="config")
 def app(cfg: DictConfig) -> None:
-    if isinstance(sys.stderr, _HeldStderr):
-        sys.stderr.release()  # a job has started: Hydra accepted the configuration
+    release_stderr()  # a job has started: Hydra accepted the configuration
     try:
         out = run_folder()
         code = report_only(cfg, out) if cfg.report else sweep(cfg, out)
@@ -148,35 +148,6 @@ def app(cfg: DictConfig) -> None:
         return
     if code:
         sys.exit(code)
-
-
-class _HeldStderr:
-    """Holds what Hydra writes to stderr until the first job starts, so that a bad override, which Hydra
-    reports in several lines before any job runs, can be turned into one `leetbench: error:` line."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.held: list[str] = []
-        self.passing = False
-
-    def write(self, text: str) -> int:
-        if self.passing:
-            return self.real.write(text)
-        self.held.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.passing:
-            self.real.flush()
-
-    def release(self) -> None:
-        if not self.passing:
-            self.passing = True
-            self.real.write("".join(self.held))
-            self.held.clear()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 def one_line(hydra_message: str) -> str:
@@ -199,7 +170,7 @@ def one_line(hydra_message: str) -> str:
 
 
 def main() -> None:
-    held = _HeldStderr(sys.stderr)
+    held = HeldStderr(sys.stderr)
     sys.stderr = held
     try:
         app()
