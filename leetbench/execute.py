@@ -15,7 +15,7 @@ import torch
 from leetbench.metrics import Errors, errors, judge, tolerance
 from leetbench.problem import Inputs, Problem
 from leetbench.registry import Method
-from leetbench.timing import TimingConfig, measure, peak_memory_mb
+from leetbench.timing import TimingConfig, measure, watch
 
 
 class OutputError(Exception):
@@ -38,11 +38,6 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _split(result: Any, expected_o: tuple, expected_s: tuple, inputs: Inputs,
@@ -93,19 +88,26 @@ def run_method(method: Method, problem: Problem, inputs: Inputs, ref: tuple[torc
         return fn(q, k, v, inputs.decay, scale=inputs.scale, initial_state=s0)
 
     if decode:
-        outs, state = [], inputs.initial_state
-        for t in range(problem.steps):
-            o_t, state = _split(call(inputs.q[:, :, t:t + 1], inputs.k[:, :, t:t + 1], inputs.v[:, :, t:t + 1],
-                                     state), (B, H, 1, E), (B, H, D, E), inputs, True)
-            outs.append(o_t)
-        o = torch.cat(outs, dim=2)
+        def checked() -> tuple[torch.Tensor, torch.Tensor | None]:
+            outs, state = [], inputs.initial_state
+            for t in range(problem.steps):
+                o_t, state = _split(call(inputs.q[:, :, t:t + 1], inputs.k[:, :, t:t + 1], inputs.v[:, :, t:t + 1],
+                                         state), (B, H, 1, E), (B, H, D, E), inputs, True)
+                outs.append(o_t)
+            return torch.cat(outs, dim=2), state
+
         q1, k1, v1 = inputs.q[:, :, :1], inputs.k[:, :, :1], inputs.v[:, :, :1]
         timed: Callable[[], Any] = lambda: call(q1, k1, v1, inputs.initial_state)  # noqa: E731 - one token
     else:
-        o, state = _split(call(inputs.q, inputs.k, inputs.v, inputs.initial_state),
+        def checked() -> tuple[torch.Tensor, torch.Tensor | None]:
+            return _split(call(inputs.q, inputs.k, inputs.v, inputs.initial_state),
                           (B, H, problem.length, E), (B, H, D, E), inputs, False)
+
         timed = lambda: call(inputs.q, inputs.k, inputs.v, inputs.initial_state)  # noqa: E731
-    _sync(device)
+    # The checked call is also where the peak memory is taken (in decode: over all steps) and, for a slow
+    # method, the estimate of its cost.
+    first = watch(checked, device)
+    o, state = first.result
     errs = errors(o, ref[0])
     state_errs: Errors | None = errors(state, ref[1]) if state is not None else None
     del o, state
@@ -122,10 +124,10 @@ def run_method(method: Method, problem: Problem, inputs: Inputs, ref: tuple[torc
         state_rel_err=state_errs.rel_err if state_errs else math.nan,
         state_max_err=state_errs.max_err if state_errs else math.nan, error=message,
     )
+    outcome.peak_mem_mb = first.peak_mem_mb
     if timing is not None:
-        t = measure(timed, device, timing)
+        t = measure(timed, device, timing, first_call_ms=None if decode else first.wall_ms)
         outcome.time_ms, outcome.time_ms_p20, outcome.time_ms_p80, outcome.reps = t.median_ms, t.p20_ms, t.p80_ms, t.reps
-        outcome.peak_mem_mb = peak_memory_mb(timed, device)
     return outcome
 
 

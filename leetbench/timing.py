@@ -63,7 +63,8 @@ def l2_flush_bytes(device: torch.device) -> int:
     return max(2 * l2, 256 * 1024 * 1024)
 
 
-def time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig) -> Timing:
+def time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig,
+              estimate_ms: float | None = None) -> Timing:
     flush = torch.empty(l2_flush_bytes(device) // 4, dtype=torch.int32, device=device)
     stream = torch.cuda.current_stream(device)
 
@@ -79,10 +80,13 @@ def time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig)
         torch.cuda.synchronize(device)
         return max((start.elapsed_time(end) - n * _time_flush(flush, stream, device)) / n, 1e-4)
 
-    estimate = cold_calls(1)
-    if estimate < 10.0:  # cheap calls: a steadier estimate from five
-        estimate = cold_calls(5)
-    warmup, reps = _counts(estimate, cfg)
+    if estimate_ms is None:
+        estimate = cold_calls(1)
+        if estimate < 10.0:  # cheap calls: a steadier estimate from five
+            estimate = cold_calls(5)
+        warmup, reps = _counts(estimate, cfg)
+    else:
+        warmup, reps = 0, _counts(estimate_ms, cfg)[1]
     for _ in range(warmup):
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -105,12 +109,15 @@ def _time_flush(flush: torch.Tensor, stream, device) -> float:
     return start.elapsed_time(end)
 
 
-def time_cpu(fn: Callable[[], object], cfg: TimingConfig) -> Timing:
-    t0 = time.perf_counter()
-    fn()
-    estimate = (time.perf_counter() - t0) * 1e3
-    warmup, reps = _counts(estimate, cfg)
-    for _ in range(min(warmup, 3) if estimate > 50 else warmup):
+def time_cpu(fn: Callable[[], object], cfg: TimingConfig, estimate_ms: float | None = None) -> Timing:
+    if estimate_ms is None:
+        t0 = time.perf_counter()
+        fn()
+        estimate_ms = (time.perf_counter() - t0) * 1e3
+        warmup, reps = _counts(estimate_ms, cfg)
+    else:
+        warmup, reps = 0, _counts(estimate_ms, cfg)[1]
+    for _ in range(warmup):
         fn()
     samples = []
     for _ in range(reps):
@@ -120,13 +127,21 @@ def time_cpu(fn: Callable[[], object], cfg: TimingConfig) -> Timing:
     return summarize(samples)
 
 
-def measure(fn: Callable[[], object], device: torch.device | str, cfg: TimingConfig) -> Timing:
-    """Median, p20 and p80 of `fn()` in milliseconds. Call `fn` once beforehand (compilation)."""
+# A call slower than this is estimated from the caller's first call alone and gets no warm-up: repeating it
+# would add nothing but time (its compilation and caches were settled by that first call).
+SLOW_CALL_MS = 100.0
+
+
+def measure(fn: Callable[[], object], device: torch.device | str, cfg: TimingConfig,
+            first_call_ms: float | None = None) -> Timing:
+    """Median, p20 and p80 of `fn()` in milliseconds. Call `fn` once beforehand (compilation), and pass
+    how long that call took as `first_call_ms` so slow methods are not called more than they need."""
     device = torch.device(device)
+    slow = first_call_ms is not None and first_call_ms > SLOW_CALL_MS
     if device.type == "cuda":
         with torch.cuda.device(device):
-            return time_cuda(fn, device, cfg)
-    return time_cpu(fn, cfg)
+            return time_cuda(fn, device, cfg, first_call_ms if slow else None)
+    return time_cpu(fn, cfg, first_call_ms if slow else None)
 
 
 # ---- peak memory -----------------------------------------------------------------------------------
@@ -152,28 +167,46 @@ def _reset_cpu_peak() -> bool:
         return False
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> float:
-    """Memory a call takes at its peak above what is allocated before it, in MB (NaN if unknown).
+@dataclass
+class Watched:
+    """What `watch` saw of one call: its result, its wall time and the memory it took at its peak."""
+
+    result: object
+    wall_ms: float
+    peak_mem_mb: float
+
+
+def watch(fn: Callable[[], object], device: torch.device | str) -> Watched:
+    """Call `fn` once (synchronised) and measure its wall time and peak memory above what was allocated
+    before it (NaN if unknown).
 
     GPU: torch's allocator peak (CuPy kernels allocate through torch's allocator, so they count).
-    CPU: the rise of the process's resident high-water mark over one call.
+    CPU: the rise of the process's resident high-water mark over the call.
     """
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        fn()
+        t0 = time.perf_counter()
+        result = fn()
         torch.cuda.synchronize(device)
-        return max(0, torch.cuda.max_memory_allocated(device) - base) / 1e6
-    if not _reset_cpu_peak():
-        return math.nan
+        wall = (time.perf_counter() - t0) * 1e3
+        return Watched(result, wall, max(0, torch.cuda.max_memory_allocated(device) - base) / 1e6)
+    reset = _reset_cpu_peak()
     base = _rss_bytes("VmRSS")
-    fn()
+    t0 = time.perf_counter()
+    result = fn()
+    wall = (time.perf_counter() - t0) * 1e3
     peak = _rss_bytes("VmHWM")
-    if base is None or peak is None:
-        return math.nan
-    return max(0, peak - base) / 1e6
+    if not reset or base is None or peak is None:
+        return Watched(result, wall, math.nan)
+    return Watched(result, wall, max(0, peak - base) / 1e6)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> float:
+    """The peak memory of one call of `fn`, in MB (see `watch`)."""
+    return watch(fn, device).peak_mem_mb
 
 
 # ---- the device's copy bandwidth --------------------------------------------------------------------
