@@ -1,0 +1,158 @@
+"""CuPy ↔ torch bridge for leetbench's own CUDA kernels, and the kernels' sources.
+
+Methods written as CuPy RawModules share memory with torch and run on torch's stream (DESIGN.md §3):
+
+- tensors go to kernels as raw device pointers (`t.data_ptr()`): zero-copy, with no per-call DLPack
+  round trip; `as_cupy` gives a zero-copy `cupy.ndarray` view (DLPack) where an array is wanted;
+- every launch goes on torch's current stream (`cupy.cuda.ExternalStream`), so CUDA events recorded by the
+  timing code bracket the kernel;
+- sources are `.cu` files beside this module (no headers: NVRTC on the GPU machine cannot include <mma.h> or
+  <cuda_bf16.h>, so 16-bit values are raw bit patterns and conversions and matrix products are inline PTX);
+  each template instance is compiled once per process and device (`kernel`), from a method's `setup=`, so
+  compilation is never timed;
+- outputs are allocated by torch; `use_torch_allocator` routes any CuPy allocation through torch's caching
+  allocator so torch's peak-memory counter sees it.
+
+CuPy is imported lazily: importing this module works on machines without CuPy or a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+KERNEL_DIR = Path(__file__).resolve().parent
+COMPILE_OPTIONS = ("-std=c++17",)
+_DEFAULT_SMEM = 48 * 1024
+
+
+def cupy_available() -> bool:
+    """CuPy importable and a CUDA device visible to torch."""
+    return importlib.util.find_spec("cupy") is not None and torch.cuda.is_available()
+
+
+def _cupy():
+    import cupy  # noqa: PLC0415 - optional dependency, imported on first use
+
+    return cupy
+
+
+@functools.lru_cache(maxsize=None)
+def source(*files: str) -> str:
+    """The concatenated text of kernel source files in this folder (`#pragma once` dropped)."""
+    parts = [(KERNEL_DIR / f).read_text().replace("#pragma once", "") for f in files]
+    return "\n".join(parts)
+
+
+class Kernel:
+    """One compiled template instance on one device: launches on torch's current stream."""
+
+    def __init__(self, fn: Any, name: str, device_index: int):
+        self.fn = fn
+        self.name = name
+        self.device_index = device_index
+        self._smem_limit = _DEFAULT_SMEM
+
+    @property
+    def num_regs(self) -> int:
+        return int(self.fn.num_regs)
+
+    def __call__(self, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0) -> None:
+        cp = _cupy()
+        if shared_mem > self._smem_limit:
+            with cp.cuda.Device(self.device_index):
+                self.fn.max_dynamic_shared_size_bytes = int(shared_mem)
+            self._smem_limit = shared_mem
+        grid = grid if isinstance(grid, tuple) else (int(grid),)
+        block = block if isinstance(block, tuple) else (int(block),)
+        stream = torch_stream(self.device_index)
+        if cp.cuda.runtime.getDevice() != self.device_index:
+            with cp.cuda.Device(self.device_index):
+                self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
+        else:
+            self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
+
+
+_kernels: dict[tuple[tuple[str, ...], str, int], Kernel] = {}
+
+
+def precompile(files: tuple[str, ...], names: Sequence[str], device_index: int) -> None:
+    """Compile the missing template instances `names` of one source, in a single NVRTC call."""
+    missing = [n for n in dict.fromkeys(names) if (files, n, device_index) not in _kernels]
+    if not missing:
+        return
+    cp = _cupy()
+    with cp.cuda.Device(device_index):
+        module = cp.RawModule(code=source(*files), options=COMPILE_OPTIONS, name_expressions=missing)
+        for name in missing:
+            fn = module.get_function(name)
+            fn.compile()
+            _kernels[(files, name, device_index)] = Kernel(fn, name, device_index)
+
+
+def kernel(files: tuple[str, ...], name: str, device_index: int) -> Kernel:
+    """The compiled kernel `name` (a C++ name expression, e.g. 'decode_step<2,4,false>'), cached."""
+    key = (files, name, device_index)
+    k = _kernels.get(key)
+    if k is None:
+        precompile(files, [name], device_index)
+        k = _kernels[key]
+    return k
+
+
+_streams: dict[int, Any] = {}
+
+
+def torch_stream(device_index: int):
+    """torch's current stream on a device, as a CuPy stream object (cached by handle)."""
+    handle = torch.cuda.current_stream(device_index).cuda_stream
+    stream = _streams.get(handle)
+    if stream is None:
+        stream = _cupy().cuda.ExternalStream(handle, device_index)
+        _streams[handle] = stream
+    return stream
+
+
+def device_properties(device_index: int) -> Any:
+    return _device_properties(device_index)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_properties(device_index: int) -> Any:
+    return torch.cuda.get_device_properties(device_index)
+
+
+def as_cupy(t: torch.Tensor):
+    """A zero-copy CuPy view of a CUDA tensor (DLPack)."""
+    return _cupy().from_dlpack(t.detach())
+
+
+class _TorchBlock:
+    """Owner of one block from torch's caching allocator; returns it when CuPy drops the memory."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __del__(self):
+        torch.cuda.caching_allocator_delete(self.ptr)
+
+
+@functools.lru_cache(maxsize=1)
+def use_torch_allocator() -> None:
+    """Route CuPy's device allocations through torch's caching allocator (so peak memory counts them)."""
+    cp = _cupy()
+
+    def alloc(size: int):
+        if size == 0:
+            return cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(0, 0, None), 0)
+        dev = cp.cuda.runtime.getDevice()
+        ptr = torch.cuda.caching_allocator_alloc(size, dev, torch.cuda.current_stream(dev))
+        return cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(ptr, size, _TorchBlock(ptr), dev), 0)
+
+    cp.cuda.set_allocator(alloc)
