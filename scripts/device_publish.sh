@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The published GPU run, on the device machine (or any GPU box with the project installed):
 #   bash scripts/device_publish.sh tests kernels decode paper
-# Each stage writes into results/gpu-<card>/<stage>/; at the end everything is merged into
-# results/gpu-<card>/ (results.csv, leaderboard, plots) and, when $OUT is set, packed into $OUT/published.tgz.
+# Each stage writes into results/gpu-<card>/<stage>/ (packed into $OUT/<stage>.tgz as soon as it ends, when
+# $OUT is set); at the end the stages are merged into results/gpu-<card>/ (results.csv, leaderboard, plots).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")
@@ -24,7 +24,8 @@ for stage in "$@"; do
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   echo "== stage $stage took $(( $(date +%s) - start )) s"
+  [ -n "${OUT:-}" ] && [ -d "$dest/$stage" ] && tar czf "$OUT/$stage.tgz" "$dest/$stage"
 done
 runs=$(ls -d "$dest"/*/ 2>/dev/null | paste -sd, -)
 [ -n "$runs" ] && leetbench report="[${runs%,}]" out="$dest" progress=none > "$log/report.log" 2>&1
-[ -n "${OUT:-}" ] && tar czf "$OUT/published.tgz" results/gpu-* && ls -la "$OUT"
+[ -n "${OUT:-}" ] && ls -la "$OUT"
