@@ -169,12 +169,12 @@ class Problem:
         return io
 
     def estimate_bytes(self) -> int:
-        """Memory a measurement needs at least: inputs, a float64 upcast and reference, outputs."""
-        B, H, N, D, E = self.batch, self.heads, self.length + self.steps, self.dim, self.E
+        """Memory a measurement needs at least: the inputs and a method's copy of them, the float64
+        reference output, the method's output, and a few states."""
+        B, H, N, D, E = self.batch, self.heads, self.tokens, self.dim, self.E
         item = torch.empty((), dtype=self.torch_dtype).element_size()
-        elements = B * H * N * (2 * D + 2 * E)
-        state = B * H * D * E
-        return elements * (item + 8 + item) + state * 8 * 4
+        inputs = B * H * N * (2 * D + E) * item
+        return 2 * inputs + B * H * N * E * (8 + item) + B * H * D * E * 8 * 4
 
     def label(self) -> str:
         e = "" if self.dim_v is None else f" E{self.dim_v}"

@@ -35,8 +35,11 @@ def _chunk_segment(q, k, v, log_lam, state, scale):
 
 
 def reference(inputs: Inputs, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact float64 outputs [B, H, N, E] and final state [B, H, D, E], on the inputs' device."""
-    q, k, v = inputs.q.to(F64), inputs.k.to(F64), inputs.v.to(F64)
+    """Exact float64 outputs [B, H, N, E] and final state [B, H, D, E], on the inputs' device.
+
+    Inputs are upcast one segment at a time, so the extra memory is the float64 output plus one segment.
+    """
+    q, k, v = inputs.q, inputs.k, inputs.v
     B, H, N, D = q.shape
     E = v.shape[-1]
     log_lam = log_decay(inputs.decay.to(q.device))
@@ -50,7 +53,7 @@ def reference(inputs: Inputs, chunk: int = 64) -> tuple[torch.Tensor, torch.Tens
     while start < N:
         stop = min(start + group, full) if start < full else N
         c = chunk if start < full else N - full
-        seg = lambda x: x[:, :, start:stop].reshape(B, H, (stop - start) // c, c, x.shape[-1])  # noqa: E731
+        seg = lambda x: x[:, :, start:stop].to(F64).reshape(B, H, (stop - start) // c, c, x.shape[-1])  # noqa: E731
         o, state = _chunk_segment(seg(q), seg(k), seg(v), log_lam, state, inputs.scale)
         out[:, :, start:stop] = o.reshape(B, H, stop - start, E)
         start = stop
