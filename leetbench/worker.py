@@ -44,6 +44,8 @@ def environment(device: str, measure_bandwidth: bool) -> dict[str, Any]:
         cupy_version = ""
     dev = torch.device(device)
     if dev.type == "cuda":
+        if dev.index is None:  # "cuda" means the current device; CUDA queries want an index
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
         gpu = torch.cuda.get_device_name(dev)
         mem_total = torch.cuda.mem_get_info(dev)[1]
