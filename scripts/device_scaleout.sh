@@ -5,12 +5,12 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 log=${OUT:-/tmp}
-args=(sweep=paper device=cuda progress=none 'methods=[chunked,lightning2,block_based,fla_chunk]'
+args=(sweep=paper device=cuda progress=none 'methods=[chunked,lightning2,block_based,recursion]'
       'dtypes=[bfloat16]' timeout_s=60)
-lengths="[4096],[16384],[65536],[100000]"
+lengths="[16384],[32768],[65536],[100000]"
 nvidia-smi --query-gpu=index,name --format=csv,noheader
 t0=$(date +%s)
-leetbench "${args[@]}" 'sweep.length=[4096,16384,65536,100000]' out=results/scaleout/one-gpu > "$log/one_gpu.log" 2>&1
+leetbench "${args[@]}" 'sweep.length=[16384,32768,65536,100000]' out=results/scaleout/one-gpu > "$log/one_gpu.log" 2>&1
 t1=$(date +%s)
 nvidia-smi dmon -s u -d 1 > "$log/dmon.log" 2>&1 &
 dmon=$!
