@@ -63,11 +63,19 @@ def _save(fig: plt.Figure, path: Path) -> None:
 def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False, layout="constrained")
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
+
+
+def _legend(ax: plt.Axes) -> None:
+    """Inside the axes for a few lines; beside them, out of the data's way, for many."""
+    if len(ax.get_legend_handles_labels()[0]) > 8:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, ncol=2)
 
 
 def _lines(ax: plt.Axes, sel: pd.DataFrame, y: str, styles: dict, statuses=("ok",)) -> None:
@@ -94,7 +102,7 @@ def time_vs_length(df: pd.DataFrame, path: Path) -> bool:
         ax.set_ylabel("median time (ms)")
         ax.set_title(f"{_device_name(g)} · {dtype}\n{shape}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        _legend(ax)
     fig.suptitle("Time vs sequence length (only rows within tolerance)", fontsize=11)
     _save(fig, path)
     return True
@@ -117,7 +125,7 @@ def bandwidth(df: pd.DataFrame, path: Path) -> bool:
         copy = pd.to_numeric(g["copy_gbps"], errors="coerce").median()
         ax.set_title(f"{_device_name(g)} · {dtype} · copy {copy:.0f} GB/s\n{shape}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        _legend(ax)
     fig.suptitle("Achieved bandwidth: bytes floor B·H·N·(2D+2E)·bytes / time", fontsize=11)
     _save(fig, path)
     return True
@@ -142,7 +150,7 @@ def error_vs_length(df: pd.DataFrame, path: Path) -> bool:
         ax.set_ylabel("rel_err vs float64 reference")
         ax.set_title(f"{dtype}\n{shape}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        _legend(ax)
     fig.suptitle("Accuracy: ‖o − ref‖ / ‖ref‖", fontsize=11)
     _save(fig, path)
     return True
@@ -153,7 +161,7 @@ def speedup(board: Leaderboard, path: Path) -> bool:
     if t.empty:
         return False
     t = t.sort_values("speedup")
-    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(t) + 1.5))
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(t) + 1.5), layout="constrained")
     colors = ["tab:green" if m == board.baseline else "tab:blue" for m in t["method"]]
     ax.barh(t["method"], t["speedup"], color=colors)
     ax.axvline(1.0, color="black", linewidth=0.8)
@@ -184,7 +192,7 @@ def decode_latency(df: pd.DataFrame, path: Path) -> bool:
         h, d = g["heads"].iloc[0], g["dim"].iloc[0]
         ax.set_title(f"{_device_name(g)} · {dtype} · H={h} D={d}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.suptitle("Decode: one token with the state carried", fontsize=11)
     _save(fig, path)
     return True

@@ -155,18 +155,16 @@ class Problem:
         return self.initial_state or self.mode == "decode"
 
     def bytes_floor(self) -> int:
-        """Fewest bytes the operator must move (DESIGN.md §5).
+        """Fewest bytes one timed call must move (DESIGN.md §5): what `gbps` and `pct_bw` divide by.
 
-        Prefill: read q, k, v and write o. Decode: per step the state is read and written once
-        (in float32) besides q, k, v and o of that token.
+        Prefill: read q, k, v and write o for all N tokens. Decode (timed per token): read and write the
+        state once (float32, float64 for float64 problems) besides q, k, v and o of that one token.
         """
         item = torch.empty((), dtype=self.torch_dtype).element_size()
         B, H, D, E = self.batch, self.heads, self.dim, self.E
-        io = B * H * self.tokens * (2 * D + 2 * E) * item
         if self.mode == "decode":
-            state_item = max(item, 4)
-            return io + self.steps * 2 * B * H * D * E * state_item
-        return io
+            return B * H * (2 * D + 2 * E) * item + 2 * B * H * D * E * max(item, 4)
+        return B * H * self.length * (2 * D + 2 * E) * item
 
     def estimate_bytes(self) -> int:
         """Memory a measurement needs at least: the inputs and a method's copy of them, the float64
