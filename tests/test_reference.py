@@ -116,3 +116,11 @@ def test_decay_helpers_never_overflow() -> None:
     assert decay_powers(ll, 4, reverse=True)[2].tolist() == pytest.approx([0.125, 0.25, 0.5, 1.0], rel=1e-15)
     with pytest.raises(ValueError):
         decay_powers(ll, 3, start=-1)
+
+
+def test_bytes_floor_counts_one_timed_call() -> None:
+    prefill = Problem(2, 4, 100, 8, dim_v=16, dtype="bfloat16")
+    assert prefill.bytes_floor() == 2 * 4 * 100 * (2 * 8 + 2 * 16) * 2
+    decode = Problem(2, 4, 100, 8, dim_v=16, dtype="bfloat16", mode="decode", steps=7)
+    # one token's q, k, v, o plus the float32 state read and written once, whatever `steps` is
+    assert decode.bytes_floor() == 2 * 4 * (2 * 8 + 2 * 16) * 2 + 2 * 2 * 4 * 8 * 16 * 4
