@@ -122,22 +122,13 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+_FORMATS = {"sci": "{:.1e}", "x": "{:.2f}×", "f2": "{:.2f}", "g4": "{:.4g}", "bw": "{:.1f}%"}
+
+
 def _fmt(v: object, kind: str = "") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "—"
-    if kind == "pct":
-        return f"{100 * float(v):.0f}%"
-    if kind == "sci":
-        return f"{float(v):.1e}"
-    if kind == "x":
-        return f"{float(v):.2f}×"
-    if kind == "f2":
-        return f"{float(v):.2f}"
-    if kind == "g4":
-        return f"{float(v):.4g}"
-    if kind == "bw":
-        return f"{float(v):.1f}%"
-    return str(v)
+    return _FORMATS[kind].format(float(v)) if kind else str(v)
 
 
 def markdown(board: Leaderboard, df: pd.DataFrame, load_failures: list[tuple[str, str]] | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -86,74 +87,63 @@ def _lines(ax: plt.Axes, sel: pd.DataFrame, y: str, styles: dict, statuses=("ok"
         ax.plot(per_n.index, per_n.values, label=method, linewidth=1.6, markersize=4, **styles[method])
 
 
-def time_vs_length(df: pd.DataFrame, path: Path) -> bool:
-    ok = df[(df["status"] == "ok") & (df["mode"] == "prefill")]
-    if ok.empty:
+def _per_length(rows: pd.DataFrame, path: Path, styles: dict, *, panel_by: list[str], y: str, ylabel: str,
+                title: Callable[[tuple, pd.DataFrame], str], suptitle: str, logy: bool = True,
+                statuses: tuple[str, ...] = ("ok",),
+                decorate: Callable[[plt.Axes, tuple], None] | None = None) -> bool:
+    """One panel per `panel_by` value: `y` against N on log axes, one line per method."""
+    if rows.empty:
         return False
-    styles = _style_for(list(df["method"].unique()))
-    panels = _panels(ok, ["device", "dtype"])
+    panels = _panels(rows, panel_by)
     fig, axes = _grid(len(panels))
-    for ax, ((device, dtype), g) in zip(axes, panels):
+    for ax, (key, g) in zip(axes, panels):
         sel, shape = _main_shape(g)
-        _lines(ax, sel, "time_ms", styles)
+        _lines(ax, sel, y, styles, statuses)
+        if decorate is not None:
+            decorate(ax, key)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if logy:
+            ax.set_yscale("log")
         ax.set_xlabel("sequence length N")
-        ax.set_ylabel("median time (ms)")
-        ax.set_title(f"{_device_name(g)} · {dtype}\n{shape}", fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title(key, g)}\n{shape}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         _legend(ax)
-    fig.suptitle("Time vs sequence length (only rows within tolerance)", fontsize=11)
+    fig.suptitle(suptitle, fontsize=11)
     _save(fig, path)
     return True
+
+
+def time_vs_length(df: pd.DataFrame, path: Path) -> bool:
+    return _per_length(
+        df[(df["status"] == "ok") & (df["mode"] == "prefill")], path, _style_for(list(df["method"].unique())),
+        panel_by=["device", "dtype"], y="time_ms", ylabel="median time (ms)",
+        title=lambda key, g: f"{_device_name(g)} · {key[1]}",
+        suptitle="Time vs sequence length (only rows within tolerance)")
 
 
 def bandwidth(df: pd.DataFrame, path: Path) -> bool:
-    ok = df[(df["status"] == "ok") & df["pct_bw"].notna() & (df["mode"] == "prefill")]
-    if ok.empty:
-        return False
-    styles = _style_for(list(df["method"].unique()))
-    panels = _panels(ok, ["device", "dtype"])
-    fig, axes = _grid(len(panels))
-    for ax, ((device, dtype), g) in zip(axes, panels):
-        sel, shape = _main_shape(g)
-        _lines(ax, sel, "pct_bw", styles)
-        ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel("% of measured copy bandwidth")
+    def title(key: tuple, g: pd.DataFrame) -> str:
         copy = pd.to_numeric(g["copy_gbps"], errors="coerce").median()
-        ax.set_title(f"{_device_name(g)} · {dtype} · copy {copy:.0f} GB/s\n{shape}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        _legend(ax)
-    fig.suptitle("Achieved bandwidth: bytes floor B·H·N·(2D+2E)·bytes / time", fontsize=11)
-    _save(fig, path)
-    return True
+        return f"{_device_name(g)} · {key[1]} · copy {copy:.0f} GB/s"
+
+    return _per_length(
+        df[(df["status"] == "ok") & df["pct_bw"].notna() & (df["mode"] == "prefill")], path,
+        _style_for(list(df["method"].unique())), panel_by=["device", "dtype"], y="pct_bw",
+        ylabel="% of measured copy bandwidth", title=title, logy=False,
+        suptitle="Achieved bandwidth: bytes floor B·H·N·(2D+2E)·bytes / time",
+        decorate=lambda ax, key: ax.axhline(100, color="black", linewidth=0.8, linestyle="--"))
 
 
 def error_vs_length(df: pd.DataFrame, path: Path) -> bool:
-    ran = df[df["status"].isin(("ok", "inaccurate")) & df["rel_err"].notna()]
-    if ran.empty:
-        return False
-    styles = _style_for(list(df["method"].unique()))
-    panels = _panels(ran, ["dtype"])
-    fig, axes = _grid(len(panels))
-    for ax, ((dtype,), g) in zip(axes, panels):
-        sel, shape = _main_shape(g)
-        vals = sel.copy()
-        vals["rel_err"] = vals["rel_err"].clip(lower=1e-17)
-        _lines(ax, vals, "rel_err", styles, statuses=("ok", "inaccurate"))
-        ax.axhline(DEFAULT_TOLERANCES[dtype], color="red", linewidth=1, linestyle="--", label="tolerance")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel("rel_err vs float64 reference")
-        ax.set_title(f"{dtype}\n{shape}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        _legend(ax)
-    fig.suptitle("Accuracy: ‖o − ref‖ / ‖ref‖", fontsize=11)
-    _save(fig, path)
-    return True
+    ran = df[df["status"].isin(("ok", "inaccurate")) & df["rel_err"].notna() & (df["mode"] == "prefill")].copy()
+    ran["rel_err"] = ran["rel_err"].clip(lower=1e-17)  # exact results still show on a log axis
+    return _per_length(
+        ran, path, _style_for(list(df["method"].unique())), panel_by=["dtype"], y="rel_err",
+        ylabel="rel_err vs float64 reference", title=lambda key, g: key[0], statuses=("ok", "inaccurate"),
+        suptitle="Accuracy: ‖o − ref‖ / ‖ref‖",
+        decorate=lambda ax, key: ax.axhline(DEFAULT_TOLERANCES[key[0]], color="red", linewidth=1,
+                                            linestyle="--", label="tolerance"))
 
 
 def speedup(board: Leaderboard, path: Path) -> bool:
