@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import leetbench
 from leetbench.config import ConfigError
@@ -53,7 +53,6 @@ class RunResult:
     skipped_existing: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
-    env: dict[str, Any] = field(default_factory=dict)
 
 
 def git_sha() -> str:
@@ -103,7 +102,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _memory_limit(device: str, hello_env: dict[str, Any], fraction: float) -> float:
+def _memory_limit(hello_env: dict[str, Any], fraction: float) -> float:
     total = hello_env.get("mem_total_bytes")
     if not total:
         try:
@@ -114,15 +113,14 @@ def _memory_limit(device: str, hello_env: dict[str, Any], fraction: float) -> fl
 
 
 class Runner:
-    """Runs one sweep into one folder. `on_row` is called with every row written (for tests and callers)."""
+    """Runs one sweep into one folder."""
 
     def __init__(self, problems: list[Problem], methods: list[Method], settings: RunSettings,
-                 load_failures: list[LoadFailure] | None = None, on_row: Callable[[Row], None] | None = None):
+                 load_failures: list[LoadFailure] | None = None):
         self.problems = problems
         self.methods = methods
         self.s = settings
         self.load_failures = load_failures or []
-        self.on_row = on_row
         self.store = ResultsFile(settings.out / "results.csv")
         self.static_env = {"host": socket.gethostname(), "leetbench": leetbench.__version__, "git_sha": git_sha()}
         self.env: dict[str, Any] = {}
@@ -151,8 +149,6 @@ class Runner:
         self.store.append(row)
         self.result.rows_written += 1
         self.result.counts[row.status] = self.result.counts.get(row.status, 0) + 1
-        if self.on_row is not None:
-            self.on_row(row)
 
     def _log(self, what: str, where: str, text: str) -> None:
         """Full tracebacks and failure notes go to errors.log in the run folder."""
@@ -236,8 +232,7 @@ class Runner:
             if total == 0:
                 return self.result
             worker = self._start_worker()
-            self.result.env = dict(self.env)
-            limit = _memory_limit(self.s.device, self.env, self.s.memory_fraction)
+            limit = _memory_limit(self.env, self.s.memory_fraction)
             try:
                 for problem, methods in plan:
                     self._run_problem(worker, problem, methods, progress, limit)

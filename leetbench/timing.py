@@ -220,5 +220,4 @@ def copy_bandwidth_gbps(device: torch.device | str, nbytes: int | None = None) -
     dst = torch.empty_like(src)
     cfg = TimingConfig(warmup_ms=10, rep_ms=50 if device.type == "cuda" else 200, min_reps=5, max_reps=200)
     t = measure(lambda: dst.copy_(src), device, cfg)
-    del src, dst
     return 2 * nbytes / (t.median_ms * 1e-3) / 1e9
