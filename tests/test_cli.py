@@ -127,3 +127,12 @@ def test_decode_mode(tmp_path: Path) -> None:
     quad = df[df["method"] == "quadratic"]
     assert (quad["status"] == "skipped").all() and quad["error"].str.contains("supports mode prefill").all()
     assert (out / "plots" / "decode_latency.png").exists()
+
+
+def test_problems_that_cannot_fit_are_skipped_by_an_estimate(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, "methods=[recurrent]", "sweep.batch=[4096]", "sweep.heads=[64]", "sweep.length=[1048576]",
+                   "sweep.dim=[256]", f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    df = results(out)
+    assert (df["status"] == "skipped").all() and df["error"].str.match(r"needs about \d+\.\d GB, over").all()
