@@ -37,18 +37,20 @@ def choose_baseline(df: pd.DataFrame, wanted: str) -> str:
     return str(counts.index[0])
 
 
-def _problem_id(df: pd.DataFrame) -> pd.Series:
-    return df[PROBLEM_COLUMNS].astype(str).agg("|".join, axis=1)
+def ok_times(df: pd.DataFrame) -> pd.DataFrame:
+    """Median time of every ok (problem, method): one row per problem, one column per method."""
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    pid = ok[PROBLEM_COLUMNS].astype(str).agg("|".join, axis=1)
+    return ok.assign(pid=pid).pivot_table(index="pid", columns="method", values="time_ms", aggfunc="median")
 
 
-def geomean_speedup(df: pd.DataFrame, method: str, baseline: str) -> tuple[float, int]:
+def geomean_speedup(times: pd.DataFrame, method: str, baseline: str) -> tuple[float, int]:
     """Geometric mean of baseline/method time over problems both ran ok, and how many there were."""
-    ok = df[df["status"] == "ok"].copy()
-    ok["pid"] = _problem_id(ok)
-    mine = ok[ok["method"] == method].groupby("pid")["time_ms"].median()
-    base = ok[ok["method"] == baseline].groupby("pid")["time_ms"].median()
-    common = mine.index.intersection(base.index)
-    ratios = (base[common] / mine[common]).to_numpy(dtype=float)
+    if method not in times.columns or baseline not in times.columns:
+        return math.nan, 0
+    ratios = (times[baseline] / times[method]).to_numpy(dtype=float)
     ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
     if len(ratios) == 0:
         return math.nan, 0
@@ -75,11 +77,12 @@ def fitted_exponent(rows: pd.DataFrame, min_points: int = 3) -> float:
 
 def build(df: pd.DataFrame, baseline: str = "chunked") -> Leaderboard:
     base = choose_baseline(df, baseline)
+    times = ok_times(df)
     records = []
     for method, rows in df.groupby("method", sort=True):
         ran = rows[rows["status"].isin(RAN)]
         ok = rows[rows["status"] == "ok"]
-        speed, common = geomean_speedup(df, str(method), base)
+        speed, common = geomean_speedup(times, str(method), base)
         errs = pd.to_numeric(ran["rel_err"], errors="coerce")
         records.append({
             "method": method,
