@@ -34,8 +34,6 @@ register_configs()
 
 def _gpu_count() -> int:
     """GPUs on this host, for launcher configs (`n_jobs: ${leetbench_gpus:}`); 1 without any."""
-    from leetbench.gpus import visible_gpus
-
     return max(1, len(visible_gpus()))
 
 
