@@ -133,27 +133,26 @@ def section_check(args) -> None:
         (1, 4, 1, 128, 128, "retnet", True), (2, 3, 997, 64, 32, 1e-6, True), (1, 2, 997, 32, 16, 1.0, False),
         (3, 5, 4099, 128, 64, "alibi", True), (1, 2, 63, 256, 128, "retnet", False), (2, 4, 65, 16, 32, 1.0, True),
     ]
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for (B, H, N, D, E, decay, s0) in cases:
-            if ops.chunked_supports(D, E, str(dtype)[6:]):
-                continue
-            try:
-                ok, *_ = check_one("cupy_chunked", ops.chunked, B, H, N, D, E, dtype, decay, s0, tol[dtype])
-            except Exception as exc:  # noqa: BLE001
-                ok = False
-                log(f"  ERR chunked {B,H,N,D,E}: {type(exc).__name__}: {exc}")
-            bad += not ok
+    def check_cases(name: str, fn, cases_: list, dtypes: tuple, refuses=lambda D, E, dt: None) -> int:
+        failures = 0
+        for dtype in dtypes:
+            for (B, H, N, D, E, decay, s0) in cases_:
+                if refuses(D, E, str(dtype)[6:]):
+                    continue
+                try:
+                    ok, *_ = check_one(name, fn, B, H, N, D, E, dtype, decay, s0, tol[dtype])
+                except Exception as exc:  # noqa: BLE001
+                    ok = False
+                    log(f"  ERR {name} {B,H,N,D,E}: {type(exc).__name__}: {exc}")
+                failures += not ok
+        return failures
+
+    bad += check_cases("cupy_chunked", ops.chunked, cases, (torch.bfloat16, torch.float16, torch.float32),
+                       refuses=ops.chunked_supports)
     rcases = [(1, 4, 1, 128, 128, "retnet", True), (2, 3, 997, 64, 32, 1e-6, True), (1, 2, 300, 256, 128, 1.0, False),
               (2, 2, 37, 16, 20, "alibi", True), (4, 8, 1, 256, 256, "multiscale", True), (1, 2, 1, 24, 10, 0.9, True),
               (1, 4, 2048, 128, 128, "multiscale", True)]
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for (B, H, N, D, E, decay, s0) in rcases:
-            try:
-                ok, *_ = check_one("cupy_recurrent", ops.recurrent, B, H, N, D, E, dtype, decay, s0, tol[dtype])
-            except Exception as exc:  # noqa: BLE001
-                ok = False
-                log(f"  ERR recurrent {B,H,N,D,E}: {type(exc).__name__}: {exc}")
-            bad += not ok
+    bad += check_cases("cupy_recurrent", ops.recurrent, rcases, (torch.float32, torch.bfloat16, torch.float16))
     log(f"== check: {bad} failures (sm={sm})")
     TABLE.append(f"check failures: {bad}")
 
