@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from leetbench.decay import log_decay
+
 _entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -88,7 +90,7 @@ def prescaled(q: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _log_decay(decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.log(decay.to(torch.float64)).clamp(max=0.0).to(dtype)
+    return log_decay(decay).to(dtype)
 
 
 def log_decay_as(decay: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -97,7 +99,7 @@ def log_decay_as(decay: torch.Tensor, dtype: torch.dtype = torch.float32) -> tor
 
 
 def _rate(decay: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (-torch.log(decay.to(torch.float64))).clamp(min=0.0).to(dtype)
+    return (-log_decay(decay)).to(dtype)
 
 
 def rate_as(decay: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -243,11 +243,10 @@ class Runner:
                 progress.close()
         return self.result
 
-    def _skip_all(self, methods: list[Method], problem: Problem, status: str, reason: str,
-                  progress: Progress) -> None:
+    def _skip_all(self, methods: list[Method], problem: Problem, reason: str, progress: Progress) -> None:
         for m in methods:
-            self._write(self._row(m, problem, Outcome(status=status, error=reason)))
-            progress.finish(m.name, problem.label(), status, 0.0, reason)
+            self._write(self._row(m, problem, Outcome(status="skipped", error=reason)))
+            progress.finish(m.name, problem.label(), "skipped", 0.0, reason)
 
     def _run_problem(self, worker: WorkerProcess, problem: Problem, methods: list[Method], progress: Progress,
                      memory_limit: float) -> None:
@@ -259,14 +258,14 @@ class Runner:
             if reason is None and gave_up is not None and problem.length > gave_up[0]:
                 reason = f"{gave_up[1]} at N={gave_up[0]}; longer sequences are not tried"
             if reason:
-                self._skip_all([m], problem, "skipped", reason, progress)
+                self._skip_all([m], problem, reason, progress)
             else:
                 runnable.append(m)
         if not runnable:
             return
         need = problem.estimate_bytes()
         if need > memory_limit:
-            self._skip_all(runnable, problem, "skipped",
+            self._skip_all(runnable, problem,
                            f"needs about {need / 1e9:.1f} GB, over {memory_limit / 1e9:.1f} GB "
                            f"(memory_fraction of the device)", progress)
             return
@@ -278,7 +277,7 @@ class Runner:
                                  max(self.s.reference_timeout_s, self.s.timeout_s))
                 if prep.status != "ok":
                     self._log("reference", problem.label(), prep.error)
-                    self._skip_all(runnable[i:], problem, "skipped",
+                    self._skip_all(runnable[i:], problem,
                                    f"float64 reference could not be computed ({prep.status}): {prep.error}",
                                    progress)
                     return

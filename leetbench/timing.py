@@ -204,10 +204,6 @@ def watch(fn: Callable[[], object], device: torch.device | str) -> Watched:
     return Watched(result, wall, max(0, peak - base) / 1e6)
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> float:
-    """The peak memory of one call of `fn`, in MB (see `watch`)."""
-    return watch(fn, device).peak_mem_mb
-
 
 # ---- the device's copy bandwidth --------------------------------------------------------------------
 

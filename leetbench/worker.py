@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import socket
 import sys
 import traceback
@@ -55,7 +54,6 @@ def environment(device: str, measure_bandwidth: bool) -> dict[str, Any]:
     env = {
         "host": socket.gethostname(),
         "gpu": gpu,
-        "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "cupy": cupy_version,
         "threads": torch.get_num_threads(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from leetbench import register
+from leetbench.chunking import start_state
 from leetbench.decay import compute_dtype, split_hi_lo
 
 
@@ -26,8 +27,7 @@ def recurrent(q, k, v, decay, *, scale, initial_state=None):
     acc = compute_dtype(q.dtype)
     # λ as hi + lo: a rounded float32 λ near 1, applied N times, would be a different decay
     lam, lam_lo = (x[None, :, None, None] for x in split_hi_lo(decay.to(q.device, torch.float64), acc))
-    state = (torch.zeros(B, H, D, E, dtype=acc, device=q.device) if initial_state is None
-             else initial_state.to(acc))
+    state = start_state(initial_state, k, v, acc)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
     out = torch.empty(B, H, N, E, dtype=acc, device=q.device)
     for t in range(N):

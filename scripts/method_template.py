@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from leetbench import register
+from leetbench.chunking import start_state
 from leetbench.decay import block_decay, compute_dtype, decay_mask, decay_powers, log_decay
 
 
@@ -32,8 +33,7 @@ def my_method(q, k, v, decay, *, scale, initial_state=None, chunk: int = 64):
     E = v.shape[-1]
     acc = compute_dtype(q.dtype)  # float32 accumulation for float16 / bfloat16 inputs
     log_lam = log_decay(decay).to(q.device)  # log λ ≤ 0: only powers of non-positive exponents are formed
-    state = (torch.zeros(B, H, D, E, dtype=acc, device=q.device) if initial_state is None
-             else initial_state.to(acc))
+    state = start_state(initial_state, k, v, acc)  # the given initial state, or zeros
     out = torch.empty(B, H, N, E, dtype=acc, device=q.device)
     for t0 in range(0, N, chunk):
         t1 = min(N, t0 + chunk)

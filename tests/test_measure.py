@@ -10,7 +10,7 @@ import torch
 
 from leetbench.execute import classify
 from leetbench.metrics import Errors, errors, judge, tolerance
-from leetbench.timing import TimingConfig, _counts, measure, peak_memory_mb, summarize
+from leetbench.timing import TimingConfig, _counts, measure, summarize, watch
 
 
 def test_summarize_reports_median_and_quantiles() -> None:
@@ -35,7 +35,7 @@ def test_cpu_peak_memory_sees_an_allocation() -> None:
         x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MB, touched
         x += 1
 
-    peak = peak_memory_mb(alloc, "cpu")
+    peak = watch(alloc, "cpu").peak_mem_mb
     assert math.isnan(peak) or 40 < peak < 200
 
 
