@@ -43,6 +43,13 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def record(row: dict, line: str, out: str | None) -> None:
+    """A measured row: to bench.jsonl, the log, and the closing table."""
+    emit(row, out)
+    log(line)
+    TABLE.append(line)
+
+
 def emit(row: dict, out: str | None) -> None:
     ROWS.append(row)
     if out:
@@ -226,12 +233,9 @@ def section_prefill(args, bw: float, dtypes=None) -> None:
                             log(f"lightning failed: {exc}")
                 row = {"section": "prefill", "dtype": dname, "B": B, "H": H, "N": N, "D": D, "bw_gbps": bw,
                        "floor_bytes": floor, **{f"ms_{k2}": v2 for k2, v2 in res.items()}}
-                emit(row, args.out)
-                parts = " ".join(f"{k2}={v2:.3f}ms({floor / (v2 * 1e-3) / 1e9 / bw * 100:.0f}%)"
-                                 for k2, v2 in res.items())
-                line = f"prefill {dname} B{B} N{N}: {parts}"
-                log(line)
-                TABLE.append(line)
+                record(row, f"prefill {dname} B{B} N{N}: " + " ".join(
+                    f"{k2}={v2:.3f}ms({floor / (v2 * 1e-3) / 1e9 / bw * 100:.0f}%)" for k2, v2 in res.items()),
+                    args.out)
                 del q, k, v
 
 
@@ -256,12 +260,9 @@ def section_decode(args, bw: float) -> None:
             state_bytes = 2 * B * H * D * D * 4
             row = {"section": "decode", "dtype": dname, "B": B, "bw_gbps": bw, "state_bytes": state_bytes,
                    **{f"ms_{k2}": v2 for k2, v2 in res.items()}}
-            emit(row, args.out)
-            parts = " ".join(f"{k2}={v2 * 1e3:.1f}us({state_bytes / (v2 * 1e-3) / 1e9 / bw * 100:.0f}%)"
-                             for k2, v2 in res.items())
-            line = f"decode {dname} B{B}: {parts}"
-            log(line)
-            TABLE.append(line)
+            record(row, f"decode {dname} B{B}: " + " ".join(
+                f"{k2}={v2 * 1e3:.1f}us({state_bytes / (v2 * 1e-3) / 1e9 / bw * 100:.0f}%)" for k2, v2 in res.items()),
+                args.out)
 
 
 def section_one(args) -> None:
