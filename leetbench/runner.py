@@ -98,6 +98,11 @@ class RunLock:
             self.fd = None
 
 
+def _shape(problem: Problem) -> tuple:
+    """Everything that names a problem except its length (and seed): longer N of one shape share a fate."""
+    return tuple(v for k, v in problem.as_dict().items() if k not in ("length", "seed"))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -205,6 +210,8 @@ class Runner:
             done = self.store.done_keys(statuses=("ok", "skipped", "inaccurate"))
         else:
             done = self.store.done_keys()
+        # A timeout or oom kept from an earlier run into this folder still rules out longer N.
+        failed = {status: self.store.done_keys(statuses=(status,)) for status in ("timeout", "oom")}
         plan = []
         for p in self.problems:
             todo = []
@@ -212,6 +219,9 @@ class Runner:
                 key = row_key({**p.as_dict(), "method": m.name, "dim_v": p.E, "decay": str(p.decay)})
                 if key in done:
                     self.result.skipped_existing += 1
+                    for status, keys in failed.items():
+                        if key in keys:
+                            self._note_gave_up(m, p, status)
                 else:
                     todo.append(m)
             if todo:
@@ -243,6 +253,13 @@ class Runner:
                 progress.close()
         return self.result
 
+    def _note_gave_up(self, method: Method, problem: Problem, status: str) -> None:
+        """Remember the shortest N at which `method` timed out or ran out of memory for this shape."""
+        key = (method.name, _shape(problem))
+        known = self._gave_up.get(key)
+        if known is None or problem.length < known[0]:
+            self._gave_up[key] = (problem.length, status)
+
     def _skip_all(self, methods: list[Method], problem: Problem, reason: str, progress: Progress) -> None:
         for m in methods:
             self._write(self._row(m, problem, Outcome(status="skipped", error=reason)))
@@ -251,10 +268,9 @@ class Runner:
     def _run_problem(self, worker: WorkerProcess, problem: Problem, methods: list[Method], progress: Progress,
                      memory_limit: float) -> None:
         runnable = []
-        shape = tuple(v for k, v in problem.as_dict().items() if k not in ("length", "seed"))
         for m in methods:
             reason = m.why_not(problem)
-            gave_up = self._gave_up.get((m.name, shape))
+            gave_up = self._gave_up.get((m.name, _shape(problem)))
             if reason is None and gave_up is not None and problem.length > gave_up[0]:
                 reason = f"{gave_up[1]} at N={gave_up[0]}; longer sequences are not tried"
             if reason:
@@ -290,7 +306,7 @@ class Runner:
             if outcome.status in ("error", "crashed", "timeout", "oom"):
                 self._log(m.name, problem.label(), self._last_traceback or outcome.error)
             if outcome.status in ("timeout", "oom"):
-                self._gave_up.setdefault((m.name, shape), (problem.length, outcome.status))
+                self._note_gave_up(m, problem, outcome.status)
             row = self._row(m, problem, outcome)
             self._write(row)
             detail = (f"{row.time_ms:.3f} ms rel_err {row.rel_err:.1e}" if row.status in ("ok", "inaccurate")

@@ -220,3 +220,22 @@ def test_setup_has_its_own_limit_and_longer_n_is_not_tried_after_a_timeout(tmp_p
     assert list(long["status"]) == ["ok", "ok", "timeout", "skipped", "skipped"]
     assert "within 2 s" in long.loc[24, "error"]
     assert long.loc[32, "error"] == "timeout at N=24; longer sequences are not tried"
+
+
+def test_a_timeout_kept_from_an_earlier_run_still_rules_out_longer_n(tmp_path: Path, plugins: Path) -> None:
+    write_plugin(plugins, "phases.py", PHASES)
+    out = tmp_path / "run"
+    common = (*TINY, f"methods_dirs=[{plugins}]", "methods=[slow_long]", "timeout_s=2", "sweep.dim=[4]",
+              f"out={out}")
+    first = run_cli(*common, "sweep.length=[8,24]", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli(*common, "sweep.length=[8,24,32,40]", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    long = results(out).set_index("length")
+    assert list(long.loc[[8, 24, 32, 40], "status"]) == ["ok", "timeout", "skipped", "skipped"]
+    assert long.loc[40, "error"] == "timeout at N=24; longer sequences are not tried"
+    # asked to run the failures again, the timed-out length is retried (and times out again)
+    again = run_cli(*common, "sweep.length=[8,24,32]", "rerun=failed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    rows = results(out)
+    assert (rows[(rows.length == 24)].status == "timeout").all()
