@@ -246,6 +246,26 @@ def test_seed_conversion_float32(registry, fake_seed, name):
     _check(registry[name], Problem(batch=1, heads=2, length=30, dim=16, dim_v=32, dtype="float32"), tol=1e-5)
 
 
+def test_seed_cuda_extensions_build_side_by_side_and_a_failed_build_names_its_extension(
+        registry, tmp_path, monkeypatch):
+    # A stand-in seed package on disk whose causal_dot_product sources do not compile (and, on the CPU, no
+    # nvcc): setup starts the three builds and reports the failure by extension name, before any import.
+    methods = tmp_path / "leetDecoding" / "methods"
+    methods.mkdir(parents=True)
+    for init in (methods.parent / "__init__.py", methods / "__init__.py"):
+        init.write_text("")
+    (methods / "causal_dot_product.py").write_text("raise AssertionError('imported before its build')\n")
+    for source in ("causal_product_cuda_with_decay_fp32.cu", "causal_product_cuda_with_decay_fp16.cu",
+                   "causal_product_cuda.cu"):
+        (methods / source).write_text("this is not CUDA\n")
+    for name in [m for m in sys.modules if m.startswith("leetDecoding")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    with pytest.raises(RuntimeError, match="building the seed's CUDA extension causal_product_cuda_with_decay"):
+        registry["seed_causal_dot_product"].setup(Problem(batch=2, heads=2, length=16, dim=8, dtype="float32"))
+
+
 def test_seed_lightning_torch_runs_for_real_on_cpu_shapes(registry, fake_seed):
     """The torch routes are CPU-capable; the fakes stand in for them here (the real ones need the package)."""
     assert "cpu" in registry["seed_lightning_attn2_torch"].devices
