@@ -53,6 +53,7 @@ def record(row: dict, line: str, out: str | None) -> None:
 def emit(row: dict, out: str | None) -> None:
     ROWS.append(row)
     if out:
+        os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
 

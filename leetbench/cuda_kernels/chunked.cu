@@ -25,7 +25,7 @@ template <int D, int ES, int STAGES>
 struct ChunkSmem {
   static constexpr int QP = D + 8;   // row pitch of Q/K tiles (elements): conflict-free ldmatrix
   static constexpr int VP = ES + 8;  // row pitch of V / state / output tiles
-  static constexpr int BAR = 0;                                  // full[STAGES], empty[STAGES] (8 B each)
+  static constexpr int BAR = 0;                                  // mbarriers (see chunk_prologue)
   static constexpr int TAB = 128;                                // λ^j (C+1 floats) and lo parts
   static constexpr int QS = TAB + 2 * 80 * 4;                    // Q tiles
   static constexpr int KS = QS + STAGES * CH * QP * 2;           // K tiles
@@ -124,6 +124,102 @@ struct StateSplit {
   }
 };
 
+// ---- pieces the 16-bit and the float32 kernels share ------------------------------------------------------
+
+// mbarriers from shared offset 0: full[STAGES] (the producer's lanes), empty[STAGES] (the consumer warps).
+// Then the table λ^j, j = 0..C, formed in float64 from log λ, and at +80 floats the float64 remainder of
+// each power.
+template <int STAGES>
+__device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam, int tid) {
+  static_assert(2 * STAGES * 8 <= 128, "barriers overlap the power table");
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(bars + 8 * s, 32);             // cp.async.mbarrier.arrive.noinc from each producer lane
+      mbar_init(bars + 8 * (STAGES + s), 4);   // one arrive per consumer warp
+    }
+    fence_mbar_init();
+  }
+  if (tid <= CH) {
+    const double p = exp(log(lam) * (double)tid);
+    tab[tid] = (float)p;
+    tab[80 + tid] = (float)(p - (double)(float)p);
+  }
+  __syncthreads();
+}
+
+// The consumer warps wait for each other on named barrier 1 (the producer warp does not take part). The
+// four warps reach it from four template instances, i.e. from different bar.sync instructions, which PTX
+// reserves for the non-aligned barrier.sync; compute-sanitizer's synccheck flags it ("divergent thread(s) in
+// block"). Kept for speed: measured on the H200 (B=1/8, N=16k/64k), barrier.sync is 4–7% slower and an
+// mbarrier 10%; results are exact either way and memcheck/racecheck are clean (scripts/KERNEL_NOTES.md).
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, 128;" ::: "memory");
+}
+
+// A warp's state tiles: S[mt][nt] holds rows d, d + 8 and columns ec, ec + 1 of the CTA's E slice, with
+// d = (MB + mt)·16 + g and ec = (NB + nt)·8 + 2·t4 (the mma accumulator layout).
+template <int D, int MB, int NB, int WM, int WN, bool SACT>
+__device__ __forceinline__ void load_state(float (&S)[WM][WN][4], const float* __restrict__ s0, int bh, int e0,
+                                           int E, int g, int t4) {
+#pragma unroll
+  for (int mt = 0; mt < WM; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < WN; ++nt) {
+      float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+      if (SACT && s0 != nullptr) {
+        const float* p = s0 + ((u64)bh * D + (MB + mt) * 16 + g) * E + e0 + (NB + nt) * 8 + 2 * t4;
+        x0 = p[0]; x1 = p[1];
+        x2 = p[8 * (u64)E]; x3 = p[8 * (u64)E + 1];
+      }
+      S[mt][nt][0] = x0; S[mt][nt][1] = x1; S[mt][nt][2] = x2; S[mt][nt][3] = x3;
+    }
+}
+
+template <int D, int MB, int NB, int WM, int WN, bool SACT>
+__device__ __forceinline__ void store_state(const float (&S)[WM][WN][4], float* __restrict__ sN, int bh, int e0,
+                                            int E, int g, int t4) {
+  if (SACT && sN != nullptr) {
+#pragma unroll
+    for (int mt = 0; mt < WM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < WN; ++nt) {
+        float* p = sN + ((u64)bh * D + (MB + mt) * 16 + g) * E + e0 + (NB + nt) * 8 + 2 * t4;
+        p[0] = S[mt][nt][0]; p[1] = S[mt][nt][1];
+        p[8 * (u64)E] = S[mt][nt][2]; p[8 * (u64)E + 1] = S[mt][nt][3];
+      }
+  }
+}
+
+// The decay mask with the scale folded in, for the score tiles of rows R0..R0+15 up to the diagonal (NKT
+// tiles of 8 keys), in the accumulator layout.
+template <int R0, int NKT>
+__device__ __forceinline__ void decay_mask(float (&m)[NKT][4], const float* tab, float scale, int g, int t4) {
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int i = R0 + g + ((x & 2) ? 8 : 0);
+      const int j = nt * 8 + 2 * t4 + (x & 1);
+      m[nt][x] = j <= i ? scale * tab[i - j] : 0.f;
+    }
+}
+
+// A warp's 16 output rows R0.. of one chunk, staged in shared memory (row pitch PITCH elements), stored with
+// 16-byte coalesced writes; rows past the sequence end (nv valid rows in the chunk) are not written.
+template <typename T, int ES, int PITCH, int R0>
+__device__ __forceinline__ void store_rows(T* __restrict__ o, const T* os, u64 tok0, int nv, int E, int e0,
+                                           int lane) {
+  constexpr int PER = 16 / sizeof(T), CPR = ES / PER;  // elements per 16 bytes, 16-byte pieces per row
+#pragma unroll
+  for (int idx = lane; idx < 16 * CPR; idx += 32) {
+    const int row = idx / CPR, cc = idx % CPR;
+    if (R0 + row < nv) {
+      const uint4 val = *reinterpret_cast<const uint4*>(os + row * PITCH + cc * PER);
+      st_global_v4(o + (tok0 + R0 + row) * E + e0 + cc * PER, val);
+    }
+  }
+}
+
 // Consumer warp W (0..3): output rows 16W..16W+15 and its state tiles, for every chunk.
 template <int W, int D, int ES, int STAGES, bool BF16>
 __device__ __forceinline__ void chunk_consumer(unsigned char* smem, u16* __restrict__ o,
@@ -149,20 +245,7 @@ __device__ __forceinline__ void chunk_consumer(unsigned char* smem, u16* __restr
   const int nchunks = (N + CH - 1) / CH;
 
   float S[WM][WN][4];
-#pragma unroll
-  for (int mt = 0; mt < WM; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < WN; ++nt) {
-      const int d = (MB + mt) * 16 + g;
-      const int ec = (NB + nt) * 8 + 2 * t4;
-      float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
-      if (SACT && s0 != nullptr) {
-        const float* p = s0 + ((u64)bh * D + d) * E + e0 + ec;
-        x0 = p[0]; x1 = p[1];
-        x2 = p[8 * (u64)E]; x3 = p[8 * (u64)E + 1];
-      }
-      S[mt][nt][0] = x0; S[mt][nt][1] = x1; S[mt][nt][2] = x2; S[mt][nt][3] = x3;
-    }
+  load_state<D, MB, NB, WM, WN, SACT>(S, s0, bh, e0, E, g, t4);
   u16* sbw = reinterpret_cast<u16*>(smem + L::SB);
   auto write_sb = [&](int buf) {
     if (!SACT) return;
@@ -178,18 +261,10 @@ __device__ __forceinline__ void chunk_consumer(unsigned char* smem, u16* __restr
       }
   };
   write_sb(0);
-  // decay mask with the scale folded in, for the score tiles up to the diagonal
   float mreg[2 * NKP][4];
-#pragma unroll
-  for (int nt = 0; nt < 2 * NKP; ++nt)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int i = R0 + g + ((x & 2) ? 8 : 0);
-      const int j = nt * 8 + 2 * t4 + (x & 1);
-      mreg[nt][x] = j <= i ? scale * tab[i - j] : 0.f;
-    }
+  decay_mask<R0, 2 * NKP>(mreg, tab, scale, g, t4);
   const float f0 = scale * tab[R0 + g + 1], f1 = scale * tab[R0 + g + 9];
-  named_bar_sync(1, 128);
+  consumers_sync();
 
   // per-lane ldmatrix offsets (bytes)
   const u32 qa_off = ((R0 + (lane & 15)) * QP + (lane >> 4) * 8) * 2;
@@ -320,33 +395,11 @@ __device__ __forceinline__ void chunk_consumer(unsigned char* smem, u16* __restr
       *reinterpret_cast<u32*>(os + (g + 8) * VP + nt * 8 + 2 * t4) = pack2<BF16>(acc_o[nt][2], acc_o[nt][3]);
     }
     __syncwarp();
-    {
-      constexpr int CPR = ES / 8;  // 16-byte chunks per row
-      const u64 tok0 = (u64)bh * N + (u64)c * CH + R0;
-#pragma unroll
-      for (int idx = lane; idx < 16 * CPR; idx += 32) {
-        const int row = idx / CPR, cc = idx % CPR;
-        if (R0 + row < nv) {
-          const uint4 val = *reinterpret_cast<const uint4*>(os + row * VP + cc * 8);
-          st_global_v4(o + (tok0 + row) * E + e0 + cc * 8, val);
-        }
-      }
-    }
+    store_rows<u16, ES, VP, R0>(o, os, (u64)bh * N + (u64)c * CH, nv, E, e0, lane);
     __syncwarp();
-    named_bar_sync(1, 128);
+    consumers_sync();
   }
-  if (SACT && sN != nullptr) {
-#pragma unroll
-    for (int mt = 0; mt < WM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < WN; ++nt) {
-        const int d = (MB + mt) * 16 + g;
-        const int ec = (NB + nt) * 8 + 2 * t4;
-        float* p = sN + ((u64)bh * D + d) * E + e0 + ec;
-        p[0] = S[mt][nt][0]; p[1] = S[mt][nt][1];
-        p[8 * (u64)E] = S[mt][nt][2]; p[8 * (u64)E + 1] = S[mt][nt][3];
-      }
-  }
+  store_state<D, MB, NB, WM, WN, SACT>(S, sN, bh, e0, E, g, t4);
 }
 
 template <int D, int ES, int NSL, int STAGES, bool BF16>
@@ -357,29 +410,12 @@ __device__ __forceinline__ void chunk_body(const u16* __restrict__ q, const u16*
   using L = ChunkSmem<D, ES, STAGES>;
   extern __shared__ __align__(128) unsigned char smem[];
   const u32 sbase = smem_u32(smem);
-  float* tab = reinterpret_cast<float*>(smem + L::TAB);  // λ^j, j = 0..C
-  float* tablo = tab + 80;                                // λ^j − tab[j] (float64 remainder)
   const u32 full0 = sbase + L::BAR, empty0 = sbase + L::BAR + 8 * STAGES;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int rank = blockIdx.x % NSL;  // E slice
   const int bh = blockIdx.x / NSL;
-  const int h = bh % H;
   const int e0 = rank * ES;
-
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8 * s, 32);  // the producer's lanes (cp.async.mbarrier.arrive.noinc)
-      mbar_init(empty0 + 8 * s, 4);   // the consumer warps
-    }
-    fence_mbar_init();
-  }
-  if (tid <= CH) {
-    const double lg = log(lam[h]);
-    const double p = exp(lg * (double)tid);
-    tab[tid] = (float)p;
-    tablo[tid] = (float)(p - (double)(float)p);
-  }
-  __syncthreads();
+  chunk_prologue<STAGES>(sbase + L::BAR, reinterpret_cast<float*>(smem + L::TAB), lam[bh % H], tid);
 
   switch (warp) {
     case 0: chunk_consumer<0, D, ES, STAGES, BF16>(smem, o, s0, sN, bh, e0, N, E, scale); break;
@@ -444,20 +480,7 @@ __device__ __forceinline__ void chunk_consumer_f32(unsigned char* smem, float* _
   const int nchunks = (N + CH - 1) / CH;
 
   float S[WM][WN][4];
-#pragma unroll
-  for (int mt = 0; mt < WM; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < WN; ++nt) {
-      const int d = (MB + mt) * 16 + g;
-      const int ec = (NB + nt) * 8 + 2 * t4;
-      float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
-      if (SACT && s0 != nullptr) {
-        const float* p = s0 + ((u64)bh * D + d) * E + e0 + ec;
-        x0 = p[0]; x1 = p[1];
-        x2 = p[8 * (u64)E]; x3 = p[8 * (u64)E + 1];
-      }
-      S[mt][nt][0] = x0; S[mt][nt][1] = x1; S[mt][nt][2] = x2; S[mt][nt][3] = x3;
-    }
+  load_state<D, MB, NB, WM, WN, SACT>(S, s0, bh, e0, E, g, t4);
   float* stw = reinterpret_cast<float*>(smem + L::ST);
   auto write_st = [&](int buf) {
     if (!SACT) return;
@@ -476,16 +499,9 @@ __device__ __forceinline__ void chunk_consumer_f32(unsigned char* smem, float* _
   };
   write_st(0);
   float mreg[NKT][4];
-#pragma unroll
-  for (int nt = 0; nt < NKT; ++nt)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int i = R0 + g + ((x & 2) ? 8 : 0);
-      const int j = nt * 8 + 2 * t4 + (x & 1);
-      mreg[nt][x] = j <= i ? scale * tab[i - j] : 0.f;
-    }
+  decay_mask<R0, NKT>(mreg, tab, scale, g, t4);
   const float f0 = scale * tab[R0 + g + 1], f1 = scale * tab[R0 + g + 9];
-  named_bar_sync(1, 128);
+  consumers_sync();
 
   float* os = reinterpret_cast<float*>(smem + L::OS) + W * 16 * OP;
   for (int c = 0; c < nchunks; ++c) {
@@ -575,33 +591,11 @@ __device__ __forceinline__ void chunk_consumer_f32(unsigned char* smem, float* _
       *reinterpret_cast<float2*>(os + (g + 8) * OP + on * 8 + 2 * t4) = make_float2(acc_o[on][2], acc_o[on][3]);
     }
     __syncwarp();
-    {
-      constexpr int CPR = ES / 4;
-      const u64 tok0 = (u64)bh * N + (u64)c * CH + R0;
-#pragma unroll
-      for (int idx = lane; idx < 16 * CPR; idx += 32) {
-        const int row = idx / CPR, cc = idx % CPR;
-        if (R0 + row < nv) {
-          const uint4 val = *reinterpret_cast<const uint4*>(os + row * OP + cc * 4);
-          st_global_v4(o + (tok0 + row) * E + e0 + cc * 4, val);
-        }
-      }
-    }
+    store_rows<float, ES, OP, R0>(o, os, (u64)bh * N + (u64)c * CH, nv, E, e0, lane);
     __syncwarp();
-    named_bar_sync(1, 128);
+    consumers_sync();
   }
-  if (SACT && sN != nullptr) {
-#pragma unroll
-    for (int mt = 0; mt < WM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < WN; ++nt) {
-        const int d = (MB + mt) * 16 + g;
-        const int ec = (NB + nt) * 8 + 2 * t4;
-        float* p = sN + ((u64)bh * D + d) * E + e0 + ec;
-        p[0] = S[mt][nt][0]; p[1] = S[mt][nt][1];
-        p[8 * (u64)E] = S[mt][nt][2]; p[8 * (u64)E + 1] = S[mt][nt][3];
-      }
-  }
+  store_state<D, MB, NB, WM, WN, SACT>(S, sN, bh, e0, E, g, t4);
 }
 
 template <int D, int ES, int NSL, int STAGES>
@@ -612,29 +606,12 @@ __device__ __forceinline__ void chunk_body_f32(const float* __restrict__ q, cons
   using L = ChunkSmemF32<D, ES, STAGES>;
   extern __shared__ __align__(128) unsigned char smem[];
   const u32 sbase = smem_u32(smem);
-  float* tab = reinterpret_cast<float*>(smem + L::TAB);
-  float* tablo = tab + 80;
   const u32 full0 = sbase + L::BAR, empty0 = sbase + L::BAR + 8 * STAGES;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int rank = blockIdx.x % NSL;
+  const int rank = blockIdx.x % NSL;  // E slice
   const int bh = blockIdx.x / NSL;
-  const int h = bh % H;
   const int e0 = rank * ES;
-
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8 * s, 32);  // the producer's lanes (cp.async.mbarrier.arrive.noinc)
-      mbar_init(empty0 + 8 * s, 4);   // the consumer warps
-    }
-    fence_mbar_init();
-  }
-  if (tid <= CH) {
-    const double lg = log(lam[h]);
-    const double p = exp(lg * (double)tid);
-    tab[tid] = (float)p;
-    tablo[tid] = (float)(p - (double)(float)p);
-  }
-  __syncthreads();
+  chunk_prologue<STAGES>(sbase + L::BAR, reinterpret_cast<float*>(smem + L::TAB), lam[bh % H], tid);
 
   switch (warp) {
     case 0: chunk_consumer_f32<0, D, ES, STAGES>(smem, o, s0, sN, bh, e0, N, E, scale); break;

@@ -100,7 +100,7 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 // Called by whole warps. Lanes may leave the spin loop in different iterations; __syncwarp reconverges the
-// warp before the .aligned instructions that follow (ldmatrix, mma, bar.sync). compute-sanitizer's synccheck
+// warp before the .aligned instructions that follow (ldmatrix, mma). compute-sanitizer's synccheck
 // flagged a diverged bar.sync without it.
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   u32 ok = 0;
@@ -113,9 +113,6 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
 }
 __device__ __forceinline__ void fence_mbar_init() {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-__device__ __forceinline__ void named_bar_sync(u32 id, u32 count) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
 }
 __device__ __forceinline__ void st_global_v4(void* p, uint4 v) {
   asm volatile("st.global.v4.b32 [%0], {%1,%2,%3,%4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
