@@ -56,18 +56,22 @@ class RunResult:
 
 
 def git_sha() -> str:
-    """The commit of the leetbench checkout in use, or '' when it is not a git checkout."""
+    """The commit of the leetbench checkout in use (+dirty), else $LEETBENCH_GIT_SHA, else ''.
+
+    The variable is for copies of a checkout without its .git folder (a GPU box fed a working tree): the
+    one who copies it knows the commit."""
     here = Path(leetbench.__file__).resolve().parent.parent
+    fallback = os.environ.get("LEETBENCH_GIT_SHA", "").strip()
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=5)
         if out.returncode != 0:
-            return ""
+            return fallback
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return fallback
 
 
 class RunLock:

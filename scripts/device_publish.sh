@@ -3,6 +3,7 @@
 #   bash scripts/device_publish.sh tests kernels decode paper
 # Each stage writes into results/gpu-<card>/<stage>/ (packed into $OUT/<stage>.tgz as soon as it ends, when
 # $OUT is set); at the end the stages are merged into results/gpu-<card>/ (results.csv, leaderboard, plots).
+# A tree copied without its .git folder: export LEETBENCH_GIT_SHA=<commit> first, so rows name their commit.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import TINY, leetbench_cmd, results, run_cli, write_plugin
 from leetbench.results import KEY_COLUMNS
-from leetbench.runner import RunLock
+from leetbench.runner import RunLock, git_sha
 
 FAULTS = '''
 import os, signal, time
@@ -178,6 +178,14 @@ def test_rows_carry_memory_and_provenance(tmp_path: Path) -> None:
     assert (df["threads"] >= 1).all() and (df["copy_gbps"] > 0).all() and (df["gbps"] > 0).all()
     assert df["timestamp"].str.match(r"\d{4}-\d\d-\d\dT").all() and (df["torch"] != "").all()
 
+
+
+def test_git_sha_comes_from_the_environment_where_the_tree_has_no_git(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git: a working tree copied to a GPU box without .git
+    monkeypatch.setenv("LEETBENCH_GIT_SHA", "0123456789ab")
+    assert git_sha() == "0123456789ab"
+    monkeypatch.delenv("LEETBENCH_GIT_SHA")
+    assert git_sha() == ""
 
 PHASES = '''
 import time
