@@ -152,11 +152,12 @@ class ResultsFile:
     def read(self) -> pd.DataFrame:
         return read_results([self.path])
 
-    def done_keys(self, statuses: Iterable[str] | None = None) -> set[tuple]:
-        df = self.read()
-        if statuses is not None:
-            df = df[df["status"].isin(list(statuses))]
-        return {row_key(r) for r in df.to_dict("records")}
+    def statuses(self) -> dict[tuple, set[str]]:
+        """Every (method, problem) key in the file, with the statuses its rows have (one read)."""
+        found: dict[tuple, set[str]] = {}
+        for r in self.read().to_dict("records"):
+            found.setdefault(row_key(r), set()).add(r["status"])
+        return found
 
 
 def read_results(paths: Iterable[Path]) -> pd.DataFrame:

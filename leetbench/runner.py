@@ -208,14 +208,13 @@ class Runner:
     def pending(self) -> list[tuple[Problem, list[Method]]]:
         """Per problem, the methods still to run (resume skips rows already in results.csv)."""
         self.result.skipped_existing = 0
+        kept = self.store.statuses()
         if self.s.rerun == "all":
             done: set = set()
         elif self.s.rerun == "failed":
-            done = self.store.done_keys(statuses=("ok", "skipped", "inaccurate"))
+            done = {key for key, seen in kept.items() if seen & {"ok", "skipped", "inaccurate"}}
         else:
-            done = self.store.done_keys()
-        # A timeout or oom kept from an earlier run into this folder still rules out longer N.
-        failed = {status: self.store.done_keys(statuses=(status,)) for status in ("timeout", "oom")}
+            done = set(kept)
         plan = []
         for p in self.problems:
             todo = []
@@ -223,8 +222,9 @@ class Runner:
                 key = row_key({**p.as_dict(), "method": m.name, "dim_v": p.E, "decay": str(p.decay)})
                 if key in done:
                     self.result.skipped_existing += 1
-                    for status, keys in failed.items():
-                        if key in keys:
+                    # a timeout or oom kept from an earlier run into this folder still rules out longer N
+                    for status in ("timeout", "oom"):
+                        if status in kept[key]:
                             self._note_gave_up(m, p, status)
                 else:
                     todo.append(m)
