@@ -6,7 +6,8 @@ A method is a function registered with `@register` in a plugin file (see DESIGN.
 """
 
 from leetbench.problem import Inputs, Problem, ProblemError
-from leetbench.registry import Method, Registry, RegistryError, load_methods, register
+from leetbench.discovery import load_methods
+from leetbench.registry import Method, Registry, RegistryError, register
 
 __version__ = "0.1.0"
 __all__ = ["register", "load_methods", "Method", "Registry", "RegistryError", "Problem", "ProblemError",

@@ -24,7 +24,8 @@ from leetbench.config import (ConfigError, PROGRESS, cpu_threads, normalize_reru
                               register_configs, resolve_device, select_methods)
 from leetbench.gpus import gpu_slot, visible_gpus
 from leetbench.problem import ProblemError
-from leetbench.registry import RegistryError, load_methods
+from leetbench.discovery import load_methods
+from leetbench.registry import RegistryError
 from leetbench.report import find_results, merge, write_merged, write_report
 from leetbench.results import atomic_write
 from leetbench.runner import RunSettings, Runner

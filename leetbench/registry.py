@@ -1,33 +1,33 @@
-"""The plugin contract: `@register` and the discovery of method files (DESIGN.md §3).
+"""The plugin contract: `@register`, the `Method` it declares, and a `Registry` of methods (docs/design.md §3).
 
-`register` records nothing globally. It attaches a `Method` to the function and, while `load_methods`
-imports a plugin file, also hands it to that load's collector (a context variable), so a file may register
-any number of methods, in loops or through factories. Discovery looks in the built-in `methods/` folder,
-in the folders named by `methods_dirs`, and in the entry-point group `leetbench.methods`.
+`register` records nothing globally. It attaches a `Method` to the function and, while a plugin file is being
+imported by `leetbench.discovery`, also hands it to that import's collector (a context variable), so a file
+may register any number of methods, in loops or through factories.
 """
 
 from __future__ import annotations
 
 import contextvars
 import fnmatch
-import hashlib
 import importlib.util
-import sys
-import traceback
+import re
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable, Sequence
 
 from leetbench.problem import DTYPES, MODES, Problem
 
 ALL_DTYPES = tuple(DTYPES)
-ENTRY_POINT_GROUP = "leetbench.methods"
-_collector: contextvars.ContextVar[list | None] = contextvars.ContextVar("leetbench_collector", default=None)
+DEVICE_KINDS = ("cpu", "cuda")
+# Names travel into CSV, markdown, HTML and file names: letters, digits and a few separators only.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+FAMILY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:+-]*$")
+collector: contextvars.ContextVar[list | None] = contextvars.ContextVar("leetbench_collector", default=None)
 
 
 class RegistryError(ValueError):
-    """A plugin set that cannot be used as a whole (e.g. one name registered twice)."""
+    """A plugin or plugin set that cannot be used (a bad declaration, one name registered twice)."""
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,18 @@ class Method:
     fn: Callable[..., Any]
     family: str = "other"
     complexity: str = ""
-    devices: tuple[str, ...] = ("cpu", "cuda")
+    devices: tuple[str, ...] = DEVICE_KINDS
     dtypes: tuple[str, ...] = ALL_DTYPES
     supports: Callable[[Problem], str | None] | None = None
     setup: Callable[[Problem], Any] | None = None
+    prepare: Callable[..., Any] | None = None  # untimed, before every call with the call's arguments
     tf32: bool = False
     requires: tuple[str, ...] = ()
     modes: tuple[str, ...] = ("prefill",)
-    source: str = ""  # the file it came from
-    source_hash: str = ""  # sha256 of that file, first 12 hex digits (asv-style method version)
+    sources: tuple[str, ...] = ()  # files the method depends on besides its plugin file (absolute paths)
+    differentiable: bool = False  # gradients flow through it (PyTorch autograd or a peer's backward)
+    source: str = ""  # the plugin file it came from
+    source_hash: str = ""  # hash of that file, `sources` and the required packages' versions (asv-style)
 
     @property
     def summary(self) -> str:
@@ -62,7 +65,7 @@ class Method:
             return f"supports dtypes {', '.join(self.dtypes)}, not {problem.dtype}"
         if problem.mode not in self.modes:
             return f"supports mode {', '.join(self.modes)}, not {problem.mode}"
-        missing = [m for m in self.requires if not _importable(m)]
+        missing = [m for m in self.requires if not importable(m)]
         if missing:
             return f"needs {', '.join(missing)} (not installed)"
         if self.supports is not None:
@@ -75,41 +78,60 @@ class Method:
         return None
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
 
 
+def _check_declaration(name: str, family: str, dtypes: Sequence[str], modes: Sequence[str],
+                       devices: Sequence[str]) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise RegistryError(f"method name {name!r} must be letters, digits and _ . + - (no spaces, | or newlines)")
+    if not isinstance(family, str) or not FAMILY_PATTERN.match(family):
+        raise RegistryError(f"method {name!r}: family {family!r} must be letters, digits and _ . : + -")
+    for what, given, valid in (("dtypes", dtypes, DTYPES), ("modes", modes, MODES), ("devices", devices, DEVICE_KINDS)):
+        bad = [x for x in given if x not in valid]
+        if bad:
+            raise RegistryError(f"method {name!r}: unknown {what} {bad}; use {', '.join(valid)}")
+
+
+def _source_paths(sources: Iterable[str | Path | ModuleType], fn: Callable) -> tuple[str, ...]:
+    """Absolute paths of `sources`: files (relative ones to the plugin file's folder) or imported modules."""
+    code = getattr(fn, "__code__", None)
+    base = Path(code.co_filename).resolve().parent if code is not None else Path.cwd()
+    paths = []
+    for s in sources:
+        if isinstance(s, ModuleType):
+            if not getattr(s, "__file__", None):
+                raise RegistryError(f"sources: module {s.__name__} has no file to hash")
+            s = s.__file__
+        p = Path(s)
+        paths.append(str(p if p.is_absolute() else (base / p).resolve()))
+    return tuple(paths)
+
+
 def register(name: str, *, family: str = "other", complexity: str = "",
-             devices: Sequence[str] = ("cpu", "cuda"), dtypes: Sequence[str] = ALL_DTYPES,
+             devices: Sequence[str] = DEVICE_KINDS, dtypes: Sequence[str] = ALL_DTYPES,
              supports: Callable[[Problem], str | None] | None = None,
-             setup: Callable[[Problem], Any] | None = None, tf32: bool = False,
-             requires: Sequence[str] = (), modes: Sequence[str] = ("prefill",)) -> Callable:
+             setup: Callable[[Problem], Any] | None = None, prepare: Callable[..., Any] | None = None,
+             tf32: bool = False, requires: Sequence[str] = (), modes: Sequence[str] = ("prefill",),
+             sources: Sequence[str | Path | ModuleType] = (), differentiable: bool = False) -> Callable:
     """Declare a method. The decorated function is returned unchanged.
 
     fn(q, k, v, decay, *, scale, initial_state=None) -> o or (o, final_state); q, k [B,H,N,D], v [B,H,N,E],
-    decay λ [H] (float64), all on one device. See DESIGN.md §3 for the keywords.
+    decay λ [H] (float64), all on one device. Keywords: docs/design.md §3.
     """
-    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-        raise RegistryError(f"method name {name!r} must be a non-empty string without spaces")
-    bad = [d for d in dtypes if d not in DTYPES]
-    if bad:
-        raise RegistryError(f"method {name!r}: unknown dtypes {bad}; use {', '.join(DTYPES)}")
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise RegistryError(f"method {name!r}: unknown modes {bad}; use {', '.join(MODES)}")
-    bad = [d for d in devices if d not in ("cpu", "cuda")]
-    if bad:
-        raise RegistryError(f"method {name!r}: unknown devices {bad}; use cpu, cuda")
+    _check_declaration(name, family, dtypes, modes, devices)
 
     def decorate(fn: Callable) -> Callable:
         method = Method(name=name, fn=fn, family=family, complexity=complexity, devices=tuple(devices),
-                        dtypes=tuple(dtypes), supports=supports, setup=setup, tf32=tf32,
-                        requires=tuple(requires), modes=tuple(modes))
+                        dtypes=tuple(dtypes), supports=supports, setup=setup, prepare=prepare, tf32=tf32,
+                        requires=tuple(requires), modes=tuple(modes), sources=_source_paths(sources, fn),
+                        differentiable=differentiable)
         fn.__dict__.setdefault("__leetbench_methods__", []).append(method)
-        sink = _collector.get()
+        sink = collector.get()
         if sink is not None:
             sink.append(method)
         return fn
@@ -119,6 +141,8 @@ def register(name: str, *, family: str = "other", complexity: str = "",
 
 @dataclass
 class LoadFailure:
+    """A plugin file (or entry point) that could not be loaded: it raised, exited, crashed or hung."""
+
     source: str
     error: str  # one line
     traceback: str = ""
@@ -171,68 +195,3 @@ class Registry:
         chosen -= expand(exclude or [], "exclude")
         return [self.methods[n] for n in names if n in chosen]
 
-
-def builtin_methods_dir() -> Path:
-    """The top-level `methods/` folder, mapped into the package as `leetbench.methods` at build time."""
-    spec = importlib.util.find_spec("leetbench.methods")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(__file__).resolve().parent.parent / "methods"
-
-
-def _file_hash(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    except OSError:
-        return ""
-
-
-def _import_file(path: Path) -> None:
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-    mod_name = f"leetbench_plugins.{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(mod_name, None)
-        raise
-
-
-def _collect(load: Callable[[], Any], source: str, source_hash: str, registry: Registry) -> None:
-    sink: list[Method] = []
-    token = _collector.set(sink)
-    try:
-        load()
-    except Exception as exc:
-        registry.failures.append(LoadFailure(source, f"{type(exc).__name__}: {exc}".splitlines()[0],
-                                             traceback.format_exc()))
-        return
-    finally:
-        _collector.reset(token)
-    for method in sink:
-        registry.add(Method(**{**method.__dict__, "source": source, "source_hash": source_hash}))
-
-
-def plugin_files(folder: Path) -> list[Path]:
-    """The plugin files of a folder: `*.py` not starting with `_` (so `__init__.py` and helpers are not)."""
-    return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
-
-
-def load_methods(methods_dirs: Sequence[str | Path] = (), *, builtin: bool = True,
-                 entry_points: bool = True) -> Registry:
-    """Discover every method; failures to import are recorded, duplicate names raise RegistryError."""
-    registry = Registry()
-    folders = ([builtin_methods_dir()] if builtin else []) + [Path(d).expanduser() for d in methods_dirs]
-    for folder in folders:
-        if not folder.is_dir():
-            raise RegistryError(f"methods_dirs entry {str(folder)!r} is not a folder")
-        for path in plugin_files(folder):
-            _collect(lambda p=path: _import_file(p), str(path), _file_hash(path), registry)
-    if entry_points:
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            _collect(ep.load, f"entry point {ep.name} ({ep.value})", "", registry)
-    return registry

@@ -23,7 +23,8 @@ import torch
 from leetbench.execute import Outcome, classify, run_method
 from leetbench.problem import Inputs, Problem
 from leetbench.reference import reference
-from leetbench.registry import Registry, load_methods
+from leetbench.discovery import load_methods
+from leetbench.registry import Registry
 from leetbench.timing import TimingConfig, copy_bandwidth_gbps
 
 

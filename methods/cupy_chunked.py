@@ -24,7 +24,10 @@ fla's chunk_simple_gla; FlashAttention-2's register reuse of scores as the A ope
 from __future__ import annotations
 
 from leetbench import register
+from leetbench import cuda_kernels
 from leetbench.cuda_kernels import ops
+
+SOURCES = (cuda_kernels.KERNEL_DIR / "common.cuh", cuda_kernels.KERNEL_DIR / "chunked.cu", ops, cuda_kernels)
 
 
 def _supports(problem) -> str | None:
@@ -32,7 +35,8 @@ def _supports(problem) -> str | None:
 
 
 @register(name="cupy_chunked", family="chunked", complexity="O(N·C·(D+E) + N·D·E)", devices=("cuda",),
-          dtypes=("float32", "float16", "bfloat16"), supports=_supports, setup=ops.setup_chunked, requires=("cupy",))
+          dtypes=("float32", "float16", "bfloat16"), supports=_supports, setup=ops.setup_chunked,
+          requires=("cupy",), sources=SOURCES)
 def cupy_chunked(q, k, v, decay, *, scale, initial_state=None):
     """Chunks of 64 on tensor cores, one pass over the inputs, state in registers."""
     return ops.chunked(q, k, v, decay, scale=scale, initial_state=initial_state)

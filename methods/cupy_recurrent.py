@@ -16,7 +16,10 @@ fused_recurrent_simple_gla (one program per state tile).
 from __future__ import annotations
 
 from leetbench import register
+from leetbench import cuda_kernels
 from leetbench.cuda_kernels import ops
+
+SOURCES = (cuda_kernels.KERNEL_DIR / "common.cuh", cuda_kernels.KERNEL_DIR / "recurrent.cu", ops, cuda_kernels)
 
 
 def _supports(problem) -> str | None:
@@ -25,7 +28,7 @@ def _supports(problem) -> str | None:
 
 @register(name="cupy_recurrent", family="recurrent", complexity="O(N·D·E)", devices=("cuda",),
           dtypes=("float32", "float16", "bfloat16"), supports=_supports, setup=ops.setup_recurrent,
-          requires=("cupy",), modes=("prefill", "decode"))
+          requires=("cupy",), sources=SOURCES, modes=("prefill", "decode"))
 def cupy_recurrent(q, k, v, decay, *, scale, initial_state=None):
     """Recurrence with the state in registers; dedicated decode-step kernel at N = 1."""
     return ops.recurrent(q, k, v, decay, scale=scale, initial_state=initial_state)

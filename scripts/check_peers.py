@@ -62,7 +62,7 @@ def registry():
         import shutil
         import tempfile
 
-        from leetbench.registry import load_methods
+        from leetbench.discovery import load_methods
 
         folder = Path(tempfile.mkdtemp(prefix="peers_"))
         for name in PEER_FILES:

@@ -132,8 +132,23 @@ def test_register_rejects_bad_declarations() -> None:
         register(name="x", dtypes=("float8",))
     with pytest.raises(RegistryError, match="unknown devices"):
         register(name="x", devices=("tpu",))
-    with pytest.raises(RegistryError, match="non-empty string"):
-        register(name="has space")
+    for bad in ("has space", "pipe|name", "new\nline", "", "`tick`"):
+        with pytest.raises(RegistryError, match="letters, digits"):
+            register(name=bad)
+    with pytest.raises(RegistryError, match="family"):
+        register(name="ok_name", family="x | fake row")
+
+
+def test_method_hash_covers_sources_and_changes_with_them(plugins: Path) -> None:
+    """An edited kernel source (named in `sources=`) makes a new method version, so resume re-measures."""
+    write_plugin(plugins, "kernel.cu", "// v1\n")
+    write_plugin(plugins, "with_src.py", MY_SCAN.replace('dtypes=("float32", "float64"))',
+                                                         'dtypes=("float32", "float64"), sources=["kernel.cu"])'))
+    first = load_methods([plugins], builtin=False)["my_scan"]
+    assert first.sources == (str((plugins / "kernel.cu").resolve()),)
+    write_plugin(plugins, "kernel.cu", "// v2\n")
+    second = load_methods([plugins], builtin=False)["my_scan"]
+    assert len(first.source_hash) == 12 and first.source_hash != second.source_hash
 
 
 def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
