@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from leetbench.report import merge, write_merged, write_report
-from leetbench.results import atomic_write
+from leetbench.store import atomic_write
 
 
 class HeldStderr:

@@ -9,6 +9,7 @@ Bad input ends with one line `leetbench: error: …` and exit code 2; Ctrl-C wri
 
 from __future__ import annotations
 
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +25,13 @@ from leetbench.config import (ConfigError, PROGRESS, cpu_threads, normalize_reru
                               register_configs, resolve_device, select_methods)
 from leetbench.gpus import gpu_slot, visible_gpus
 from leetbench.problem import ProblemError
-from leetbench.discovery import load_methods
+from leetbench.discovery import Catalog, catalog_of, load_methods, plugin_files, plugin_folders
 from leetbench.registry import RegistryError
 from leetbench.report import find_results, merge, write_merged, write_report
-from leetbench.results import atomic_write
+from leetbench.lock import RunLock, RunLocked
 from leetbench.runner import RunSettings, Runner
+from leetbench.store import StorageError, atomic_write
+from leetbench.supervisor import WorkerStartError
 
 register_configs()
 
@@ -40,7 +43,7 @@ def _gpu_count() -> int:
 
 OmegaConf.register_new_resolver("leetbench_gpus", _gpu_count, replace=True)
 
-USER_ERRORS = (ConfigError, RegistryError, ProblemError, FileNotFoundError)
+USER_ERRORS = (ConfigError, RegistryError, ProblemError, FileNotFoundError, RunLocked, StorageError, WorkerStartError)
 
 
 def fail(message: str) -> None:
@@ -82,40 +85,58 @@ def report_only(cfg: DictConfig, out: Path) -> int:
     return 0
 
 
-def sweep(cfg: DictConfig, out: Path) -> int:
-    if cfg.progress not in PROGRESS:
-        raise ConfigError(f"progress={cfg.progress!r}: use one of {', '.join(PROGRESS)}")
-    device = resolve_device(cfg.device)
-    problems = problems_from(cfg.sweep, list(cfg.dtypes), device, cfg.seed)
+def catalog_for(cfg: DictConfig, problems: list, device: str) -> tuple[Catalog, list[str]]:
+    """The methods (checked against methods=/exclude=) and what they can run, found in this process."""
     registry = load_methods(list(cfg.methods_dirs))
     methods = select_methods(registry, list(cfg.methods), list(cfg.exclude))
     for f in registry.failures:
         print(f"leetbench: warning: plugin {f.source} failed to load: {f.error}", file=sys.stderr)
     if not methods:
         raise ConfigError("no methods selected: check methods= and exclude=; known: " + ", ".join(registry.names()))
+    broken = {f.source for f in registry.failures}
+    files = [str(p) for folder in plugin_folders(list(cfg.methods_dirs)) for p in plugin_files(folder)
+             if str(p) not in broken]
+    gpu = ""
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return catalog_of(registry, problems, files, socket.gethostname(), gpu), [m.name for m in methods]
+
+
+def sweep(cfg: DictConfig, out: Path) -> int:
+    if cfg.progress not in PROGRESS:
+        raise ConfigError(f"progress={cfg.progress!r}: use one of {', '.join(PROGRESS)}")
+    device = resolve_device(cfg.device)
+    problems = problems_from(cfg.sweep, list(cfg.dtypes), device, cfg.seed)
+    catalog, methods = catalog_for(cfg, problems, device)
+    timing = OmegaConf.to_container(cfg.timing)
+    rounds = int(timing.pop("rounds", 1))
     settings = RunSettings(
         out=out, device=device, timeout_s=float(cfg.timeout_s), reference_timeout_s=float(cfg.reference_timeout_s),
         setup_timeout_s=None if cfg.setup_timeout_s is None else float(cfg.setup_timeout_s),
         rerun=normalize_rerun(cfg.rerun), threads=cpu_threads(cfg.threads) if device == "cpu" else cfg.threads,
-        methods_dirs=list(cfg.methods_dirs), timing=OmegaConf.to_container(cfg.timing),
-        tolerances=OmegaConf.to_container(cfg.tolerances), memory_fraction=float(cfg.memory_fraction),
-        progress=cfg.progress,
+        timing=timing, rounds=rounds, tolerances=OmegaConf.to_container(cfg.tolerances),
+        memory_fraction=float(cfg.memory_fraction), progress=cfg.progress,
     )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    print(f"leetbench: {len(problems)} problems × {len(methods)} methods on {device} → {out}", file=sys.stderr)
-    runner = Runner(problems, methods, settings, registry.failures)
-    with pinned_gpu(cfg, device) as env:
-        settings.worker_env.update(env)
-        result = runner.run()
-    df = merge([runner.store.path])  # a re-measured (method, problem) counts once: its newest row
-    failures = [(f.source, f.error) for f in registry.failures]
-    if not df.empty:
-        rep = write_report(df, out, cfg.baseline, plots=cfg.plots, load_failures=failures)
-        print(summary_table(rep.board.table))
+    with RunLock(out):
+        atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"leetbench: {len(problems)} problems × {len(methods)} methods on {device} → {out}", file=sys.stderr)
+        runner = Runner(problems, methods, catalog, settings)
+        with pinned_gpu(cfg, device) as env:
+            settings.worker_env.update(env)
+            result = runner.run()
+        df = merge([runner.store.path])  # a re-measured (method, problem) counts once: its newest row
+        failures = [(f.source, f.error) for f in catalog.failures]
+        if not df.empty:
+            rep = write_report(df, out, cfg.baseline, plots=cfg.plots, load_failures=failures)
+            print(summary_table(rep.board.table))
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing new"
     resumed = f"; {result.skipped_existing} already in results.csv" if result.skipped_existing else ""
     print(f"leetbench: {result.rows_written} rows ({counts}){resumed} → {out}")
+    if result.rows_written:
+        print(f"leetbench: {result.summary()}")
     if result.interrupted:
         print("leetbench: interrupted; finished rows are saved (run again with the same out= to resume)",
               file=sys.stderr)

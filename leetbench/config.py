@@ -42,8 +42,9 @@ class SweepSchema:
 class TimingSchema:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
-    min_reps: int = 5
+    min_reps: int = 10
     max_reps: int = 1000
+    rounds: int = 1  # each problem measured in this many rounds, each in a fresh worker process
 
 
 @dataclass

@@ -12,12 +12,13 @@ import hashlib
 import importlib.util
 import sys
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from leetbench.problem import Problem
 from leetbench.registry import LoadFailure, Method, Registry, RegistryError, collector
 
 ENTRY_POINT_GROUP = "leetbench.methods"
@@ -132,3 +133,49 @@ def load_methods(methods_dirs: Sequence[str | Path] = (), *, builtin: bool = Tru
     if entry_points:
         load_entry_points(registry)
     return registry
+
+
+# ---- the catalog: what the runner needs to know of the methods, without their code -------------------
+
+@dataclass
+class MethodInfo:
+    """A method's declaration as data (no functions): enough to plan, skip and label rows."""
+
+    name: str
+    family: str
+    complexity: str
+    tf32: bool
+    source: str
+    source_hash: str
+    summary: str = ""
+    modes: list[str] = field(default_factory=list)
+    differentiable: bool = False
+
+    @classmethod
+    def of(cls, m: Method) -> "MethodInfo":
+        return cls(m.name, m.family, m.complexity, m.tf32, m.source, m.source_hash, m.summary, list(m.modes),
+                   m.differentiable)
+
+
+@dataclass
+class Catalog:
+    """The methods found, why each cannot run each problem of a sweep (None: it can), the plugin files that
+    loaded (the worker imports exactly these) and those that failed, and the machine's names."""
+
+    methods: dict[str, MethodInfo] = field(default_factory=dict)
+    reasons: dict[str, dict[str, str | None]] = field(default_factory=dict)  # method → problem id → reason
+    files: list[str] = field(default_factory=list)
+    failures: list[LoadFailure] = field(default_factory=list)
+    host: str = ""
+    gpu: str = ""
+
+    def why_not(self, method: str, problem: Problem) -> str | None:
+        return self.reasons.get(method, {}).get(problem.id)
+
+
+def catalog_of(registry: Registry, problems: Sequence[Problem], files: Sequence[str], host: str = "",
+               gpu: str = "") -> Catalog:
+    """The catalog of an in-process registry for the given problems."""
+    return Catalog(methods={n: MethodInfo.of(m) for n, m in registry.methods.items()},
+                   reasons={n: {p.id: m.why_not(p) for p in problems} for n, m in registry.methods.items()},
+                   files=list(files), failures=list(registry.failures), host=host, gpu=gpu)

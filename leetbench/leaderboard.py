@@ -13,10 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from leetbench.results import KEY_COLUMNS
-
-PROBLEM_COLUMNS = [c for c in KEY_COLUMNS if c != "method"]
-SHAPE_COLUMNS = [c for c in PROBLEM_COLUMNS if c != "length"]
+from leetbench.results import PROBLEM_COLUMNS, SHAPE_COLUMNS
 RAN = ("ok", "inaccurate", "error", "timeout", "crashed", "oom")
 
 

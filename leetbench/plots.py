@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from leetbench.leaderboard import Leaderboard  # noqa: E402
-from leetbench.metrics import DEFAULT_TOLERANCES  # noqa: E402
+from leetbench.verdict import DEFAULT_TOLERANCES  # noqa: E402
 
 SHAPE = ["batch", "heads", "dim", "dim_v", "decay", "initial_state", "mode", "steps"]
 

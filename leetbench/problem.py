@@ -1,8 +1,7 @@
-"""One benchmark problem: its sizes, decay, dtype and device, and its seeded inputs.
+"""One benchmark problem: its sizes, decay, dtype and device; and `Inputs`, the tensors a method receives.
 
-A problem is the unit every method is measured on. It validates itself on construction, so a bad sweep
-fails before any work starts, and it makes the same inputs for every method (DESIGN.md §2): drawn in
-float32 on the CPU from a seed, rounded to the problem's dtype, then moved to the device.
+A problem is the unit every method is measured on. It validates itself on construction, so a bad sweep fails
+before any work starts. Its seeded inputs are made by `leetbench.inputs` (docs/design.md §2).
 """
 
 from __future__ import annotations
@@ -74,22 +73,6 @@ def parse_device(device: str) -> str:
     if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
         return d
     raise ProblemError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
-
-
-@dataclass
-class Inputs:
-    """The tensors a method receives (DESIGN.md §3)."""
-
-    q: torch.Tensor  # [B, H, N, D]
-    k: torch.Tensor  # [B, H, N, D]
-    v: torch.Tensor  # [B, H, N, E]
-    decay: torch.Tensor  # [H] float64 λ
-    scale: float
-    initial_state: torch.Tensor | None  # [B, H, D, E] or None
-
-    def to(self, dtype: torch.dtype) -> "Inputs":
-        s0 = None if self.initial_state is None else self.initial_state.to(dtype)
-        return Inputs(self.q.to(dtype), self.k.to(dtype), self.v.to(dtype), self.decay, self.scale, s0)
 
 
 @dataclass(frozen=True)
@@ -166,13 +149,10 @@ class Problem:
             return B * H * (2 * D + 2 * E) * item + 2 * B * H * D * E * max(item, 4)
         return B * H * self.length * (2 * D + 2 * E) * item
 
-    def estimate_bytes(self) -> int:
-        """Memory a measurement needs at least: the inputs and a method's copy of them, the float64
-        reference output, the method's output, and a few states."""
-        B, H, N, D, E = self.batch, self.heads, self.tokens, self.dim, self.E
-        item = torch.empty((), dtype=self.torch_dtype).element_size()
-        inputs = B * H * N * (2 * D + E) * item
-        return 2 * inputs + B * H * N * E * (8 + item) + B * H * D * E * 8 * 4
+    def flops(self) -> int:
+        """Useful arithmetic of one timed call (docs/design.md §5): the recurrent form's state update k_tᵀ v_t
+        and read-out q_t S_t, a multiply and an add per element each: 4·D·E per token and head."""
+        return 4 * self.batch * self.heads * (1 if self.mode == "decode" else self.length) * self.dim * self.E
 
     def label(self) -> str:
         e = "" if self.dim_v is None else f" E{self.dim_v}"
@@ -184,56 +164,37 @@ class Problem:
         return asdict(self)
 
     def key(self) -> tuple:
-        """Identity of a problem in results.csv (seed excluded: a sweep has one seed)."""
+        """Identity of a problem within one sweep (the results key adds host and GPU: `results.problem_key`)."""
         return (
             self.device, self.dtype, self.batch, self.heads, self.length, self.dim, self.E,
             str(self.decay), self.initial_state, self.mode, self.steps,
         )
 
-    # ---- inputs --------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """`key()` as one string (JSON-safe), e.g. for tables of per-problem facts."""
+        return "|".join(str(x) for x in self.key())
+
+    def shape_key(self) -> tuple:
+        """Everything that names the problem but its length (and seed): longer N of one shape share a fate."""
+        return tuple(v for k, v in self.as_dict().items() if k not in ("length", "seed"))
+
+    # ---- inputs ------------------------------------------------------------------------------------
     def decay_values(self, device: str | torch.device = "cpu") -> torch.Tensor:
         return decay_profile(self.decay, self.heads).to(device)
 
-    def draw_key(self) -> tuple:
-        """What the random draws depend on: problems differing only in dtype, decay or device share them."""
-        return (self.batch, self.heads, self.length, self.dim, self.E, self.seed, self.initial_state, self.mode,
-                self.steps)
 
-    def draw(self) -> dict[str, torch.Tensor]:
-        """The seeded float32 CPU draws behind `make_inputs` (q, k, v; a raw initial state or a prefix)."""
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        B, H, N, D, E = self.batch, self.heads, self.length, self.dim, self.E
-        n_tokens = self.steps if self.mode == "decode" else N
-        draws = {"q": torch.randn(B, H, n_tokens, D, generator=gen),
-                 "k": torch.randn(B, H, n_tokens, D, generator=gen),
-                 "v": torch.randn(B, H, n_tokens, E, generator=gen)}
-        if self.mode == "decode":
-            draws["k_prefix"] = torch.randn(B, H, N, D, generator=gen)
-            draws["v_prefix"] = torch.randn(B, H, N, E, generator=gen)
-        elif self.initial_state:
-            draws["s0"] = torch.randn(B, H, D, E, generator=gen) * (D ** -0.5)
-        return draws
+@dataclass
+class Inputs:
+    """The tensors a method receives (DESIGN.md §3)."""
 
-    def make_inputs(self, device: str | None = None, draws: dict[str, torch.Tensor] | None = None) -> Inputs:
-        """Seeded inputs: float32 on the CPU, rounded to the dtype, on the device.
+    q: torch.Tensor  # [B, H, N, D]
+    k: torch.Tensor  # [B, H, N, D]
+    v: torch.Tensor  # [B, H, N, E]
+    decay: torch.Tensor  # [H] float64 λ
+    scale: float
+    initial_state: torch.Tensor | None  # [B, H, D, E] or None
 
-        q, k and v are unit normal (so c·q·k is O(1)). A prefill initial state, when asked for, is normal
-        with standard deviation 1/sqrt(D). In decode mode the initial state is the exact float64 state a
-        seeded prefix of `length` tokens leaves, rounded to the state dtype. `draws` (from `draw()` of a
-        problem with the same `draw_key()`) saves drawing again.
-        """
-        d = draws if draws is not None else self.draw()
-        dev = device or self.device
-        dt = self.torch_dtype
-        to = lambda t: t.to(dt).to(dev)  # noqa: E731 - round on the CPU, then move
-        s0 = d.get("s0")
-        if self.mode == "decode":
-            from leetbench.reference import prefix_state
-
-            s0 = prefix_state(to(d["k_prefix"]), to(d["v_prefix"]), self.decay_values(dev))
-        # The state stays float32 for low-precision dtypes: models carry it in float32.
-        state_dt = torch.float64 if dt == torch.float64 else torch.float32
-        return Inputs(
-            q=to(d["q"]), k=to(d["k"]), v=to(d["v"]), decay=self.decay_values(dev), scale=self.scale,
-            initial_state=None if s0 is None else s0.to(state_dt).to(dev),
-        )
+    def to(self, dtype: torch.dtype) -> "Inputs":
+        s0 = None if self.initial_state is None else self.initial_state.to(dtype)
+        return Inputs(self.q.to(dtype), self.k.to(dtype), self.v.to(dtype), self.decay, self.scale, s0)

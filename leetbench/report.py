@@ -14,7 +14,8 @@ import pandas as pd
 
 from leetbench.leaderboard import Leaderboard, build, markdown
 from leetbench.plots import write_all
-from leetbench.results import COLUMNS, KEY_COLUMNS, atomic_write, read_results
+from leetbench.results import COLUMNS, KEY_COLUMNS
+from leetbench.store import atomic_write, read_results
 
 
 @dataclass
@@ -44,7 +45,7 @@ def merge(paths: Iterable[Path]) -> pd.DataFrame:
     if df.empty:
         return df
     df = df.sort_values("timestamp", kind="stable")
-    df = df.drop_duplicates(subset=KEY_COLUMNS + ["host", "gpu"], keep="last")
+    df = df.drop_duplicates(subset=KEY_COLUMNS, keep="last")
     return df.reset_index(drop=True)
 
 

@@ -1,29 +1,59 @@
-"""results.csv: one row per (method, problem), appended whole as each finishes, and read back for resume.
+"""The results schema (docs/design.md §5): a row's columns, the statuses, the problem key and the derived
+columns. Every module that writes or reads rows uses these definitions; `leetbench.store` reads and writes
+the files.
 
-Each row is written by a single `os.write` on a file opened with O_APPEND, so a killed run leaves at most
-one partial last line; `ResultsFile.repair` cuts such a line off before anything is appended again.
-Whole-file outputs (leaderboard, plots) go through `atomic_write`: a temporary file, then a rename.
+A new column is added here (a field of `Row`, and in `derive` when it is computed from others), and in the
+one place that measures it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Iterable
-
-import pandas as pd
+from enum import Enum
+from typing import Any, Mapping
 
 from leetbench.problem import Problem
 
 
+class Status(str, Enum):
+    """What happened to one (method, problem). Only `ok` rows rank."""
+
+    OK = "ok"                  # within tolerance of the float64 reference, on the checked and a timed call
+    INACCURATE = "inaccurate"  # above tolerance, NaN/Inf, or a timed call disagreed with its known answer
+    SUSPECT = "suspect"        # correct, but faster than physics allows (above the copy bandwidth or the launch floor)
+    SKIPPED = "skipped"        # cannot run this problem (declared, missing package, memory), or ruled out
+    ERROR = "error"            # raised, or returned the wrong shape/dtype/device
+    TIMEOUT = "timeout"        # ran past timeout_s (or setup past setup_timeout_s)
+    CRASHED = "crashed"        # its process died, or the CUDA context was lost
+    OOM = "oom"                # ran out of memory (the method alone: the harness keeps only what checking needs)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in Status)
+FAILED = (Status.ERROR, Status.TIMEOUT, Status.CRASHED, Status.OOM)
+RAN = (Status.OK, Status.INACCURATE, Status.SUSPECT) + FAILED  # the method was called
+# A skipped row's error starts with this when an earlier timeout/oom of the shape ruled it out (not a
+# property of the method): `rerun=failed` measures it again.
+RULED_OUT = "ruled out:"
+
+# Precision classes: methods rank only against methods computing at the same precision.
+PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16")
+
+
+def precision(dtype: str, tf32: bool) -> str:
+    """The precision class of a row: a float32 row of a method that declares TF32 is `tf32`, not `fp32`."""
+    if dtype == "float32":
+        return "tf32" if tf32 else "fp32"
+    return {"float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+
+
 @dataclass
 class Row:
-    """One line of results.csv (DESIGN.md §5 columns first, then extras)."""
+    """One line of results.csv: the method and problem, the verdict, the speed, the wall time, provenance."""
 
     method: str
     family: str
@@ -36,9 +66,9 @@ class Row:
     dim_v: int
     decay: str
     status: str
-    rel_err: float = math.nan
-    max_err: float = math.nan
-    time_ms: float = math.nan
+    rel_err: float = math.nan          # ‖o − ref‖ / ‖ref‖ over everything
+    max_err: float = math.nan          # max|o − ref| / max|ref| over everything
+    time_ms: float = math.nan          # median
     time_ms_p20: float = math.nan
     time_ms_p80: float = math.nan
     peak_mem_mb: float = math.nan
@@ -52,151 +82,113 @@ class Row:
     leetbench: str = ""
     git_sha: str = ""
     timestamp: str = ""
-    # extras
+    # the problem, beyond the sizes
     mode: str = "prefill"
     steps: int = 0
     initial_state: bool = False
+    seed: int = 0
+    # the verdict, in full (docs/design.md §4)
+    precision: str = ""
+    worst_head_rel_err: float = math.nan
+    worst_head_max_err: float = math.nan
     state_rel_err: float = math.nan
     state_max_err: float = math.nan
+    state_worst_head_rel_err: float = math.nan
+    # the speed, in full
+    time_ms_lo: float = math.nan       # 95% confidence interval of the median
+    time_ms_hi: float = math.nan
     reps: int = 0
+    rounds: int = 0
+    tflops: float = math.nan
+    bytes_floor: int = 0
+    copy_gbps: float = math.nan
+    launch_floor_ms: float = math.nan
+    # where the wall time went (seconds)
+    prepare_s: float = math.nan        # this row's inputs (and the problem's reference, on its first row)
+    setup_s: float = math.nan
+    check_s: float = math.nan
+    timing_s: float = math.nan
+    measured_s: float = math.nan       # inside the timed calls
+    # the method and the machine
     complexity: str = ""
     tf32: bool = False
     method_hash: str = ""
     threads: int = 0
-    copy_gbps: float = math.nan
-    bytes_floor: int = 0
-    seed: int = 0
+    row_id: str = ""
 
     @classmethod
     def for_problem(cls, method: str, family: str, problem: Problem, status: str, **extra: Any) -> "Row":
-        return cls(method=method, family=family, device=problem.device, dtype=problem.dtype,
-                   batch=problem.batch, heads=problem.heads, length=problem.length, dim=problem.dim,
-                   dim_v=problem.E, decay=str(problem.decay), status=status, mode=problem.mode,
-                   steps=problem.steps, initial_state=problem.initial_state, seed=problem.seed,
-                   bytes_floor=problem.bytes_floor(), **extra)
+        row = cls(method=method, family=family, device=problem.device, dtype=problem.dtype,
+                  batch=problem.batch, heads=problem.heads, length=problem.length, dim=problem.dim,
+                  dim_v=problem.E, decay=str(problem.decay), status=str(status), mode=problem.mode,
+                  steps=problem.steps, initial_state=problem.initial_state, seed=problem.seed,
+                  bytes_floor=problem.bytes_floor(), **extra)
+        row.row_id = row.row_id or uuid.uuid4().hex[:12]
+        return derive(row, problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 COLUMNS = [f.name for f in fields(Row)]
-# What identifies a (method, problem) pair in results.csv, for resume and merging.
-KEY_COLUMNS = ["method", "device", "dtype", "batch", "heads", "length", "dim", "dim_v", "decay",
-               "initial_state", "mode", "steps"]
+NUMERIC = [f.name for f in fields(Row) if f.type in ("float", "int")]
+INTEGER = [f.name for f in fields(Row) if f.type == "int"]
+TEXT = [f.name for f in fields(Row) if f.type == "str"]
+
+# A problem's identity wherever rows are compared, pivoted or merged: the machine is part of it, so rows of
+# two cards (or two hosts) are never pooled.
+PROBLEM_COLUMNS = ["host", "gpu", "device", "dtype", "batch", "heads", "length", "dim", "dim_v", "decay",
+                   "initial_state", "mode", "steps"]
+KEY_COLUMNS = ["method"] + PROBLEM_COLUMNS
+SHAPE_COLUMNS = [c for c in PROBLEM_COLUMNS if c != "length"]
 
 
-def row_key(values: dict[str, Any]) -> tuple:
-    """The identity of a row, normalised to strings so CSV-read and fresh rows compare equal."""
-    out = []
-    for col in KEY_COLUMNS:
-        v = values.get(col, "")
-        if col == "decay":
-            try:
-                v = repr(float(v))
-            except (TypeError, ValueError):
-                v = str(v)
-        elif col == "initial_state":
-            v = str(v).strip().lower() in ("true", "1")
-        elif isinstance(v, float) and v.is_integer():
-            v = int(v)
-        out.append(str(v))
-    return tuple(out)
-
-
-def _csv_line(values: Iterable[Any]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(
-        ["" if (isinstance(v, float) and math.isnan(v)) else v for v in values])
-    return buf.getvalue()
-
-
-class ResultsFile:
-    """Append-only results.csv with a header; tolerant of a torn last line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def repair(self) -> int:
-        """Cut off a partial last line (no newline) and drop malformed rows; return how many were dropped."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return 0
-        data = self.path.read_bytes()
-        dropped = 0
-        if not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            data = data[:cut]
-            dropped += 1
-        text = data.decode("utf-8", "replace")
-        rows = list(csv.reader(io.StringIO(text)))
-        if rows and rows[0] != COLUMNS and len(rows[0]) and rows[0][0] == "method":
-            header = rows[0]
-        else:
-            header = COLUMNS
-        good = [r for r in rows[1:] if len(r) == len(header)]
-        dropped += len(rows) - 1 - len(good)
-        if dropped:
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(good)
-            atomic_write(self.path, buf.getvalue())
-        return dropped
-
-    def append(self, row: Row) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        line = (_csv_line(COLUMNS) if new else "") + _csv_line(asdict(row).values())
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _canon(col: str, v: Any) -> str:
+    if col == "decay":
         try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def read(self) -> pd.DataFrame:
-        return read_results([self.path])
-
-    def statuses(self) -> dict[tuple, set[str]]:
-        """Every (method, problem) key in the file, with the statuses its rows have (one read)."""
-        found: dict[tuple, set[str]] = {}
-        for r in self.read().to_dict("records"):
-            found.setdefault(row_key(r), set()).add(r["status"])
-        return found
+            return repr(float(v))
+        except (TypeError, ValueError):
+            return str(v)
+    if col == "initial_state":
+        return str(str(v).strip().lower() in ("true", "1", "1.0"))
+    if isinstance(v, float):
+        return "" if math.isnan(v) else str(int(v)) if v.is_integer() else repr(v)
+    return str(v)
 
 
-def read_results(paths: Iterable[Path]) -> pd.DataFrame:
-    """Read and concatenate results.csv files (missing columns filled), tolerating a torn last line."""
-    frames = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists() or p.stat().st_size == 0:
-            continue
-        data = p.read_bytes()
-        if not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-        try:
-            df = pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""], on_bad_lines="skip",
-                             dtype={"decay": str, "error": str, "gpu": str, "cupy": str, "git_sha": str})
-        except pd.errors.EmptyDataError:
-            continue
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=COLUMNS)
-    df = pd.concat(frames, ignore_index=True)
-    for col in COLUMNS:
-        if col not in df.columns:
-            df[col] = math.nan
-    for col in ("error", "gpu", "cupy", "git_sha", "decay", "host", "complexity", "method_hash"):
-        df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
-    return df
+def problem_key(values: Mapping[str, Any]) -> tuple:
+    """The identity of a row's problem, normalised to strings so CSV-read and fresh rows compare equal."""
+    return tuple(_canon(c, values.get(c, "")) for c in PROBLEM_COLUMNS)
 
 
-def atomic_write(path: Path, content: str | bytes) -> None:
-    """Write a whole file so that readers see the old or the new version, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def row_key(values: Mapping[str, Any]) -> tuple:
+    """(method,) + problem_key: one (method, problem) pair, for resume and merging."""
+    return (str(values.get("method", "")),) + problem_key(values)
+
+
+# ---- derived columns ----------------------------------------------------------------------------------
+
+def derive(row: Row, problem: Problem) -> Row:
+    """Fill the columns computed from others: precision, bytes and FLOP rates, and the physics check.
+
+    `gbps` = bytes floor / time; `pct_bw` = that over the measured copy bandwidth; `tflops` = the operator's
+    useful FLOPs (`Problem.flops`) / time. An `ok` row above 100% of the copy bandwidth, or at or below the
+    launch floor (an empty timed region), is `suspect`: it cannot have done the work it claims.
+    """
+    row.precision = precision(row.dtype, row.tf32)
+    row.bytes_floor = problem.bytes_floor()
+    t = row.time_ms
+    if isinstance(t, (int, float)) and math.isfinite(t) and t > 0:
+        row.gbps = row.bytes_floor / (t * 1e-3) / 1e9
+        copy = row.copy_gbps
+        row.pct_bw = 100.0 * row.gbps / copy if math.isfinite(copy) and copy > 0 else math.nan
+        row.tflops = problem.flops() / (t * 1e-3) / 1e12
+        if row.status == Status.OK:
+            if math.isfinite(row.pct_bw) and row.pct_bw > 100.0:
+                row.status, row.error = str(Status.SUSPECT), (
+                    f"faster than physics: {row.pct_bw:.0f}% of the measured copy bandwidth")
+            elif math.isfinite(row.launch_floor_ms) and t <= row.launch_floor_ms:
+                row.status, row.error = str(Status.SUSPECT), (
+                    f"faster than physics: {t:.4g} ms is at the launch floor ({row.launch_floor_ms:.4g} ms, "
+                    "an empty timed region)")
+    return row

@@ -1,34 +1,48 @@
-"""The runner's side of a worker: start it, send a request, wait at most a timeout, restart after faults.
+"""The worker's life, owned here: start it, send it requests under time limits, restart it after a fault
+(replaying `Hello` and the last `Prepare`), and kill it with everything it started (docs/design.md §7).
 
-A worker runs in its own process group (`start_new_session`), so on a timeout the whole group, with any
-children a plugin started, is killed. A worker that dies is described by its signal or exit code and the
-last lines of its log.
+The runner sees only replies and `Outcome`s: a request that times out or whose worker dies comes back as an
+Outcome with status `timeout` or `crashed`. The worker's output goes through a pipe to the worker log,
+capped per request (a plugin printing 50 MB does not fill the disk). A timeout kills the worker's whole
+process tree, including children that left its process group or session: the runner registers as a child
+subreaper, so orphans of the tree come back to it and are killed too.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
+
+from leetbench.protocol import Failure, Hello, Message, Outcome, Phase, Prepare, Prepared, Ready, Run, decode, encode
+from leetbench.results import Status
+
+LOG_CAP_BYTES = 1 << 20  # worker output kept per request
+_PR_SET_CHILD_SUBREAPER = 36
 
 
-class WorkerTimeout(Exception):
+class WorkerStartError(RuntimeError):
+    """The measuring worker could not be started (one-line message)."""
+
+
+class _Timeout(Exception):
     pass
 
 
-class WorkerDied(Exception):
+class _Died(Exception):
     pass
 
 
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
@@ -45,8 +59,7 @@ def tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
+            f.seek(max(0, f.tell() - max_bytes))
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
@@ -54,50 +67,174 @@ def tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> str:
     return " | ".join(kept)
 
 
+def become_subreaper() -> None:
+    """Orphaned descendants are re-parented to this process (Linux), so a timeout can still find them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _parents() -> dict[int, int]:
+    """pid → parent pid of every process (from /proc; empty where there is none)."""
+    found = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+                found[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    parents = _parents()
+    out, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == pid]
+        out += kids
+        frontier += kids
+    return out
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class _LogPump(threading.Thread):
+    """Copies the worker's output to the log, keeping at most `cap` bytes per request."""
+
+    def __init__(self, stream: BinaryIO, path: Path, cap: int) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.path, self.cap = stream, path, cap
+        self.kept = self.dropped = 0
+        self.lock = threading.Lock()
+
+    def new_request(self) -> None:
+        with self.lock:
+            self._note_dropped()
+            self.kept = 0
+
+    def _note_dropped(self) -> None:
+        if self.dropped:
+            with open(self.path, "ab") as log:
+                log.write(f"[... {self.dropped} more bytes of worker output dropped]\n".encode())
+            self.dropped = 0
+
+    def run(self) -> None:
+        with open(self.path, "ab", buffering=0) as log:
+            for chunk in iter(lambda: self.stream.read(1 << 16), b""):
+                with self.lock:
+                    room = max(0, self.cap - self.kept)
+                    log.write(chunk[:room])
+                    self.kept += min(room, len(chunk))
+                    self.dropped += max(0, len(chunk) - room)
+        with self.lock:
+            self._note_dropped()
+
+
 @dataclass
-class WorkerProcess:
+class Supervisor:
     """One measuring worker for one device; `env` holds extra environment variables (e.g. a GPU pin)."""
 
     log_path: Path
+    hello: Hello
     env: dict[str, str] = field(default_factory=dict)
+    log_cap: int = LOG_CAP_BYTES
+    ready: Ready | None = None
     proc: subprocess.Popen | None = None
-    hello: dict[str, Any] | None = None
-    _log: Any = None
+    _pump: _LogPump | None = None
+    _prepared: Prepare | None = None
+    _spawned: set[int] = field(default_factory=set)
 
-    def start(self) -> None:
-        self.stop()
-        self._log = open(self.log_path, "ab")
+    # ---- life ------------------------------------------------------------------------------------------
+    def start(self, timeout_s: float = 300.0) -> Ready:
+        """Start the worker and greet it; WorkerStartError if it cannot be."""
+        self._spawn()
+        try:
+            reply = self._exchange(self.hello, timeout_s)
+        except (_Timeout, _Died) as exc:
+            self.stop()
+            raise WorkerStartError(f"the measuring worker did not start: {exc}") from None
+        if not isinstance(reply, Ready):
+            self.stop()
+            raise WorkerStartError(f"the measuring worker did not start: {getattr(reply, 'error', reply)}")
+        if self.ready is None:
+            self.ready = reply
+        self.hello.measure_bandwidth = False  # a restarted worker keeps the first measurement
+        return self.ready
+
+    def _spawn(self) -> None:
+        self.kill()
+        become_subreaper()
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leetbench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, env=env, start_new_session=True, bufsize=0,
-        )
+        self.proc = subprocess.Popen([sys.executable, "-m", "leetbench.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                     start_new_session=True, bufsize=0)
+        self._spawned.add(self.proc.pid)
+        self._pump = _LogPump(self.proc.stderr, self.log_path, self.log_cap)
+        self._pump.start()
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def request(self, message: dict[str, Any], timeout_s: float,
-                first_phase_s: float | None = None) -> dict[str, Any]:
-        """Send one request and wait for its reply; raise WorkerTimeout or WorkerDied.
-
-        With `first_phase_s`, the worker has that long until it reports `{"phase": ...}` (a method's `setup=`:
-        compilation, autotuning), then `timeout_s` for the rest; otherwise `timeout_s` for all of it.
-        """
-        if not self.alive:
-            self.start()
-            if self.hello is not None:  # a restarted worker gets the same hello first
-                self._exchange(self.hello, timeout_s=max(timeout_s, 300))
-        return self._exchange(message, timeout_s, first_phase_s)
-
-    def _exchange(self, message: dict[str, Any], timeout_s: float,
-                  first_phase_s: float | None = None) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+    def restart(self, timeout_s: float = 300.0) -> Message | None:
+        """A fresh worker with the same hello, and the last problem prepared again (its reply, or None)."""
+        self.start(timeout_s)
+        if self._prepared is None:
+            return None
         try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            return self._exchange(self._prepared, timeout_s)
+        except _Timeout as exc:
+            return Failure(str(Status.TIMEOUT), str(exc))
+        except _Died as exc:
+            return Failure(str(Status.CRASHED), str(exc))
+
+    # ---- requests --------------------------------------------------------------------------------------
+    def prepare(self, prepare: Prepare, timeout_s: float) -> Prepared | Outcome:
+        self._prepared = prepare
+        reply = self._call(prepare, timeout_s)
+        return reply if isinstance(reply, Prepared) else _as_outcome(reply)
+
+    def run(self, run: Run, timeout_s: float, setup_timeout_s: float | None = None) -> Outcome:
+        if not self.alive:
+            replay = self.restart(max(timeout_s, 300.0))
+            if replay is not None and not isinstance(replay, Prepared):
+                out = _as_outcome(replay)
+                out.error = f"the problem could not be prepared again after a restart: {out.error}"
+                return out
+        return _as_outcome(self._call(run, timeout_s, setup_timeout_s))
+
+    def _call(self, message: Message, timeout_s: float, first_phase_s: float | None = None) -> Message:
+        if not self.alive:
+            self.start(max(timeout_s, 300.0))
+        try:
+            reply = self._exchange(message, timeout_s, first_phase_s)
+        except _Timeout as exc:
+            return Failure(str(Status.TIMEOUT), str(exc))
+        except _Died as exc:
+            return Failure(str(Status.CRASHED), str(exc))
+        if isinstance(reply, Failure) and reply.restart:
+            self.stop()
+        return reply
+
+    def _exchange(self, message: Message, timeout_s: float, first_phase_s: float | None = None) -> Message:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        if self._pump is not None:
+            self._pump.new_request()
+        try:
+            self.proc.stdin.write(encode(message))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            raise WorkerDied(self._death_note()) from None
+            raise _Died(self._death_note()) from None
         limit, what = ((first_phase_s, "end of setup (setup_timeout_s)") if first_phase_s is not None
                        else (timeout_s, "answer"))
         deadline = time.monotonic() + limit
@@ -107,20 +244,20 @@ class WorkerProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                raise WorkerTimeout(f"no {what} within {limit:g} s; worker process group killed")
+                raise _Timeout(f"no {what} within {limit:g} s; worker and everything it started killed")
             ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
             if not ready:
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                raise WorkerDied(self._death_note())
+                raise _Died(self._death_note())
             buf += chunk
             while b"\n" in buf:
                 line, _, buf = buf.partition(b"\n")
-                reply = json.loads(line)
-                if "phase" not in reply:
+                reply = decode(line)
+                if not isinstance(reply, Phase):
                     return reply
-                limit, what = timeout_s, "answer"  # first phase done: the measurement's own limit starts
+                limit, what = timeout_s, "answer"  # setup done: the measurement's own limit starts
                 deadline = time.monotonic() + timeout_s
 
     def _death_note(self) -> str:
@@ -129,33 +266,57 @@ class WorkerProcess:
             code = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.kill()
-            code = self.proc.returncode
+            code = self.proc.returncode if self.proc else None
+        if self._pump is not None:
+            self._pump.join(timeout=2)
         last = tail(self.log_path)
-        self.proc = None
-        return f"worker {_describe_exit(code)}" + (f"; last output: {last}" if last else "")
+        self.kill()
+        return f"worker {describe_exit(code)}" + (f"; last output: {last}" if last else "")
 
+    # ---- ending ----------------------------------------------------------------------------------------
     def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self.proc = None
+        """SIGKILL the worker, its process group, every descendant, and orphans of it re-parented to us."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            tree = descendants(proc.pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            _kill([proc.pid] + tree)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._reap_orphans()
+        if self._pump is not None:
+            self._pump.join(timeout=2)
+            self._pump = None
+
+    def _reap_orphans(self) -> None:
+        me = os.getpid()
+        orphans = [p for p, pp in _parents().items() if pp == me and p not in self._spawned]
+        _kill(orphans)
+        for pid in orphans:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
     def stop(self) -> None:
-        if self.proc is not None:
+        """Ask the worker to end (stdin closed), then make sure it has."""
+        if self.proc is not None and self.proc.stdin is not None:
             try:
-                if self.proc.stdin:
-                    self.proc.stdin.close()
+                self.proc.stdin.close()
                 self.proc.wait(timeout=5)
-            except Exception:
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-            self.kill()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.kill()
+
+
+def _as_outcome(reply: Message) -> Outcome:
+    if isinstance(reply, Outcome):
+        return reply
+    if isinstance(reply, Failure):
+        return reply.outcome()
+    return Outcome(status=str(Status.ERROR), error=f"unexpected reply {type(reply).__name__}")

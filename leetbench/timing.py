@@ -1,10 +1,11 @@
-"""Measurement (DESIGN.md §6): one timing function, peak memory, and the device's copy bandwidth.
+"""Measurement (docs/design.md §6): one timing function, peak memory, the copy bandwidth and the launch floor.
 
 GPU: a CUDA event pair around each call on the current stream, with a write of ≥ 2× the L2 size between
 calls (outside the events) so every call starts with a cold cache. CPU: `time.perf_counter` around each
-call. Both first estimate the cost of a call, turn the `warmup_ms` / `rep_ms` budgets into counts, and run
-until both `min_reps` and `rep_ms` are met (capped at `max_reps`); the result is the median and the 20th
-and 80th percentiles, as triton's do_bench reports them.
+call. Both first estimate the cost of a call, turn the `warmup_ms` / `rep_ms` budgets into counts (at least
+one warm-up call, at least `min_reps` timed, at most `max_reps`), and keep every sample; `leetbench.stats`
+summarises them (median, p20, p80 as triton's do_bench reports, and an interval of the median).
+Before every call a `between` hook runs untimed: the harness flips input signs there (leetbench.inputs).
 """
 
 from __future__ import annotations
@@ -22,34 +23,29 @@ import torch
 class TimingConfig:
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
-    min_reps: int = 5
+    min_reps: int = 10
     max_reps: int = 1000
 
 
-@dataclass(frozen=True)
+@dataclass
 class Timing:
-    median_ms: float
-    p20_ms: float
-    p80_ms: float
-    reps: int
+    """The timed samples of one measurement, and the result of the last timed call (kept so the harness can
+    check it outside the timed region)."""
 
+    samples_ms: list[float]
+    last_result: object = None
 
-def _quantile(sorted_ms: list[float], q: float) -> float:
-    """Linear-interpolated quantile of sorted samples (numpy's default)."""
-    if len(sorted_ms) == 1:
-        return sorted_ms[0]
-    pos = q * (len(sorted_ms) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_ms) - 1)
-    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
 
-
-def summarize(samples_ms: list[float]) -> Timing:
-    s = sorted(samples_ms)
-    return Timing(statistics.median(s), _quantile(s, 0.2), _quantile(s, 0.8), len(s))
+    @property
+    def reps(self) -> int:
+        return len(self.samples_ms)
 
 
 def _counts(estimate_ms: float, cfg: TimingConfig) -> tuple[int, int]:
+    """Warm-up and timed calls for calls of about `estimate_ms`."""
     est = max(estimate_ms, 1e-4)
     warmup = max(1, int(cfg.warmup_ms / est))
     reps = max(cfg.min_reps, math.ceil(cfg.rep_ms / est))
@@ -63,85 +59,109 @@ def l2_flush_bytes(device: torch.device) -> int:
     return max(2 * l2, 256 * 1024 * 1024)
 
 
-def time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig,
-              estimate_ms: float | None = None) -> Timing:
-    flush = torch.empty(l2_flush_bytes(device) // 4, dtype=torch.int32, device=device)
-    stream = torch.cuda.current_stream(device)
+def _nothing() -> None:
+    return None
 
-    def cold_calls(n: int) -> float:
-        """Mean ms of n calls, each after a cache flush (the flush's own time taken out)."""
+
+class _CudaClock:
+    """CUDA events on the current stream; `between` runs untimed before each call, then the L2 is flushed
+    (after `between`, which may have touched the inputs)."""
+
+    def __init__(self, device: torch.device, between: Callable[[], None]) -> None:
+        self.device, self.between = device, between
+        self.flush = torch.empty(l2_flush_bytes(device) // 4, dtype=torch.int32, device=device)
+        self.stream = torch.cuda.current_stream(device)
+
+    def estimate(self, fn: Callable[[], object], n: int) -> float:
+        """Mean ms of n calls, each timed on its own."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record(stream)
+        total = 0.0
         for _ in range(n):
-            flush.zero_()
+            self.between()
+            self.flush.zero_()
+            start.record(self.stream)
             fn()
-        end.record(stream)
-        torch.cuda.synchronize(device)
-        return max((start.elapsed_time(end) - n * _time_flush(flush, stream, device)) / n, 1e-4)
+            end.record(self.stream)
+            torch.cuda.synchronize(self.device)
+            total += start.elapsed_time(end)
+        return max(total / n, 1e-4)
 
-    if estimate_ms is None:
-        estimate = cold_calls(1)
-        if estimate < 10.0:  # cheap calls: a steadier estimate from five
-            estimate = cold_calls(5)
-        warmup, reps = _counts(estimate, cfg)
-    else:
-        warmup, reps = 0, _counts(estimate_ms, cfg)[1]
-    for _ in range(warmup):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for i in range(reps):
-        flush.zero_()
-        starts[i].record(stream)
-        fn()
-        ends[i].record(stream)
-    torch.cuda.synchronize(device)
-    return summarize([s.elapsed_time(e) for s, e in zip(starts, ends)])
-
-
-def _time_flush(flush: torch.Tensor, stream, device) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record(stream)
-    flush.zero_()
-    end.record(stream)
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end)
+    def run(self, fn: Callable[[], object], warmup: int, reps: int) -> Timing:
+        for _ in range(warmup):
+            self.between()
+            fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        result = None
+        for i in range(reps):
+            self.between()
+            self.flush.zero_()
+            result = None  # the previous output's memory may serve this call
+            starts[i].record(self.stream)
+            result = fn()
+            ends[i].record(self.stream)
+        torch.cuda.synchronize(self.device)
+        return Timing([s.elapsed_time(e) for s, e in zip(starts, ends)], result)
 
 
-def time_cpu(fn: Callable[[], object], cfg: TimingConfig, estimate_ms: float | None = None) -> Timing:
-    if estimate_ms is None:
-        t0 = time.perf_counter()
-        fn()
-        estimate_ms = (time.perf_counter() - t0) * 1e3
-        warmup, reps = _counts(estimate_ms, cfg)
-    else:
-        warmup, reps = 0, _counts(estimate_ms, cfg)[1]
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return summarize(samples)
+class _CpuClock:
+    def __init__(self, between: Callable[[], None]) -> None:
+        self.between = between
+
+    def estimate(self, fn: Callable[[], object], n: int) -> float:
+        total = 0.0
+        for _ in range(n):
+            self.between()
+            t0 = time.perf_counter()
+            fn()
+            total += time.perf_counter() - t0
+        return total * 1e3 / n
+
+    def run(self, fn: Callable[[], object], warmup: int, reps: int) -> Timing:
+        for _ in range(warmup):
+            self.between()
+            fn()
+        samples, result = [], None
+        for _ in range(reps):
+            self.between()
+            result = None
+            t0 = time.perf_counter()
+            result = fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return Timing(samples, result)
 
 
-# A call slower than this is estimated from the caller's first call alone and gets no warm-up: repeating it
-# would add nothing but time (its compilation and caches were settled by that first call).
+# A call slower than this is estimated from the caller's first call alone: re-estimating it would add
+# nothing but time (its compilation and caches were settled by that first call).
 SLOW_CALL_MS = 100.0
 
 
 def measure(fn: Callable[[], object], device: torch.device | str, cfg: TimingConfig,
-            first_call_ms: float | None = None) -> Timing:
-    """Median, p20 and p80 of `fn()` in milliseconds. Call `fn` once beforehand (compilation), and pass
-    how long that call took as `first_call_ms` so slow methods are not called more than they need."""
+            first_call_ms: float | None = None, between: Callable[[], None] = _nothing) -> Timing:
+    """Time `fn()` in ms per call, keeping every sample. Call `fn` once beforehand (compilation) and pass how
+    long that took as `first_call_ms`, so slow methods are not called more than they need."""
     device = torch.device(device)
-    slow = first_call_ms is not None and first_call_ms > SLOW_CALL_MS
     if device.type == "cuda":
         with torch.cuda.device(device):
-            return time_cuda(fn, device, cfg, first_call_ms if slow else None)
-    return time_cpu(fn, cfg, first_call_ms if slow else None)
+            return _measure(_CudaClock(device, between), fn, cfg, first_call_ms)
+    return _measure(_CpuClock(between), fn, cfg, first_call_ms)
+
+
+def _measure(clock: _CudaClock | _CpuClock, fn: Callable[[], object], cfg: TimingConfig,
+             first_call_ms: float | None) -> Timing:
+    if first_call_ms is not None and first_call_ms > SLOW_CALL_MS:
+        estimate = first_call_ms
+    else:
+        estimate = clock.estimate(fn, 1)
+        if estimate < 10.0:  # cheap calls: a steadier estimate from five
+            estimate = clock.estimate(fn, 5)
+    warmup, reps = _counts(estimate, cfg)
+    return clock.run(fn, warmup, reps)
+
+
+def launch_floor_ms(device: torch.device | str) -> float:
+    """The median time of an empty timed region on this device: no call doing real work is at or below it."""
+    return measure(_nothing, device, TimingConfig(warmup_ms=1, rep_ms=5, min_reps=20, max_reps=200)).median_ms
 
 
 # ---- peak memory -----------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def warm(shape: str, names: list[str]) -> None:
     from leetbench import Problem
 
     problem = Problem(**(ANCHOR if shape == "anchor" else FP32_B8))
-    inputs = problem.make_inputs()
+    inputs = make_inputs(problem)
     for name in names:
         method = registry()[name]
         if method.why_not(problem):
@@ -233,7 +233,7 @@ def phase3(log) -> dict:
              "seed_block_based", "seed_lightning_attn2_torch", "seed_fleet_attention_triton",
              "seed_fleet_attention", "seed_causal_dot_product", "seed_lightning_attn2", "seed_recursion"]
     problem = Problem(**ANCHOR)
-    inputs = problem.make_inputs()
+    inputs = make_inputs(problem)
     ref = reference(inputs)
     for name in order:
         row = time_one(reg[name], problem, inputs, ref, bw)
@@ -243,7 +243,7 @@ def phase3(log) -> dict:
     torch.cuda.empty_cache()
 
     problem = Problem(**FP32_B8)
-    inputs = problem.make_inputs()
+    inputs = make_inputs(problem)
     ref = reference(inputs)
     for name in ("fla_chunk", "lightning_attn2", "seed_causal_dot_product"):
         row = time_one(reg[name], problem, inputs, ref, bw)
@@ -255,7 +255,7 @@ def phase3(log) -> dict:
     for dtype in ("bfloat16", "float32"):
         problem = Problem(batch=1, heads=32, length=1024, dim=128, decay="multiscale", dtype=dtype, device="cuda",
                           mode="decode", steps=2)
-        inputs = problem.make_inputs()
+        inputs = make_inputs(problem)
         try:
             out = run_method(reg["fla_fused_recurrent"], problem, inputs, reference(inputs), TimingConfig())
             row = dict(method="fla_fused_recurrent", problem=problem.label(), **out.as_dict())

@@ -37,7 +37,7 @@ def write_plugin(folder: Path, name: str, source: str) -> Path:
 
 
 def results(folder: Path) -> pd.DataFrame:
-    from leetbench.results import read_results
+    from leetbench.store import read_results
 
     return read_results([folder / "results.csv"])
 

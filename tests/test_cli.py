@@ -135,4 +135,4 @@ def test_problems_that_cannot_fit_are_skipped_by_an_estimate(tmp_path: Path) -> 
                    "sweep.dim=[256]", f"out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     df = results(out)
-    assert (df["status"] == "skipped").all() and df["error"].str.match(r"needs about \d+\.\d GB, over").all()
+    assert (df["status"] == "skipped").all() and df["error"].str.match(r"the harness alone needs \d+\.\d GB for this problem, over").all()

@@ -9,7 +9,8 @@ import pytest
 
 from leetbench.leaderboard import build, markdown
 from leetbench.problem import Problem
-from leetbench.results import Row, read_results
+from leetbench.results import Row
+from leetbench.store import read_results
 
 
 def rows(method: str, times: dict[int, float], status: str = "ok", family: str = "f") -> list[dict]:

@@ -9,25 +9,51 @@ import pytest
 import torch
 
 from leetbench.execute import classify
-from leetbench.metrics import Errors, errors, judge, tolerance
-from leetbench.timing import TimingConfig, _counts, measure, summarize, watch
+from leetbench.stats import compare_samples, median_ci, median_ci_one, summarize
+from leetbench.timing import TimingConfig, _counts, measure, watch
+from leetbench.verdict import MAX_ERR_FACTOR, Errors, errors, judge, tolerance
 
 
-def test_summarize_reports_median_and_quantiles() -> None:
-    t = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
-    assert (t.median_ms, t.p20_ms, t.p80_ms, t.reps) == (3.0, 1.8, 4.2, 5)
+def test_summarize_reports_median_quantiles_and_an_interval() -> None:
+    t = summarize([[5.0, 1.0, 3.0, 2.0, 4.0]])
+    assert (t.median_ms, t.p20_ms, t.p80_ms, t.reps, t.rounds) == (3.0, 1.8, 4.2, 5, 1)
+    assert (t.lo_ms, t.hi_ms) == (1.0, 5.0)  # five samples: the order-statistic interval is the range
+
+
+def test_median_interval_covers_the_median_and_narrows_with_samples() -> None:
+    lo, hi = median_ci_one(list(range(1, 101)))
+    assert lo < 50.5 < hi and hi - lo < 25
+    assert median_ci_one([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]) == (2.0, 9.0)  # the textbook pair
+    # rounds that disagree (an autotuner's choice per process) widen the interval past each round's own
+    one_round = median_ci([[1.0, 1.01, 1.02] * 10])
+    rounds = median_ci([[1.0, 1.01, 1.02] * 10, [1.5, 1.51, 1.52] * 10, [1.0, 1.01] * 10])
+    assert rounds[1] - rounds[0] > 10 * (one_round[1] - one_round[0])
+
+
+def test_a_change_is_called_only_past_the_threshold_and_the_noise() -> None:
+    rng = torch.Generator().manual_seed(0)
+    base = (1 + 0.05 * torch.randn(40, generator=rng)).tolist()
+    same = (1 + 0.05 * torch.randn(40, generator=rng)).tolist()
+    assert compare_samples(base, same).verdict == "same"
+    assert compare_samples(base, [5 * x for x in same]).verdict == "slower"
+    assert compare_samples(base, [x / 5 for x in same]).verdict == "faster"
+    assert compare_samples(base, [1.05 * x for x in same]).verdict == "same"  # 5%: under the 10% threshold
 
 
 def test_budgets_become_counts() -> None:
-    cfg = TimingConfig(warmup_ms=25, rep_ms=100, min_reps=5, max_reps=1000)
+    cfg = TimingConfig(warmup_ms=25, rep_ms=100, min_reps=10, max_reps=1000)
     assert _counts(1.0, cfg) == (25, 100)  # 1 ms calls: 25 warm-up, 100 timed
-    assert _counts(50.0, cfg) == (1, 5)  # slow calls: at least one warm-up and min_reps
+    assert _counts(50.0, cfg) == (1, 10)  # slow calls: still one untimed call after the checked one, min_reps
     assert _counts(1e-6, cfg) == (1000, 1000)  # capped
+    assert TimingConfig().min_reps >= 10
 
 
-def test_cpu_timing_measures_what_the_call_takes() -> None:
-    t = measure(lambda: time.sleep(0.004), "cpu", TimingConfig(warmup_ms=1, rep_ms=30, min_reps=3))
-    assert 3.5 < t.median_ms < 30 and t.p20_ms <= t.median_ms <= t.p80_ms and t.reps >= 3
+def test_cpu_timing_measures_what_the_call_takes_and_runs_between_untimed() -> None:
+    calls = []
+    t = measure(lambda: time.sleep(0.004), "cpu", TimingConfig(warmup_ms=1, rep_ms=30, min_reps=3),
+                between=lambda: (calls.append(1), time.sleep(0.02)))
+    assert 3.5 < t.median_ms < 15 and t.reps >= 3 and len(t.samples_ms) == t.reps  # the 20 ms never counted
+    assert len(calls) >= t.reps + 1  # before every timed call and the warm-up
 
 
 def test_cpu_peak_memory_sees_an_allocation() -> None:
@@ -43,13 +69,36 @@ def test_errors_and_verdicts() -> None:
     ref = torch.tensor([3.0, 4.0], dtype=torch.float64)
     e = errors(torch.tensor([3.0, 4.5]), ref)
     assert e.rel_err == pytest.approx(0.1) and e.max_err == pytest.approx(0.125)
-    assert judge(e, 0.2) == "ok" and judge(e, 0.05) == "inaccurate"
+    assert judge(e, 0.2).status == "ok" and judge(e, 0.05).status == "inaccurate"
+    assert errors(torch.tensor([-3.0, -4.5]), ref, sign=-1).rel_err == pytest.approx(0.1)  # against −ref
     nan = errors(torch.tensor([float("nan"), 4.0]), ref)
-    assert not nan.finite and judge(nan, 1.0) == "inaccurate"
+    assert not nan.finite and judge(nan, 1.0).status == "inaccurate" and "NaN" in judge(nan, 1.0).message
     inf = errors(torch.tensor([float("inf"), 4.0]), ref)
-    assert judge(inf, 1.0) == "inaccurate"
-    assert judge(Errors(1e-7, 1e-7), 1e-5, state_errs=Errors(1e-3, 1e-3)) == "inaccurate"
+    assert judge(inf, 1.0).status == "inaccurate"
+    ok, bad = Errors(1e-7, 1e-7, 1e-7, 1e-7), Errors(1e-3, 1e-3, 1e-3, 1e-3)
+    assert judge(ok, 1e-5, state=bad).status == "inaccurate" and "final state" in judge(ok, 1e-5, state=bad).message
     assert errors(torch.zeros(2), torch.zeros(2, dtype=torch.float64)).rel_err == 0.0
+
+
+def test_the_worst_head_decides_not_the_global_norm() -> None:
+    """Heads whose energies differ 100×: one head off by 5e-5 hides at 5e-6 in the global norm."""
+    ref = torch.randn(1, 4, 64, 8, dtype=torch.float64) * torch.tensor([1.0, 10.0, 10.0, 10.0],
+                                                                        dtype=torch.float64)[None, :, None, None]
+    out = ref.clone()
+    out[:, 0] *= 1 + 5e-5
+    e = errors(out.float(), ref)
+    assert e.rel_err < 1e-5 < e.worst_head_rel_err == pytest.approx(5e-5, rel=0.05)
+    assert judge(e, 1e-5).status == "inaccurate" and "worst (batch, head)" in judge(e, 1e-5).message
+
+
+def test_a_few_far_off_elements_fail_by_max_err() -> None:
+    """One zeroed token of 4096 at bf16 tolerance: its norm share is small, its max error is not."""
+    ref = torch.randn(1, 1, 4096, 16, dtype=torch.float64)
+    out = ref.clone()
+    out[:, :, -1] = 0
+    e = errors(out, ref)
+    assert e.worst_head_rel_err < tolerance("bfloat16") < e.worst_head_max_err / MAX_ERR_FACTOR
+    assert judge(e, tolerance("bfloat16")).status == "inaccurate"
 
 
 def test_tolerances() -> None:

@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from leetbench import Method, Problem, load_methods
-from leetbench.execute import Outcome, verify
-from leetbench.metrics import DEFAULT_TOLERANCES
+from leetbench.execute import verify
+from leetbench.protocol import Outcome
+from leetbench.verdict import DEFAULT_TOLERANCES
 
 REGISTRY = load_methods()
 METHODS = [m for m in REGISTRY.methods.values() if not m.family.startswith("peer")]

@@ -17,7 +17,8 @@ import torch
 
 from leetbench import Problem, load_methods
 from leetbench.adapters import cached, clear, fingerprint, prescaled, time_major
-from leetbench.execute import run_method
+from leetbench.execute import verify
+from leetbench.inputs import make_inputs
 from leetbench.problem import Inputs
 from leetbench.reference import reference
 
@@ -59,9 +60,9 @@ def _exact_log_decays(heads: int) -> torch.Tensor:
 
 def _check(method, problem: Problem, tol: float = 1e-13):
     """Run `method` on `problem`'s inputs with exact-log decays; its errors against the float64 reference."""
-    inputs = problem.make_inputs()
+    inputs = make_inputs(problem)
     inputs.decay = _exact_log_decays(problem.heads)
-    outcome = run_method(method, problem, inputs, reference(inputs), None, {"float64": tol, "float32": 1e-5})
+    outcome = verify(method, problem, {"float64": tol, "float32": 1e-5}, inputs=inputs)
     assert outcome.status == "ok", outcome
     assert outcome.rel_err < tol
     return outcome
@@ -173,7 +174,7 @@ def test_fla_decode(registry, fake_fla):
 
 def test_fla_half_precision_keeps_dtype(registry, fake_fla):
     problem = Problem(batch=1, heads=2, length=33, dim=16, dtype="bfloat16", initial_state=True)
-    out = run_method(registry["fla_chunk"], problem, problem.make_inputs(), reference(problem.make_inputs()), None)
+    out = verify(registry["fla_chunk"], problem)
     assert out.status == "ok" and out.rel_err < 1e-2
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from leetbench.decay import decay_mask, decay_powers, log_decay
+from leetbench.inputs import make_inputs
 from leetbench.problem import Problem, ProblemError, decay_profile
 from leetbench.reference import literal, recurrence, reference
 
@@ -29,7 +30,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("kw", EDGE_CASES, ids=lambda kw: Problem(**kw).label())
 @pytest.mark.parametrize("chunk", [16, 64])
 def test_reference_matches_literal_and_recurrence(kw: dict, chunk: int) -> None:
-    inputs = Problem(dtype="float64", **kw).make_inputs()
+    inputs = make_inputs(Problem(dtype="float64", **kw))
     out, state = reference(inputs, chunk=chunk)
     lit_out, lit_state = literal(inputs)
     rec_out, rec_state = recurrence(inputs)
@@ -56,10 +57,10 @@ def test_literal_and_recurrence_agree_with_a_hand_computed_case() -> None:
 
 
 def test_reference_on_long_sequence_near_one_has_no_overflow() -> None:
-    inputs = Problem(1, 1, 20000, 2, decay=1 - 2 ** -16, dtype="float64").make_inputs()
+    inputs = make_inputs(Problem(1, 1, 20000, 2, decay=1 - 2 ** -16, dtype="float64"))
     out, state = reference(inputs)
     assert torch.isfinite(out).all() and torch.isfinite(state).all()
-    rec_out, rec_state = recurrence(Problem(1, 1, 20000, 2, decay=1 - 2 ** -16, dtype="float64").make_inputs())
+    rec_out, rec_state = recurrence(make_inputs(Problem(1, 1, 20000, 2, decay=1 - 2 ** -16, dtype="float64")))
     assert rel(out, rec_out) < 1e-12
 
 
@@ -89,19 +90,19 @@ def test_problem_validates_itself(bad: dict, message: str) -> None:
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_inputs_are_seeded_rounded_and_deterministic(dtype: str) -> None:
     p = Problem(2, 3, 17, 8, dim_v=5, dtype=dtype, seed=7, initial_state=True)
-    a, b = p.make_inputs(), p.make_inputs()
+    a, b = make_inputs(p), make_inputs(p)
     assert a.q.dtype == p.torch_dtype and a.v.shape == (2, 3, 17, 5)
     assert torch.equal(a.q, b.q) and torch.equal(a.v, b.v) and torch.equal(a.initial_state, b.initial_state)
     assert a.decay.dtype == torch.float64
-    c = Problem(2, 3, 17, 8, dim_v=5, dtype=dtype, seed=8).make_inputs()
+    c = make_inputs(Problem(2, 3, 17, 8, dim_v=5, dtype=dtype, seed=8))
     assert not torch.equal(a.q, c.q)
-    f32 = Problem(2, 3, 17, 8, dim_v=5, dtype="float32", seed=7).make_inputs()
+    f32 = make_inputs(Problem(2, 3, 17, 8, dim_v=5, dtype="float32", seed=7))
     assert torch.equal(a.q, f32.q.to(p.torch_dtype))  # drawn in float32, then rounded
 
 
 def test_decode_problem_state_is_the_prefix_state() -> None:
     p = Problem(1, 2, 40, 4, mode="decode", steps=3, dtype="float64")
-    x = p.make_inputs()
+    x = make_inputs(p)
     assert x.q.shape[2] == 3 and x.initial_state.shape == (1, 2, 4, 4)
     assert x.initial_state.abs().sum() > 0
 

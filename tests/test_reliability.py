@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, leetbench_cmd, results, run_cli, write_plugin
+from leetbench.lock import RunLock
+from leetbench.provenance import git_sha
 from leetbench.results import KEY_COLUMNS
-from leetbench.runner import RunLock, git_sha
 
 FAULTS = '''
 import os, signal, time
@@ -103,7 +104,7 @@ def test_one_sweep_with_every_planted_fault_finishes(tmp_path: Path, plugins: Pa
     assert "output shape: expected [1, 2, 32, 16], got [1, 2, 31, 16]" in err["fault_shape"]
     assert "output dtype: expected torch.float32, got torch.float64" in err["fault_dtype"]
     assert err["fault_oom"]
-    assert "Traceback" in (out / "errors.log").read_text() and "planted failure" in (out / "errors.log").read_text()
+    assert "Traceback" in (out / ".leetbench" / "errors.log").read_text() and "planted failure" in (out / ".leetbench" / "errors.log").read_text()
     board = (out / "leaderboard.md").read_text()
     assert "broken.py" in board and "SyntaxError" in board and "failed to load" in proc.stderr
     ranked = pd.read_csv(out / "leaderboard.csv").dropna(subset=["rank"])
@@ -227,7 +228,7 @@ def test_setup_has_its_own_limit_and_longer_n_is_not_tried_after_a_timeout(tmp_p
     long = df.loc["slow_long"]
     assert list(long["status"]) == ["ok", "ok", "timeout", "skipped", "skipped"]
     assert "within 2 s" in long.loc[24, "error"]
-    assert long.loc[32, "error"] == "timeout at N=24; longer sequences are not tried"
+    assert long.loc[32, "error"] == "ruled out: timeout at N=24; longer sequences are not tried"
 
 
 def test_a_timeout_kept_from_an_earlier_run_still_rules_out_longer_n(tmp_path: Path, plugins: Path) -> None:
@@ -241,7 +242,7 @@ def test_a_timeout_kept_from_an_earlier_run_still_rules_out_longer_n(tmp_path: P
     assert resumed.returncode == 0, resumed.stderr
     long = results(out).set_index("length")
     assert list(long.loc[[8, 24, 32, 40], "status"]) == ["ok", "timeout", "skipped", "skipped"]
-    assert long.loc[40, "error"] == "timeout at N=24; longer sequences are not tried"
+    assert long.loc[40, "error"] == "ruled out: timeout at N=24; longer sequences are not tried"
     # asked to run the failures again, the timed-out length is retried (and times out again)
     again = run_cli(*common, "sweep.length=[8,24,32]", "rerun=failed", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
