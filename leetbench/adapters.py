@@ -130,6 +130,22 @@ def is_power_of_two(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
 
+# ---- prepare: the conversions a user of the library holds already, made before each call, untimed -----
+
+def prepare_prescaled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float,
+                      initial_state: torch.Tensor | None = None) -> None:
+    """A `prepare=` for kernels without a scale argument: q·c made (cached) before the timed call."""
+    prescaled(q, scale)
+
+
+def prepare_time_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float,
+                       initial_state: torch.Tensor | None = None) -> None:
+    """A `prepare=` for [B, T, H, ·] kernels (fla): the transposed q, k, v and log λ made (cached) untimed."""
+    for x in (q, k, v):
+        time_major(x)
+    log_decay_as(decay)
+
+
 # ---- setup: compile and autotune outside the measured calls -----------------------------------------
 
 def warm_up(get_fn: Callable[[], Callable[..., Any]]) -> Callable[[Any], None]:

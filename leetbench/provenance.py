@@ -23,7 +23,7 @@ def _git(folder: Path, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_sha() -> str:
+def git_sha(package_root: Path | None = None) -> str:
     """The commit of the repository that holds the leetbench package (+dirty), or '' when it is not in one.
 
     `$LEETBENCH_GIT_SHA` wins when set (a tree copied to a GPU box without its .git folder: whoever copies it
@@ -32,7 +32,7 @@ def git_sha() -> str:
     given = os.environ.get("LEETBENCH_GIT_SHA", "").strip()
     if given:
         return given
-    here = Path(leetbench.__file__).resolve().parent.parent
+    here = (package_root or Path(leetbench.__file__).parent.parent).resolve()
     top = _git(here, "rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() != here:
         return ""

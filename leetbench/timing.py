@@ -67,8 +67,8 @@ class _CudaClock:
     """CUDA events on the current stream; `between` runs untimed before each call, then the L2 is flushed
     (after `between`, which may have touched the inputs)."""
 
-    def __init__(self, device: torch.device, between: Callable[[], None]) -> None:
-        self.device, self.between = device, between
+    def __init__(self, device: torch.device, between: Callable[[], None], before_last: Callable[[], None]) -> None:
+        self.device, self.between, self.before_last = device, between, before_last
         self.flush = torch.empty(l2_flush_bytes(device) // 4, dtype=torch.int32, device=device)
         self.stream = torch.cuda.current_stream(device)
 
@@ -94,7 +94,7 @@ class _CudaClock:
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         result = None
         for i in range(reps):
-            self.between()
+            (self.before_last if i == reps - 1 else self.between)()
             self.flush.zero_()
             result = None  # the previous output's memory may serve this call
             starts[i].record(self.stream)
@@ -105,8 +105,8 @@ class _CudaClock:
 
 
 class _CpuClock:
-    def __init__(self, between: Callable[[], None]) -> None:
-        self.between = between
+    def __init__(self, between: Callable[[], None], before_last: Callable[[], None]) -> None:
+        self.between, self.before_last = between, before_last
 
     def estimate(self, fn: Callable[[], object], n: int) -> float:
         total = 0.0
@@ -122,8 +122,8 @@ class _CpuClock:
             self.between()
             fn()
         samples, result = [], None
-        for _ in range(reps):
-            self.between()
+        for i in range(reps):
+            (self.before_last if i == reps - 1 else self.between)()
             result = None
             t0 = time.perf_counter()
             result = fn()
@@ -137,14 +137,17 @@ SLOW_CALL_MS = 100.0
 
 
 def measure(fn: Callable[[], object], device: torch.device | str, cfg: TimingConfig,
-            first_call_ms: float | None = None, between: Callable[[], None] = _nothing) -> Timing:
+            first_call_ms: float | None = None, between: Callable[[], None] = _nothing,
+            before_last: Callable[[], None] | None = None) -> Timing:
     """Time `fn()` in ms per call, keeping every sample. Call `fn` once beforehand (compilation) and pass how
-    long that took as `first_call_ms`, so slow methods are not called more than they need."""
+    long that took as `first_call_ms`, so slow methods are not called more than they need. `between` runs
+    untimed before every call, `before_last` (default: `between`) instead of it before the last timed one."""
     device = torch.device(device)
+    last = before_last or between
     if device.type == "cuda":
         with torch.cuda.device(device):
-            return _measure(_CudaClock(device, between), fn, cfg, first_call_ms)
-    return _measure(_CpuClock(between), fn, cfg, first_call_ms)
+            return _measure(_CudaClock(device, between, last), fn, cfg, first_call_ms)
+    return _measure(_CpuClock(between, last), fn, cfg, first_call_ms)
 
 
 def _measure(clock: _CudaClock | _CpuClock, fn: Callable[[], object], cfg: TimingConfig,

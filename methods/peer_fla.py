@@ -33,10 +33,15 @@ from __future__ import annotations
 import importlib
 
 from leetbench import register
-from leetbench.adapters import log_decay_as, per_token_log_decay, time_major, warm_up
+from leetbench.adapters import log_decay_as, per_token_log_decay, prepare_time_major, time_major, warm_up
 
 _COMMON = dict(family="peer:fla", devices=("cuda",), dtypes=("float32", "float16", "bfloat16"),
                requires=("fla", "triton"))
+
+
+def _prepare_parallel(q, k, v, decay, *, scale, initial_state=None) -> None:
+    prepare_time_major(q, k, v, decay, scale=scale, initial_state=initial_state)
+    per_token_log_decay(decay, q.shape[0], q.shape[2])
 
 
 def _route(name: str):
@@ -59,6 +64,7 @@ def _no_initial_state(problem) -> str | None:
 
 
 @register(name="fla_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, setup=warm_up(lambda: fla_chunk),
+          prepare=prepare_time_major,
           **_COMMON)
 def fla_chunk(q, k, v, decay, *, scale, initial_state=None):
     """fla chunk_simple_gla: chunked, state per chunk (Triton)."""
@@ -66,21 +72,24 @@ def fla_chunk(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="fla_fused_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True,
-          setup=warm_up(lambda: fla_fused_chunk), **_COMMON)
+          setup=warm_up(lambda: fla_fused_chunk),
+          prepare=prepare_time_major, **_COMMON)
 def fla_fused_chunk(q, k, v, decay, *, scale, initial_state=None):
     """fla fused_chunk_simple_gla: one kernel over the chunks, state in registers (Triton)."""
     return _with_state("fused_chunk_simple_gla", q, k, v, decay, scale, initial_state)
 
 
 @register(name="fla_fused_recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"),
-          setup=warm_up(lambda: fla_fused_recurrent), **_COMMON)
+          setup=warm_up(lambda: fla_fused_recurrent),
+          prepare=prepare_time_major, **_COMMON)
 def fla_fused_recurrent(q, k, v, decay, *, scale, initial_state=None):
     """fla fused_recurrent_simple_gla: token by token, float32 state (Triton); also the decode step."""
     return _with_state("fused_recurrent_simple_gla", q, k, v, decay, scale, initial_state)
 
 
 @register(name="fla_parallel", complexity="O(N²·(D + E))", tf32=True, supports=_no_initial_state,
-          setup=warm_up(lambda: fla_parallel), **_COMMON)
+          setup=warm_up(lambda: fla_parallel),
+          prepare=_prepare_parallel, **_COMMON)
 def fla_parallel(q, k, v, decay, *, scale, initial_state=None):
     """fla parallel_simple_gla: masked parallel form in blocks, per-token gate (Triton); no state."""
     B, _, N, _ = q.shape

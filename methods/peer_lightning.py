@@ -31,7 +31,7 @@ import importlib
 import torch
 
 from leetbench import register
-from leetbench.adapters import is_power_of_two, prescaled, rate_as, warm_up
+from leetbench.adapters import is_power_of_two, prepare_prescaled, prescaled, rate_as, warm_up
 
 
 def _supports(problem) -> str | None:
@@ -51,7 +51,8 @@ def _kernel():
 
 @register(name="lightning_attn2", family="peer:lightning", complexity="O(N·(C·D + D·E)), C=64",
           devices=("cuda",), dtypes=("float32", "float16", "bfloat16"), tf32=True,
-          requires=("lightning_attn", "triton"), supports=_supports, setup=warm_up(lambda: lightning_attn2))
+          requires=("lightning_attn", "triton"), supports=_supports, setup=warm_up(lambda: lightning_attn2),
+          prepare=prepare_prescaled)
 def lightning_attn2(q, k, v, decay, *, scale, initial_state=None):
     """lightning-attn lightning_attn2: blocks of 64, float32 state (Triton, TF32 dots)."""
     s = rate_as(decay, torch.float32).view(-1, 1, 1)

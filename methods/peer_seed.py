@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from leetbench import register
-from leetbench.adapters import decay_as, prescaled, rate_as, warm_up
+from leetbench.adapters import decay_as, prepare_prescaled, prescaled, rate_as, warm_up
 
 ALL = ("float64", "float32", "float16", "bfloat16")
 HALF_AND_SINGLE = ("float32", "float16", "bfloat16")
@@ -127,7 +127,7 @@ def _fleet_triton_supports(problem) -> str | None:
     return _stateless(problem)
 
 
-_SEED = dict(family="peer:seed", requires=("leetDecoding",))
+_SEED = dict(family="peer:seed", requires=("leetDecoding",), prepare=prepare_prescaled)
 
 
 @register(name="seed_causal_dot_product", complexity="O(N·D·E)", devices=("cuda",),
@@ -161,7 +161,7 @@ def seed_fleet_attention(q, k, v, decay, *, scale, initial_state=None):
 
 @register(name="seed_fleet_attention_triton", complexity="O(N·D·E)", devices=("cuda",), dtypes=HALF_AND_SINGLE,
           supports=_fleet_triton_supports, setup=warm_up(lambda: seed_fleet_attention_triton),
-          family="peer:seed", requires=("leetDecoding", "triton"))
+          family="peer:seed", requires=("leetDecoding", "triton"), prepare=prepare_prescaled)
 def seed_fleet_attention_triton(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding FleetAttention_triton: one program per key coordinate (Triton), λ in float32."""
     return _module("FleetAttention_triton").FleetAttention_triton(prescaled(q, scale), k, v,
@@ -170,7 +170,7 @@ def seed_fleet_attention_triton(q, k, v, decay, *, scale, initial_state=None):
 
 @register(name="seed_lightning_attn2", complexity="O(N·(C·D + D·E))", devices=("cuda",), dtypes=HALF_AND_SINGLE,
           tf32=True, supports=_stateless, setup=warm_up(lambda: seed_lightning_attn2),
-          family="peer:seed", requires=("leetDecoding", "triton", "pycuda"))
+          family="peer:seed", requires=("leetDecoding", "triton", "pycuda"), prepare=prepare_prescaled)
 def seed_lightning_attn2(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding lightning_attn2: Lightning Attention-2 copy (Triton, TF32 dots), rate γ in the input dtype."""
     return _module("lightningAttention2").lightning_attn2(prescaled(q, scale), k, v, rate_as(decay, q.dtype))

@@ -166,6 +166,32 @@ def test_fla_conversion(registry, fake_fla, name, initial_state):
         assert out.state_rel_err < 1e-13
 
 
+@pytest.mark.parametrize("name", ["fla_chunk", "fla_parallel"])
+def test_fla_conversions_happen_in_prepare_not_in_the_timed_call(registry, fake_fla, monkeypatch, name):
+    """The harness flips input signs in place between calls; `prepare=` re-converts, untimed."""
+    from leetbench import adapters
+    from leetbench.inputs import Signs
+
+    method = registry[name]
+    problem = Problem(batch=1, heads=2, length=40, dim=8, dtype="float64")
+    x = make_inputs(problem)
+    x.decay = _exact_log_decays(problem.heads)
+    signs = Signs(x)
+    expected, _ = _reference(x.q, x.k, x.v, x.decay, None, x.scale)
+    conversions = []
+    real = adapters._time_major
+    monkeypatch.setattr(adapters, "_time_major", lambda t: conversions.append(1) or real(t))
+    for _ in range(3):
+        signs.advance()
+        method.prepare(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=None)
+        before = len(conversions)
+        o = method.fn(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=None)
+        assert len(conversions) == before, "converted inside the call"
+        o = o[0] if isinstance(o, tuple) else o
+        assert torch.allclose(o, signs.output_sign * expected, rtol=1e-12, atol=1e-12)
+    assert len(conversions) == 3 + 2  # the first prepare converts q, k, v; each later flip re-converts one
+
+
 def test_fla_decode(registry, fake_fla):
     problem = Problem(batch=2, heads=3, length=20, dim=8, dim_v=6, dtype="float64", mode="decode", steps=4)
     out = _check(registry["fla_fused_recurrent"], problem)

@@ -188,6 +188,36 @@ def test_git_sha_comes_from_the_environment_where_the_tree_has_no_git(monkeypatc
     monkeypatch.delenv("LEETBENCH_GIT_SHA")
     assert git_sha() == ""
 
+
+def test_git_sha_set_in_the_environment_wins_and_an_enclosing_repository_is_not_borrowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outer = tmp_path / "outer"
+    (outer / "copy" / "leetbench").mkdir(parents=True)
+    git = ["git", "-C", str(outer), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    (outer / "f").write_text("x")
+    subprocess.run(git + ["add", "f"], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    monkeypatch.delenv("LEETBENCH_GIT_SHA", raising=False)
+    assert git_sha(outer / "copy") == ""  # a checkout copied into another repository's folder: not its commit
+    assert len(git_sha(outer)) >= 12  # the repository that holds the package itself: its commit
+    monkeypatch.setenv("LEETBENCH_GIT_SHA", "feedbeef1234")
+    assert git_sha(outer) == git_sha(outer / "copy") == "feedbeef1234"
+
+
+def test_resume_measures_again_a_method_whose_version_changed(tmp_path: Path, plugins: Path) -> None:
+    """Editing a method (or a file it names in sources=) makes its old rows stale; others are kept."""
+    write_plugin(plugins, "slow.py", SLOW)
+    out = tmp_path / "run"
+    args = [*TINY, f"methods_dirs=[{plugins}]", "methods=[slow_ok,recurrent]", "sweep.length=[8]", "sweep.dim=[4]",
+            f"out={out}"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    write_plugin(plugins, "slow.py", SLOW + "\n# an edit\n")
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "1 rows" in again.stdout and "1 already in results.csv" in again.stdout
+    df = results(out)
+    assert sorted(df["method"]) == ["recurrent", "slow_ok", "slow_ok"] and df["method_hash"].nunique() == 3
+
 PHASES = '''
 import time
 from leetbench import register
