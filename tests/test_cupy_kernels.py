@@ -2,8 +2,11 @@
 
 Accuracy against the float64 reference over awkward shapes (B = 1 with long N, the seed library's failure
 case; N = 1, prime N, chunk tails; D ≠ E from 16 to 256; λ = 1, λ = 1e-6 and the per-head profiles; with and
-without an initial state; the final state checked too), plus compute-sanitizer memcheck / racecheck runs on
-small shapes. Everything here skips cleanly without CuPy or a CUDA device (the CPU-only CI machine).
+without an initial state; the final state checked too), for the default plans through the registry and for
+every launch variant directly (E slice, pipeline depth, kernel options, sequence-parallel segments), plus
+compute-sanitizer memcheck / racecheck / synccheck runs on small shapes. Everything here skips cleanly
+without CuPy or a CUDA device (the CPU-only CI machine); the sequence-parallel orchestration itself is
+tested on the CPU in test_segments.py.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,12 +27,16 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 from leetbench import load_methods  # noqa: E402
+from leetbench.cuda_kernels import device_limits, ops, precompile  # noqa: E402
+from leetbench.cuda_kernels import segments as sp  # noqa: E402
 from leetbench.execute import verify  # noqa: E402
-from leetbench.problem import Problem  # noqa: E402
+from leetbench.problem import Inputs, Problem, decay_profile  # noqa: E402
+from leetbench.reference import reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # What our kernels reach (well inside DESIGN.md §2's tolerances, which `verify` applies as well).
 EXPECTED = {"float32": 2e-6, "float16": 2e-3, "bfloat16": 1.2e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +69,9 @@ def P(B, H, N, D, E=None, decay="multiscale", dtype="bfloat16", s0=False, mode="
 
 HALF = ("bfloat16", "float16")
 
-# ---- cupy_chunked ------------------------------------------------------------------------------------------
+# ---- cupy_chunked through the registry (default plans) -----------------------------------------------------
 CHUNKED = (
-    # B = 1, long N (the seed library's CUDA kernel failed exactly here)
+    # B = 1, long N (the seed library's CUDA kernel failed exactly here); sequence parallel on an H200
     [P(1, 32, 16384, 128, dtype=dt) for dt in HALF]
     + [P(1, 4, 65536, 128, decay="retnet", s0=True)]
     # D ≠ E, 16 … 256, prime N, initial state
@@ -85,9 +93,172 @@ CHUNKED = (
 )
 
 
+@pytest.fixture(scope="module")
+def compiled() -> None:
+    """Every chunked.cu instance this module launches, compiled up front in parallel NVRTC calls."""
+    names = [n for p in CHUNKED for n in ops.chunk_kernel_names(p.batch, p.heads, p.length, p.dim, p.E, p.dtype)]
+    names += [n for dt in DTYPES for (B, H, N, D, E, _, _, segs) in SEGMENTED if not ops.chunked_supports(D, E, dt)
+              for n in ops.chunk_kernel_names(B, H, N, D, E, dt, 0, segs)]
+    names += [p.name for _, _, _, p in _variants()]
+    precompile(ops._CHUNK_FILES, names, 0, jobs=min(16, os.cpu_count() or 1))
+
+
 @pytest.mark.parametrize("problem", CHUNKED, ids=lambda p: p.label())
-def test_cupy_chunked(registry, problem):
+def test_cupy_chunked(registry, compiled, problem):
     _check(registry, "cupy_chunked", problem)
+
+
+# ---- cupy_chunked called directly: forced paths and launch variants ----------------------------------------
+
+def _worst(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Worst (batch, head) relative error of a against the float64 b."""
+    num = torch.linalg.vector_norm((a.double() - b).flatten(2), dim=-1)
+    den = torch.linalg.vector_norm(b.flatten(2), dim=-1)
+    err = torch.where(den > 0, num / den.clamp_min(1e-300), torch.where(num > 0, torch.inf, 0.0))
+    return float(err.max())
+
+
+def _inputs(B, H, N, D, E, dtype: str, decay, s0: bool, seed: int = 0) -> Inputs:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dt = DTYPES[dtype]
+    q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
+    v = torch.randn(B, H, N, E, device="cuda", generator=g).to(dt)
+    st = torch.randn(B, H, D, E, device="cuda", generator=g) * D ** -0.5 if s0 else None
+    return Inputs(q, k, v, decay_profile(decay, H).cuda(), D ** -0.5, st)
+
+
+def _direct(x: Inputs, bound: float, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """ops.chunked on x with keyword overrides, checked against the float64 reference (worst head)."""
+    ref_o, ref_s = reference(x)
+    _poison()
+    o, s = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=x.initial_state, **kw)
+    torch.cuda.synchronize()
+    eo, es = _worst(o, ref_o), _worst(s, ref_s)
+    assert eo <= bound and es <= bound, f"{kw}: o_err {eo:.3g}, state_err {es:.3g} > {bound}"
+    return o, s
+
+
+SEGMENTED = (  # (B, H, N, D, E, decay, s0, segments): forced sequence parallelism, tails, odd shapes
+    [(1, 4, 16384, 128, 128, "multiscale", True, 2), (1, 2, 5000, 128, 128, "retnet", False, 3),
+     (2, 3, 997, 64, 32, "alibi", True, 4), (1, 2, 1000, 64, 64, 1.0, True, 3),
+     (1, 2, 1000, 64, 64, 1e-6, True, 3), (3, 5, 4099, 128, 64, 0.5, False, 5), (1, 3, 129, 32, 64, 0.9, True, 2)]
+    + [(1, 2, 1500, D, E, "multiscale", True, 3)
+       for (D, E) in ((16, 16), (32, 64), (256, 256), (64, 256), (192, 96), (16, 256), (256, 16))]
+)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("B,H,N,D,E,decay,s0,segments", SEGMENTED)
+def test_segmented(compiled, dtype, B, H, N, D, E, decay, s0, segments):
+    if ops.chunked_supports(D, E, dtype):
+        pytest.skip(ops.chunked_supports(D, E, dtype))
+    x = _inputs(B, H, N, D, E, dtype, decay, s0, seed=N + segments)
+    seq = ops.seq_plan(B, H, N, D, E, dtype, 0, segments)
+    assert seq is not None and seq.seg.count >= 2, "the forced path must be the segmented one"
+    _direct(x, EXPECTED[dtype], segments=segments)
+
+
+def test_segmented_torch_scan_and_rule():
+    """The torch scan (fallback) gives the CUDA scan's answer; the rule takes segments at B=1, H=32 on a big GPU."""
+    x = _inputs(1, 4, 9000, 64, 64, "bfloat16", "retnet", True, seed=3)
+    o1, s1 = _direct(x, EXPECTED["bfloat16"], segments=3)
+    o2, s2 = _direct(x, EXPECTED["bfloat16"], segments=3, scan="torch")
+    assert _worst(o1, o2.double()) < 1e-5 and _worst(s1, s2.double()) < 1e-6
+    if device_limits(0).sm_count >= 128:
+        assert ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16", 0) is not None
+
+
+def test_segment_scan_kernel():
+    B, H, D, E = 2, 3, 16, 32
+    seg = sp.Segments(n=64 * 12, length=64 * 4, count=3, sub=2)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    local = torch.randn(B, H, seg.pieces, D, E, device="cuda", generator=g)
+    s0 = torch.randn(B, H, D, E, device="cuda", generator=g)
+    lam = torch.tensor([1.0, 1e-6, 0.99], dtype=torch.float64, device="cuda")
+    for init in (None, s0):
+        got = ops._scan_cuda(local, lam, seg, init)
+        want = sp.scan_states(local, lam, seg, init)
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _variants() -> list[tuple[str, int, int, ops.ChunkPlan]]:
+    """Every E slice at the shallowest and deepest pipeline, and both consumer-loop options (dtype, D, E, plan)."""
+    out = []
+    lim = device_limits(0)
+    for dtype in DTYPES:
+        f32, bf16 = dtype == "float32", dtype == "bfloat16"
+        shapes = ((128, 128), (64, 32), (16, 16), (32, 64)) if f32 else (
+            (128, 128), (64, 32), (16, 16), (32, 64), (256, 256), (16, 256))
+        for (D, E) in shapes:
+            if dtype == "float16" and D not in (128, 16):
+                continue
+            for es in ops._es_options(D, E, f32, 0):
+                kind = "f32" if f32 else "half"
+                stages = [s for s in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes(kind, D, es, s, 0), 1)]
+                for st in sorted({stages[0], stages[-1]}):
+                    minb = 2 if st == 2 and D <= 128 and not f32 else 1
+                    for opt in {ops.default_opt(f32, bf16), 0 if D == E == 128 else ops.default_opt(f32, bf16)}:
+                        out.append((dtype, D, E, ops.ChunkPlan(es=es, cl=E // es, stages=st, bf16=bf16, D=D,
+                                                               f32=f32, minb=minb, opt=opt)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def variants(compiled):
+    return _variants()
+
+
+def test_chunk_variants(variants):
+    """Each variant on a tail with an initial state, and on λ = 1 with B, H > 1; one pass with that plan."""
+    bad = []
+    for dtype, D, E, plan in variants:
+        for (B, H, N, decay, s0) in ((1, 2, 1000, "multiscale", True), (2, 3, 131, 1.0, False)):
+            try:
+                _direct(_inputs(B, H, N, D, E, dtype, decay, s0, seed=N + D + E), EXPECTED[dtype], plan=plan)
+            except AssertionError as exc:
+                bad.append(f"{plan.name} B{B} H{H} N{N}: {exc}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_one_loop_matches_four_loops(dtype):
+    """OPT_ONELOOP changes where the warps meet, not the arithmetic."""
+    f32, bf16 = dtype == "float32", dtype == "bfloat16"
+    x = _inputs(1, 4, 3000, 128, 128, dtype, "multiscale", True, seed=5)
+    base = ops.chunk_plan(1, 4, 128, 128, dtype, 0)
+    legacy = ops.default_opt(f32, bf16) & ~ops.OPT_ONELOOP
+    o1, s1 = _direct(x, EXPECTED[dtype], plan=base)
+    o2, s2 = _direct(x, EXPECTED[dtype], plan=replace(base, opt=legacy))
+    assert _worst(o1, o2.double()) < 1e-5 and _worst(s1, s2.double()) < 1e-5
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+def test_fp16_state_beyond_65504(segments):
+    """λ = 1 with mean-shifted k, v: |S| ≈ N > 65504. The float16 state copy must not overflow (it did)."""
+    B, H, N, D, E = 1, 2, 98304, 64, 64
+    g = torch.Generator(device="cuda").manual_seed(7)
+    k = (torch.randn(B, H, N, D, device="cuda", generator=g) + 1).half()
+    v = (torch.randn(B, H, N, E, device="cuda", generator=g) + 1).half()
+    q = (0.01 * torch.randn(B, H, N, D, device="cuda", generator=g)).half()  # outputs stay in float16 range
+    x = Inputs(q, k, v, torch.ones(H, dtype=torch.float64, device="cuda"), D ** -0.5, None)
+    ref_o, ref_s = reference(x)
+    assert ref_s.abs().max() > 65504 and ref_o.abs().max() < 30000
+    o, s = _direct(x, EXPECTED["float16"], segments=segments)
+    assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
+        plan = ops.chunk_plan(B, H, D, E, "float16", 0)
+        o_old, _ = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale,
+                               plan=replace(plan, opt=ops.OPT_ONELOOP))
+        assert not torch.isfinite(o_old).all()
+
+
+def test_layouts_and_limits():
+    lim = device_limits(0)
+    assert lim.sm_count > 0 and lim.smem_block >= 48 * 1024 and lim.smem_sm >= lim.smem_block
+    # values of the layouts before they were read back (16-bit D = E = 128, ES = 32; float32 D = 64, ES = 32)
+    assert ops.smem_bytes("half", 128, 32, 2, 0) == 106240
+    assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
+        + 4 * 16 * 36 * 4
 
 
 # ---- cupy_recurrent (prefill and decode) -------------------------------------------------------------------
@@ -97,6 +268,8 @@ RECURRENT = (
     + [P(2, 3, 97, D, E, decay="alibi", dtype=dt, s0=True)
        for (D, E) in ((16, 16), (32, 64), (256, 128), (128, 256), (24, 10), (256, 256)) for dt in ALL]
     + [P(1, 2, N, 64, decay=lam, dtype=dt) for N in (1, 2, 33, 65) for lam in (1.0, 1e-6) for dt in ALL]
+    + [P(2, 2, 300, 256, 128, decay=1.0, dtype=dt) for dt in ALL]
+    + [P(4, 8, 1, 256, 256, dtype=dt, s0=True) for dt in ALL] + [P(1, 2, 1, 24, 10, decay=0.9, s0=True)]
     # decode: a prefix of `length` tokens folded into the float32 state, then `steps` single-token calls
     + [P(B, 8, 100, 128, decay="multiscale", dtype=dt, mode="decode", steps=3) for B in (1, 4) for dt in ALL]
     + [P(2, 3, 50, D, E, decay=lam, dtype=dt, mode="decode", steps=2)
@@ -137,7 +310,9 @@ _SANITIZE = textwrap.dedent("""
         plan = ops.ChunkPlan(es=32, cl=2, stages=2, bf16=dt == torch.bfloat16, D=64)
         run(ops.chunked, 2, 1, 70, 64, 64, dt, False, plan=plan)            # shallow pipeline
         run(ops.chunked, 1, 1, 40, 16, 16, dt, True)                        # tiny tiles, idle state warps
+        run(ops.chunked, 1, 2, 1100, 64, 64, dt, True, segments=3)          # state pass, scan, segments
     run(ops.chunked, 1, 2, 131, 64, 64, torch.float32, True)               # 3xTF32 path
+    run(ops.chunked, 1, 2, 700, 64, 32, torch.float32, True, segments=2)
     for dt in (torch.float32, torch.bfloat16):
         run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)
         run(ops.recurrent, 2, 2, 1, 128, 64, dt, True)                      # decode step
@@ -146,16 +321,10 @@ _SANITIZE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tool", [
-    "memcheck",
-    "racecheck",
-    # The consumer warps meet at one named barrier from four template instances (different bar.sync
-    # instructions); synccheck reports "Barrier error detected. Divergent thread(s) in block". The non-aligned
-    # barrier.sync passes synccheck but is 4-7% slower (H200, 2026-11-26): see chunked.cu, consumers_sync.
-    pytest.param("synccheck", marks=pytest.mark.xfail(reason="bar.sync from four instances, kept for speed",
-                                                      strict=True)),
-])
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
 def test_compute_sanitizer(tool):
+    """The default plans meet at one bar.sync (OPT_ONELOOP), so synccheck passes; the four-loop variant
+    (OPT_ONELOOP off) reaches the barrier from four instructions and fails synccheck (scripts/KERNEL_NOTES.md)."""
     exe = shutil.which("compute-sanitizer")
     if exe is None:
         pytest.skip("compute-sanitizer not on PATH")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,15 +82,29 @@ class Kernel:
 _kernels: dict[tuple[tuple[str, ...], str, int], Kernel] = {}
 
 
-def precompile(files: tuple[str, ...], names: Sequence[str], device_index: int) -> None:
-    """Compile the missing template instances `names` of one source, in a single NVRTC call."""
+def precompile(files: tuple[str, ...], names: Sequence[str], device_index: int, jobs: int = 1) -> None:
+    """Compile the missing template instances `names` of one source: one NVRTC call per group of names,
+    `jobs` groups in threads at once (CuPy releases the GIL while NVRTC compiles)."""
     missing = [n for n in dict.fromkeys(names) if (files, n, device_index) not in _kernels]
     if not missing:
         return
+    jobs = max(1, min(jobs, len(missing)))
+    groups = [missing[i::jobs] for i in range(jobs)]
+    if len(groups) == 1:
+        _compile_group(files, groups[0], device_index)
+        return
+    try:
+        with ThreadPoolExecutor(len(groups)) as pool:
+            list(pool.map(lambda g: _compile_group(files, g, device_index), groups))
+    except Exception:  # noqa: BLE001 - threads are only a speed-up: one call, in order, says what is wrong
+        _compile_group(files, [n for n in missing if (files, n, device_index) not in _kernels], device_index)
+
+
+def _compile_group(files: tuple[str, ...], names: list[str], device_index: int) -> None:
     cp = _cupy()
     with cp.cuda.Device(device_index):
-        module = cp.RawModule(code=source(*files), options=COMPILE_OPTIONS, name_expressions=missing)
-        for name in missing:
+        module = cp.RawModule(code=source(*files), options=COMPILE_OPTIONS, name_expressions=names)
+        for name in names:
             fn = module.get_function(name)
             fn.compile()
             _kernels[(files, name, device_index)] = Kernel(fn, name, device_index)
@@ -117,13 +133,28 @@ def torch_stream(device_index: int):
     return stream
 
 
-def device_properties(device_index: int) -> Any:
-    return _device_properties(device_index)
+@dataclass(frozen=True)
+class Limits:
+    """What a launch plan needs to know about a device, read from the device (not assumed)."""
+
+    sm_count: int
+    smem_block: int     # largest dynamic shared memory a block may opt in to (bytes)
+    smem_sm: int        # shared memory per SM (bytes)
+    smem_reserved: int  # shared memory the system reserves per block (bytes)
+
+    def blocks_fit(self, smem: int, per_sm: int) -> bool:
+        """Whether `per_sm` blocks of `smem` dynamic shared memory each fit one SM (and one fits a block)."""
+        return smem <= self.smem_block and per_sm * (smem + self.smem_reserved) <= self.smem_sm
 
 
 @functools.lru_cache(maxsize=None)
-def _device_properties(device_index: int) -> Any:
-    return torch.cuda.get_device_properties(device_index)
+def device_limits(device_index: int) -> Limits:
+    """SM count and shared-memory limits of a device, from CUDA's device properties (through CuPy)."""
+    props = _cupy().cuda.runtime.getDeviceProperties(device_index)
+    # reservedSharedMemPerBlock is reported from CUDA 11 on; torch's properties do not carry it
+    return Limits(sm_count=int(props["multiProcessorCount"]), smem_block=int(props["sharedMemPerBlockOptin"]),
+                  smem_sm=int(props["sharedMemPerMultiprocessor"]),
+                  smem_reserved=int(props.get("reservedSharedMemPerBlock", 0)))
 
 
 def as_cupy(t: torch.Tensor):

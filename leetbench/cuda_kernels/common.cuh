@@ -49,6 +49,24 @@ template <bool BF16> __device__ __forceinline__ u32 pack2(float x, float y) {
   else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y), "f"(x));
   return r;
 }
+// float16 pair with out-of-range values clamped to ±65504 instead of ±Inf (the fp16 state copy's last resort).
+__device__ __forceinline__ u32 pack2_f16_sat(float x, float y) {
+  u32 r;
+  asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y), "f"(x));
+  return r;
+}
+// Both halves of a float16 pair times h (a float16 pair): exact when h holds powers of two and nothing overflows.
+__device__ __forceinline__ u32 mul_f16x2(u32 a, u32 h) {
+  u32 r;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(h));
+  return r;
+}
+// The largest value of x over the warp (all 32 lanes must call it).
+__device__ __forceinline__ u32 warp_max_u32(u32 x) {
+  u32 r;
+  asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(x));
+  return r;
+}
 template <bool BF16> __device__ __forceinline__ void unpack2(u32 r, float& x, float& y) {
   if (BF16) {
     x = __uint_as_float(r << 16);

@@ -2,25 +2,26 @@
 
 Each operator takes the method contract's arguments (q, k [B,H,N,D]; v [B,H,N,E]; λ [H] float64; scale;
 optional float32 initial state [B,H,D,E]) and returns (o, final_state) with o in v's dtype and the state in
-float32. A plan (which template instance, grid, shared memory) depends only on shapes and dtype, so it is
-cached; `setup_*` compile a problem's kernels ahead of the timed calls.
+float32. A plan (which template instance, grid, shared memory) depends only on shapes, dtype and the device,
+so it is cached; `setup_*` compile a problem's kernels ahead of the timed calls. Device limits (SM count,
+shared memory) are read from the device, and the kernels' shared-memory sizes from the compiled module
+(`chunk_layout`), so chunked.cu is the one definition of its layouts.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from leetbench.cuda_kernels import cupy_available, device_properties, kernel, use_torch_allocator
+from leetbench.cuda_kernels import cupy_available, device_limits, kernel, precompile, use_torch_allocator
+from leetbench.cuda_kernels import segments as sp
 
 _DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _DT_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SMEM_PER_SM = 228 * 1024  # Hopper: 228 KB per SM, at most 227 KB per block
-SMEM_PER_BLOCK = 227 * 1024
-CHUNK = 64
+CHUNK = sp.CHUNK
 
 
 # ---- common argument handling ------------------------------------------------------------------------------
@@ -113,110 +114,279 @@ def setup_recurrent(problem) -> None:
 # ---- chunked, tensor cores ---------------------------------------------------------------------------------
 
 _CHUNK_FILES = ("common.cuh", "chunked.cu")
+OPT_SCALE16 = 1  # chunked.cu OPT bit: float16 state copy scaled by powers of two (never Inf)
+OPT_ONELOOP = 2  # chunked.cu OPT bit: one consumer loop, one bar.sync (compute-sanitizer synccheck passes)
+_LAYOUT_KIND = {"f32": 0, "half": 1, "state16": 2, "state32": 3}  # chunk_layout's KIND
+_ES_ALL = (128, 64, 32, 16)
+_STAGES = (2, 3, 4)
+_SCAN = "segment_scan<4>"
+_layouts: dict[tuple[str, int, int, int, int], int] = {}
+
+
+def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
+    """Dynamic shared memory of a chunked.cu kernel instance (kind: f32, half, state16, state32), as the
+    compiled module defines it (chunk_layout)."""
+    key = (kind, D, es, stages, dev)
+    if key not in _layouts:
+        _read_layouts(dev)
+    return _layouts[key]
+
+
+_LAYOUT_D = (16, 32, 64, 128, 192, 256)  # every D chunked_supports admits
+
+
+def _read_layouts(dev: int) -> None:
+    """Every layout (kind, D, ES, stages): one compile of tiny kernels, one one-thread launch each, one sync."""
+    combos = [(kind, D, es, st) for kind in _LAYOUT_KIND for D in _LAYOUT_D for es in _ES_ALL for st in _STAGES]
+    names = [f"chunk_layout<{_LAYOUT_KIND[kind]},{D},{es},{st}>" for kind, D, es, st in combos]
+    precompile(_CHUNK_FILES, names, dev)
+    out = torch.zeros(len(names), dtype=torch.int32, device=torch.device("cuda", dev))
+    for i, name in enumerate(names):
+        kernel(_CHUNK_FILES, name, dev)(1, 1, (out[i:].data_ptr(),))
+    for (kind, D, es, st), nbytes in zip(combos, out.tolist()):
+        _layouts[(kind, D, es, st, dev)] = int(nbytes)
+
+
+def _es_candidates(D: int, E: int) -> list[int]:
+    # ES = 64 needs ~255 registers at D = 128 and ran 3× slower per chunk than ES = 32 (H200): only for D ≤ 64
+    return [es for es in (64, 32, 16) if E % es == 0 and E // es <= 8 and not (es == 64 and D > 64)]
 
 
 def chunked_supports(D: int, E: int, dtype: str = "bfloat16") -> str | None:
+    """Shape rules (no device needed); whether the tiles fit a device's shared memory is checked by the plan."""
     if D not in (16, 32) and not (D % 64 == 0 and D <= 256):
         return f"cupy_chunked needs D in 16, 32, 64, 128, 192, 256 (got {D})"
     if dtype == "float32" and D > 128:
         return f"cupy_chunked's float32 tiles fit shared memory for D ≤ 128 (got {D}); use cupy_recurrent"
-    if E % 16 or not _es_options(D, E, dtype == "float32"):
+    if E % 16 or not _es_candidates(D, E):
         return f"cupy_chunked needs E a multiple of 16 with E/16 ≤ 8 slices (got {E})"
     return None
 
 
-def _es_options(D: int, E: int, f32: bool = False) -> list[int]:
-    # ES = 64 needs ~255 registers at D = 128 and ran 3× slower per chunk than ES = 32 (H200): only for D ≤ 64
-    return [es for es in (64, 32, 16) if E % es == 0 and E // es <= 8
-            and chunk_smem(D, es, 2, f32) <= SMEM_PER_BLOCK and not (es == 64 and D > 64)]
+def _es_options(D: int, E: int, f32: bool, dev: int) -> list[int]:
+    lim = device_limits(dev)
+    kind = "f32" if f32 else "half"
+    return [es for es in _es_candidates(D, E) if smem_bytes(kind, D, es, 2, dev) <= lim.smem_block]
 
 
-def chunk_smem(D: int, ES: int, stages: int, f32: bool = False) -> int:
-    if f32:
-        qp, vp, sp, op = D + 8, ES + 8, D + 8, ES + 4
-        return (128 + 2 * 80 * 4 + 2 * stages * CHUNK * qp * 4 + stages * CHUNK * vp * 4 + 2 * ES * sp * 4
-                + 4 * 16 * op * 4)
-    qp, vp = D + 8, ES + 8
-    return 128 + 2 * 80 * 4 + 2 * stages * CHUNK * qp * 2 + stages * CHUNK * vp * 2 + 2 * D * vp * 2 + 4 * 16 * vp * 2
+def default_opt(f32: bool, bf16: bool) -> int:
+    """chunked.cu options by default: one consumer loop; the scaled state copy for float16."""
+    return OPT_ONELOOP | (0 if f32 or bf16 else OPT_SCALE16)
 
 
 @dataclass(frozen=True)
 class ChunkPlan:
     es: int       # columns of E per CTA
-    cl: int       # E slices (CTAs per head) = E / es
+    cl: int       # E slices (CTAs per head and segment) = E / es
     stages: int   # chunks in flight
     bf16: bool
     D: int
     f32: bool = False
     minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (160 · minb))
+    opt: int | None = None  # chunked.cu OPT bits; None: default_opt
+    smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
+
+    @property
+    def opts(self) -> int:
+        return default_opt(self.f32, self.bf16) if self.opt is None else self.opt
+
+    @property
+    def kind(self) -> str:
+        return "f32" if self.f32 else "half"
 
     @property
     def name(self) -> str:
         if self.f32:
-            return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages}>"
+            return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
         return (f"chunk_fwd<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},"
-                f"{self.minb}>")
+                f"{self.minb},{self.opts}>")
 
-    @property
-    def smem(self) -> int:
-        return chunk_smem(self.D, self.es, self.stages, self.f32)
+    def sized(self, dev: int) -> "ChunkPlan":
+        return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
 
 
 @functools.lru_cache(maxsize=None)
-def chunk_plan(B: int, H: int, D: int, E: int, bf16: bool, sm_count: int, es: int | None = None,
-               stages: int | None = None, f32: bool = False, minb: int | None = None) -> ChunkPlan:
-    """The launch plan: columns per CTA (ES), pipeline depth, CTAs per SM. Overrides are for benchmarks.
+def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int | None = None,
+               stages: int | None = None, minb: int | None = None, opt: int | None = None) -> ChunkPlan:
+    """The one-pass launch plan (B·H·E/ES CTAs): columns per CTA (ES), pipeline depth, CTAs per SM.
 
     The consumers are latency-bound with one warp per scheduler, so two CTAs per SM (a 2-stage pipeline,
-    ≤ 200 registers) are preferred whenever the grid fills twice the SMs; otherwise the widest E slice that
-    still gives (nearly) every SM a CTA (wider slices repeat Q Kᵀ less), one CTA per SM, deepest pipeline.
+    ≤ 168 registers) are taken whenever there are more CTAs than SMs (one per SM would need a second wave);
+    otherwise the widest E slice that still gives (nearly) every SM a CTA (wider slices repeat Q Kᵀ less),
+    one CTA per SM, deepest pipeline. Overrides are for benchmarks and tests.
     """
-    options = _es_options(D, E, f32)
-    two = [c for c in options if not f32 and 2 * (chunk_smem(D, c, 2) + 1024) <= SMEM_PER_SM]
+    lim = device_limits(dev)
+    f32 = dtype == "float32"
+    kind = "f32" if f32 else "half"
+    options = _es_options(D, E, f32, dev)
+    if not options:
+        raise ValueError(f"cupy_chunked: no E slice of D={D}, E={E} fits {lim.smem_block} B of shared memory")
+    two = [] if f32 else [c for c in options if lim.blocks_fit(smem_bytes(kind, D, c, 2, dev), 2)]
+
+    def ctas(c: int) -> int:
+        return B * H * (E // c)
+
     if es is None:
-        es = options[-1]
-        for cand in options:
-            if B * H * (E // cand) >= 0.9 * sm_count:
-                es = cand
-                break
+        es = next((c for c in options if ctas(c) >= 0.9 * lim.sm_count), options[-1])
         if minb is None:  # (ES = 16 at two per SM ran 5 % slower than ES = 32 at one, B=1 H=32 E=128, H200)
-            for cand in (c for c in two if c >= 32):
-                if B * H * (E // cand) >= 1.8 * sm_count:
-                    es, minb = cand, 2
-                    break
+            wide = next((c for c in two if c >= 32 and ctas(c) > lim.sm_count), None)
+            if wide is not None:
+                es, minb = wide, 2
     if minb is None:
-        minb = 1
+        minb = 2 if es in two and ctas(es) > lim.sm_count else 1
     if stages is None:
-        fits = [s for s in (2, 3, 4) if minb * (chunk_smem(D, es, s, f32) + 1024) <= SMEM_PER_SM
-                and chunk_smem(D, es, s, f32) <= SMEM_PER_BLOCK]
+        fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes(kind, D, es, s, dev), minb)]
         stages = max(fits) if fits else 2
-    return ChunkPlan(es=es, cl=E // es, stages=stages, bf16=bf16, D=D, f32=f32, minb=minb)
+    return ChunkPlan(es=es, cl=E // es, stages=stages, bf16=dtype == "bfloat16", D=D, f32=f32, minb=minb, opt=opt,
+                     smem=smem_bytes(kind, D, es, stages, dev))
 
 
-def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None):
+@dataclass(frozen=True)
+class StatePlan:
+    """Pass 1 of the sequence-parallel path (chunk_state): every piece's own end state."""
+
+    es: int
+    cl: int
+    stages: int
+    dt: int  # 0 float32, 1 float16, 2 bfloat16
+    D: int
+    smem: int
+
+    @property
+    def name(self) -> str:
+        return f"chunk_state<{self.D},{self.es},{self.cl},{self.stages},{self.dt}>"
+
+
+@functools.lru_cache(maxsize=None)
+def state_plan(D: int, E: int, dtype: str, dev: int = 0) -> StatePlan:
+    """The widest E slice whose state stays ≤ 64 floats per consumer lane (D·ES ≤ 8192; ≤ 168 registers
+    at D = E = 128), two CTAs per SM, deepest pipeline that fits them."""
+    lim = device_limits(dev)
+    kind = "state32" if dtype == "float32" else "state16"
+    for es in _ES_ALL:
+        if E % es or D * es > 8192:
+            continue
+        fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes(kind, D, es, s, dev), 2)]
+        if fits:
+            st = max(fits)
+            return StatePlan(es=es, cl=E // es, stages=st, dt=_DT[_DT_NAMES[dtype]], D=D,
+                             smem=smem_bytes(kind, D, es, st, dev))
+    raise ValueError(f"cupy_chunked: no state-pass slice of D={D}, E={E} fits two CTAs per SM")
+
+
+@dataclass(frozen=True)
+class SeqPlan:
+    seg: sp.Segments
+    out: ChunkPlan   # pass 3, over B·H·P segments
+    state: StatePlan  # pass 1, over B·H·(P-1)·R pieces
+
+
+@functools.lru_cache(maxsize=None)
+def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, segments: int | None = None,
+             out: ChunkPlan | None = None) -> SeqPlan | None:
+    """The sequence-parallel plan, or None for one pass. segments: None = the rule, ≤ 1 = one pass, P = P.
+
+    Rule: only when the one-pass plan has no more CTAs than SMs; then (segments.choose_count), with G CTAs
+    per segment at the ES used for large grids and `per_sm` of them resident per SM (2 for 16-bit, 1 for
+    float32), P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
+    P < 2 → one pass.
+    """
+    if segments is not None and segments <= 1:
+        return None
+    lim = device_limits(dev)
+    if segments is None and B * H * chunk_plan(B, H, D, E, dtype, dev).cl > lim.sm_count:
+        return None  # one pass already has a CTA for every SM (or two)
+    big = chunk_plan(B, H * 2 * lim.sm_count, D, E, dtype, dev)  # the ES and CTAs per SM of a full grid
+    count = segments or sp.choose_count(N, B * H * big.cl, lim.sm_count, big.minb)
+    if count < 2:
+        return None
+    state = state_plan(D, E, dtype, dev)
+    seg = sp.split(N, count, sp.choose_sub(count, B * H * state.cl, lim.sm_count, 2))
+    if seg.count < 2:
+        return None
+    out = out or chunk_plan(B, H * seg.count, D, E, dtype, dev, es=big.es)
+    return SeqPlan(seg=seg, out=out, state=state)
+
+
+def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int) -> None:
+    B, H, N, _ = q.shape
+    i32 = np.int32
+    args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
+            i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
+    kernel(_CHUNK_FILES, plan.name, dev)(B * H * runs * plan.cl, 160, args, plan.smem)
+
+
+def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> torch.Tensor:
+    """Pass 1 on the GPU: local [B, H, pieces, D, E] float32."""
+    B, H, N, D = k.shape
+    E = v.shape[-1]
+    local = torch.empty(B, H, seg.pieces, D, E, dtype=torch.float32, device=k.device)
+    if seg.pieces:
+        i32 = np.int32
+        args = (_ptr(k), _ptr(v), _ptr(local), _ptr(decay), i32(H), i32(N), i32(E), i32(seg.piece),
+                i32(seg.pieces))
+        kernel(_CHUNK_FILES, plan.name, dev)(B * H * seg.pieces * plan.cl, 160, args, plan.smem)
+    return local
+
+
+def _scan_cuda(local: torch.Tensor, decay, seg: sp.Segments, initial_state) -> torch.Tensor:
+    """Pass 2 on the GPU (segment_scan; float64 carry): s_in [B, H, P, D, E] float32."""
+    B, H, PS, D, E = local.shape
+    s_in = torch.empty(B, H, seg.count, D, E, dtype=torch.float32, device=local.device)
+    de4 = D * E // 4
+    i32 = np.int32
+    args = (_ptr(local), _ptr(initial_state), _ptr(s_in), _ptr(decay), i32(B * H), i32(H), i32(de4), i32(PS),
+            i32(seg.sub), i32(seg.count), i32(seg.piece))
+    kernel(_CHUNK_FILES, _SCAN, local.device.index or 0)(-(-B * H * de4 // 256), 256, args)
+    return s_in
+
+
+def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg: sp.Segments):
+    """Pass 3 on the GPU: every segment from its state; the last one's end state is the final state."""
+    B, H, N, D = q.shape
+    o = torch.empty(B, H, N, v.shape[-1], dtype=v.dtype, device=v.device)
+    sN = torch.empty(B, H, D, v.shape[-1], dtype=torch.float32, device=v.device)
+    _launch_out(plan, dev, q, k, v, o, s_in, sN, decay, scale, seg.length, seg.count)
+    return o, sN
+
+
+def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None,
+            segments: int | None = None, scan: str = "cuda"):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
     float16 / bfloat16: mma.m16n8k16 with float32 accumulation. float32: 3xTF32 (float32 accuracy).
+    segments: None = sequence parallel when the plan's rule says so (seq_plan), 1 = one pass, P ≥ 2 = P
+    segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
     """
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
     E = v.shape[-1]
     dev = q.device.index or 0
-    f32 = q.dtype == torch.float32
-    if plan is None:
-        plan = chunk_plan(B, H, D, E, q.dtype == torch.bfloat16, device_properties(dev).multi_processor_count,
-                          f32=f32)
     for t in (q, k, v):
         if t.data_ptr() % 16:
             raise ValueError("chunked: q, k, v must be 16-byte aligned")
-    o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
-    sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
-    kern = kernel(_CHUNK_FILES, plan.name, dev)
-    i32 = np.int32
-    args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s0), _ptr(sN), _ptr(decay),
-            i32(H), i32(N), i32(E), np.float32(scale))
-    kern(B * H * plan.cl, 160, args, plan.smem)
-    return o, sN
+    dtype = str(q.dtype).removeprefix("torch.")
+    seq = None if (plan is not None and segments is None) or N == 0 else seq_plan(
+        B, H, N, D, E, dtype, dev, segments, plan)
+    if seq is None:
+        plan = (plan or chunk_plan(B, H, D, E, dtype, dev)).sized(dev)
+        o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
+        sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
+        _launch_out(plan, dev, q, k, v, o, s0, sN, decay, scale, N, 1)
+        return o, sN
+    return sp.run(q, k, v, decay, scale=scale, initial_state=s0, seg=seq.seg,
+                  local_states=functools.partial(_local_states, seq.state, dev),
+                  outputs=functools.partial(_outputs, seq.out.sized(dev), dev),
+                  scan=_scan_cuda if scan == "cuda" else sp.scan_states)
+
+
+def chunk_kernel_names(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0,
+                       segments: int | None = None) -> list[str]:
+    """The template instances a call of `chunked` with these shapes launches."""
+    seq = seq_plan(B, H, N, D, E, dtype, dev, segments) if N else None
+    if seq is None:
+        return [chunk_plan(B, H, D, E, dtype, dev).name]
+    return [seq.out.name, seq.state.name, _SCAN]
 
 
 def setup_chunked(problem) -> None:
@@ -224,6 +394,6 @@ def setup_chunked(problem) -> None:
         return
     use_torch_allocator()
     dev = torch.device(problem.device).index or 0
-    plan = chunk_plan(problem.batch, problem.heads, problem.dim, problem.E, problem.dtype == "bfloat16",
-                      device_properties(dev).multi_processor_count, f32=problem.dtype == "float32")
-    kernel(_CHUNK_FILES, plan.name, dev)
+    names = chunk_kernel_names(problem.batch, problem.heads, problem.length, problem.dim, problem.E,
+                               problem.dtype, dev)
+    precompile(_CHUNK_FILES, names, dev)

@@ -1,0 +1,181 @@
+"""Sequence parallelism of cupy_chunked, on the CPU: the segment plan, the scan across segments and the
+three-pass orchestration (leetbench.cuda_kernels.segments), with torch stand-ins for the two CUDA passes.
+
+The stand-ins do what the kernels do, through the same token arithmetic (segment p of (b, h) is tokens
+p·L .. min((p+1)·L, N) - 1 of rows b·H + h of the flattened [B·H·N, ·] inputs), in float64, so the whole
+decomposition must reproduce the float64 reference to rounding. The plan rules of ops.py are checked with
+H200 limits and stub layout sizes (no device). Fast: well under 5 s.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leetbench.cuda_kernels import Limits, ops
+from leetbench.cuda_kernels import segments as sp
+from leetbench.problem import Inputs, decay_profile
+from leetbench.reference import reference
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny: intra-op threads only contend (10-100× slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, X] as the kernels see it: [B·H, N, X] token rows."""
+    B, H, N, X = x.shape
+    return x.reshape(B * H, N, X)
+
+
+def local_states(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, seg: sp.Segments) -> torch.Tensor:
+    """Pass 1 stand-in: each piece's own end state from zero (reference with q = 0)."""
+    B, H, N, D = k.shape
+    E = v.shape[-1]
+    out = torch.empty(B * H, seg.pieces, D, E, dtype=F64)
+    kr, vr = _rows(k), _rows(v)
+    for j in range(seg.pieces):
+        a, b = seg.piece_bounds(j)
+        assert b <= N, "a state piece ran past the sequence"
+        zeros = torch.zeros(1, B * H, b - a, D, dtype=F64)
+        _, s = reference(Inputs(zeros, kr[None, :, a:b], vr[None, :, a:b], decay.repeat(B), 1.0, None))
+        out[:, j] = s[0]
+    return out.reshape(B, H, seg.pieces, D, E)
+
+
+def outputs(q, k, v, decay, scale: float, s_in: torch.Tensor, seg: sp.Segments):
+    """Pass 3 stand-in: every segment from its entering state; the last segment's end state is S_N."""
+    B, H, N, D = q.shape
+    E = v.shape[-1]
+    o = torch.full((B * H, N, E), float("nan"), dtype=F64)
+    sin = s_in.reshape(B * H, seg.count, D, E)
+    final = None
+    for p in range(seg.count):
+        a, b = seg.bounds(p)
+        assert a < b, "an empty segment"
+        o_p, s_p = reference(Inputs(_rows(q)[None, :, a:b], _rows(k)[None, :, a:b], _rows(v)[None, :, a:b],
+                                    decay.repeat(B), scale, sin[None, :, p]))
+        o[:, a:b] = o_p[0]
+        final = s_p[0]
+    return o.reshape(B, H, N, E), final.reshape(B, H, D, E)
+
+
+def _inputs(B: int, H: int, N: int, D: int, E: int, decay, s0: bool, seed: int) -> Inputs:
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(2))
+    v = torch.randn(B, H, N, E, generator=g, dtype=F64)
+    st = torch.randn(B, H, D, E, generator=g, dtype=F64) if s0 else None
+    return Inputs(q, k, v, decay_profile(decay, H), D ** -0.5, st)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Worst (batch, head) relative error."""
+    num = torch.linalg.vector_norm((a - b).flatten(2), dim=-1)
+    den = torch.linalg.vector_norm(b.flatten(2), dim=-1).clamp_min(1e-300)
+    return float((num / den).max())
+
+
+CASES = [  # (B, H, N, count, sub, decay, initial state)
+    (1, 2, 500, 3, 1, "multiscale", True),    # N not a multiple of L (the last segment short)
+    (2, 3, 700, 4, 2, "retnet", False),       # pieces inside segments
+    (1, 2, 640, 5, 1, 1.0, True),             # λ = 1, N a multiple of L
+    (1, 2, 700, 3, 2, 1e-6, True),            # tiny λ: the entering state is the last piece only
+    (1, 3, 333, 2, 3, "alibi", False),        # sub clamped to whole chunks
+    (2, 2, 65, 2, 1, 0.9, True),              # one token in the last segment
+    (1, 2, 40, 4, 2, "multiscale", True),     # N < L: one segment, no pieces
+    (1, 1, 1, 3, 1, 1.0, True),               # a single token
+]
+
+
+@pytest.mark.parametrize("B,H,N,count,sub,decay,s0", CASES)
+def test_segmented_matches_reference(B, H, N, count, sub, decay, s0):
+    x = _inputs(B, H, N, 8, 4, decay, s0, seed=N + count)
+    seg = sp.split(N, count, sub, min_piece=64)
+    assert (seg.count - 1) * seg.length < N <= seg.count * seg.length
+    assert seg.length % (sp.CHUNK * seg.sub) == 0
+    o, s = sp.run(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=x.initial_state, seg=seg,
+                  local_states=local_states, outputs=outputs)
+    ref_o, ref_s = reference(x)
+    assert torch.isfinite(o).all()
+    assert _rel(o, ref_o) < 1e-12 and _rel(s, ref_s) < 1e-12, (seg, _rel(o, ref_o), _rel(s, ref_s))
+
+
+def test_scan_exact_cases():
+    """λ = 1: entering states are plain prefix sums; λ = 1e-6 (pieces of 64): the previous piece alone."""
+    seg = sp.Segments(n=64 * 6, length=128, count=3, sub=2)
+    g = torch.Generator().manual_seed(0)
+    local = torch.randn(2, 2, seg.pieces, 3, 4, generator=g, dtype=F64)
+    s0 = torch.randn(2, 2, 3, 4, generator=g, dtype=F64)
+    ones = sp.scan_states(local, torch.ones(2, dtype=F64), seg, s0)
+    assert torch.equal(ones[:, :, 0], s0)
+    assert torch.allclose(ones[:, :, 2], s0 + local.sum(2), rtol=0, atol=1e-12)
+    tiny = sp.scan_states(local, torch.full((2,), 1e-6, dtype=F64), seg, s0)
+    assert torch.equal(tiny[:, :, 1], local[:, :, 1]) and torch.equal(tiny[:, :, 2], local[:, :, 3])
+
+
+def test_scan_float32_keeps_float64_carry():
+    """float32 pieces, λ close to 1 over many pieces: the carry adds no error beyond the final rounding."""
+    seg = sp.Segments(n=64 * 400, length=64 * 200, count=2, sub=200)
+    local = torch.full((1, 1, seg.pieces, 1, 1), 1.0, dtype=torch.float32)
+    lam = torch.tensor([1.0 - 2.0 ** -16], dtype=F64)
+    got = sp.scan_states(local, lam, seg)[0, 0, 1, 0, 0].item()
+    a = float(torch.exp(torch.log(lam) * 64))
+    want = sum(a ** j for j in range(seg.pieces))
+    assert abs(got - want) / want < 1e-7
+
+
+def test_split_and_rules():
+    for n in (1, 63, 64, 65, 1000, 4096, 65536, 100_000):
+        for count in (1, 2, 3, 7):
+            for sub in (1, 4):
+                seg = sp.split(n, count, sub)
+                assert 1 <= seg.count <= max(1, count) and seg.length % (sp.CHUNK * seg.sub) == 0
+                assert (seg.count - 1) * seg.length < n <= seg.count * seg.length
+                assert seg.sub == 1 or seg.piece >= sp.MIN_PIECE
+    assert sp.choose_count(65536, 128, 132, 2) == 2       # B=1, H=32, E/ES=4: two per SM in one wave
+    assert sp.choose_count(65536, 32, 132, 2) == 8
+    assert sp.choose_count(2048, 128, 132, 2) == 1        # too short to pay for the extra passes
+    assert sp.choose_count(65536, 256, 132, 2) == 1       # the GPU is full already
+    assert sp.choose_sub(2, 64, 132, 2) == 4 and sp.choose_sub(1, 64, 132, 2) == 1
+
+
+# ---- ops.py's plans with an H200's limits (stub layout sizes: the real ones come from the module) ----------
+
+def _stub_smem(kind: str, D: int, es: int, stages: int, dev: int) -> int:
+    eb = 4 if kind in ("f32", "state32") else 2
+    tiles = stages * 64 * ((D + 8) * (1 if kind.startswith("state") else 2) + es + 8) * eb
+    extra = 0 if kind.startswith("state") else 2 * D * (es + 8) * eb + 4 * 16 * (es + 8) * eb
+    return 768 + tiles + extra
+
+
+@pytest.fixture
+def h200(monkeypatch):
+    for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan):
+        fn.cache_clear()
+    monkeypatch.setattr(ops, "device_limits", lambda dev: Limits(132, 232448, 233472, 1024))
+    monkeypatch.setattr(ops, "smem_bytes", _stub_smem)
+    yield
+    for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan):
+        fn.cache_clear()
+
+
+def test_seq_plan_rule(h200):
+    sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")
+    assert sq is not None and sq.seg.count == 2 and sq.out.minb == 2 and sq.out.es == 32
+    assert 1 * 32 * sq.seg.pieces * sq.state.cl <= 2 * 132            # pass 1 in one wave
+    assert ops.seq_plan(1, 32, 2048, 128, 128, "bfloat16") is None     # short
+    assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None    # full GPU
+    assert ops.seq_plan(4, 16, 32768, 128, 128, "bfloat16") is None
+    assert ops.seq_plan(1, 32, 65536, 128, 128, "float32") is None     # float32: one CTA per SM already
+    assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count == 4
+    assert ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16", segments=1) is None
+    forced = ops.seq_plan(8, 32, 1000, 64, 64, "float16", segments=3)
+    assert forced is not None and forced.seg.count == 3
+    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[-1] == "segment_scan<4>"
