@@ -8,7 +8,8 @@ A method is a function registered with `@register` in a plugin file (see DESIGN.
 from leetbench.problem import Inputs, Problem, ProblemError
 from leetbench.discovery import load_methods
 from leetbench.registry import Method, Registry, RegistryError, register
+from leetbench.attention import decay_attention, decay_attention_step, explain
 
 __version__ = "0.1.0"
 __all__ = ["register", "load_methods", "Method", "Registry", "RegistryError", "Problem", "ProblemError",
-           "Inputs", "__version__"]
+           "Inputs", "decay_attention", "decay_attention_step", "explain", "__version__"]

@@ -64,7 +64,7 @@ def scan(a: torch.Tensor, x: torch.Tensor, dim: int) -> Pair:
     return a, x
 
 
-@register(name="assoc_scan", family="scan", complexity="O(N·log N·D·E)")
+@register(name="assoc_scan", family="scan", complexity="O(N·log N·D·E)", differentiable=True)
 def assoc_scan(q, k, v, decay, *, scale, initial_state=None, chunk: int = 32):
     """Tree-reduce chunks, Hillis-Steele scan of chunk totals, Hillis-Steele scan inside chunks."""
     B, H, N, D = q.shape

@@ -32,7 +32,7 @@ from leetbench.chunking import BlockDecay, carry, from_blocks, inter, intra, sta
 from leetbench.decay import compute_dtype, log_decay
 
 
-@register(name="block_based", family="block", complexity="O(N·C·D + N·D·E)")
+@register(name="block_based", family="block", complexity="O(N·C·D + N·D·E)", differentiable=True)
 def block_based(q, k, v, decay, *, scale, initial_state=None, block: int = 64):
     """Block rows one at a time: diagonal block by masked matmul, the blocks left of it through the state."""
     B, H, N, D = q.shape

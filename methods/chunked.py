@@ -24,7 +24,7 @@ from leetbench.chunking import (BlockDecay, carry, from_blocks, incoming_states,
 from leetbench.decay import compute_dtype, log_decay
 
 
-@register(name="chunked", family="chunked", complexity="O(N·C·D + N·D·E)")
+@register(name="chunked", family="chunked", complexity="O(N·C·D + N·D·E)", differentiable=True)
 def chunked(q, k, v, decay, *, scale, initial_state=None, chunk: int = 64):
     """All chunks at once: chunk states, a blocked decayed scan across chunks, then intra + inter."""
     B, H, N, D = q.shape

@@ -39,7 +39,7 @@ def fft_length(n: int) -> int:
     return 1 << max(0, (2 * n - 2).bit_length())
 
 
-@register(name="fft_toeplitz", family="fft", complexity="O(N·log N·D·E)")
+@register(name="fft_toeplitz", family="fft", complexity="O(N·log N·D·E)", differentiable=True)
 def fft_toeplitz(q, k, v, decay, *, scale, initial_state=None, group: int | None = None, precise: bool = True):
     """S_t[d, e] = (λ^n ∗ k[:, d]·v[:, e])_t by rfft / irfft, then o_t = c·q_t S_t."""
     B, H, N, D = q.shape

@@ -25,7 +25,7 @@ from leetbench import register
 from leetbench.chunking import decayed_cumsum, group_size, start_state
 from leetbench.decay import compute_dtype, log_decay
 
-@register(name="fleet_lowrank", family="lowrank", complexity="O(N·R·D·E)")
+@register(name="fleet_lowrank", family="lowrank", complexity="O(N·R·D·E)", differentiable=True)
 def fleet_lowrank(q, k, v, decay, *, scale, initial_state=None, block: int = 16, group: int | None = None):
     """Σ_r q[:, r] ⊙ discounted-cumsum_t(k[:, r] ⊙ v), ranks in groups."""
     B, H, N, D = q.shape

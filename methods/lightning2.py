@@ -26,7 +26,7 @@ from leetbench.chunking import BlockDecay, carry, inter, intra, start_state
 from leetbench.decay import compute_dtype, log_decay
 
 
-@register(name="lightning2", family="lightning", complexity="O(N·C·D + N·D·E)")
+@register(name="lightning2", family="lightning", complexity="O(N·C·D + N·D·E)", differentiable=True)
 def lightning2(q, k, v, decay, *, scale, initial_state=None, block: int = 128):
     """One pass over blocks: intra by masked matmul, inter through the carried KV state."""
     B, H, N, D = q.shape

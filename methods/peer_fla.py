@@ -64,14 +64,14 @@ def _no_initial_state(problem) -> str | None:
 
 
 @register(name="fla_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, setup=warm_up(lambda: fla_chunk),
-          prepare=prepare_time_major,
+          differentiable=True, prepare=prepare_time_major,
           **_COMMON)
 def fla_chunk(q, k, v, decay, *, scale, initial_state=None):
     """fla chunk_simple_gla: chunked, state per chunk (Triton)."""
     return _with_state("chunk_simple_gla", q, k, v, decay, scale, initial_state)
 
 
-@register(name="fla_fused_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True,
+@register(name="fla_fused_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, differentiable=True,
           setup=warm_up(lambda: fla_fused_chunk),
           prepare=prepare_time_major, **_COMMON)
 def fla_fused_chunk(q, k, v, decay, *, scale, initial_state=None):
@@ -79,7 +79,7 @@ def fla_fused_chunk(q, k, v, decay, *, scale, initial_state=None):
     return _with_state("fused_chunk_simple_gla", q, k, v, decay, scale, initial_state)
 
 
-@register(name="fla_fused_recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"),
+@register(name="fla_fused_recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"), differentiable=True,
           setup=warm_up(lambda: fla_fused_recurrent),
           prepare=prepare_time_major, **_COMMON)
 def fla_fused_recurrent(q, k, v, decay, *, scale, initial_state=None):
@@ -88,7 +88,7 @@ def fla_fused_recurrent(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="fla_parallel", complexity="O(N²·(D + E))", tf32=True, supports=_no_initial_state,
-          setup=warm_up(lambda: fla_parallel),
+          differentiable=True, setup=warm_up(lambda: fla_parallel),
           prepare=_prepare_parallel, **_COMMON)
 def fla_parallel(q, k, v, decay, *, scale, initial_state=None):
     """fla parallel_simple_gla: masked parallel form in blocks, per-token gate (Triton); no state."""

@@ -50,7 +50,7 @@ def _kernel():
 
 
 @register(name="lightning_attn2", family="peer:lightning", complexity="O(N·(C·D + D·E)), C=64",
-          devices=("cuda",), dtypes=("float32", "float16", "bfloat16"), tf32=True,
+          devices=("cuda",), dtypes=("float32", "float16", "bfloat16"), tf32=True, differentiable=True,
           requires=("lightning_attn", "triton"), supports=_supports, setup=warm_up(lambda: lightning_attn2),
           prepare=prepare_prescaled)
 def lightning_attn2(q, k, v, decay, *, scale, initial_state=None):

@@ -19,7 +19,7 @@ from leetbench import register
 from leetbench.decay import compute_dtype, decay_powers, log_decay
 
 
-@register(name="quadratic", family="quadratic", complexity="O(N²·D)")
+@register(name="quadratic", family="quadratic", complexity="O(N²·D)", differentiable=True)
 def quadratic(q, k, v, decay, *, scale, initial_state=None, block: int = 256):
     """Masked parallel form, one block of query rows at a time."""
     B, H, N, D = q.shape

@@ -19,7 +19,8 @@ from leetbench.chunking import start_state
 from leetbench.decay import compute_dtype, split_hi_lo
 
 
-@register(name="recurrent", family="recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"))
+@register(name="recurrent", family="recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"),
+          differentiable=True)
 def recurrent(q, k, v, decay, *, scale, initial_state=None):
     """One token at a time, state carried."""
     B, H, N, D = q.shape

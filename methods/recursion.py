@@ -28,7 +28,7 @@ from leetbench.chunking import BlockDecay, inter, intra, local_state, pad_front,
 from leetbench.decay import block_decay, compute_dtype, decay_powers, log_decay
 
 
-@register(name="recursion", family="divide_conquer", complexity="O(N·log N·D·E)")
+@register(name="recursion", family="divide_conquer", complexity="O(N·log N·D·E)", differentiable=True)
 def recursion(q, k, v, decay, *, scale, initial_state=None, leaf: int = 64):
     """Halves merged level by level: right half += left state; state = λ^s·left + right."""
     B, H, N, D = q.shape

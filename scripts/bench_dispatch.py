@@ -1,0 +1,99 @@
+"""What `leetbench.decay_attention` costs over calling the route it picks (on a GPU; the target is ≤ 5 µs).
+
+    python scripts/bench_dispatch.py [--device cuda] [--dtype bfloat16]
+
+Per case it prints the route the dispatcher chose and two comparisons of the dispatched call against the
+route's own call (its `prepare=` and function on ready [B,H,N,D] tensors and a float64 λ on the device):
+- `leetbench.timing.measure` medians (CUDA events, L2 flushed between calls: the GPU time a model sees;
+  host overhead shows there only where it exceeds the GPU's queue);
+- host µs per call over a loop of back-to-back calls with one synchronize at the end (launch-bound shapes:
+  this is where dispatch overhead lives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import leetbench
+from leetbench.attention import default_dispatcher
+from leetbench.problem import DTYPES, decay_profile
+from leetbench.timing import TimingConfig, measure
+
+CASES = [  # name, B, H, N (None: a decode step), D, E
+    ("prefill N=128", 1, 32, 128, 128, 128),
+    ("prefill N=1024", 1, 32, 1024, 128, 128),
+    ("prefill B=8 N=4096", 8, 32, 4096, 128, 128),
+    ("decode step B=1", 1, 32, None, 128, 128),
+    ("decode step B=64", 64, 32, None, 128, 128),
+]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # (a CPU run is a dry run of this script)
+        torch.cuda.synchronize(device)
+
+
+def host_us(fn, device: torch.device, n: int) -> float:
+    for _ in range(min(n, 20)):
+        fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
+    ap.add_argument("--decay", default="multiscale")
+    ap.add_argument("--loops", type=int, default=2000)
+    args = ap.parse_args()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    cfg = TimingConfig(warmup_ms=25, rep_ms=200, min_reps=50, max_reps=2000)
+    disp = default_dispatcher()
+    print(f"{disp.device_name(device)}, {args.dtype}, decay {args.decay}, torch {torch.__version__}")
+    print(f"{'case':20} {'route':16} {'own ms':>9} {'disp ms':>9} {'own µs/call':>12} {'disp µs/call':>13} "
+          f"{'overhead µs':>12}")
+    for name, B, H, N, D, E in CASES:
+        step = N is None
+        shape = (B, H, D) if step else (B, H, N, D)
+        q, k = (torch.randn(shape, device=device, dtype=dtype) for _ in range(2))
+        v = torch.randn(shape[:-1] + (E,), device=device, dtype=dtype)
+        state = torch.randn(B, H, D, E, device=device, dtype=torch.float32) if step else None
+        why = leetbench.explain(q, k, v, args.decay, initial_state=state)
+        method = disp.registry[why.route] if why.route in disp.registry else None
+        if method is None:  # a fallback not registered by discovery: no own call to compare with
+            print(f"{name:20} {why.route:16} (not in the registry)")
+            continue
+        lam = decay_profile(args.decay, H).to(device)
+        q4, k4, v4 = (t.unsqueeze(2) for t in (q, k, v)) if step else (q, k, v)
+        scale = D ** -0.5
+
+        def own() -> object:
+            if method.prepare is not None:
+                method.prepare(q4, k4, v4, lam, scale=scale, initial_state=state)
+            return method.fn(q4, k4, v4, lam, scale=scale, initial_state=state)
+
+        def dispatched() -> object:
+            if step:
+                return leetbench.decay_attention_step(q, k, v, args.decay, state)
+            return leetbench.decay_attention(q, k, v, args.decay)
+
+        dispatched()  # the decision, the route's setup and first call (compilation) happen here
+        own()
+        t_own = measure(own, device, cfg).median_ms
+        t_disp = measure(dispatched, device, cfg).median_ms
+        h_own, h_disp = host_us(own, device, args.loops), host_us(dispatched, device, args.loops)
+        print(f"{name:20} {why.route:16} {t_own:9.4f} {t_disp:9.4f} {h_own:12.2f} {h_disp:13.2f} "
+              f"{h_disp - h_own:12.2f}")
+    print("overhead µs = host µs per dispatched call − per own call (back-to-back calls, one sync at the end)")
+
+
+if __name__ == "__main__":
+    main()
