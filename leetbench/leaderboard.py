@@ -1,27 +1,75 @@
-"""The leaderboard: per method, how much it ran, how accurate it was, how fast, and how it scales.
+"""The leaderboard: methods ranked within a class, and the fastest correct method per problem.
 
-Speed is the geometric mean, over the problems both ran `ok`, of baseline time / method time; only `ok`
-rows count, so an inaccurate method never ranks. The fitted exponent is the slope of log time against
-log N over each method's larger lengths, the measured counterpart of the declared complexity.
+Classes. A row's class is (host, gpu, precision, mode): methods rank only against methods on the same
+machine computing at the same precision — a TF32 route never ranks with IEEE float32 routes, even on the
+same float32 problems — and decode steps apart from prefill. Problems are identified by
+`results.PROBLEM_COLUMNS` (host and GPU included), so rows of two machines are never pooled.
+
+Common problems. Within a class, methods are ranked on the problems every ranked method ran `ok`. The ranked
+set is built greedily: methods in order of how many problems they ran ok (widest first, then by name); a
+method joins while the common set keeps at least `MIN_SHARE` (half) of the widest method's problems. A method
+that does not join is listed with its coverage and its speed-up on its own overlap with the baseline, without
+a rank: it never gets ahead through a subset of problems that suits it.
+
+Speed-up: the geometric mean over the common problems of baseline time / method time. The class's baseline is
+`baseline` where it is ranked in the class, else the widest ranked method. The order does not depend on the
+baseline: on one common set, ordering by speed-up is ordering by geometric-mean time.
+
+Tie rule. Each row's median comes with a 95% interval [time_ms_lo, time_ms_hi]; rows written before
+intervals existed use [time_ms_p20, time_ms_p80] (wider than the median's interval, so conservative), and
+rows with neither the median alone. A method's interval on the common set is the box [G(lo), G(hi)], G the
+geometric mean over the common problems: whenever every median lies in its interval, the geometric mean lies
+in the box. Method A beats B when A's box lies entirely below B's (G_A(hi) < G_B(lo)); a method's rank is
+1 + the number of ranked methods that beat it. Methods that nothing separates share a rank (ranks may repeat
+and skip: 1, 1, 3), and a slower median with a wide interval can share a better rank — the table is sorted
+by rank, then by geometric-mean time. Per problem the same rule picks the fastest correct method: a winner
+only when its interval lies below every other method's; otherwise the methods whose interval reaches below
+the best upper bound are tied.
+
+The intervals describe one run. A Triton autotuner that picks a different config per process varies more
+than that from run to run; measure with `timing.rounds` > 1 (each round a fresh process) to include it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from leetbench.results import PROBLEM_COLUMNS, SHAPE_COLUMNS
-RAN = ("ok", "inaccurate", "error", "timeout", "crashed", "oom")
+from leetbench.results import FAILED, PRECISIONS, PROBLEM_COLUMNS, RAN, SHAPE_COLUMNS, problem_key
+
+CLASS_COLUMNS = ["host", "gpu", "precision", "mode"]
+MIN_SHARE = 0.5
+RAN_STATUSES = [str(s) for s in RAN]
+FAILED_STATUSES = [str(s) for s in FAILED]
+TABLE_COLUMNS = CLASS_COLUMNS + [
+    "rank", "tied", "method", "family", "complexity", "problems", "ok", "pass_rate", "skipped", "failed",
+    "median_rel_err", "speedup", "speedup_lo", "speedup_hi", "ranked", "common_problems", "class_problems",
+    "baseline", "own_speedup", "own_problems", "fitted_exponent", "best_pct_bw"]
+WINNER_COLUMNS = PROBLEM_COLUMNS + [
+    "precision", "winner", "tied", "fastest", "family", "time_ms", "time_ms_lo", "time_ms_hi", "pct_bw",
+    "runner_up", "runner_up_ms", "lead"]
+
+
+@dataclass
+class ClassBoard:
+    """One class's ranking: which problems it used and its rows of the table."""
+
+    key: dict[str, str]
+    baseline: str
+    class_problems: int  # problems some method ran ok in the class
+    common_problems: int  # problems every ranked method ran ok
+    table: pd.DataFrame
 
 
 @dataclass
 class Leaderboard:
-    table: pd.DataFrame  # one row per method, ranked
-    baseline: str
-    winners: pd.DataFrame  # fastest ok method per problem
+    table: pd.DataFrame  # one row per (class, method), classes in order, ranked within each
+    baseline: str  # the baseline asked for (or, where no method of that name ran ok, the widest method)
+    winners: pd.DataFrame  # fastest ok method (or a tie) per (problem, precision)
+    classes: list[ClassBoard] = field(default_factory=list)
 
 
 def choose_baseline(df: pd.DataFrame, wanted: str) -> str:
@@ -34,13 +82,35 @@ def choose_baseline(df: pd.DataFrame, wanted: str) -> str:
     return str(counts.index[0])
 
 
-def ok_times(df: pd.DataFrame) -> pd.DataFrame:
-    """Median time of every ok (problem, method): one row per problem, one column per method."""
-    ok = df[df["status"] == "ok"]
+def bounds(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's interval of its median: [time_ms_lo, time_ms_hi], else [p20, p80], else the median."""
+    t = pd.to_numeric(rows["time_ms"], errors="coerce").to_numpy(dtype=float)
+
+    def col(name: str) -> np.ndarray:
+        return pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=float) if name in rows else np.full_like(t, np.nan)
+
+    lo, hi = col("time_ms_lo"), col("time_ms_hi")
+    has_ci = np.isfinite(lo) & np.isfinite(hi)
+    lo = np.where(has_ci, lo, col("time_ms_p20"))
+    hi = np.where(has_ci, hi, col("time_ms_p80"))
+    lo = np.fmin(np.where(np.isfinite(lo), lo, t), t)
+    hi = np.fmax(np.where(np.isfinite(hi), hi, t), t)
+    return lo, hi
+
+
+def problem_ids(rows: pd.DataFrame) -> list[str]:
+    """One string per row naming its problem (results.problem_key: machine included)."""
+    return ["|".join(problem_key(r)) for r in rows[PROBLEM_COLUMNS].to_dict("records")]
+
+
+def ok_times(df: pd.DataFrame, value: str = "time_ms") -> pd.DataFrame:
+    """`value` (time_ms, lo or hi) of every ok (problem, method): one row per problem, one column per method."""
+    ok = df[(df["status"] == "ok") & (pd.to_numeric(df["time_ms"], errors="coerce") > 0)]
     if ok.empty:
         return pd.DataFrame()
-    pid = ok[PROBLEM_COLUMNS].astype(str).agg("|".join, axis=1)
-    return ok.assign(pid=pid).pivot_table(index="pid", columns="method", values="time_ms", aggfunc="median")
+    lo, hi = bounds(ok)
+    ok = ok.assign(pid=problem_ids(ok), lo=lo, hi=hi)
+    return ok.pivot_table(index="pid", columns="method", values=value, aggfunc="median")
 
 
 def geomean_speedup(times: pd.DataFrame, method: str, baseline: str) -> tuple[float, int]:
@@ -52,6 +122,32 @@ def geomean_speedup(times: pd.DataFrame, method: str, baseline: str) -> tuple[fl
     if len(ratios) == 0:
         return math.nan, 0
     return float(np.exp(np.mean(np.log(ratios)))), int(len(ratios))
+
+
+def ranked_set(times: pd.DataFrame, min_share: float = MIN_SHARE) -> tuple[list[str], pd.Index]:
+    """The methods ranked in a class and the problems all of them ran ok (see the module docstring)."""
+    have = times.notna()
+    order = sorted(have.columns, key=lambda m: (-int(have[m].sum()), str(m)))
+    if not order:
+        return [], pd.Index([])
+    common = have[order[0]]
+    need = max(1.0, min_share * int(common.sum()))
+    ranked = [str(order[0])]
+    for m in order[1:]:
+        trial = common & have[m]
+        if int(trial.sum()) >= need:
+            common, ranked = trial, ranked + [str(m)]
+    return ranked, times.index[common.to_numpy()]
+
+
+def _gmean(x: pd.Series) -> float:
+    v = x.to_numpy(dtype=float)
+    return float(np.exp(np.mean(np.log(v)))) if len(v) and (v > 0).all() else math.nan
+
+
+def shared_ranks(low: dict[str, float], high: dict[str, float]) -> dict[str, int]:
+    """1 + how many methods' intervals lie entirely below this one's (the tie rule)."""
+    return {m: 1 + sum(1 for o in low if o != m and high[o] < low[m]) for m in low}
 
 
 def fitted_exponent(rows: pd.DataFrame, min_points: int = 3) -> float:
@@ -72,55 +168,136 @@ def fitted_exponent(rows: pd.DataFrame, min_points: int = 3) -> float:
     return float(np.median(slopes)) if slopes else math.nan
 
 
-def build(df: pd.DataFrame, baseline: str = "chunked") -> Leaderboard:
-    base = choose_baseline(df, baseline)
-    times = ok_times(df)
+def _method_record(rows: pd.DataFrame) -> dict:
+    """What a method did in a class, whatever its rank."""
+    ran = rows[rows["status"].isin(RAN_STATUSES)]
+    ok = rows[rows["status"] == "ok"]
+    errs = pd.to_numeric(ran["rel_err"], errors="coerce")
+    return {
+        "method": str(rows["method"].iloc[0]), "family": rows["family"].iloc[0],
+        "complexity": rows["complexity"].iloc[0] if "complexity" in rows else "",
+        "problems": int(len(ran)), "ok": int(len(ok)),
+        "pass_rate": float(len(ok) / len(ran)) if len(ran) else math.nan,
+        "skipped": int((rows["status"] == "skipped").sum()),
+        "failed": int(rows["status"].isin(FAILED_STATUSES).sum()),
+        "median_rel_err": float(errs.median()) if errs.notna().any() else math.nan,
+        "fitted_exponent": fitted_exponent(rows),
+        "best_pct_bw": float(pd.to_numeric(ok["pct_bw"], errors="coerce").max()) if len(ok) else math.nan,
+    }
+
+
+def rank_class(rows: pd.DataFrame, wanted: str, key: dict[str, str]) -> ClassBoard:
+    """Rank one class's methods on their common problems, with shared ranks where intervals overlap."""
+    times, lows, highs = ok_times(rows), ok_times(rows, "lo"), ok_times(rows, "hi")
+    ranked, common = ranked_set(times) if not times.empty else ([], pd.Index([]))
+    base = wanted if wanted in ranked else (ranked[0] if ranked else wanted)
+    g_mid = {m: _gmean(times.loc[common, m]) for m in ranked}
+    g_lo = {m: _gmean(lows.loc[common, m]) for m in ranked}
+    g_hi = {m: _gmean(highs.loc[common, m]) for m in ranked}
+    ranks = shared_ranks(g_lo, g_hi)
+    counts = {r: list(ranks.values()).count(r) for r in ranks.values()}
     records = []
-    for method, rows in df.groupby("method", sort=True):
-        ran = rows[rows["status"].isin(RAN)]
-        ok = rows[rows["status"] == "ok"]
-        speed, common = geomean_speedup(times, str(method), base)
-        errs = pd.to_numeric(ran["rel_err"], errors="coerce")
-        records.append({
-            "method": method,
-            "family": rows["family"].iloc[0],
-            "complexity": rows["complexity"].iloc[0] if "complexity" in rows else "",
-            "problems": int(len(ran)),
-            "ok": int(len(ok)),
-            "pass_rate": float(len(ok) / len(ran)) if len(ran) else math.nan,
-            "skipped": int((rows["status"] == "skipped").sum()),
-            "failed": int(rows["status"].isin(("error", "timeout", "crashed", "oom")).sum()),
-            "median_rel_err": float(errs.median()) if errs.notna().any() else math.nan,
-            "speedup": speed,
-            "common_problems": common,
-            "fitted_exponent": fitted_exponent(rows),
-            "best_pct_bw": float(pd.to_numeric(ok["pct_bw"], errors="coerce").max()) if len(ok) else math.nan,
-        })
-    table = pd.DataFrame.from_records(records, columns=[
-        "method", "family", "complexity", "problems", "ok", "pass_rate", "skipped", "failed",
-        "median_rel_err", "speedup", "common_problems", "fitted_exponent", "best_pct_bw"])
-    table = table.sort_values(["speedup", "ok"], ascending=[False, False], na_position="last", kind="stable")
-    ranked = table["speedup"].notna() & (table["ok"] > 0)
-    table.insert(0, "rank", pd.array([pd.NA] * len(table), dtype="Int64"))
-    table.loc[ranked, "rank"] = range(1, int(ranked.sum()) + 1)
-    return Leaderboard(table.reset_index(drop=True), base, winners(df))
+    for method, mrows in rows.groupby("method", sort=True):
+        rec = {**key, **_method_record(mrows), "ranked": method in ranks, "baseline": base,
+               "common_problems": len(common), "class_problems": len(times)}
+        own, n_own = geomean_speedup(times, str(method), base) if not times.empty else (math.nan, 0)
+        rec.update(own_speedup=own, own_problems=n_own, rank=pd.NA, tied=False,
+                   speedup=math.nan, speedup_lo=math.nan, speedup_hi=math.nan, _order=math.inf)
+        if method in ranks:
+            gb = g_mid[base]
+            rec.update(rank=ranks[method], tied=counts[ranks[method]] > 1, speedup=gb / g_mid[method],
+                       speedup_lo=gb / g_hi[method], speedup_hi=gb / g_lo[method], _order=g_mid[method])
+        records.append(rec)
+    table = pd.DataFrame.from_records(records)
+    table["_rank"] = pd.to_numeric(table["rank"], errors="coerce").fillna(math.inf)
+    table = table.sort_values(["_rank", "_order", "ok", "problems", "method"],
+                              ascending=[True, True, False, False, True], kind="stable")
+    table = table.drop(columns=["_rank", "_order"])[TABLE_COLUMNS]
+    table["rank"] = table["rank"].astype("Int64")
+    return ClassBoard(key, base, len(times), len(common), table.reset_index(drop=True))
+
+
+def class_order(key: tuple) -> tuple:
+    host, gpu, prec, mode = key
+    return (str(host), str(gpu), PRECISIONS.index(prec) if prec in PRECISIONS else 99, mode != "prefill", mode)
+
+
+def build(df: pd.DataFrame, baseline: str = "chunked") -> Leaderboard:
+    """Rank every class (host, gpu, precision, mode) of the rows, and name the winners per problem."""
+    classes = []
+    groups = {k: g for k, g in df.groupby(CLASS_COLUMNS, sort=False, dropna=False)}
+    for key in sorted(groups, key=class_order):
+        classes.append(rank_class(groups[key], baseline, dict(zip(CLASS_COLUMNS, map(str, key)))))
+    tables = [c.table for c in classes]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
+    table["rank"] = table["rank"].astype("Int64")
+    return Leaderboard(table, choose_baseline(df, baseline), winners(df), classes)
 
 
 def winners(df: pd.DataFrame) -> pd.DataFrame:
-    """For each problem, the fastest ok method and its time, with the runner-up's."""
-    ok = df[df["status"] == "ok"]
+    """Per (problem, precision): the winner when its interval lies below all others', else the tied methods;
+    the fastest median, the runner-up and the lead (runner-up time / fastest time)."""
+    ok = df[(df["status"] == "ok") & (pd.to_numeric(df["time_ms"], errors="coerce") > 0)]
     if ok.empty:
-        return pd.DataFrame(columns=PROBLEM_COLUMNS + ["winner", "time_ms", "runner_up", "runner_up_ms"])
+        return pd.DataFrame(columns=WINNER_COLUMNS)
+    lo, hi = bounds(ok)
+    ok = ok.assign(_lo=lo, _hi=hi)
     out = []
-    for key, g in ok.groupby(PROBLEM_COLUMNS, dropna=False, sort=True):
-        g = g.sort_values("time_ms")
+    for key, g in ok.groupby(PROBLEM_COLUMNS + ["precision"], dropna=False, sort=True):
+        g = g.sort_values(["time_ms", "method"])
+        tied = g[g["_lo"] <= g["_hi"].min()]
         first = g.iloc[0]
         second = g.iloc[1] if len(g) > 1 else None
-        out.append({**dict(zip(PROBLEM_COLUMNS, key)), "winner": first["method"], "time_ms": first["time_ms"],
+        out.append({**dict(zip(PROBLEM_COLUMNS + ["precision"], key)),
+                    "winner": first["method"] if len(tied) == 1 else "",
+                    "tied": ", ".join(tied["method"]) if len(tied) > 1 else "",
+                    "fastest": first["method"], "family": first["family"], "time_ms": first["time_ms"],
+                    "time_ms_lo": first["_lo"], "time_ms_hi": first["_hi"], "pct_bw": first["pct_bw"],
                     "runner_up": "" if second is None else second["method"],
-                    "runner_up_ms": math.nan if second is None else second["time_ms"]})
-    return pd.DataFrame(out)
+                    "runner_up_ms": math.nan if second is None else second["time_ms"],
+                    "lead": math.nan if second is None else second["time_ms"] / first["time_ms"]})
+    return pd.DataFrame(out, columns=WINNER_COLUMNS)
 
+
+# ---- where the wall time went ------------------------------------------------------------------------
+
+WALL_PARTS = {"prepare_s": "preparing inputs and references", "setup_s": "method setup",
+              "check_s": "checking against the reference", "loops_s": "timing loops around the calls",
+              "measured_s": "measured calls"}
+
+
+@dataclass(frozen=True)
+class WallTime:
+    total_s: float  # Σ(prepare_s + setup_s + check_s + timing_s)
+    measured_s: float
+    parts: dict[str, float]  # WALL_PARTS key → seconds; timing_s split into measured calls and the loops
+
+    @property
+    def share(self) -> float:
+        return self.measured_s / self.total_s if self.total_s > 0 else math.nan
+
+    @property
+    def largest(self) -> tuple[str, float]:
+        name = max(self.parts, key=lambda k: self.parts[k])
+        return WALL_PARTS[name], self.parts[name]
+
+
+def wall_time(df: pd.DataFrame) -> WallTime | None:
+    """The rows' wall-time columns summed; None for rows written before they existed."""
+    cols = ["prepare_s", "setup_s", "check_s", "timing_s", "measured_s"]
+    if any(c not in df for c in cols):
+        return None
+    s = {c: pd.to_numeric(df[c], errors="coerce") for c in cols}
+    if not any(v.notna().any() for v in s.values()):
+        return None
+    sums = {c: float(v.sum()) for c, v in s.items()}
+    total = sums["prepare_s"] + sums["setup_s"] + sums["check_s"] + sums["timing_s"]
+    parts = {"prepare_s": sums["prepare_s"], "setup_s": sums["setup_s"], "check_s": sums["check_s"],
+             "loops_s": max(0.0, sums["timing_s"] - sums["measured_s"]), "measured_s": sums["measured_s"]}
+    return WallTime(total, sums["measured_s"], parts)
+
+
+# ---- leaderboard.md ----------------------------------------------------------------------------------
 
 _FORMATS = {"sci": "{:.1e}", "x": "{:.2f}×", "f2": "{:.2f}", "g4": "{:.4g}", "bw": "{:.1f}%"}
 
@@ -131,55 +308,128 @@ def _fmt(v: object, kind: str = "") -> str:
     return _FORMATS[kind].format(float(v)) if kind else str(v)
 
 
-def markdown(board: Leaderboard, df: pd.DataFrame, load_failures: list[tuple[str, str]] | None = None,
-             title: str = "leetbench leaderboard") -> str:
-    """leaderboard.md: environment, the ranked table, winners per problem, failures."""
-    lines = [f"# {title}", ""]
-    envs = df.drop_duplicates(["host", "gpu", "device", "torch"])[["host", "gpu", "device", "torch", "cupy",
-                                                                   "copy_gbps", "threads", "git_sha"]]
+def machine(host: str, gpu: str) -> str:
+    """How a class's machine is named in headings: the card (or CPU) on its host."""
+    return f"{gpu or 'CPU'} on `{host or '?'}`"
+
+
+def rank_text(rank: object, tied: bool) -> str:
+    return "—" if rank is None or rank is pd.NA else f"={rank}" if tied else str(rank)
+
+
+def speedup_text(r: dict) -> str:
+    """The speed-up with its interval; for a method not ranked, its own overlap in parentheses."""
+    if r["ranked"]:
+        return f"{_fmt(r['speedup'], 'x')} [{r['speedup_lo']:.2f}–{r['speedup_hi']:.2f}]"
+    if r["ok"] and r["own_problems"]:
+        return f"({_fmt(r['own_speedup'], 'x')} on {r['own_problems']} of {r['class_problems']})"
+    return "—"
+
+
+def wall_note(df: pd.DataFrame) -> str:
+    """One sentence: how much of the rows' wall time was inside the measured calls, and the largest part."""
+    w = wall_time(df)
+    if w is None:
+        return "Where the time went: not recorded (rows written before the wall-time columns existed)."
+    name, secs = w.largest
+    return (f"Where the time went: {w.total_s:.1f} s of wall time in the rows, {100 * w.share:.0f}% of it inside "
+            f"measured calls; the largest part: {name} ({secs:.1f} s, {100 * secs / max(w.total_s, 1e-12):.0f}%).")
+
+
+def _environment(df: pd.DataFrame) -> list[str]:
+    lines = []
+    envs = df.drop_duplicates(["host", "gpu", "device", "torch"])
     for e in envs.to_dict("records"):
         where = e["gpu"] or f"CPU ({int(e['threads'] or 0)} thread(s))"
         bw = e["copy_gbps"]
         bw_txt = f", copy bandwidth {float(bw):.0f} GB/s" if isinstance(bw, (int, float)) and math.isfinite(bw) else ""
         lines.append(f"- {where} on `{e['host']}`, torch {e['torch']}"
                      f"{', cupy ' + str(e['cupy']) if e['cupy'] else ''}{bw_txt}, commit {e['git_sha'] or '?'}")
-    lines += ["", f"Speed-up: geometric mean of `{board.baseline}` time / method time over the problems both ran "
-              f"`ok`. Inaccurate rows never rank. Fitted exponent: slope of log time vs log N.", ""]
-    header = ["rank", "method", "family", "complexity", "fitted exp.", "speed-up", "ok / ran", "median rel_err",
-              "best % BW"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    idle = board.table[board.table["problems"] == 0]
-    for r in board.table[board.table["problems"] > 0].to_dict("records"):
+    return lines
+
+
+def class_markdown(c: ClassBoard) -> list[str]:
+    """One class's heading, the sentence saying what was compared, and its table."""
+    k = c.key
+    t = c.table[c.table["problems"] > 0]
+    if t.empty:
+        return []
+    lines = ["", f"## {k['precision']} · {k['mode']} · {machine(k['host'], k['gpu'])}", "",
+             f"Ranked on the {c.common_problems} problems every ranked method ran `ok` (of {c.class_problems} "
+             f"that some method ran `ok` in this class). Speed-up: geometric mean of `{c.baseline}` time / method "
+             "time over them, [95% interval]; `=k`: a shared rank (intervals overlap). In parentheses: a method "
+             "not ranked (it ran too few of the common problems), with its speed-up on the problems it shares "
+             "with the baseline.", ""]
+    header = ["rank", "method", "family", "complexity", "fitted exp.", "speed-up [95%]", "ok / ran",
+              "median rel_err", "best % BW"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in t.to_dict("records"):
         lines.append("| " + " | ".join([
-            _fmt(r["rank"]), f"`{r['method']}`", str(r["family"]), str(r["complexity"] or "—"),
-            _fmt(r["fitted_exponent"], "f2"), _fmt(r["speedup"], "x"), f"{r['ok']} / {r['problems']}",
+            rank_text(r["rank"], r["tied"]), f"`{r['method']}`", str(r["family"]), str(r["complexity"] or "—"),
+            _fmt(r["fitted_exponent"], "f2"), speedup_text(r), f"{r['ok']} / {r['problems']}",
             _fmt(r["median_rel_err"], "sci"), _fmt(r["best_pct_bw"], "bw")]) + " |")
-    if len(idle):
+    return lines
+
+
+def problem_text(w: dict) -> str:
+    mode = w["mode"] + (f"×{int(w['steps'])}" if w["mode"] == "decode" else "")
+    return (f"B{w['batch']} H{w['heads']} N{w['length']} D{w['dim']} E{w['dim_v']} λ={w['decay']}"
+            f"{' S0' if str(w['initial_state']) == 'True' else ''} {mode}")
+
+
+def winner_text(w: dict) -> str:
+    return f"`{w['winner']}`" if w["winner"] else "tie: " + ", ".join(f"`{m}`" for m in w["tied"].split(", "))
+
+
+def winners_markdown(win: pd.DataFrame) -> list[str]:
+    if win.empty:
+        return []
+    lines = ["", "## Fastest correct method per problem", "",
+             "A winner only where its 95% interval lies below every other method's; otherwise the tied methods. "
+             "Lead: runner-up time / fastest time.", "",
+             "| machine | precision | problem | winner | ms [95%] | % BW | runner-up | lead |",
+             "|---|---|---|---|---|---|---|---|"]
+    for w in win.to_dict("records"):
+        lines.append(f"| {w['gpu'] or 'CPU'} `{w['host']}` | {w['precision']} | {problem_text(w)} | "
+                     f"{winner_text(w)} | {float(w['time_ms']):.4g} [{w['time_ms_lo']:.4g}–{w['time_ms_hi']:.4g}] | "
+                     f"{_fmt(w['pct_bw'], 'bw')} | {('`' + w['runner_up'] + '`') if w['runner_up'] else '—'} | "
+                     f"{_fmt(w['lead'], 'x')} |")
+    return lines
+
+
+def failures_markdown(df: pd.DataFrame, load_failures: list[tuple[str, str]] | None) -> list[str]:
+    lines: list[str] = []
+    ran = df[df["status"].isin(RAN_STATUSES)]["method"].unique()
+    idle = sorted(set(df["method"]) - set(ran))
+    if idle:
         lines += ["", "Not run on any problem here:", ""]
-        for m in idle["method"]:
+        for m in idle:
             reasons = df[(df["method"] == m) & (df["status"] == "skipped")]["error"]
             lines.append(f"- `{m}`: {reasons.iloc[0] if len(reasons) else 'no rows'}")
-    if not board.winners.empty:
-        lines += ["", "## Fastest correct method per problem", "",
-                  "| device | dtype | B | H | N | D | E | decay | mode | winner | ms | runner-up | ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for w in board.winners.to_dict("records"):
-            mode = w["mode"] + (f"×{int(w['steps'])}" if w["mode"] == "decode" else "")
-            lines.append(f"| {w['device']} | {w['dtype']} | {w['batch']} | {w['heads']} | {w['length']} | "
-                         f"{w['dim']} | {w['dim_v']} | {w['decay']} | {mode} | `{w['winner']}` | "
-                         f"{float(w['time_ms']):.4g} | {('`' + w['runner_up'] + '`') if w['runner_up'] else '—'} | "
-                         f"{_fmt(w['runner_up_ms'], 'g4')} |")
-    bad = df[df["status"].isin(("inaccurate", "error", "timeout", "crashed", "oom"))]
+    bad = df[df["status"].isin(["inaccurate", "suspect"] + FAILED_STATUSES)]
     if not bad.empty:
-        lines += ["", "## Rows that did not pass", "", "| method | problem | status | detail |", "|---|---|---|---|"]
+        lines += ["", "## Rows that did not pass", "", "| method | machine | problem | status | detail |",
+                  "|---|---|---|---|---|"]
         for r in bad.head(200).to_dict("records"):
             prob = f"{r['dtype']} B{r['batch']} H{r['heads']} N{r['length']} D{r['dim']} λ={r['decay']}"
-            detail = str(r["error"] or "").replace("|", "\\|")[:160]
+            detail = str(r["error"] or "").replace("|", "\\|").replace("\n", " ")[:160]
             if r["status"] == "inaccurate" and not detail:
                 detail = f"rel_err {r['rel_err']}"
-            lines.append(f"| `{r['method']}` | {prob} | {r['status']} | {detail} |")
+            lines.append(f"| `{r['method']}` | {r['gpu'] or 'CPU'} `{r['host']}` | {prob} | {r['status']} | {detail} |")
     if load_failures:
         lines += ["", "## Plugin files that failed to load", ""]
         lines += [f"- `{src}`: {err}" for src, err in load_failures]
+    return lines
+
+
+def markdown(board: Leaderboard, df: pd.DataFrame, load_failures: list[tuple[str, str]] | None = None,
+             title: str = "leetbench leaderboard") -> str:
+    """leaderboard.md: environment, where the time went, one ranked table per class, winners, failures."""
+    lines = [f"# {title}", ""] + _environment(df) + ["", wall_note(df), "",
+             "Methods rank within a class: one machine (host and GPU), one precision (fp64, IEEE fp32, tf32, fp16, "
+             "bf16) and one mode; only `ok` rows count. Fitted exponent: slope of log time vs log N."]
+    for c in board.classes:
+        lines += class_markdown(c)
+    lines += winners_markdown(board.winners)
+    lines += failures_markdown(df, load_failures)
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Tables and plots from results rows: leaderboard.csv, leaderboard.md and plots/, for one run or many merged.
+"""Tables and plots from results rows: leaderboard.csv, leaderboard.md, leaderboard.html and plots/, for one
+run or many merged.
 
 Used at the end of every sweep, by `leetbench report=[...]` to rebuild from existing CSVs, and by the
 multirun callback to merge the jobs of a sweep. Every file is written whole (temporary file, rename).
@@ -13,8 +14,9 @@ from typing import Iterable
 import pandas as pd
 
 from leetbench.leaderboard import Leaderboard, build, markdown
+from leetbench.page import page
 from leetbench.plots import write_all
-from leetbench.results import COLUMNS, KEY_COLUMNS
+from leetbench.results import COLUMNS, KEY_COLUMNS, row_key
 from leetbench.store import atomic_write, read_results
 
 
@@ -40,13 +42,14 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def merge(paths: Iterable[Path]) -> pd.DataFrame:
-    """Rows of several results.csv; a (method, problem, host, gpu) measured twice keeps the newest row."""
+    """Rows of several results.csv; a (method, problem) measured twice keeps the newest row. The problem
+    includes host and GPU (results.KEY_COLUMNS), so rows of two machines are both kept, never mixed."""
     df = read_results(paths)
     if df.empty:
         return df
     df = df.sort_values("timestamp", kind="stable")
-    df = df.drop_duplicates(subset=KEY_COLUMNS, keep="last")
-    return df.reset_index(drop=True)
+    keys = pd.Series([row_key(r) for r in df[KEY_COLUMNS].to_dict("records")], index=df.index)
+    return df[~keys.duplicated(keep="last")].reset_index(drop=True)
 
 
 def write_report(df: pd.DataFrame, folder: Path, baseline: str, *, plots: bool = True,
@@ -56,6 +59,7 @@ def write_report(df: pd.DataFrame, folder: Path, baseline: str, *, plots: bool =
     atomic_write(folder / "leaderboard.csv", board.table.to_csv(index=False))
     atomic_write(folder / "leaderboard.md", markdown(board, df, load_failures, title))
     made = write_all(df, board, folder / "plots") if plots else []
+    atomic_write(folder / "leaderboard.html", page(board, df, made, load_failures, title))
     return Report(df, board, made)
 
 

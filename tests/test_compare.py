@@ -1,0 +1,161 @@
+"""`leetbench compare=[BASE,NEW]`: verdicts from samples and from intervals, machines matched apart, the exit
+status; end to end through the CLI with planted methods whose time is a fixed sleep plus real work."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY, run_cli, write_plugin
+from leetbench.compare import compare_command, compare_runs
+from leetbench.config import ConfigError
+from leetbench.problem import Problem
+from leetbench.results import Row
+from leetbench.store import SamplesFile
+
+
+def write_run(folder: Path, times: dict[str, float], *, host: str = "h", gpu: str = "", status: str = "ok",
+              samples: bool = True, spread: float = 0.01, seed: int = 0) -> None:
+    """A run folder: one row per method at N=64 (median `times[m]`), and its samples unless `samples=False`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    store = SamplesFile(folder / "samples.csv.gz")
+    out = []
+    for m, t in times.items():
+        draws = t * (1 + spread * rng.standard_normal(40))
+        r = Row.for_problem(m, "f", Problem(1, 2, 64, 16), status, time_ms=float(np.median(draws)),
+                            time_ms_lo=t * (1 - 2 * spread), time_ms_hi=t * (1 + 2 * spread), host=host, gpu=gpu,
+                            timestamp="2026-11-29T00:00:00+00:00")
+        out.append(r.as_dict())
+        if samples:
+            store.append(r.row_id, [list(draws[:20]), list(draws[20:])])
+    pd.DataFrame(out).to_csv(folder / "results.csv", index=False)
+
+
+def verdicts(c) -> dict[str, str]:
+    return dict(zip(c.table["method"], c.table["verdict"]))
+
+
+def test_samples_decide_slower_faster_and_same(tmp_path: Path) -> None:
+    write_run(tmp_path / "base", {"steady": 1.0, "slowed": 1.0, "sped": 1.0, "nudged": 1.0}, seed=1)
+    write_run(tmp_path / "new", {"steady": 1.0, "slowed": 5.0, "sped": 0.5, "nudged": 1.05}, seed=2)
+    c = compare_runs(tmp_path / "base", tmp_path / "new")
+    assert verdicts(c) == {"steady": "same", "slowed": "slower", "sped": "faster", "nudged": "same"}
+    assert c.table["basis"].str.startswith("samples (40 vs 40)").all()
+    slowed = c.table.set_index("method").loc["slowed"]
+    assert slowed["ratio"] == pytest.approx(5.0, rel=0.05) and slowed["ratio_lo"] > 1 and slowed["p_value"] < 1e-6
+    assert list(c.table["method"])[0] == "slowed"  # regressions first
+    # 5% is below the default threshold (10%), above 1%
+    assert verdicts(compare_runs(tmp_path / "base", tmp_path / "new", threshold=0.01))["nudged"] == "slower"
+
+
+def test_without_samples_the_rows_intervals_decide(tmp_path: Path) -> None:
+    write_run(tmp_path / "base", {"a": 1.0, "b": 1.0}, samples=False)
+    write_run(tmp_path / "new", {"a": 1.01, "b": 2.0}, samples=False)
+    c = compare_runs(tmp_path / "base", tmp_path / "new")
+    assert verdicts(c) == {"a": "same", "b": "slower"} and set(c.table["basis"]) == {"intervals"}
+    b = c.table.set_index("method").loc["b"]
+    assert b["ratio_lo"] == pytest.approx(2.0 * 0.98 / 1.02) and b["ratio_hi"] == pytest.approx(2.0 * 1.02 / 0.98)
+
+
+def test_two_cards_are_matched_without_host_and_gpu(tmp_path: Path) -> None:
+    write_run(tmp_path / "base", {"a": 1.0}, host="alpha", gpu="Card A")
+    write_run(tmp_path / "new", {"a": 0.5}, host="beta", gpu="Card B")
+    out = tmp_path / "cmp"
+    assert compare_command([str(tmp_path / "base"), str(tmp_path / "new")], 0.10, out) == 0
+    md = (out / "comparison.md").read_text()
+    assert "WITHOUT host and GPU" in md and "Card A on `alpha`" in md and "Card B on `beta`" in md
+    assert pd.read_csv(out / "comparison.csv")["verdict"].tolist() == ["faster"]
+
+
+def test_a_method_that_stops_passing_is_a_regression(tmp_path: Path) -> None:
+    write_run(tmp_path / "base", {"a": 1.0})
+    write_run(tmp_path / "new", {"a": 1.0}, status="error")
+    out = tmp_path / "cmp"
+    assert compare_command([str(tmp_path / "base"), str(tmp_path / "new")], 0.10, out) == 1
+    assert pd.read_csv(out / "comparison.csv")["verdict"].tolist() == ["failed"]
+
+
+def test_bad_arguments_are_config_errors(tmp_path: Path) -> None:
+    write_run(tmp_path / "base", {"a": 1.0})
+    with pytest.raises(ConfigError, match="two run folders"):
+        compare_command([str(tmp_path / "base")], 0.10, tmp_path / "cmp")
+    with pytest.raises(ConfigError, match="compare_threshold"):
+        compare_runs(tmp_path / "base", tmp_path / "base", threshold=-1)
+    with pytest.raises(ConfigError, match="neither a run folder"):
+        compare_runs(tmp_path / "base", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no results.csv"):
+        compare_runs(tmp_path / "base", tmp_path / "empty")
+
+
+# ---- end to end ---------------------------------------------------------------------------------------
+
+PLANT = '''
+import time
+from leetbench import register
+
+FACTOR = {factor}
+
+
+def _work(q, k, v, decay, scale, initial_state):
+    from leetbench.problem import Inputs
+    from leetbench.reference import reference
+    o, _ = reference(Inputs(q, k, v, decay, scale, initial_state))
+    return o.to(v.dtype)
+
+
+@register(name="plant_steady", family="plant")
+def plant_steady(q, k, v, decay, *, scale, initial_state=None):
+    # a fixed sleep dominates (10 ms against ~0.5 ms of work and of wake-up lateness on a busy 2-core machine;
+    # with 3 ms, 3.4 → 3.74 ms was seen between two equal runs): the speed hardly depends on the machine's load
+    time.sleep(0.010)
+    return _work(q, k, v, decay, scale, initial_state)
+
+
+@register(name="plant_moving", family="plant")
+def plant_moving(q, k, v, decay, *, scale, initial_state=None):
+    time.sleep(0.010 * FACTOR)
+    return _work(q, k, v, decay, scale, initial_state)
+'''
+
+PLANT_ARGS = ("methods=[plant_*]", "timing.warmup_ms=1", "timing.rep_ms=1", "timing.min_reps=10")
+
+
+def sweep_with(tmp_path: Path, name: str, factor: int) -> Path:
+    plugins = write_plugin(tmp_path / f"plugins_{name}", "plant.py", PLANT.format(factor=factor)).parent
+    out = tmp_path / name
+    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", *PLANT_ARGS, f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_compare_through_the_cli_flags_a_5x_slowdown_and_passes_equal_runs(tmp_path: Path) -> None:
+    base, same, slow = (sweep_with(tmp_path, "base", 1), sweep_with(tmp_path, "same", 1),
+                        sweep_with(tmp_path, "slow", 5))
+    with ThreadPoolExecutor(2) as pool:  # the comparisons only read files: both at once
+        same_run, slow_run = pool.map(lambda args: run_cli(*args, cwd=tmp_path), [
+            (f"compare=[{base},{same}]", f"out={tmp_path / 'cmp_same'}"),
+            (f"compare=[{base},{slow}]", f"out={tmp_path / 'cmp_slow'}")])
+    proc = same_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    clean = pd.read_csv(tmp_path / "cmp_same" / "comparison.csv")
+    assert len(clean) == 4 and set(clean["verdict"]) == {"same"}, clean
+    assert clean["basis"].str.startswith("samples").all()
+
+    proc = slow_run
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    table = pd.read_csv(tmp_path / "cmp_slow" / "comparison.csv")
+    v = table.groupby("method")["verdict"].agg(set).to_dict()
+    assert v == {"plant_moving": {"slower"}, "plant_steady": {"same"}}, table
+    moving = table[table["method"] == "plant_moving"]
+    assert (moving["ratio"] > 3).all() and (moving["ratio_lo"] > 1).all()
+    assert "slower: plant_moving" in proc.stdout and "1 slower" not in proc.stdout  # both problems
+    md = (tmp_path / "cmp_slow" / "comparison.md").read_text()
+    assert "2 slower, 2 same" in md and "WITHOUT host and GPU" in md and not math.isnan(moving["p_value"].iloc[0])
