@@ -27,7 +27,7 @@ from leetbench.execute import verify  # noqa: E402
 from leetbench.problem import Problem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# What our kernels reach (well inside DESIGN.md §2's tolerances, which `verify` applies as well).
+# What our kernels reach (well inside the tolerances of docs/design.md §4, which `verify` applies as well).
 EXPECTED = {"float32": 2e-6, "float16": 2e-3, "bfloat16": 1.2e-2}
 
 
