@@ -2,7 +2,7 @@
 
     S_t = λ · S_{t-1} + k_tᵀ v_t,    o_t = c · q_t S_t
 
-A method is a function registered with `@register` in a plugin file (see DESIGN.md §3 and README.md).
+A method is a function registered with `@register` in a plugin file (docs/design.md §3, README.md).
 """
 
 from leetbench.problem import Inputs, Problem, ProblemError

@@ -4,13 +4,16 @@
     leetbench sweep=paper device=cuda dtypes=[bfloat16]
     leetbench report=[results/runs/a,results/runs/b] out=results/merged   # tables and plots only
 
-Bad input ends with one line `leetbench: error: …` and exit code 2; Ctrl-C writes what finished, then 130.
+Bad input ends with one line `leetbench: error: …` and exit code 2, with nothing written. Ctrl-C, SIGTERM and
+SIGHUP write what finished (report included), stop the worker and everything it started, and exit 130, 143
+and 129; the same command resumes.
 """
 
 from __future__ import annotations
 
-import socket
+import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,17 +24,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from leetbench.callbacks import HeldStderr, release_stderr
-from leetbench.config import (ConfigError, PROGRESS, cpu_threads, normalize_rerun, problems_from,
-                              register_configs, resolve_device, select_methods)
+from leetbench.config import ConfigError, SweepPlan, did_you_mean, plan_from, register_configs
+from leetbench.discovery import Catalog
 from leetbench.gpus import gpu_slot, visible_gpus
+from leetbench.lock import RunLock, RunLocked
 from leetbench.problem import ProblemError
-from leetbench.discovery import Catalog, catalog_of, load_methods, plugin_files, plugin_folders
+from leetbench.protocol import Hello
 from leetbench.registry import RegistryError
 from leetbench.report import find_results, merge, write_merged, write_report
-from leetbench.lock import RunLock, RunLocked
-from leetbench.runner import RunSettings, Runner
+from leetbench.runner import RunResult, Runner
 from leetbench.store import StorageError, atomic_write
-from leetbench.supervisor import WorkerStartError
+from leetbench.supervisor import Supervisor, WorkerStartError
 
 register_configs()
 
@@ -46,21 +49,48 @@ OmegaConf.register_new_resolver("leetbench_gpus", _gpu_count, replace=True)
 USER_ERRORS = (ConfigError, RegistryError, ProblemError, FileNotFoundError, RunLocked, StorageError, WorkerStartError)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is (a scheduler's polite stop)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
 def fail(message: str) -> None:
     print(f"leetbench: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def run_folder() -> Path:
-    try:
+def out_folder(cfg: DictConfig) -> Path:
+    """The run folder: `out`, or in a multirun the job's folder under it (Hydra made that one)."""
+    if is_multirun():
         return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not under Hydra (called from Python)
-        raise ConfigError("run folder unknown: call leetbench through its command line") from None
+    out = Path(str(cfg.out)).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder: give a folder (new or a run to resume)")
+    return out
+
+
+def make_folder(out: Path) -> bool:
+    """Create the run folder; True when this call created it (so a refused run can take it away again)."""
+    if out.is_dir():
+        return False
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create out={out}: {exc.strerror or exc}") from None
+    return True
 
 
 def summary_table(board_table: Any, limit: int = 15) -> str:
     """The leaderboard's methods that ran, as printed at the end of a run."""
-    cols = ["rank", "method", "family", "ok", "problems", "speedup", "median_rel_err", "fitted_exponent"]
+    cols = [c for c in ("rank", "method", "precision", "family", "ok", "problems", "speedup", "median_rel_err",
+                        "fitted_exponent") if c in board_table.columns]
     ran = board_table[board_table["problems"] > 0]
     idle = len(board_table) - len(ran)
     t = ran[cols].head(limit).copy()
@@ -77,6 +107,7 @@ def report_only(cfg: DictConfig, out: Path) -> int:
     if not paths:
         raise ConfigError(f"no results.csv found under {list(cfg.report)}")
     df = merge(paths)
+    make_folder(out)
     if len(paths) > 1 or paths[0].parent.resolve() != out.resolve():
         write_merged(df, out)
     rep = write_report(df, out, cfg.baseline, plots=cfg.plots)
@@ -85,62 +116,77 @@ def report_only(cfg: DictConfig, out: Path) -> int:
     return 0
 
 
-def catalog_for(cfg: DictConfig, problems: list, device: str) -> tuple[Catalog, list[str]]:
-    """The methods (checked against methods=/exclude=) and what they can run, found in this process."""
-    registry = load_methods(list(cfg.methods_dirs))
-    methods = select_methods(registry, list(cfg.methods), list(cfg.exclude))
-    for f in registry.failures:
-        print(f"leetbench: warning: plugin {f.source} failed to load: {f.error}", file=sys.stderr)
-    if not methods:
-        raise ConfigError("no methods selected: check methods= and exclude=; known: " + ", ".join(registry.names()))
-    broken = {f.source for f in registry.failures}
-    files = [str(p) for folder in plugin_folders(list(cfg.methods_dirs)) for p in plugin_files(folder)
-             if str(p) not in broken]
-    gpu = ""
-    if device.startswith("cuda"):
-        import torch
-
-        gpu = torch.cuda.get_device_name(torch.device(device))
-    return catalog_of(registry, problems, files, socket.gethostname(), gpu), [m.name for m in methods]
+def start_worker(plan: SweepPlan, env: dict[str, str]) -> tuple[Supervisor, Catalog, list[str]]:
+    """Start the measuring worker: it loads the plugins and says what each method can run."""
+    s = plan.settings
+    hello = Hello(s.device, s.threads, plan.methods_dirs, problems=[p.as_dict() for p in plan.problems])
+    sup = Supervisor(None, hello, env=env, import_timeout_s=s.discovery_timeout_s)
+    try:
+        ready = sup.start()
+        catalog = Catalog.from_dict(ready.catalog)
+        catalog.failures += sup.broken
+        for f in catalog.failures:
+            print(f"leetbench: warning: plugin {f.source} failed to load: {f.error}", file=sys.stderr)
+        methods = catalog.select(plan.include, plan.exclude)
+        if not methods:
+            raise ConfigError("no methods selected: check methods= and exclude=; known: " + ", ".join(catalog.methods))
+    except BaseException:
+        sup.stop()
+        raise
+    return sup, catalog, methods
 
 
 def sweep(cfg: DictConfig, out: Path) -> int:
-    if cfg.progress not in PROGRESS:
-        raise ConfigError(f"progress={cfg.progress!r}: use one of {', '.join(PROGRESS)}")
-    device = resolve_device(cfg.device)
-    problems = problems_from(cfg.sweep, list(cfg.dtypes), device, cfg.seed)
-    catalog, methods = catalog_for(cfg, problems, device)
-    timing = OmegaConf.to_container(cfg.timing)
-    rounds = int(timing.pop("rounds", 1))
-    settings = RunSettings(
-        out=out, device=device, timeout_s=float(cfg.timeout_s), reference_timeout_s=float(cfg.reference_timeout_s),
-        setup_timeout_s=None if cfg.setup_timeout_s is None else float(cfg.setup_timeout_s),
-        rerun=normalize_rerun(cfg.rerun), threads=cpu_threads(cfg.threads) if device == "cpu" else cfg.threads,
-        timing=timing, rounds=rounds, tolerances=OmegaConf.to_container(cfg.tolerances),
-        memory_fraction=float(cfg.memory_fraction), progress=cfg.progress,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        print(f"leetbench: {len(problems)} problems × {len(methods)} methods on {device} → {out}", file=sys.stderr)
-        runner = Runner(problems, methods, catalog, settings)
-        with pinned_gpu(cfg, device) as env:
-            settings.worker_env.update(env)
-            result = runner.run()
-        df = merge([runner.store.path])  # a re-measured (method, problem) counts once: its newest row
+    started = time.monotonic()
+    plan = plan_from(cfg, out)
+    with pinned_gpu(cfg, plan.settings.device) as env:
+        plan.settings.worker_env.update(env)
+        sup, catalog, methods = start_worker(plan, plan.settings.worker_env)
+        created = make_folder(out)
+        try:
+            with RunLock(out):
+                sup.log_to(out / ".leetbench" / "worker.log")
+                atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+                print(f"leetbench: {len(plan.problems)} problems × {len(methods)} methods on "
+                      f"{plan.settings.device} → {out}", file=sys.stderr)
+                runner = Runner(plan.problems, methods, catalog, plan.settings, sup, started)
+                result = runner.run()
+                _report(plan, out, catalog, runner)
+        except RunLocked:
+            sup.stop()
+            if created:
+                _remove_empty(out)
+            raise
+    return _finish(result, out)
+
+
+def _report(plan: SweepPlan, out: Path, catalog: Catalog, runner: Runner) -> None:
+    df = merge([runner.store.path])  # a re-measured (method, problem) counts once: its newest row
+    if not df.empty:
         failures = [(f.source, f.error) for f in catalog.failures]
-        if not df.empty:
-            rep = write_report(df, out, cfg.baseline, plots=cfg.plots, load_failures=failures)
-            print(summary_table(rep.board.table))
+        rep = write_report(df, out, plan.baseline, plots=plan.plots, load_failures=failures)
+        print(summary_table(rep.board.table))
+
+
+def _remove_empty(folder: Path) -> None:
+    for sub in (folder / ".leetbench" / "lock", folder / ".leetbench", folder):
+        try:
+            sub.unlink() if sub.is_file() else sub.rmdir()
+        except OSError:
+            return
+
+
+def _finish(result: RunResult, out: Path) -> int:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing new"
     resumed = f"; {result.skipped_existing} already in results.csv" if result.skipped_existing else ""
     print(f"leetbench: {result.rows_written} rows ({counts}){resumed} → {out}")
     if result.rows_written:
         print(f"leetbench: {result.summary()}")
     if result.interrupted:
-        print("leetbench: interrupted; finished rows are saved (run again with the same out= to resume)",
+        name = signal.Signals(result.interrupted).name
+        print(f"leetbench: interrupted ({name}); finished rows are saved (run the same command again to resume)",
               file=sys.stderr)
-        return 130
+        return 128 + int(result.interrupted)
     return 0
 
 
@@ -161,13 +207,25 @@ def pinned_gpu(cfg: DictConfig, device: str) -> Iterator[dict[str, str]]:
 def app(cfg: DictConfig) -> None:
     release_stderr()  # a job has started: Hydra accepted the configuration
     try:
-        out = run_folder()
+        out = out_folder(cfg)
         code = report_only(cfg, out) if cfg.report else sweep(cfg, out)
     except USER_ERRORS as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return
+    except KeyboardInterrupt as exc:  # before the sweep started: nothing to report
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"leetbench: interrupted ({signal.Signals(signum).name}) before any row was measured", file=sys.stderr)
+        sys.exit(128 + int(signum))
     if code:
         sys.exit(code)
+
+
+def _override_hint(line: str) -> str | None:
+    """Hydra's "Could not override 'x.y'" for an unknown key, without its advice to add it with `+`."""
+    if not line.startswith("Could not override '"):
+        return None
+    key = line.split("'")[1]
+    return f"unknown key {key}{did_you_mean(key)} (see leetbench --help)"
 
 
 def one_line(hydra_message: str) -> str:
@@ -175,6 +233,9 @@ def one_line(hydra_message: str) -> str:
     parts: list[str] = []
     for line in hydra_message.splitlines():
         line = line.strip()
+        hint = _override_hint(line)
+        if hint:
+            return hint
         if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR", "reference_type=",
                                         "object_type=", "provider=")):
             continue
@@ -182,7 +243,7 @@ def one_line(hydra_message: str) -> str:
             break
         if parts and parts[-1].endswith(":") and not line.endswith(":"):
             parts[-1] = parts[-1] + " " + line
-        elif parts and parts[-1].startswith("Available options") :
+        elif parts and parts[-1].startswith("Available options"):
             parts[-1] = parts[-1] + ", " + line
         else:
             parts.append(line)
@@ -190,6 +251,8 @@ def one_line(hydra_message: str) -> str:
 
 
 def main() -> None:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     held = HeldStderr(sys.stderr)
     sys.stderr = held
     try:

@@ -12,16 +12,17 @@ import hashlib
 import importlib.util
 import sys
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from leetbench.problem import Problem
-from leetbench.registry import LoadFailure, Method, Registry, RegistryError, collector
+from leetbench.registry import LoadFailure, Method, Registry, RegistryError, collector, select_names
 
 ENTRY_POINT_GROUP = "leetbench.methods"
+ENTRY_POINTS = "entry points"  # the `source` name of all entry-point plugins in `skip` lists
 
 
 def builtin_methods_dir() -> Path:
@@ -119,18 +120,25 @@ def load_entry_points(registry: Registry) -> None:
 
 
 def load_methods(methods_dirs: Sequence[str | Path] = (), *, builtin: bool = True, entry_points: bool = True,
-                 files: Sequence[str | Path] | None = None) -> Registry:
+                 files: Sequence[str | Path] | None = None, skip: Sequence[str] = (),
+                 on_load: Callable[[str], None] | None = None) -> Registry:
     """Discover every method in this process; import failures are recorded, duplicate names raise.
 
-    `files`, when given, is the exact list of plugin files to import (what a discovery child found loadable),
-    instead of every file of the folders.
+    `files`, when given, are the plugin files to import instead of every file of the folders; `skip` names files (or "entry points") not to import; `on_load(source)` is called before each import
+    (the measuring worker reports it, so a file that hangs or kills the process at import is known).
     """
     registry = Registry()
     paths = ([Path(f) for f in files] if files is not None
              else [p for folder in plugin_folders(methods_dirs, builtin) for p in plugin_files(folder)])
     for path in paths:
+        if str(path) in skip:
+            continue
+        if on_load is not None:
+            on_load(str(path))
         load_file(path, registry)
-    if entry_points:
+    if entry_points and ENTRY_POINTS not in skip:
+        if on_load is not None:
+            on_load(ENTRY_POINTS)
         load_entry_points(registry)
     return registry
 
@@ -160,11 +168,10 @@ class MethodInfo:
 @dataclass
 class Catalog:
     """The methods found, why each cannot run each problem of a sweep (None: it can), the plugin files that
-    loaded (the worker imports exactly these) and those that failed, and the machine's names."""
+    failed to load, and the machine's names."""
 
     methods: dict[str, MethodInfo] = field(default_factory=dict)
     reasons: dict[str, dict[str, str | None]] = field(default_factory=dict)  # method → problem id → reason
-    files: list[str] = field(default_factory=list)
     failures: list[LoadFailure] = field(default_factory=list)
     host: str = ""
     gpu: str = ""
@@ -172,10 +179,14 @@ class Catalog:
     def why_not(self, method: str, problem: Problem) -> str | None:
         return self.reasons.get(method, {}).get(problem.id)
 
+    def select(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+        return select_names(sorted(self.methods), include, exclude)
 
-def catalog_of(registry: Registry, problems: Sequence[Problem], files: Sequence[str], host: str = "",
-               gpu: str = "") -> Catalog:
-    """The catalog of an in-process registry for the given problems."""
-    return Catalog(methods={n: MethodInfo.of(m) for n, m in registry.methods.items()},
-                   reasons={n: {p.id: m.why_not(p) for p in problems} for n, m in registry.methods.items()},
-                   files=list(files), failures=list(registry.failures), host=host, gpu=gpu)
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Catalog":
+        return cls(methods={n: MethodInfo(**m) for n, m in d["methods"].items()}, reasons=d["reasons"],
+                   failures=[LoadFailure(**f) for f in d["failures"]], host=d.get("host", ""),
+                   gpu=d.get("gpu", ""))

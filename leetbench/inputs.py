@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leetbench.problem import Inputs, Problem
-from leetbench.reference import prefix_state
+from leetbench.reference import WORKING_BYTES, prefix_state
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -197,16 +197,18 @@ def input_bytes(p: Problem) -> int:
 
 
 def harness_bytes(p: Problem, device_bytes: float) -> int:
-    """What the harness holds on the problem's device while a method runs: its inputs, the stored reference
-    (when on that device), and on the CPU the kept float32 draws; plus the method's output (one is always
-    alive). `tests/test_inputs.py` checks this against what a worker really allocates."""
+    """The most the harness holds on the problem's device at once (`tests/test_inputs.py` checks it against a
+    worker's real allocations): while the reference is made, the inputs, the stored reference and the
+    reference's float64 working set; while a method runs, its inputs, the stored reference (when on that
+    device) and one output. On the CPU the kept float32 draws are held throughout."""
     n, prefix = _token_counts(p)
     item = torch.empty((), dtype=p.torch_dtype).element_size()
-    total = input_bytes(p) + p.batch * p.heads * n * p.E * item
-    if reference_on_device(p, device_bytes):
-        total += reference_bytes(p)
+    inputs, ref = input_bytes(p), reference_bytes(p) if reference_on_device(p, device_bytes) else 0
+    output = p.batch * p.heads * n * p.E * item
+    draws = 0
     if p.device == "cpu":
-        total += 4 * p.batch * p.heads * ((n + prefix) * (p.dim + p.E) + n * p.dim)
-        total += 4 * p.batch * p.heads * p.dim * p.E if p.initial_state else 0
-    return total
-
+        draws = 4 * p.batch * p.heads * ((n + prefix) * (p.dim + p.E) + n * p.dim)
+        draws += 4 * p.batch * p.heads * p.dim * p.E if p.initial_state else 0
+    making_reference = inputs + ref + min(WORKING_BYTES, 8 * 3 * inputs)
+    running = inputs + ref + output
+    return draws + max(making_reference, running)

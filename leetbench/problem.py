@@ -138,7 +138,7 @@ class Problem:
         return self.initial_state or self.mode == "decode"
 
     def bytes_floor(self) -> int:
-        """Fewest bytes one timed call must move (DESIGN.md §5): what `gbps` and `pct_bw` divide by.
+        """Fewest bytes one timed call must move (docs/design.md §5): what `gbps` and `pct_bw` divide by.
 
         Prefill: read q, k, v and write o for all N tokens. Decode (timed per token): read and write the
         state once (float32, float64 for float64 problems) besides q, k, v and o of that one token.
@@ -186,7 +186,7 @@ class Problem:
 
 @dataclass
 class Inputs:
-    """The tensors a method receives (DESIGN.md §3)."""
+    """The tensors a method receives (docs/design.md §3)."""
 
     q: torch.Tensor  # [B, H, N, D]
     k: torch.Tensor  # [B, H, N, D]

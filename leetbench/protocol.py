@@ -5,7 +5,7 @@ come back on a private pipe (the worker's own stdout and stderr are its log). Be
 reply the worker may send `Phase` notes (e.g. its `setup=` finished), which the supervisor uses for the
 setup time limit.
 
-    Hello    → Ready      load the plugin files, describe the machine
+    Hello    → Ready      load the plugin files, describe the machine, list what each method can run
     Prepare  → Prepared   a problem's float64 reference (kept by the worker for the methods that follow)
     Run      → Outcome    one method on the prepared problem: check, time, check a timed call
     any      → Failure    the request raised (status classified), or the worker must be restarted
@@ -23,10 +23,16 @@ from leetbench.results import Status
 
 @dataclass
 class Hello:
+    """Load the plugins (reporting each file before importing it, as a `Phase`), describe the machine, and say
+    which method can run which of `problems` (their `supports=` are plugin code too, so they run here)."""
+
     device: str
     threads: int | None = None
-    files: list[str] = field(default_factory=list)  # plugin files to import (those discovery found loadable)
+    methods_dirs: list[str] = field(default_factory=list)
+    builtin: bool = True
     entry_points: bool = True
+    skip: list[str] = field(default_factory=list)  # plugin files found to kill or hang the worker at import
+    problems: list[dict[str, Any]] = field(default_factory=list)
     measure_bandwidth: bool = True
 
 
@@ -47,7 +53,7 @@ class Environment:
 @dataclass
 class Ready:
     env: Environment
-    methods: list[str]
+    catalog: dict[str, Any]  # a `leetbench.discovery.Catalog`
 
 
 @dataclass

@@ -14,8 +14,11 @@ from leetbench.decay import block_decay, decay_mask, decay_powers, log_decay
 from leetbench.problem import Inputs
 
 F64 = torch.float64
-# Bound on the float64 intra-chunk products formed at once, in elements (about 256 MB).
-_SEGMENT_ELEMENTS = 32 * 1024 * 1024
+# Bound on the float64 intra-chunk products formed at once, in elements (32 MB): small enough that the
+# reference's working set stays far below a problem's own tensors, large enough to keep a GPU busy.
+_SEGMENT_ELEMENTS = 4 * 1024 * 1024
+# The most a segment's float64 temporaries (q, k, v upcast, scores, products, output) take at once.
+WORKING_BYTES = 8 * 8 * _SEGMENT_ELEMENTS
 
 
 def _chunk_segment(q, k, v, log_lam, state, scale):

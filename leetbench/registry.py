@@ -173,25 +173,29 @@ class Registry:
         self.methods[method.name] = method
 
     def select(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[Method]:
-        """Methods matching any include pattern (all when empty) and no exclude pattern, by name.
+        """Methods matching any include pattern (all when empty) and no exclude pattern, by name."""
+        return [self.methods[n] for n in select_names(self.names(), include, exclude)]
 
-        A pattern that matches nothing is an error listing the known names.
-        """
-        names = self.names()
 
-        def expand(patterns: Iterable[str], what: str) -> set[str]:
-            chosen: set[str] = set()
-            for pattern in patterns:
-                hits = fnmatch.filter(names, str(pattern))
-                if not hits:
-                    raise RegistryError(
-                        f"unknown method {pattern!r} in {what}; known methods: {', '.join(names) or '(none)'}"
-                    )
-                chosen.update(hits)
-            return chosen
+def select_names(names: Sequence[str], include: Iterable[str] = (), exclude: Iterable[str] = ()) -> list[str]:
+    """Names matching any include pattern (all when empty) and no exclude pattern (fnmatch globs), sorted.
 
-        include = list(include or [])
-        chosen = expand(include, "methods") if include else set(names)
-        chosen -= expand(exclude or [], "exclude")
-        return [self.methods[n] for n in names if n in chosen]
+    A pattern that matches nothing is an error listing the known names.
+    """
+    names = sorted(names)
 
+    def expand(patterns: Iterable[str], what: str) -> set[str]:
+        chosen: set[str] = set()
+        for pattern in patterns:
+            hits = fnmatch.filter(names, str(pattern))
+            if not hits:
+                raise RegistryError(
+                    f"unknown method {pattern!r} in {what}; known methods: {', '.join(names) or '(none)'}"
+                )
+            chosen.update(hits)
+        return chosen
+
+    include = list(include or [])
+    chosen = expand(include, "methods") if include else set(names)
+    chosen -= expand(exclude or [], "exclude")
+    return [n for n in names if n in chosen]

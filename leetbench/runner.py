@@ -8,18 +8,19 @@ memory becomes a row with that status and the sweep goes on with a fresh worker;
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import leetbench
 from leetbench.discovery import Catalog, MethodInfo
 from leetbench.inputs import harness_bytes
 from leetbench.problem import Problem
 from leetbench.progress import Progress
-from leetbench.protocol import Environment, Hello, Outcome, Prepare, Prepared, Run
+from leetbench.config import RunSettings
+from leetbench.protocol import Environment, Outcome, Prepare, Prepared, Run
 from leetbench.provenance import git_sha
 from leetbench.results import FAILED, RULED_OUT, Row, Status, row_key
 from leetbench.stats import summarize
@@ -28,30 +29,11 @@ from leetbench.supervisor import Supervisor
 
 
 @dataclass
-class RunSettings:
-    """What the runner needs beyond the plan; built from the Hydra config by the CLI."""
-
-    out: Path
-    device: str
-    timeout_s: float = 120.0
-    setup_timeout_s: float | None = None  # None: timeout_s
-    reference_timeout_s: float = 900.0
-    rerun: str = "none"
-    threads: int | None = None
-    timing: dict[str, Any] = field(default_factory=dict)
-    rounds: int = 1
-    tolerances: dict[str, float] = field(default_factory=dict)
-    memory_fraction: float = 0.8
-    progress: str = "auto"
-    worker_env: dict[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES for a pinned job
-
-
-@dataclass
 class RunResult:
     rows_written: int = 0
     skipped_existing: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: int = 0  # the signal that stopped the sweep (SIGINT, SIGTERM, SIGHUP), 0 if none
     wall_s: float = 0.0
     spent: dict[str, float] = field(default_factory=dict)  # where the rows' wall time went
 
@@ -85,14 +67,17 @@ def combine(outcomes: list[Outcome]) -> Outcome:
 
 
 class Runner:
-    """Runs one sweep into one folder (whose lock the caller holds)."""
+    """Runs one sweep into one folder (whose lock the caller holds), through a started worker."""
 
-    def __init__(self, problems: list[Problem], methods: list[str], catalog: Catalog, settings: RunSettings):
+    def __init__(self, problems: list[Problem], methods: list[str], catalog: Catalog, settings: RunSettings,
+                 supervisor: Supervisor, started: float | None = None):
         self.problems, self.methods, self.catalog, self.s = problems, methods, catalog, settings
+        self.sup = supervisor
+        self.started = time.monotonic() if started is None else started  # the wall clock of the whole run
         self.store = ResultsFile(settings.out / "results.csv")
         self.samples = SamplesFile(settings.out / "samples.csv.gz")
         self.logs = settings.out / ".leetbench"
-        self.env = Environment(host=catalog.host, gpu=catalog.gpu)
+        self.env = supervisor.ready.env if supervisor.ready is not None else Environment()
         self.sha = git_sha()
         self.result = RunResult()
         # (method, problem shape without N) → (N, status) of a timeout or oom: longer N is not tried
@@ -182,7 +167,6 @@ class Runner:
 
     # ---- the sweep -------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        t0 = time.monotonic()
         dropped = self.store.repair()
         if dropped:
             print(f"leetbench: dropped {dropped} torn or malformed row(s) from {self.store.path}")
@@ -190,21 +174,15 @@ class Runner:
             self._log("plugin failed to load", failure.source, f"{failure.error}\n{failure.traceback}")
         plan = self.pending()
         progress = Progress(sum(len(ms) for _, ms in plan), self.s.progress)
-        if not plan:
-            return self.result
-        self.logs.mkdir(parents=True, exist_ok=True)
-        hello = Hello(self.s.device, self.s.threads, self.catalog.files, entry_points=True)
-        sup = Supervisor(self.logs / "worker.log", hello, env=dict(self.s.worker_env))
         try:
-            self.env = sup.start(max(300.0, self.s.timeout_s)).env
             for problem, methods in plan:
-                self._run_problem(sup, problem, methods, progress)
-        except KeyboardInterrupt:
-            self.result.interrupted = True
+                self._run_problem(self.sup, problem, methods, progress)
+        except KeyboardInterrupt as exc:
+            self.result.interrupted = getattr(exc, "signum", signal.SIGINT)
         finally:
-            sup.stop()
+            self.sup.stop()
             progress.close()
-            self.result.wall_s = time.monotonic() - t0
+            self.result.wall_s = time.monotonic() - self.started
         return self.result
 
     def _skip(self, name: str, problem: Problem, reason: str, progress: Progress) -> None:

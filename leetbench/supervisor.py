@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from leetbench.protocol import Failure, Hello, Message, Outcome, Phase, Prepare, Prepared, Ready, Run, decode, encode
+from leetbench.registry import LoadFailure
 from leetbench.results import Status
 
 LOG_CAP_BYTES = 1 << 20  # worker output kept per request
@@ -53,18 +54,6 @@ def describe_exit(code: int | None) -> str:
         hint = " (possibly the out-of-memory killer)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exited with code {code}"
-
-
-def tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    kept = deque((ln for ln in text.splitlines() if ln.strip()), maxlen=lines)
-    return " | ".join(kept)
 
 
 def become_subreaper() -> None:
@@ -109,12 +98,15 @@ def _kill(pids: list[int]) -> None:
 
 
 class _LogPump(threading.Thread):
-    """Copies the worker's output to the log, keeping at most `cap` bytes per request."""
+    """Copies the worker's output to the log, keeping at most `cap` bytes per request. Until the log has a
+    path (the run folder is only created once the configuration is known to be good), output is held."""
 
-    def __init__(self, stream: BinaryIO, path: Path, cap: int) -> None:
+    def __init__(self, stream: BinaryIO, path: Path | None, cap: int) -> None:
         super().__init__(daemon=True)
         self.stream, self.path, self.cap = stream, path, cap
         self.kept = self.dropped = 0
+        self.held: list[bytes] = []
+        self.recent = b""  # the last bytes written, for a crashed worker's death note
         self.lock = threading.Lock()
 
     def new_request(self) -> None:
@@ -122,54 +114,94 @@ class _LogPump(threading.Thread):
             self._note_dropped()
             self.kept = 0
 
+    def log_to(self, path: Path) -> None:
+        with self.lock:
+            self.path = path
+            self._write(b"".join(self.held))
+            self.held.clear()
+
+    def last_lines(self, lines: int = 5) -> str:
+        with self.lock:
+            text = self.recent.decode("utf-8", "replace")
+        kept = deque((ln for ln in text.splitlines() if ln.strip()), maxlen=lines)
+        return " | ".join(kept)
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.recent = (self.recent + data)[-16384:]
+        if self.path is None:
+            self.held.append(data)
+            return
+        with open(self.path, "ab") as log:
+            log.write(data)
+
     def _note_dropped(self) -> None:
         if self.dropped:
-            with open(self.path, "ab") as log:
-                log.write(f"[... {self.dropped} more bytes of worker output dropped]\n".encode())
+            self._write(f"[... {self.dropped} more bytes of worker output dropped]\n".encode())
             self.dropped = 0
 
     def run(self) -> None:
-        with open(self.path, "ab", buffering=0) as log:
-            for chunk in iter(lambda: self.stream.read(1 << 16), b""):
-                with self.lock:
-                    room = max(0, self.cap - self.kept)
-                    log.write(chunk[:room])
-                    self.kept += min(room, len(chunk))
-                    self.dropped += max(0, len(chunk) - room)
+        for chunk in iter(lambda: self.stream.read(1 << 16), b""):
+            with self.lock:
+                room = max(0, self.cap - self.kept)
+                self._write(chunk[:room])
+                self.kept += min(room, len(chunk))
+                self.dropped += max(0, len(chunk) - room)
         with self.lock:
             self._note_dropped()
 
 
 @dataclass
 class Supervisor:
-    """One measuring worker for one device; `env` holds extra environment variables (e.g. a GPU pin)."""
+    """One measuring worker for one device; `env` holds extra environment variables (e.g. a GPU pin).
 
-    log_path: Path
+    `log_path` may be None until the run folder exists (`log_to`); the worker's output is held until then.
+    """
+
+    log_path: Path | None
     hello: Hello
     env: dict[str, str] = field(default_factory=dict)
     log_cap: int = LOG_CAP_BYTES
+    import_timeout_s: float = 120.0  # per plugin file (and per method's capability checks) at start
     ready: Ready | None = None
+    broken: list[LoadFailure] = field(default_factory=list)  # plugin files that killed or hung the worker
     proc: subprocess.Popen | None = None
     _pump: _LogPump | None = None
     _prepared: Prepare | None = None
+    _phase: str = ""
     _spawned: set[int] = field(default_factory=set)
 
     # ---- life ------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 300.0) -> Ready:
-        """Start the worker and greet it; WorkerStartError if it cannot be."""
-        self._spawn()
-        try:
-            reply = self._exchange(self.hello, timeout_s)
-        except (_Timeout, _Died) as exc:
-            self.stop()
-            raise WorkerStartError(f"the measuring worker did not start: {exc}") from None
+        """Start the worker and greet it; WorkerStartError if it cannot be. A plugin file (or a method's
+        `supports=`) that kills or hangs the worker is recorded in `broken` and left out, and it starts again."""
+        while True:
+            self._spawn()
+            try:
+                reply = self._exchange(self.hello, self.import_timeout_s, per_phase=True)
+            except (_Timeout, _Died) as exc:
+                source = self._phase.partition(" ")[2]
+                self.kill()
+                if not source or source in self.hello.skip:
+                    raise WorkerStartError(f"the measuring worker did not start: {exc}") from None
+                self.hello.skip.append(source)
+                self.broken.append(LoadFailure(source, f"{'hung' if isinstance(exc, _Timeout) else 'crashed'} "
+                                                       f"while {self._phase.partition(' ')[0]}: {exc}"))
+                continue
+            break
         if not isinstance(reply, Ready):
             self.stop()
-            raise WorkerStartError(f"the measuring worker did not start: {getattr(reply, 'error', reply)}")
+            raise WorkerStartError(getattr(reply, "error", None) or f"unexpected reply {type(reply).__name__}")
         if self.ready is None:
             self.ready = reply
         self.hello.measure_bandwidth = False  # a restarted worker keeps the first measurement
         return self.ready
+
+    def log_to(self, path: Path) -> None:
+        self.log_path = path
+        if self._pump is not None:
+            self._pump.log_to(path)
 
     def _spawn(self) -> None:
         self.kill()
@@ -188,7 +220,7 @@ class Supervisor:
 
     def restart(self, timeout_s: float = 300.0) -> Message | None:
         """A fresh worker with the same hello, and the last problem prepared again (its reply, or None)."""
-        self.start(timeout_s)
+        self.start()
         if self._prepared is None:
             return None
         try:
@@ -206,7 +238,7 @@ class Supervisor:
 
     def run(self, run: Run, timeout_s: float, setup_timeout_s: float | None = None) -> Outcome:
         if not self.alive:
-            replay = self.restart(max(timeout_s, 300.0))
+            replay = self.restart()
             if replay is not None and not isinstance(replay, Prepared):
                 out = _as_outcome(replay)
                 out.error = f"the problem could not be prepared again after a restart: {out.error}"
@@ -215,7 +247,7 @@ class Supervisor:
 
     def _call(self, message: Message, timeout_s: float, first_phase_s: float | None = None) -> Message:
         if not self.alive:
-            self.start(max(timeout_s, 300.0))
+            self.start()
         try:
             reply = self._exchange(message, timeout_s, first_phase_s)
         except _Timeout as exc:
@@ -226,10 +258,14 @@ class Supervisor:
             self.stop()
         return reply
 
-    def _exchange(self, message: Message, timeout_s: float, first_phase_s: float | None = None) -> Message:
+    def _exchange(self, message: Message, timeout_s: float, first_phase_s: float | None = None,
+                  per_phase: bool = False) -> Message:
+        """Send one request and wait for its reply. `first_phase_s`: the limit until the first `Phase` note
+        (a method's setup), then `timeout_s`; `per_phase`: `timeout_s` between consecutive notes."""
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
         if self._pump is not None:
             self._pump.new_request()
+        self._phase = ""
         try:
             self.proc.stdin.write(encode(message))
             self.proc.stdin.flush()
@@ -257,8 +293,12 @@ class Supervisor:
                 reply = decode(line)
                 if not isinstance(reply, Phase):
                     return reply
-                limit, what = timeout_s, "answer"  # setup done: the measurement's own limit starts
-                deadline = time.monotonic() + timeout_s
+                self._phase = reply.name
+                if per_phase:
+                    limit, what = timeout_s, f"progress after {reply.name}"
+                else:
+                    limit, what = timeout_s, "answer"  # setup done: the measurement's own limit starts
+                deadline = time.monotonic() + limit
 
     def _death_note(self) -> str:
         assert self.proc is not None
@@ -269,7 +309,7 @@ class Supervisor:
             code = self.proc.returncode if self.proc else None
         if self._pump is not None:
             self._pump.join(timeout=2)
-        last = tail(self.log_path)
+        last = self._pump.last_lines() if self._pump is not None else ""
         self.kill()
         return f"worker {describe_exit(code)}" + (f"; last output: {last}" if last else "")
 

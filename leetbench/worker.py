@@ -17,14 +17,14 @@ from typing import BinaryIO, Callable
 
 import torch
 
-from leetbench.discovery import load_methods
+from leetbench.discovery import Catalog, MethodInfo, load_methods
 from leetbench.execute import Reference, build_reference, classify, run_method
 from leetbench.inputs import Draws, draw, draw_key, make_inputs
 from leetbench.problem import Problem
 from leetbench.protocol import (Environment, Failure, Hello, Message, Outcome, Phase, Prepare, Prepared,
                                 Ready, Run, decode, encode)
 from leetbench.provenance import environment
-from leetbench.registry import Registry
+from leetbench.registry import Registry, RegistryError
 from leetbench.results import Status
 from leetbench.timing import TimingConfig
 
@@ -44,9 +44,17 @@ class Worker:
         self.device = req.device
         if req.threads:
             torch.set_num_threads(int(req.threads))
-        self.registry = load_methods(files=req.files, entry_points=req.entry_points)
+        self.registry = load_methods(req.methods_dirs, builtin=req.builtin, entry_points=req.entry_points,
+                                     skip=req.skip, on_load=lambda source: self.send(Phase(f"importing {source}")))
         self.env = environment(self.device, req.measure_bandwidth)
-        return Ready(self.env, self.registry.names())
+        problems = [Problem(**d) for d in req.problems]
+        reasons = {}
+        for name, method in self.registry.methods.items():
+            self.send(Phase(f"checking {method.source}"))  # supports= is plugin code: it may hang too
+            reasons[name] = {p.id: method.why_not(p) for p in problems}
+        catalog = Catalog({n: MethodInfo.of(m) for n, m in self.registry.methods.items()}, reasons,
+                          failures=self.registry.failures, host=self.env.host, gpu=self.env.gpu)
+        return Ready(self.env, catalog.as_dict())
 
     def prepare(self, req: Prepare) -> Prepared:
         t0 = time.perf_counter()
@@ -84,6 +92,8 @@ class Worker:
             return Failure(str(Status.ERROR), f"unknown request {type(req).__name__}")
         except KeyboardInterrupt:
             raise
+        except RegistryError as exc:  # a plugin set that cannot be used: the user's to fix, one line
+            return Failure(str(Status.ERROR), str(exc))
         except BaseException as exc:  # noqa: BLE001 - everything becomes a reply
             status, message = classify(exc)
             tb = traceback.format_exc()

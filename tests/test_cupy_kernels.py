@@ -34,7 +34,7 @@ from leetbench.problem import Inputs, Problem, decay_profile  # noqa: E402
 from leetbench.reference import reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# What our kernels reach (well inside DESIGN.md §2's tolerances, which `verify` applies as well).
+# What our kernels reach (well inside the tolerances of docs/design.md §4, which `verify` applies as well).
 EXPECTED = {"float32": 2e-6, "float16": 2e-3, "bfloat16": 1.2e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

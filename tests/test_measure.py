@@ -92,8 +92,8 @@ def test_the_worst_head_decides_not_the_global_norm() -> None:
 
 
 def test_a_few_far_off_elements_fail_by_max_err() -> None:
-    """One zeroed token of 4096 at bf16 tolerance: its norm share is small, its max error is not."""
-    ref = torch.randn(1, 1, 4096, 16, dtype=torch.float64)
+    """One zeroed token of 16384 at bf16 tolerance: its norm share is small, its max error is not."""
+    ref = torch.randn(1, 1, 16384, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = ref.clone()
     out[:, :, -1] = 0
     e = errors(out, ref)

@@ -7,7 +7,7 @@ numbers themselves, not only on the status: float64 to 1e-10 and every other dty
 tolerance, for the outputs and for the final state whenever a method returns one.
 
 Peer adapters (family `peer:*`) are left out: a peer library's accuracy is what the harness reports about
-it (several are known to be wrong, DESIGN.md §7), not something leetbench's tests can assert.
+it (several are known to be wrong: README, "Published leaderboard"), not something leetbench's tests can assert.
 """
 
 from __future__ import annotations

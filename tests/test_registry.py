@@ -11,7 +11,7 @@ from conftest import TINY, results, run_cli, write_plugin
 from leetbench import Problem, RegistryError, load_methods, register
 from leetbench.execute import verify
 
-# The DESIGN.md §3 example, with its body filled in.
+# The example of docs/design.md §3 (and the README), with its body filled in.
 MY_SCAN = '''
 import torch
 from leetbench import register
