@@ -3,6 +3,8 @@
     leetbench                                   # the smoke sweep on the CPU
     leetbench sweep=paper device=cuda dtypes=[bfloat16]
     leetbench report=[results/runs/a,results/runs/b] out=results/merged   # tables and plots only
+    leetbench compare=[results/runs/base,results/runs/new] out=cmp   # NEW/BASE; exit 1 on a regression
+    leetbench tune sweep=gpu_kernels device=cuda      # measure this card, write its dispatch table
 
 Bad input ends with one line `leetbench: error: …` and exit code 2, with nothing written. Ctrl-C, SIGTERM and
 SIGHUP write what finished (report included), stop the worker and everything it started, and exit 130, 143
@@ -24,7 +26,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from leetbench.callbacks import HeldStderr, release_stderr
-from leetbench.config import ConfigError, SweepPlan, did_you_mean, plan_from, register_configs
+from leetbench.compare import compare_command
+from leetbench.config import ConfigError, SweepPlan, check, did_you_mean, plan_from, register_configs
 from leetbench.discovery import Catalog
 from leetbench.gpus import gpu_slot, visible_gpus
 from leetbench.lock import RunLock, RunLocked
@@ -88,12 +91,12 @@ def make_folder(out: Path) -> bool:
 
 
 def summary_table(board_table: Any, limit: int = 15) -> str:
-    """The leaderboard's methods that ran, as printed at the end of a run."""
-    cols = [c for c in ("rank", "method", "precision", "family", "ok", "problems", "speedup", "median_rel_err",
-                        "fitted_exponent") if c in board_table.columns]
+    """The leaderboard's methods that ran, as printed at the end of a run: each class's first `limit`."""
+    cols = ["precision", "rank", "method", "family", "ok", "problems", "speedup", "median_rel_err", "fitted_exponent"]
     ran = board_table[board_table["problems"] > 0]
-    idle = len(board_table) - len(ran)
-    t = ran[cols].head(limit).copy()
+    idle = int((board_table.groupby("method")["problems"].sum() == 0).sum())  # one row per (class, method)
+    cols = cols[:1] + (["mode"] if ran["mode"].nunique() > 1 else []) + cols[1:]
+    t = ran.groupby(["host", "gpu", "precision", "mode"], sort=False).head(limit)[cols].copy()
     t["speedup"] = t["speedup"].map(lambda v: f"{v:.2f}x" if v == v else "-")
     t["median_rel_err"] = t["median_rel_err"].map(lambda v: f"{v:.1e}" if v == v else "-")
     t["fitted_exponent"] = t["fitted_exponent"].map(lambda v: f"{v:.2f}" if v == v else "-")
@@ -207,8 +210,18 @@ def pinned_gpu(cfg: DictConfig, device: str) -> Iterator[dict[str, str]]:
 def app(cfg: DictConfig) -> None:
     release_stderr()  # a job has started: Hydra accepted the configuration
     try:
+        check(cfg)
         out = out_folder(cfg)
-        code = report_only(cfg, out) if cfg.report else sweep(cfg, out)
+        if cfg.compare:
+            code = compare_command(list(cfg.compare), cfg.compare_threshold, out)
+        elif cfg.report:
+            code = report_only(cfg, out)
+        else:
+            code = sweep(cfg, out)
+            if cfg.tune and code == 0:  # `leetbench tune …`: the sweep's dispatch table into the user cache
+                from leetbench.dispatch import tune_from_run  # noqa: PLC0415 - only for tune
+
+                tune_from_run(out)
     except USER_ERRORS as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return
@@ -251,6 +264,8 @@ def one_line(hydra_message: str) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["tune"]:  # `leetbench tune [overrides]`: Hydra takes no bare word; a sweep, then a table
+        sys.argv[1:2] = ["tune=true"]
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
     held = HeldStderr(sys.stderr)

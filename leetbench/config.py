@@ -73,7 +73,10 @@ class Config:
     plots: bool = True
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise), bar, lines, none
     report: List[str] = field(default_factory=list)  # rebuild leaderboard and plots from these runs; no sweep
+    compare: List[str] = field(default_factory=list)  # [BASE,NEW] run folders: NEW/BASE times; exit 1 if slower
+    compare_threshold: float = 0.10  # compare: a change counts only beyond this factor (and its interval)
     gpus: Optional[List[int]] = None  # scale-out: GPUs jobs may take (default: all visible)
+    tune: bool = False  # `leetbench tune …`: after the sweep, write its dispatch table to the user cache
 
 
 def register_configs() -> None:
@@ -224,6 +227,7 @@ def check(cfg: Any) -> None:
     for name in ("timeout_s", "reference_timeout_s", "discovery_timeout_s"):
         _positive(name, cfg[name])
     _positive("setup_timeout_s", cfg.setup_timeout_s, allow_none=True)
+    _positive("compare_threshold", cfg.compare_threshold)
     if not 0 < cfg.memory_fraction <= 1:
         raise ConfigError(f"memory_fraction={cfg.memory_fraction!r} must be in (0, 1]")
     t = cfg.timing
@@ -271,9 +275,9 @@ class SweepPlan:
 
 
 def plan_from(cfg: Any, out: Path) -> SweepPlan:
+    """The checked sweep of a configuration (`check` has accepted it)."""
     from omegaconf import OmegaConf  # noqa: PLC0415 - hydra's dependency; keep this module light to import
 
-    check(cfg)
     device = resolve_device(cfg.device)
     problems = problems_from(cfg.sweep, list(cfg.dtypes), device, cfg.seed)
     dirs = [str(Path(d).expanduser().resolve()) for d in cfg.methods_dirs]

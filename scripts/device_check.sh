@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One device call that checks a commit on a GPU before anything is published: the GPU tests, the harness's
+# throughput targets (issue 17), the kernel variants beside the peers, Mamba-2's adapter, dispatch overhead.
+#   bash scripts/device_check.sh [stage ...]      stages: tests sync harness kernels mamba dispatch (default: all)
+# Each stage has its own time limit; logs go to $OUT/check/ and are packed into $OUT/check.tgz at the end.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+log=${OUT:-/tmp}/check
+mkdir -p "$log"
+stages=${*:-tests sync harness kernels mamba dispatch}
+run() {  # run <name> <seconds> <command...>: output to $log/<name>.log, the tail to stdout
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout -s INT "$limit" "$@" > "$log/$name.log" 2>&1
+  echo "== $name: exit $? in $(( $(date +%s) - t0 )) s"; tail -n "${TAIL:-12}" "$log/$name.log"
+}
+for stage in $stages; do
+  case $stage in
+    tests) run tests 180 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
+             tests/test_cupy_kernels.py tests/test_peers_gpu.py tests/test_reference.py tests/test_inputs.py ;;
+    sync) run sync 50 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py -k synccheck ;;
+    harness)  # the 8-problem bf16 kernel grid with one method (target ≤ 15 s after the worker starts), then
+              # B=8, N=65536, float32: every method that fits alone must run, none ends a false oom
+      run grid 60 leetbench sweep=gpu_kernels device=cuda 'methods=[cupy_chunked]' dtypes=[bfloat16] \
+        progress=lines out=/tmp/grid
+      TAIL=14 run big 75 leetbench sweep=gpu_kernels device=cuda 'sweep.batch=[8]' 'sweep.length=[65536]' \
+        dtypes=[float32] 'methods=[chunked,fla_chunk,cupy_chunked,lightning_attn2,mamba2_ssd_c128]' \
+        progress=lines out=/tmp/big
+      cp /tmp/grid/results.csv "$log/grid.csv"; cp /tmp/big/results.csv "$log/big.csv" ;;
+    kernels) TAIL=30 run kernels 110 python3 scripts/bench_kernels.py --out "$log" --batches 1,8 \
+               --lengths 16384,65536 --ab ;;
+    mamba) run mamba 60 python3 scripts/device_mamba_check.py ;;
+    dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+[ -n "${OUT:-}" ] && tar czf "$OUT/check.tgz" -C "$(dirname "$log")" check && rm -rf "$log"
