@@ -60,7 +60,7 @@ def merge_sweep(sweep_dir: Path, baseline: str, plots: bool = True) -> int:
     if not paths:
         return 0
     df = merge(paths)
-    write_merged(df, sweep_dir)
+    write_merged(df, sweep_dir, paths)
     if not df.empty:
         write_report(df, sweep_dir, baseline, plots=plots, title="leetbench leaderboard (merged sweep)")
     return len(df)

@@ -112,7 +112,7 @@ def report_only(cfg: DictConfig, out: Path) -> int:
     df = merge(paths)
     make_folder(out)
     if len(paths) > 1 or paths[0].parent.resolve() != out.resolve():
-        write_merged(df, out)
+        write_merged(df, out, paths)
     rep = write_report(df, out, cfg.baseline, plots=cfg.plots)
     print(f"merged {len(paths)} results file(s), {len(df)} rows → {out}")
     print(summary_table(rep.board.table))

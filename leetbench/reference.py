@@ -14,11 +14,15 @@ from leetbench.decay import block_decay, decay_mask, decay_powers, log_decay
 from leetbench.problem import Inputs
 
 F64 = torch.float64
-# Bound on the float64 intra-chunk products formed at once, in elements (32 MB): small enough that the
-# reference's working set stays far below a problem's own tensors, large enough to keep a GPU busy.
-_SEGMENT_ELEMENTS = 4 * 1024 * 1024
-# The most a segment's float64 temporaries (q, k, v upcast, scores, products, output) take at once.
-WORKING_BYTES = 8 * 8 * _SEGMENT_ELEMENTS
+# Bound on the float64 intra-chunk products formed at once, in elements: on the CPU 4M (32 MB), so the
+# reference's working set stays far below a problem's own tensors; on a GPU 32M (256 MB), enough work per
+# launch to keep it busy (smaller segments made B=8, N=65536 launch-bound: thousands of tiny kernels).
+SEGMENT_ELEMENTS = {"cpu": 4 << 20, "cuda": 32 << 20}
+
+
+def working_bytes(device_type: str) -> int:
+    """The most a segment's float64 temporaries (q, k, v upcast, scores, products, output) take at once."""
+    return 8 * 8 * SEGMENT_ELEMENTS.get(device_type, SEGMENT_ELEMENTS["cuda"])
 
 
 def _chunk_segment(q, k, v, log_lam, state, scale):
@@ -54,7 +58,8 @@ def reference(inputs: Inputs, chunk: int = 64, out: torch.Tensor | None = None) 
         out = torch.empty(B, H, N, E, dtype=F64, device=q.device)
     full = (N // chunk) * chunk
     per_chunk = max(1, B * H * chunk * max(chunk, D, E))
-    group = max(1, _SEGMENT_ELEMENTS // per_chunk) * chunk
+    budget = SEGMENT_ELEMENTS.get(q.device.type, SEGMENT_ELEMENTS["cuda"])
+    group = max(1, budget // per_chunk) * chunk
     start = 0
     while start < N:
         stop = min(start + group, full) if start < full else N

@@ -17,7 +17,7 @@ from leetbench.leaderboard import Leaderboard, build, markdown
 from leetbench.page import page
 from leetbench.plots import write_all
 from leetbench.results import COLUMNS, KEY_COLUMNS, row_key
-from leetbench.store import atomic_write, read_results
+from leetbench.store import atomic_write, read_results, read_samples, write_samples
 
 
 @dataclass
@@ -63,7 +63,13 @@ def write_report(df: pd.DataFrame, folder: Path, baseline: str, *, plots: bool =
     return Report(df, board, made)
 
 
-def write_merged(df: pd.DataFrame, folder: Path) -> None:
-    """A merged results.csv (same schema) for a sweep folder."""
+def write_merged(df: pd.DataFrame, folder: Path, sources: Iterable[Path] = ()) -> None:
+    """A merged results.csv (same schema) for a sweep folder, and beside it the samples of its rows found
+    next to the `sources` (results.csv files), so the folder stands on its own."""
     cols = COLUMNS + [c for c in df.columns if c not in COLUMNS]
     atomic_write(folder / "results.csv", df[cols].to_csv(index=False))
+    found = read_samples([Path(p).parent / "samples.csv.gz" for p in sources])
+    ids = set(df["row_id"].astype(str))
+    kept = {row_id: rounds for row_id, rounds in found.items() if row_id in ids}
+    if kept:
+        write_samples(folder / "samples.csv.gz", kept)

@@ -165,6 +165,10 @@ def read_results(paths: Iterable[Path], on_drop: Callable[[Path, int], None] | N
 
 # ---- samples -----------------------------------------------------------------------------------------
 
+def _samples_text(row_id: str, rounds: list[list[float]]) -> str:
+    return "".join(_csv_line([row_id, r, " ".join(f"{x:.6g}" for x in s)]) for r, s in enumerate(rounds))
+
+
 class SamplesFile:
     """samples.csv.gz beside results.csv: every timed sample of every row, by row_id and round."""
 
@@ -172,8 +176,13 @@ class SamplesFile:
         self.path = Path(path)
 
     def append(self, row_id: str, rounds: list[list[float]]) -> None:
-        text = "".join(_csv_line([row_id, r, " ".join(f"{x:.6g}" for x in s)]) for r, s in enumerate(rounds))
-        append_bytes(self.path, gzip.compress(text.encode(), mtime=0))
+        append_bytes(self.path, gzip.compress(_samples_text(row_id, rounds).encode(), mtime=0))
+
+
+def write_samples(path: Path, samples: dict[str, list[list[float]]]) -> None:
+    """A whole samples.csv.gz (e.g. the merged samples of a sweep's jobs), written atomically."""
+    text = "".join(_samples_text(row_id, rounds) for row_id, rounds in samples.items())
+    atomic_write(path, gzip.compress(text.encode(), mtime=0))
 
 
 def _members(data: bytes) -> Iterable[bytes]:

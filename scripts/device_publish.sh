@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
-# The published GPU run, on the device machine (or any GPU box with the project installed):
-#   bash scripts/device_publish.sh tests kernels decode paper
-# Each stage writes into results/gpu-<card>/<stage>/ (packed into $OUT/<stage>.tgz as soon as it ends, when
-# $OUT is set); at the end the stages are merged into results/gpu-<card>/ (results.csv, leaderboard, plots).
-# A tree copied without its .git folder: export LEETBENCH_GIT_SHA=<commit> first, so rows name their commit.
+# The published GPU leaderboard, on the device machine (or any GPU box with the project installed):
+#   bash scripts/device_publish.sh kernels decode paper wide        (any subset, in that order)
+# Each stage writes results/gpu-<card>/<stage>/; with several GPUs it runs as a multirun through
+# hydra/launcher=gpus (one job per part, each on a GPU of its own; the stage folder gets the merged rows).
+# A stage stops at $STAGE_S seconds (default 540) with SIGINT: finished rows are kept, and running the same
+# stage again resumes it. Each stage is packed into $OUT/<stage>.tgz as it ends (machine files left out);
+# at the end the stages are merged into results/gpu-<card>/ (results, samples, leaderboard, page, plots).
+# A tree without .git: export LEETBENCH_GIT_SHA=<commit> first, so every row names its commit.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 dest=results/gpu-${card}
-mkdir -p "$dest"
 log=${OUT:-/tmp}
-for stage in "$@"; do
-  start=$(date +%s)
-  case $stage in
-    tests)   python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py tests/test_reference.py \
-               tests/test_measure.py 2>&1 | tee "$log/gpu_tests.log" | tail -15 ;;
-    kernels) leetbench sweep=gpu_kernels device=cuda progress=lines out="$dest/kernels" \
-               'methods=[cupy_*,fla_chunk,fla_fused_chunk,lightning_attn2,chunked]' \
-               'dtypes=[bfloat16,float16,float32]' > "$log/kernels.log" 2>&1; tail -25 "$log/kernels.log" ;;
-    decode)  leetbench sweep=decode device=cuda progress=lines out="$dest/decode" \
-               'methods=[cupy_*,fla_fused_recurrent,recurrent]' > "$log/decode.log" 2>&1; tail -12 "$log/decode.log" ;;
-    paper)   leetbench sweep=paper device=cuda progress=lines out="$dest/paper" 'exclude=[quadratic,recurrent,fla_parallel]' \
-               > "$log/paper.log" 2>&1; tail -30 "$log/paper.log" ;;
-    *) echo "unknown stage $stage"; exit 2 ;;
+mkdir -p "$dest"
+stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
+  case $1 in
+    kernels) echo "sweep=gpu_kernels methods=[cupy_*,fla_chunk,fla_fused_chunk,lightning_attn2,mamba2_ssd*,chunked]" \
+                  "dtypes=[bfloat16,float16,float32] |sweep.length=[1024,65536],[4096],[16384]" ;;
+    decode)  echo "sweep=decode methods=[cupy_*,fla_fused_recurrent,recurrent] |sweep.batch=[1,8],[64,256]" ;;
+    paper)   echo "sweep=paper exclude=[quadratic,recurrent,mamba2_ssd_c64,mamba2_ssd_c128]" \
+                  "|sweep.length=[128,1024,100000],[4096,16384,65536]" ;;
+    wide)    echo "sweep=gpu_wide methods=[cupy_chunked,fla_chunk,lightning_attn2,mamba2_ssd] |sweep.batch=[1],[4,8]" ;;
+    *) return 1 ;;
   esac
-  echo "== stage $stage took $(( $(date +%s) - start )) s"
-  [ -n "${OUT:-}" ] && [ -d "$dest/$stage" ] && tar czf "$OUT/$stage.tgz" "$dest/$stage"
+}
+for stage in "$@"; do
+  spec=$(stage_args "$stage") || { echo "unknown stage $stage"; exit 2; }
+  args=(${spec%%|*}) split=${spec##*|}
+  start=$(date +%s)
+  if [ "$gpus" -gt 1 ]; then
+    timeout -s INT "${STAGE_S:-540}" leetbench -m hydra/launcher=gpus device=cuda progress=lines "${args[@]}" \
+      "$split" out="$dest/$stage" > "$log/$stage.log" 2>&1
+  else
+    timeout -s INT "${STAGE_S:-540}" leetbench device=cuda progress=lines "${args[@]}" out="$dest/$stage" \
+      > "$log/$stage.log" 2>&1
+  fi
+  echo "== stage $stage: exit $? in $(( $(date +%s) - start )) s on $gpus GPU(s)"; tail -n 6 "$log/$stage.log"
+  # what a reader needs: the stage's merged files (job folders, Hydra's multirun.yaml and locks stay behind)
+  [ -n "${OUT:-}" ] && (cd "$dest/$stage" && tar czf "$OUT/$stage.tgz" --ignore-failed-read results.csv \
+    samples.csv.gz config.yaml leaderboard.csv leaderboard.md leaderboard.html plots 2>/dev/null)
 done
 runs=$(ls -d "$dest"/*/ 2>/dev/null | paste -sd, -)
 [ -n "$runs" ] && leetbench report="[${runs%,}]" out="$dest" progress=none > "$log/report.log" 2>&1
-[ -n "${OUT:-}" ] && ls -la "$OUT"
+[ -n "${OUT:-}" ] && tar czf "$OUT/report.tgz" "$dest"/*.csv "$dest"/*.md "$dest"/*.html "$dest"/*.gz "$dest"/plots \
+  && ls -la "$OUT"; tail -n 25 "$log/report.log"

@@ -26,8 +26,8 @@ from leetbench.reference import reference
 from leetbench.registry import Method
 
 F64 = torch.float64
-NAMES = ("mamba2_ssd", "mamba2_ssd_c64", "mamba2_ssd_c128", "mamba2_ssd_c256")
-CHUNK = {"mamba2_ssd": 256, "mamba2_ssd_c64": 64, "mamba2_ssd_c128": 128, "mamba2_ssd_c256": 256}
+NAMES = ("mamba2_ssd", "mamba2_ssd_c64", "mamba2_ssd_c128")
+CHUNK = {"mamba2_ssd": 256, "mamba2_ssd_c64": 64, "mamba2_ssd_c128": 128}
 PLUGIN = Path(__file__).resolve().parent.parent / "methods" / "peer_mamba2.py"
 
 
@@ -187,7 +187,7 @@ def test_refuses_what_32_bit_offsets_cannot_address(registry):
     assert "C·Bᵀ scores" in reason and "4294967296" in reason and "2^31" in reason and "#1015" in reason
     assert "chunk states" in registry["mamba2_ssd_c64"].supports(big)  # 8·1024·32·128² = 2^32
     assert registry["mamba2_ssd_c128"].supports(big) is None  # every buffer 2^31 elements: offsets < 2^31
-    assert registry["mamba2_ssd_c256"].supports(Problem(batch=4, heads=32, length=65536, dim=128)) is None
+    assert registry["mamba2_ssd"].supports(Problem(batch=4, heads=32, length=65536, dim=128)) is None
 
 
 # ---- (2) conversions, against the fake in Mamba's convention ------------------------------------------
