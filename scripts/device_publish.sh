@@ -16,8 +16,8 @@ log=${OUT:-/tmp}
 mkdir -p "$dest"
 stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
   case $1 in
-    kernels) echo "sweep=gpu_kernels methods=[cupy_*,fla_chunk,fla_fused_chunk,lightning_attn2,mamba2_ssd*,chunked]" \
-                  "dtypes=[bfloat16,float16,float32] |sweep.length=[1024,65536],[4096],[16384]" ;;
+    kernels) echo "sweep=gpu_kernels methods=[cupy_chunked,cupy_recurrent,fla_chunk,lightning_attn2,mamba2_ssd]" \
+                  "dtypes=[bfloat16,float16,float32] |sweep.batch=[1],[8]" ;;
     decode)  echo "sweep=decode methods=[cupy_*,fla_fused_recurrent,recurrent] |sweep.batch=[1,8],[64,256]" ;;
     paper)   echo "sweep=paper exclude=[quadratic,recurrent,mamba2_ssd_c64,mamba2_ssd_c128]" \
                   "|sweep.length=[128,1024,100000],[4096,16384,65536]" ;;
