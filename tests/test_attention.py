@@ -392,7 +392,8 @@ def test_the_shipped_h200_table_is_the_published_results_and_steers_an_h200() ->
     assert why.ranked[0][0] == "cupy_chunked"
     problem = call.problem()
     runnable = [n for n, _ in why.ranked if n in d.registry and d.registry[n].why_not(problem) is None]
-    assert why.route == runnable[0]  # the fastest route that can run on this machine
+    # the fastest route that can run on this machine, or the PyTorch fallback when none of the table's can
+    assert why.route == (runnable[0] if runnable else "chunked")
 
 
 def test_tune_merges_re_measured_routes_into_a_table() -> None:
