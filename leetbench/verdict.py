@@ -10,7 +10,7 @@ the tolerance per precision.
 - the same for the final state when the method returns it;
 - NaN or Inf anywhere is `inaccurate`.
 
-The reference may be stored in float32 (its rounding, 6e-8, is far below every tolerance but float64's) on
+The reference is stored in float64 (float32 for 16-bit problems, whose errors are 1e4× that rounding), on
 the GPU or in pinned host memory; errors are computed in float64, a segment of tokens at a time.
 """
 
