@@ -131,6 +131,11 @@ class Row:
 
 
 COLUMNS = [f.name for f in fields(Row)]
+# The columns a run measures in the worker (`protocol.Outcome` carries them under the same names): errors
+# (the largest over a row's rounds), peak memory, and wall seconds (summed over rounds).
+ERROR_COLUMNS = ("rel_err", "max_err", "worst_head_rel_err", "worst_head_max_err", "state_rel_err",
+                 "state_max_err", "state_worst_head_rel_err", "peak_mem_mb")
+WALL_COLUMNS = ("prepare_s", "setup_s", "check_s", "timing_s", "measured_s")
 NUMERIC = [f.name for f in fields(Row) if f.type in ("float", "int")]
 INTEGER = [f.name for f in fields(Row) if f.type == "int"]
 TEXT = [f.name for f in fields(Row) if f.type == "str"]

@@ -22,7 +22,7 @@ from leetbench.progress import Progress
 from leetbench.config import RunSettings
 from leetbench.protocol import Environment, Outcome, Prepare, Prepared, Run
 from leetbench.provenance import git_sha
-from leetbench.results import FAILED, RULED_OUT, Row, Status, row_key
+from leetbench.results import ERROR_COLUMNS, FAILED, RULED_OUT, WALL_COLUMNS, Row, Status, row_key
 from leetbench.stats import summarize
 from leetbench.store import ResultsFile, SamplesFile
 from leetbench.supervisor import Supervisor
@@ -56,11 +56,10 @@ def combine(outcomes: list[Outcome]) -> Outcome:
     rank = {str(Status.OK): 0, str(Status.SUSPECT): 1, str(Status.INACCURATE): 2}
     worst = max(outcomes, key=lambda o: rank.get(o.status, 3))
     out = Outcome(status=worst.status, error=worst.error, traceback=worst.traceback)
-    for name in ("rel_err", "max_err", "worst_head_rel_err", "worst_head_max_err", "state_rel_err",
-                 "state_max_err", "state_worst_head_rel_err", "peak_mem_mb"):
+    for name in ERROR_COLUMNS:
         values = [getattr(o, name) for o in outcomes if getattr(o, name) == getattr(o, name)]
         setattr(out, name, max(values) if values else float("nan"))
-    for name in ("prepare_s", "setup_s", "check_s", "timing_s", "measured_s"):
+    for name in WALL_COLUMNS:
         values = [getattr(o, name) for o in outcomes if getattr(o, name) == getattr(o, name)]
         setattr(out, name, sum(values) if values else float("nan"))
     return out
@@ -90,13 +89,9 @@ class Runner:
         timed = {} if s is None else dict(time_ms=s.median_ms, time_ms_p20=s.p20_ms, time_ms_p80=s.p80_ms,
                                             time_ms_lo=s.lo_ms, time_ms_hi=s.hi_ms, reps=s.reps, rounds=s.rounds)
         e = self.env
+        measured = {c: getattr(outcome, c) for c in ("error",) + ERROR_COLUMNS + WALL_COLUMNS}
         return Row.for_problem(
-            name, info.family, problem, outcome.status, error=outcome.error, rel_err=outcome.rel_err,
-            max_err=outcome.max_err, worst_head_rel_err=outcome.worst_head_rel_err,
-            worst_head_max_err=outcome.worst_head_max_err, state_rel_err=outcome.state_rel_err,
-            state_max_err=outcome.state_max_err, state_worst_head_rel_err=outcome.state_worst_head_rel_err,
-            peak_mem_mb=outcome.peak_mem_mb, prepare_s=outcome.prepare_s, setup_s=outcome.setup_s,
-            check_s=outcome.check_s, timing_s=outcome.timing_s, measured_s=outcome.measured_s, **timed,
+            name, info.family, problem, outcome.status, **measured, **timed,
             host=e.host, gpu=e.gpu, torch=e.torch, cupy=e.cupy, leetbench=leetbench.__version__, git_sha=self.sha,
             timestamp=_now(), complexity=info.complexity, tf32=info.tf32, method_hash=info.source_hash,
             threads=e.threads, copy_gbps=e.copy_gbps, launch_floor_ms=e.launch_floor_ms)

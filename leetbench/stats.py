@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 CONFIDENCE = 0.95
 _BOOTSTRAP = 2000
@@ -33,10 +32,19 @@ def median_ci_one(samples: Sequence[float], confidence: float = CONFIDENCE) -> t
     n = len(x)
     if n == 0:
         return math.nan, math.nan
-    alpha = 1.0 - confidence
-    j = int(sps.binom.ppf(alpha / 2, n, 0.5))  # lower order statistic (1-based j means index j-1)
-    k = int(sps.binom.isf(alpha / 2, n, 0.5)) + 1
-    return float(x[max(j - 1, 0)]), float(x[min(k - 1, n - 1)])
+    j = _binomial_quantile(n, (1.0 - confidence) / 2)  # [x_(j), x_(n+1-j)] covers the median (1-based)
+    return float(x[max(j - 1, 0)]), float(x[min(n - j, n - 1)])
+
+
+def _binomial_quantile(n: int, p: float) -> int:
+    """The smallest j with P(Binomial(n, 1/2) ≤ j) ≥ p (scipy's binom.ppf), by summing the exact pmf."""
+    total, cdf, scale = 1 << n, 0, 10 ** 12  # exact integers: 2^n overflows a float past n = 1023
+    target = round(p * scale) * total
+    for j in range(n + 1):
+        cdf += math.comb(n, j)
+        if cdf * scale >= target:
+            return j
+    return n
 
 
 def median_ci(rounds: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
@@ -101,7 +109,9 @@ def compare_samples(base: Sequence[float], new: Sequence[float], threshold: floa
     boots = (np.median(rng.choice(n, (_BOOTSTRAP, len(n))), axis=1)
              / np.median(rng.choice(b, (_BOOTSTRAP, len(b))), axis=1))
     lo, hi = float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-    p = float(sps.mannwhitneyu(b, n, alternative="two-sided").pvalue) if len(b) > 1 and len(n) > 1 else 1.0
+    from scipy.stats import mannwhitneyu  # noqa: PLC0415 - scipy's import is slow; only comparisons need it
+
+    p = float(mannwhitneyu(b, n, alternative="two-sided").pvalue) if len(b) > 1 and len(n) > 1 else 1.0
     verdict = "same"
     if p < alpha and ratio > 1 + threshold and lo > 1:
         verdict = "slower"

@@ -233,10 +233,10 @@ def watch(fn: Callable[[], object], device: torch.device | str) -> Watched:
 def copy_bandwidth_gbps(device: torch.device | str, nbytes: int | None = None) -> float:
     """Measured device-memory copy bandwidth in GB/s, counting bytes read plus bytes written."""
     device = torch.device(device)
-    if nbytes is None:
-        nbytes = (1 << 30) if device.type == "cuda" else (256 << 20)
+    if nbytes is None:  # several times the last-level cache: device memory, not a cache, is measured
+        nbytes = (1 << 30) if device.type == "cuda" else (128 << 20)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    cfg = TimingConfig(warmup_ms=10, rep_ms=50 if device.type == "cuda" else 200, min_reps=5, max_reps=200)
+    cfg = TimingConfig(warmup_ms=10, rep_ms=50, min_reps=5, max_reps=200)
     t = measure(lambda: dst.copy_(src), device, cfg)
     return 2 * nbytes / (t.median_ms * 1e-3) / 1e9

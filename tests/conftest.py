@@ -29,6 +29,36 @@ def run_cli(*args: str, cwd: Path, module: bool = False, timeout: float = 600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+def run_cli_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`leetbench.cli.main()` in this process (no interpreter start, no imports): for inputs refused before any
+    work. The same entry point as the console script; its exit code, stdout and stderr are returned."""
+    import contextlib
+    import io
+    import signal
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from leetbench import cli
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        os.chdir(cwd)
+        sys.argv = ["leetbench", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        for s, handler in saved[2].items():
+            signal.signal(s, handler)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def write_plugin(folder: Path, name: str, source: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY, results, run_cli
+from conftest import TINY, results, run_cli, run_cli_here
 from leetbench.results import COLUMNS
 
 DESIGN_COLUMNS = ("method, family, device, dtype, batch, heads, length, dim, dim_v, decay, status, rel_err, max_err, "
@@ -45,7 +45,7 @@ def test_every_axis_can_be_overridden(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli(*TINY, "sweep.batch=[2]", "sweep.heads=[3]", "sweep.length=[16,33]", "sweep.dim=[8]",
                    "sweep.dim_v=[4]", "sweep.decay=[0.5,alibi]", "sweep.initial_state=[true]",
-                   "dtypes=[float64]", "methods=[quad*,recurrent]", "timeout_s=60", "baseline=recurrent",
+                   "dtypes=[float64]", "methods=[quad*,recurrent]", "timeout_s=60", "baseline=recurrent", "plots=true",
                    f"out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     df = assert_run_folder(out)
@@ -86,7 +86,7 @@ def test_python_dash_m_and_exclude(tmp_path: Path) -> None:
 ])
 def test_bad_input_is_one_line(tmp_path: Path, override: str, names: list[str]) -> None:
     out = tmp_path / "run"
-    proc = run_cli(*TINY, override, f"out={out}", cwd=tmp_path)
+    proc = run_cli_here(*TINY, override, f"out={out}", cwd=tmp_path)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("leetbench: error: "), proc.stderr
@@ -109,7 +109,8 @@ def test_report_merges_runs(tmp_path: Path) -> None:
 
 def test_multirun_with_the_basic_launcher_merges_jobs(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    proc = run_cli("-m", *TINY, "methods=[recurrent]", "sweep.length=[16],[48]", f"out={out}", cwd=tmp_path)
+    proc = run_cli("-m", *TINY, "methods=[recurrent]", "sweep.length=[16],[48]", "plots=true", f"out={out}",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (out / "0" / "results.csv").exists() and (out / "1" / "results.csv").exists()
     df = assert_run_folder(out)
@@ -119,7 +120,8 @@ def test_multirun_with_the_basic_launcher_merges_jobs(tmp_path: Path) -> None:
 def test_decode_mode(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli(*TINY, "sweep.mode=[decode]", "sweep.steps=[5]", "sweep.length=[40]",
-                   "methods=[recurrent,quadratic]", "dtypes=[float32,bfloat16]", f"out={out}", cwd=tmp_path)
+                   "methods=[recurrent,quadratic]", "dtypes=[float32,bfloat16]", "plots=true", f"out={out}",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     df = results(out)
     rec = df[df["method"] == "recurrent"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, leetbench_cmd, results, run_cli, write_plugin
+from conftest import TINY, leetbench_cmd, results, run_cli, run_cli_here, write_plugin
 
 HANGS = '''
 import os, subprocess, sys, time
@@ -117,7 +117,7 @@ def test_plugin_files_that_exit_crash_or_hang_at_import_are_reported_while_other
     for name, source in BROKEN.items():
         write_plugin(plugins, name, source)
     out = tmp_path / "run"
-    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[recurrent]", "discovery_timeout_s=5",
+    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[recurrent]", "discovery_timeout_s=3",
                    f"out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert set(results(out)["status"]) == {"ok"}
@@ -188,7 +188,7 @@ def test_a_bad_out_is_one_error_line(tmp_path: Path, make_out, words: list[str])
 ])
 def test_limits_must_be_positive_and_unknown_keys_are_refused_even_with_plus(tmp_path: Path, override: str,
                                                                              words: list[str]) -> None:
-    proc = run_cli(*TINY, override, cwd=tmp_path)
+    proc = run_cli_here(*TINY, override, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and all(w in lines[0] for w in words), lines

@@ -19,7 +19,7 @@ def test_multirun_through_a_launcher_merges_into_the_sweep_folder(tmp_path: Path
     pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
     out = tmp_path / "sweep"
     proc = run_cli("-m", f"hydra/launcher={launcher}", *extra, *TINY, "methods=[recurrent,quadratic]",
-                   "sweep.length=[16],[24],[40]", f"out={out}", cwd=tmp_path, timeout=600)
+                   "sweep.length=[16],[24],[40]", "plots=true", f"out={out}", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1", "2"):
         assert len(results(out / job)) == 2, job
