@@ -12,7 +12,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import leetbench
 from leetbench.discovery import Catalog, MethodInfo

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +66,25 @@ def write_plugin(folder: Path, name: str, source: str) -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(source))
     return path
+
+
+def fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attrs) -> types.ModuleType:
+    """Install a fake module (with a spec, so `requires=` finds it) under `name`, for this test only."""
+    module = types.ModuleType(name)
+    module.__spec__ = ModuleSpec(name, None)
+    module.__dict__.update(attrs)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+@pytest.fixture
+def fresh_adapter_cache():
+    """The peer adapters' conversion cache, empty before and after the test."""
+    from leetbench.adapters import clear
+
+    clear()
+    yield
+    clear()
 
 
 def results(folder: Path) -> pd.DataFrame:

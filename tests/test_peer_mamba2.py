@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import math
 import sys
-import types
-from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import fake_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from leetbench import Problem, load_methods
-from leetbench.adapters import clear
 from leetbench.problem import Inputs
 from leetbench.reference import reference
 from leetbench.registry import Method
@@ -37,19 +36,8 @@ def registry():
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache():
-    clear()
+def _empty_adapter_cache(fresh_adapter_cache):
     yield
-    clear()
-
-
-def _package(monkeypatch, name: str, **attrs) -> types.ModuleType:
-    """Install a fake module (with a spec, so `requires=` finds it) under `name`."""
-    module = types.ModuleType(name)
-    module.__spec__ = ModuleSpec(name, None)
-    module.__dict__.update(attrs)
-    monkeypatch.setitem(sys.modules, name, module)
-    return module
 
 
 # ---- the fake kernel, in Mamba's convention ----------------------------------------------------------------
@@ -109,8 +97,8 @@ def fake(monkeypatch) -> FakeSSD:
 
 def _install(monkeypatch, kernel: FakeSSD) -> FakeSSD:
     for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.triton"):
-        _package(monkeypatch, name)
-    _package(monkeypatch, "mamba_ssm.ops.triton.ssd_combined", mamba_chunk_scan_combined=kernel)
+        fake_module(monkeypatch, name)
+    fake_module(monkeypatch, "mamba_ssm.ops.triton.ssd_combined", mamba_chunk_scan_combined=kernel)
     return kernel
 
 
@@ -156,7 +144,7 @@ def _errors(method: Method, p: Problem, decay: torch.Tensor | None = None) -> tu
 
 # ---- (1) declarations, and skipped without the package --------------------------------------------------
 
-def test_registered_and_skipped_without_the_package(registry, monkeypatch):
+def test_registered_and_skipped_without_thefake_module(registry, monkeypatch):
     assert not registry.failures, registry.failures
     for module in ("mamba_ssm", "triton", "einops"):
         monkeypatch.setitem(sys.modules, module, None)  # find_spec → None: "not installed" on every machine
@@ -174,7 +162,7 @@ def test_registered_and_skipped_without_the_package(registry, monkeypatch):
 
 def test_runs_where_the_package_is(registry, fake, monkeypatch):
     for name in ("triton", "einops"):  # only here: torch probes a `triton` module when it has one
-        _package(monkeypatch, name)
+        fake_module(monkeypatch, name)
     problem = Problem(batch=1, heads=32, length=65536, dim=128, dtype="bfloat16", device="cuda",
                       initial_state=True)
     assert all(registry[name].why_not(problem) is None for name in NAMES)

@@ -9,14 +9,14 @@ swaps a layout, a sign of the decay, the heads or the scale is off by O(1).
 from __future__ import annotations
 
 import sys
-import types
-from importlib.machinery import ModuleSpec
 
 import pytest
 import torch
 
+from conftest import fake_module
+
 from leetbench import Problem, load_methods
-from leetbench.adapters import cached, clear, fingerprint, prescaled, time_major
+from leetbench.adapters import cached, fingerprint, prescaled, time_major
 from leetbench.execute import verify
 from leetbench.inputs import make_inputs
 from leetbench.problem import Inputs
@@ -37,19 +37,8 @@ def registry():
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache():
-    clear()
+def _empty_adapter_cache(fresh_adapter_cache):
     yield
-    clear()
-
-
-def _package(monkeypatch, name: str, **attrs) -> types.ModuleType:
-    """Install a fake module (with a spec, so `requires=` finds it) under `name`."""
-    module = types.ModuleType(name)
-    module.__spec__ = ModuleSpec(name, None)
-    module.__dict__.update(attrs)
-    monkeypatch.setitem(sys.modules, name, module)
-    return module
 
 
 def _exact_log_decays(heads: int) -> torch.Tensor:
@@ -147,9 +136,9 @@ def _fla_parallel(q, k, v, g=None, scale=None, output_attentions=False, **kwargs
 
 @pytest.fixture
 def fake_fla(monkeypatch):
-    _package(monkeypatch, "fla")
-    _package(monkeypatch, "fla.ops")
-    return _package(monkeypatch, "fla.ops.simple_gla", chunk_simple_gla=_fla_stateful,
+    fake_module(monkeypatch, "fla")
+    fake_module(monkeypatch, "fla.ops")
+    return fake_module(monkeypatch, "fla.ops.simple_gla", chunk_simple_gla=_fla_stateful,
                     fused_chunk_simple_gla=_fla_stateful, fused_recurrent_simple_gla=_fla_stateful,
                     parallel_simple_gla=_fla_parallel)
 
@@ -213,8 +202,8 @@ def _lightning_attn2(q, k, v, s):
 
 
 def test_lightning_conversion(registry, monkeypatch):
-    _package(monkeypatch, "lightning_attn")
-    _package(monkeypatch, "lightning_attn.ops", lightning_attn2=_lightning_attn2)
+    fake_module(monkeypatch, "lightning_attn")
+    fake_module(monkeypatch, "lightning_attn.ops", lightning_attn2=_lightning_attn2)
     _check(registry["lightning_attn2"], Problem(batch=2, heads=3, length=150, dim=16, dim_v=32, dtype="float64"))
 
 
@@ -249,10 +238,10 @@ SEED_FAKES = {
 
 @pytest.fixture
 def fake_seed(monkeypatch):
-    _package(monkeypatch, "leetDecoding")
-    _package(monkeypatch, "leetDecoding.methods")
+    fake_module(monkeypatch, "leetDecoding")
+    fake_module(monkeypatch, "leetDecoding.methods")
     for module, (attr, fn) in SEED_FAKES.items():
-        _package(monkeypatch, f"leetDecoding.methods.{module}", **{attr: fn})
+        fake_module(monkeypatch, f"leetDecoding.methods.{module}", **{attr: fn})
 
 
 # Routes whose own convention rounds to float32 (λ read as float32, or a float32 result) at float64 inputs.
