@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from leetbench.problem import DTYPES, MODES, Problem, ProblemError, normalize_decay
+from leetbench.progress import STYLES
 
 
 class ConfigError(ValueError):
@@ -85,7 +86,7 @@ def register_configs() -> None:
 
 
 RERUN = ("none", "failed", "all")
-PROGRESS = ("auto", "bar", "lines", "none")
+PROGRESS = STYLES  # progress display styles, defined with the display
 
 
 def resolve_device(device: str) -> str:

@@ -479,10 +479,7 @@ class Dispatcher:
         tf32 = _tf32_default() if allow_tf32 is None else bool(allow_tf32)
         grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
                                             or (s0 is not None and s0.requires_grad))
-        key = ("prefill", q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               decay if type(decay) in _PLAIN else _decay_key(decay),
-               None if s0 is None else (s0.shape, s0.device, s0.is_floating_point()),
-               bool(output_final_state), grad, tf32, scale)
+        key = _call_key("prefill", q, k, v, decay, s0, bool(output_final_state), grad, tf32, scale)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._new_plan(key, "prefill", q, k, v, decay, scale, s0, bool(output_final_state), grad, tf32)
@@ -499,10 +496,7 @@ class Dispatcher:
         tf32 = _tf32_default() if allow_tf32 is None else bool(allow_tf32)
         grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
                                             or (state is not None and state.requires_grad))
-        key = ("decode", q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               decay if type(decay) in _PLAIN else _decay_key(decay),
-               None if state is None else (state.shape, state.device, state.is_floating_point()),
-               True, grad, tf32, scale)
+        key = _call_key("decode", q, k, v, decay, state, True, grad, tf32, scale)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._new_plan(key, "decode", q, k, v, decay, scale, state, True, grad, tf32)
@@ -524,10 +518,7 @@ class Dispatcher:
         tf32 = _tf32_default() if allow_tf32 is None else bool(allow_tf32)
         s0 = initial_state
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, s0))
-        key = (mode, q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               decay if type(decay) in _PLAIN else _decay_key(decay),
-               None if s0 is None else (s0.shape, s0.device, s0.is_floating_point()),
-               True if decode else bool(output_final_state), grad, tf32, scale)
+        key = _call_key(mode, q, k, v, decay, s0, True if decode else bool(output_final_state), grad, tf32, scale)
         plan = self._plans.get(key)
         if plan is not None:
             return plan.decision
@@ -740,6 +731,14 @@ class Dispatcher:
 
 
 _PLAIN = (str, float)  # decays that are their own key (int and bool are not: 1 == 1.0 == True)
+
+
+def _call_key(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: Any, s0: torch.Tensor | None,
+              final: bool, grad: bool, tf32: bool, scale: float | None) -> tuple:
+    """What a decision depends on: the key of the decision cache (built on every call, so kept cheap)."""
+    return (mode, q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+            decay if type(decay) in _PLAIN else _decay_key(decay),
+            None if s0 is None else (s0.shape, s0.device, s0.is_floating_point()), final, grad, tf32, scale)
 
 
 def _decay_key(decay: Any) -> tuple:

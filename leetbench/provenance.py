@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import subprocess
@@ -65,9 +64,7 @@ def environment(device: str, measure: bool) -> Environment:
         gpu, mem = "", float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     env = Environment(host=socket.gethostname(), gpu=gpu, torch=torch.__version__, cupy=_cupy_version(),
                       threads=torch.get_num_threads(), mem_total_bytes=mem)
-    if measure:
+    if measure:  # else left NaN: a restarted worker keeps the first measurement
         env.copy_gbps = copy_bandwidth_gbps(dev)
         env.launch_floor_ms = launch_floor_ms(dev)
-    else:
-        env.copy_gbps = env.launch_floor_ms = math.nan
     return env
