@@ -374,10 +374,12 @@ class Plan:
     warm: bool = False
     fn: Callable[..., Any] = field(init=False)
     direct: bool = field(init=False)  # no prepare= and no aliasing: the warm path calls `fn` itself
+    step: Callable[..., Any] | None = field(init=False)  # a decode call's route's own step on [B, H, D]
 
     def __post_init__(self) -> None:
         self.fn = self.method.fn
         self.direct = self.method.prepare is None and not self.alias
+        self.step = self.method.step if self.call.mode == "decode" and not self.alias else None
 
 
 def state_dtype_of(dtype: torch.dtype) -> torch.dtype:
@@ -503,10 +505,19 @@ class Dispatcher:
         if state is None:
             state = torch.zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=plan.state_dtype,
                                 device=q.device)
-        o, new = self._run(plan, key, q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), decay, state)
+        elif state.dtype != plan.state_dtype:
+            state = state.to(plan.state_dtype)
+        lam = plan.decay if plan.decay is not None else _lam(plan, decay, q)
+        if not plan.warm:
+            o, new = self._first_call(plan, key, lambda p: self._decode_call(p, q, k, v, lam, state))
+        elif plan.step is not None:  # the warm path of a generation loop: no views, no copies
+            o, new = plan.step(q, k, v, lam, scale=plan.scale, state=state)
+        else:
+            o, new = self._decode_call(plan, q, k, v, lam, state)
         if new is None:
             raise RuntimeError(f"route {plan.method.name} returned no state")
-        return o.squeeze(2), (new if new.dtype == plan.state_dtype else new.to(plan.state_dtype))
+        return (o if o.dtype == v.dtype else o.to(v.dtype)), \
+            (new if new.dtype == plan.state_dtype else new.to(plan.state_dtype))
 
     def explain(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: Any, *, scale: float | None = None,
                 initial_state: torch.Tensor | None = None, output_final_state: bool = False,
@@ -536,36 +547,42 @@ class Dispatcher:
     # -- calls -------------------------------------------------------------------------------------------------
     def _run(self, plan: Plan, key: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: Any,
              s0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        lam = plan.decay
-        if lam is None:
-            lam = decay.to(device=q.device, dtype=torch.float64) if plan.cast_decay else decay
-            if lam.dim() == 0:
-                lam = lam.expand(q.shape[1])
+        lam = plan.decay if plan.decay is not None else _lam(plan, decay, q)
         if s0 is not None:
             if s0.dtype != plan.state_dtype:
                 s0 = s0.to(plan.state_dtype)
             s0 = s0.contiguous()
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if not plan.warm:
-            return self._first_call(plan, key, q, k, v, lam, s0)
-        if plan.direct:
+            o, state = self._first_call(plan, key, lambda p: _split(self._call(p, q, k, v, lam, s0)))
+        elif plan.direct:
             out = plan.fn(q, k, v, lam, scale=plan.scale, initial_state=s0)
+            o, state = (out[0], out[1]) if type(out) is tuple and len(out) == 2 else _split(out)
         else:
-            out = self._call(plan, q, k, v, lam, s0)
-        o, state = (out[0], out[1]) if type(out) is tuple and len(out) == 2 else _split(out)
+            o, state = _split(self._call(plan, q, k, v, lam, s0))
         return (o if o.dtype == v.dtype else o.to(v.dtype)), state
 
-    def _first_call(self, plan: Plan, key: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    lam: torch.Tensor, s0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The first call of a decision: the route's setup, then the call; a route that fails is marked
-        broken and the call is decided again (the fallback's own failure is raised)."""
+    def _decode_call(self, plan: Plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor,
+                     state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One token through the route's `step=`, or through its function at N = 1 ([B, H, 1, ·] views)."""
+        if plan.step is not None:
+            return _split(plan.step(q, k, v, lam, scale=plan.scale, state=state))
+        o, new = _split(self._call(plan, q.unsqueeze(2).contiguous(), k.unsqueeze(2).contiguous(),
+                                   v.unsqueeze(2).contiguous(), lam, state.contiguous()))
+        return o.squeeze(2), new
+
+    def _first_call(self, plan: Plan, key: tuple,
+                    invoke: Callable[[Plan], tuple[torch.Tensor, torch.Tensor | None]]
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first call of a decision (`invoke(plan)`), after the route's setup; a route that fails is
+        marked broken and the call is decided again (the fallback's own failure is raised)."""
         while True:
             try:
                 if plan.method.setup is not None and plan.problem is not None:
                     plan.method.setup(plan.problem)
-                o, state = _split(self._call(plan, q, k, v, lam, s0))
+                out = invoke(plan)
                 plan.warm = True
-                return (o if o.dtype == v.dtype else o.to(v.dtype)), state
+                return out
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:
@@ -748,6 +765,12 @@ def _decay_key(decay: Any) -> tuple:
     if isinstance(decay, (int, float, str)):
         return ("value", decay, type(decay))
     return ("other", type(decay))
+
+
+def _lam(plan: Plan, decay: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """λ [H] float64 on q's device from a decay tensor ([H] or a scalar) the plan could not keep."""
+    lam = decay.to(device=q.device, dtype=torch.float64) if plan.cast_decay else decay
+    return lam.expand(q.shape[1]) if lam.dim() == 0 else lam
 
 
 def _split(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

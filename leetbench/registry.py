@@ -48,6 +48,7 @@ class Method:
     modes: tuple[str, ...] = ("prefill",)
     sources: tuple[str, ...] = ()  # files the method depends on besides its plugin file (absolute paths)
     differentiable: bool = False  # gradients flow through it (PyTorch autograd or a peer's backward)
+    step: Callable[..., Any] | None = None  # the decode step on [B, H, D] tensors (docs/design.md §3)
     source: str = ""  # the plugin file it came from
     source_hash: str = ""  # hash of that file, `sources` and the required packages' versions (asv-style)
 
@@ -117,19 +118,25 @@ def register(name: str, *, family: str = "other", complexity: str = "",
              supports: Callable[[Problem], str | None] | None = None,
              setup: Callable[[Problem], Any] | None = None, prepare: Callable[..., Any] | None = None,
              tf32: bool = False, requires: Sequence[str] = (), modes: Sequence[str] = ("prefill",),
-             sources: Sequence[str | Path | ModuleType] = (), differentiable: bool = False) -> Callable:
+             sources: Sequence[str | Path | ModuleType] = (), differentiable: bool = False,
+             step: Callable[..., Any] | None = None) -> Callable:
     """Declare a method. The decorated function is returned unchanged.
 
     fn(q, k, v, decay, *, scale, initial_state=None) -> o or (o, final_state); q, k [B,H,N,D], v [B,H,N,E],
-    decay λ [H] (float64), all on one device. Keywords: docs/design.md §3.
+    decay λ [H] (float64), all on one device. step(q, k, v, decay, *, scale, state) -> (o, new state) is one
+    decode token on q, k [B,H,D], v [B,H,E], state [B,H,D,E]: what `fn` computes at N = 1, without the
+    token axis. Keywords: docs/design.md §3.
     """
     _check_declaration(name, family, dtypes, modes, devices)
+    if step is not None and (not callable(step) or "decode" not in modes):
+        raise RegistryError(f"method {name!r}: step= must be a function, and the method must declare "
+                            f"modes=(..., 'decode'); got step={step!r}, modes={tuple(modes)}")
 
     def decorate(fn: Callable) -> Callable:
         method = Method(name=name, fn=fn, family=family, complexity=complexity, devices=tuple(devices),
                         dtypes=tuple(dtypes), supports=supports, setup=setup, prepare=prepare, tf32=tf32,
                         requires=tuple(requires), modes=tuple(modes), sources=_source_paths(sources, fn),
-                        differentiable=differentiable)
+                        differentiable=differentiable, step=step)
         fn.__dict__.setdefault("__leetbench_methods__", []).append(method)
         sink = collector.get()
         if sink is not None:

@@ -24,6 +24,7 @@ from leetbench import attention, decay_attention, decay_attention_step, explain,
 from leetbench import dispatch as dispatch_mod
 from leetbench.dispatch import FORMAT, Call, Dispatcher, Entry, Route, Table, merge_tables, tables_from_results
 from leetbench.problem import Inputs, ProblemError, decay_profile
+from leetbench.registry import RegistryError
 from leetbench.reference import literal
 from conftest import run_cli, write_plugin
 
@@ -55,6 +56,29 @@ def _make(name, **declared):
 
 
 _make("planted", differentiable=True)
+
+
+def _exact(q, k, v, decay, scale, s0):
+    o, s = recurrence(Inputs(q, k, v, decay, scale, s0))
+    return o.to(v.dtype), s.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+
+
+def _step_route(name, fail=False):
+    def step(q, k, v, decay, *, scale, state):
+        step.calls += 1
+        if fail:
+            raise RuntimeError("boom: a broken step")
+        o, s = _exact(q[:, :, None], k[:, :, None], v[:, :, None], decay, scale, state)
+        return o[:, :, 0], s
+    def fn(q, k, v, decay, *, scale, initial_state=None):
+        fn.calls += 1
+        return _exact(q, k, v, decay, scale, initial_state)
+    step.calls = fn.calls = 0
+    register(name=name, family="test", modes=("prefill", "decode"), step=step)(fn)
+
+
+_step_route("planted_step")
+_step_route("planted_step_boom", fail=True)
 _make("planted_nograd")
 _make("planted_tf32", tf32=True, differentiable=True)
 _make("planted_missing", requires=("leetbench_no_such_module",), differentiable=True)
@@ -318,6 +342,28 @@ def test_decode_steps_dispatch_from_decode_entries(plugins: Path) -> None:
     assert d.registry["planted"].fn.calls == 1
     ro, rs = ref(q[:, :, :1], k[:, :, :1], v[:, :, :1], 0.9, s0)
     assert rel(o, ro[:, :, 0]) <= 1e-5 and rel(s, rs) <= 1e-5
+
+
+def test_a_decode_step_goes_through_the_routes_step_entry(plugins: Path) -> None:
+    """A route's `step=` takes [B,H,D] tensors: the dispatcher calls it (no views, `fn` untouched); one that
+    fails on its first call is passed over like any broken route."""
+    d = planted_dispatcher(plugins, entry("planted_step_boom", "planted_step", "planted", mode="decode", N=1))
+    step, fn = d.registry["planted_step"].step, d.registry["planted_step"].fn
+    q, k, v, s0 = inputs(2, 2, 5, 8, 6, s0=True)
+    state, outs = s0, []
+    for t in range(5):
+        o_t, state = decay_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], 0.9, state, dispatcher=d)
+        outs.append(o_t)
+    assert step.calls == 5 and fn.calls == 0 and d.registry["planted_step_boom"].step.calls == 1
+    ro, rs = ref(q, k, v, 0.9, s0)
+    assert rel(torch.stack(outs, dim=2), ro) <= 1e-5 and rel(state, rs) <= 1e-5
+    why = explain(q[:, :, 0], k[:, :, 0], v[:, :, 0], 0.9, initial_state=s0, dispatcher=d)
+    assert why.route == "planted_step" and why.passed_over[0][0] == "planted_step_boom"
+
+
+def test_a_step_entry_needs_the_decode_mode() -> None:
+    with pytest.raises(RegistryError, match="step= must be a function, and the method must declare"):
+        leetbench.register(name="prefill_only", step=lambda *a, **kw: None)
 
 
 def test_bad_calls_are_refused_with_a_reason() -> None:

@@ -282,6 +282,21 @@ def test_cupy_recurrent(registry, problem):
     _check(registry, "cupy_recurrent", problem)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D, E", [(128, 128), (24, 10)])
+def test_decode_step_entry_is_the_function_at_one_token(dtype, D, E):
+    """`step=` (what the dispatcher calls on [B,H,D] tensors) equals the function on [B,H,1,D] bit for bit;
+    the harness times the function and checks the step (decode rows above)."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k = (torch.randn(3, 4, D, device="cuda", generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(3, 4, E, device="cuda", generator=g).to(dtype)
+    s0 = torch.randn(3, 4, D, E, device="cuda", generator=g)
+    lam = decay_profile("retnet", 4).cuda()
+    o, s = ops.recurrent_step(q, k, v, lam, scale=0.3, state=s0)
+    o4, s4 = ops.recurrent(q[:, :, None], k[:, :, None], v[:, :, None], lam, scale=0.3, initial_state=s0)
+    assert o.shape == (3, 4, E) and torch.equal(o, o4[:, :, 0]) and torch.equal(s, s4)
+
+
 def test_refuses_honestly(registry):
     assert "D ≤ 256" in registry["cupy_recurrent"].why_not(P(1, 1, 8, 512))
     assert registry["cupy_chunked"].why_not(P(1, 1, 8, 48)) is not None

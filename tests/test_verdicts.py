@@ -148,3 +148,37 @@ def test_rows_faster_than_physics_are_suspect_not_ok() -> None:
     at_launch_floor = _row(2e-4, copy_gbps=float("nan"), floor_ms=3e-4)
     assert at_launch_floor.status == Status.SUSPECT and "launch floor" in at_launch_floor.error
     assert _row(5.0).tflops == pytest.approx(4 * 8 * 4096 * 64 * 64 / 5e-3 / 1e12)
+
+
+STEPS = '''
+import torch
+from leetbench import register
+from leetbench.problem import Inputs
+from leetbench.reference import reference
+
+def _fn(q, k, v, decay, *, scale, initial_state=None):
+    o, s = reference(Inputs(q, k, v, decay, scale, initial_state))
+    return o.to(v.dtype), s.to(torch.float32)
+
+def _step(q, k, v, decay, *, scale, state, off=1.0):
+    o, s = _fn(q[:, :, None], k[:, :, None], v[:, :, None], decay * off, scale=scale, initial_state=state)
+    return o[:, :, 0], s
+
+register(name="good_step", family="planted", modes=("prefill", "decode"), step=_step)(_fn)
+register(name="step_wrong_decay", family="planted", modes=("prefill", "decode"),
+         step=lambda *a, **kw: _step(*a, off=0.999, **kw))(_fn)
+'''
+
+
+def test_a_decode_step_entry_is_checked_on_every_decode_row(tmp_path: Path) -> None:
+    """`step=` is what the dispatcher calls for a decode token: the harness runs the check through it."""
+    plugins = write_plugin(tmp_path / "plugins", "steps.py", STEPS).parent
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[good_step,step_wrong_decay,recurrent]",
+                   "sweep.mode=[decode]", "sweep.steps=[4]", "sweep.length=[40]", "dtypes=[float32]",
+                   f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = results(out).set_index("method")
+    assert df.loc["good_step", "status"] == "ok" and df.loc["recurrent", "status"] == "ok"
+    wrong = df.loc["step_wrong_decay"]  # its `fn` is exact, so only the step can fail it
+    assert wrong["status"] == "inaccurate", wrong["error"]

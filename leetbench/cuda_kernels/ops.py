@@ -85,9 +85,22 @@ def recurrent(q, k, v, decay, *, scale, initial_state=None):
     """Token-by-token recurrence (decode fast path at N = 1): (o, final_state float32)."""
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
-    E = v.shape[-1]
+    return _recurrent_launch(q, k, v, decay, scale, s0, torch.empty(B, H, N, v.shape[-1], dtype=v.dtype,
+                                                                     device=v.device), N)
+
+
+def recurrent_step(q, k, v, decay, *, scale, state):
+    """One decode token on q, k [B,H,D], v [B,H,E] and the float32 state [B,H,D,E]: (o [B,H,E], new state).
+    The kernels read raw pointers, so these are the N = 1 tensors without the token axis (no views made)."""
+    q, k, v, decay, s0 = _prepare(q, k, v, decay, state)
+    B, H, D = q.shape
+    return _recurrent_launch(q, k, v, decay, scale, s0, torch.empty(B, H, v.shape[-1], dtype=v.dtype,
+                                                                     device=v.device), 1)
+
+
+def _recurrent_launch(q, k, v, decay, scale: float, s0, o, N: int):
+    B, H, D, E = q.shape[0], q.shape[1], q.shape[-1], v.shape[-1]
     plan = _recurrent_plan(B, H, N, D, E, _DT[q.dtype])
-    o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
     sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
     kern = kernel(_REC_FILES, plan.name, q.device.index or 0)
     i32, f32 = np.int32, np.float32
