@@ -34,15 +34,19 @@ class RunResult:
     counts: dict[str, int] = field(default_factory=dict)
     interrupted: int = 0  # the signal that stopped the sweep (SIGINT, SIGTERM, SIGHUP), 0 if none
     wall_s: float = 0.0
+    worker_start_s: float = 0.0  # of wall_s: until the measuring worker had loaded the methods
     spent: dict[str, float] = field(default_factory=dict)  # where the rows' wall time went
 
     def summary(self) -> str:
-        """One line: wall time, the share inside measured calls, and what dominated."""
+        """One line: wall time (and the worker's start), the share inside measured calls, what dominated."""
         measured = self.spent.get("measured calls", 0.0)
         parts = sorted(self.spent.items(), key=lambda kv: -kv[1])
         top = ", ".join(f"{k} {v:.1f} s" for k, v in parts[:3] if v > 0)
         share = 100.0 * measured / self.wall_s if self.wall_s > 0 else 0.0
-        return f"wall {self.wall_s:.1f} s, {share:.0f}% inside measured calls" + (f"; most: {top}" if top else "")
+        start = (f" ({self.wall_s - self.worker_start_s:.1f} s after the worker started)"
+                 if self.worker_start_s > 0 else "")
+        return (f"wall {self.wall_s:.1f} s{start}, {share:.0f}% inside measured calls"
+                + (f"; most: {top}" if top else ""))
 
 
 def _now() -> str:
@@ -71,13 +75,14 @@ class Runner:
                  supervisor: Supervisor, started: float | None = None):
         self.problems, self.methods, self.catalog, self.s = problems, methods, catalog, settings
         self.sup = supervisor
-        self.started = time.monotonic() if started is None else started  # the wall clock of the whole run
+        now = time.monotonic()
+        self.started = now if started is None else started  # the wall clock of the whole run
         self.store = ResultsFile(settings.out / "results.csv")
         self.samples = SamplesFile(settings.out / "samples.csv.gz")
         self.logs = settings.out / ".leetbench"
         self.env = supervisor.ready.env if supervisor.ready is not None else Environment()
         self.sha = git_sha()
-        self.result = RunResult()
+        self.result = RunResult(worker_start_s=now - self.started)  # the caller started the worker
         # (method, problem shape without N) → (N, status) of a timeout or oom: longer N is not tried
         self._gave_up: dict[tuple, tuple[int, str]] = {}
 

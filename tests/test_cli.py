@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -129,6 +130,9 @@ def test_decode_mode(tmp_path: Path) -> None:
     quad = df[df["method"] == "quadratic"]
     assert (quad["status"] == "skipped").all() and quad["error"].str.contains("supports mode prefill").all()
     assert (out / "plots" / "decode_latency.png").exists()
+    summary = re.search(r"wall ([\d.]+) s \(([\d.]+) s after the worker started\), \d+% inside measured calls",
+                        proc.stdout)
+    assert summary and float(summary[2]) < float(summary[1]), proc.stdout[-1000:]
 
 
 def test_problems_that_cannot_fit_are_skipped_by_an_estimate(tmp_path: Path) -> None:

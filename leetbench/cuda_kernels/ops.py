@@ -412,6 +412,11 @@ def setup_chunked(problem) -> None:
         return
     use_torch_allocator()
     dev = torch.device(problem.device).index or 0
-    names = chunk_kernel_names(problem.batch, problem.heads, problem.length, problem.dim, problem.E,
-                               problem.dtype, dev)
-    precompile(_CHUNK_FILES, names, dev)
+    shape = (problem.batch, problem.heads)
+    names = set(chunk_kernel_names(*shape, problem.length, problem.dim, problem.E, problem.dtype, dev))
+    # The same shape at another length needs at most the one-pass and the sequence-parallel instances:
+    # compiled side by side now (NVRTC releases the GIL), a sweep over N waits for the slowest compilation
+    # once instead of for each in turn (issue 17: compilation was most of a cold GPU sweep's wall time).
+    for n in (sp.CHUNK, 64 * sp.MIN_SEGMENT):
+        names.update(chunk_kernel_names(*shape, n, problem.dim, problem.E, problem.dtype, dev))
+    precompile(_CHUNK_FILES, sorted(names), dev, jobs=len(names))
