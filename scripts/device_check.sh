@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One device call that checks a commit on a GPU before anything is published: the GPU tests, the harness's
 # throughput targets (issue 17), the kernel variants beside the peers, Mamba-2's adapter, dispatch overhead.
-#   bash scripts/device_check.sh [stage ...]      stages: tests sync harness kernels mamba dispatch (default: all)
+#   bash scripts/device_check.sh [stage ...]      stages: tests sync harness big kernels mamba dispatch (default: all)
 # Each stage has its own time limit; logs go to $OUT/check/ and are packed into $OUT/check.tgz at the end.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 log=${OUT:-/tmp}/check
 mkdir -p "$log"
-stages=${*:-tests sync harness kernels mamba dispatch}
+stages=${*:-tests sync harness big kernels mamba dispatch}
 run() {  # run <name> <seconds> <command...>: output to $log/<name>.log, the tail to stdout
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
@@ -16,17 +16,23 @@ run() {  # run <name> <seconds> <command...>: output to $log/<name>.log, the tai
 }
 for stage in $stages; do
   case $stage in
-    tests) run tests 180 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
-             tests/test_cupy_kernels.py tests/test_peers_gpu.py tests/test_reference.py tests/test_inputs.py ;;
+    tests) run tests 240 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
+             tests/test_cupy_kernels.py tests/test_peers_gpu.py tests/test_reference.py tests/test_inputs.py \
+             tests/test_attention.py ;;
     sync) run sync 50 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py -k synccheck ;;
-    harness)  # the 8-problem bf16 kernel grid with one method (target ≤ 15 s after the worker starts), then
-              # B=8, N=65536, float32: every method that fits alone must run, none ends a false oom
-      run grid 60 leetbench sweep=gpu_kernels device=cuda 'methods=[cupy_chunked]' dtypes=[bfloat16] \
-        progress=lines out=/tmp/grid
+    harness)  # the 8-problem bf16 kernel grid with one method (target ≤ 15 s after the worker starts): first
+              # with an empty CuPy kernel cache (a fresh machine), then again into a new folder (cache warm)
+      rm -rf /tmp/cupy-cold
+      run grid 60 env CUPY_CACHE_DIR=/tmp/cupy-cold leetbench sweep=gpu_kernels device=cuda 'methods=[cupy_chunked]' \
+        dtypes=[bfloat16] progress=lines out=/tmp/grid
+      run grid-warm 60 env CUPY_CACHE_DIR=/tmp/cupy-cold leetbench sweep=gpu_kernels device=cuda \
+        'methods=[cupy_chunked]' dtypes=[bfloat16] progress=lines out=/tmp/grid-warm
+      cp /tmp/grid/results.csv "$log/grid.csv"; cp /tmp/grid-warm/results.csv "$log/grid-warm.csv" ;;
+    big)  # B=8, N=65536, float32: every method that fits alone must run, none ends a false oom
       TAIL=14 run big 75 leetbench sweep=gpu_kernels device=cuda 'sweep.batch=[8]' 'sweep.length=[65536]' \
         dtypes=[float32] 'methods=[chunked,fla_chunk,cupy_chunked,lightning_attn2,mamba2_ssd_c128]' \
         progress=lines out=/tmp/big
-      cp /tmp/grid/results.csv "$log/grid.csv"; cp /tmp/big/results.csv "$log/big.csv" ;;
+      cp /tmp/big/results.csv "$log/big.csv" ;;
     kernels) TAIL=30 run kernels 110 python3 scripts/bench_kernels.py --out "$log" --batches 1,8 \
                --lengths 16384,65536 --ab ;;
     mamba) run mamba 60 python3 scripts/device_mamba_check.py ;;

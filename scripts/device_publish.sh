@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The published GPU leaderboard, on the device machine (or any GPU box with the project installed):
-#   bash scripts/device_publish.sh kernels decode paper wide        (any subset, in that order)
+#   bash scripts/device_publish.sh kernels decode paper wide mamba        (any subset, in that order)
 # Each stage writes results/gpu-<card>/<stage>/; with several GPUs it runs as a multirun through
 # hydra/launcher=gpus (one job per part, each on a GPU of its own; the stage folder gets the merged rows).
 # A stage stops at $STAGE_S seconds (default 540) with SIGINT: finished rows are kept, and running the same
@@ -14,13 +14,15 @@ gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 dest=results/gpu-${card}
 log=${OUT:-/tmp}
 mkdir -p "$dest"
+source "$(dirname "$0")/paper_sweep.sh"  # PAPER, PAPER_SPLIT
 stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
   case $1 in
     kernels) echo "sweep=gpu_kernels methods=[cupy_chunked,cupy_recurrent,fla_chunk,lightning_attn2,mamba2_ssd]" \
                   "dtypes=[bfloat16,float16,float32] |sweep.batch=[1],[8]" ;;
     decode)  echo "sweep=decode methods=[cupy_*,fla_fused_recurrent,recurrent] |sweep.batch=[1,8],[64,256]" ;;
-    paper)   echo "sweep=paper exclude=[quadratic,recurrent,mamba2_ssd_c64,mamba2_ssd_c128]" \
-                  "|sweep.length=[128,1024,100000],[4096,16384,65536]" ;;
+    paper)   echo "$PAPER |$PAPER_SPLIT" ;;
+    mamba)   echo "sweep=gpu_kernels methods=[mamba2_ssd,mamba2_ssd_c64,mamba2_ssd_c128] dtypes=[bfloat16]" \
+                  "|sweep.batch=[1],[8]" ;;
     wide)    echo "sweep=gpu_wide methods=[cupy_chunked,fla_chunk,lightning_attn2,mamba2_ssd] |sweep.batch=[1],[4,8]" ;;
     *) return 1 ;;
   esac
