@@ -182,6 +182,8 @@ class Runner:
             self.sup.stop()
             progress.close()
             self.result.wall_s = time.monotonic() - self.started
+            if self.sup.lost_s > 0:  # no row holds this time: a timed-out row has no wall columns
+                self.result.spent["timeouts, crashes and restarts"] = self.sup.lost_s
         return self.result
 
     def _skip(self, name: str, problem: Problem, reason: str, progress: Progress) -> None:

@@ -169,6 +169,7 @@ class Supervisor:
     proc: subprocess.Popen | None = None
     _pump: _LogPump | None = None
     _prepared: Prepare | None = None
+    lost_s: float = 0.0  # waiting on requests that timed out or crashed, and restarting after them
     _phase: str = ""
     _spawned: set[int] = field(default_factory=set)
 
@@ -238,7 +239,9 @@ class Supervisor:
 
     def run(self, run: Run, timeout_s: float, setup_timeout_s: float | None = None) -> Outcome:
         if not self.alive:
+            t0 = time.monotonic()
             replay = self.restart()
+            self.lost_s += time.monotonic() - t0
             if replay is not None and not isinstance(replay, Prepared):
                 out = _as_outcome(replay)
                 out.error = f"the problem could not be prepared again after a restart: {out.error}"
@@ -248,11 +251,14 @@ class Supervisor:
     def _call(self, message: Message, timeout_s: float, first_phase_s: float | None = None) -> Message:
         if not self.alive:
             self.start()
+        t0 = time.monotonic()
         try:
             reply = self._exchange(message, timeout_s, first_phase_s)
         except _Timeout as exc:
+            self.lost_s += time.monotonic() - t0
             return Failure(str(Status.TIMEOUT), str(exc))
         except _Died as exc:
+            self.lost_s += time.monotonic() - t0
             return Failure(str(Status.CRASHED), str(exc))
         if isinstance(reply, Failure) and reply.restart:
             self.stop()

@@ -4,6 +4,7 @@ kill -9 and resume, a torn last line, two runs into one folder, Ctrl-C."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,10 +250,15 @@ def slow_long(q, k, v, decay, *, scale, initial_state=None):
 def test_setup_has_its_own_limit_and_longer_n_is_not_tried_after_a_timeout(tmp_path: Path, plugins: Path) -> None:
     write_plugin(plugins, "phases.py", PHASES)
     out = tmp_path / "run"
+    started = time.monotonic()
     proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[slow_setup,slow_long]", "timeout_s=2",
-                   "setup_timeout_s=30", "sweep.length=[8,16,24,32,40]", "sweep.dim=[4]", f"out={out}",
+                   "setup_timeout_s=60", "sweep.length=[8,16,24,32,40]", "sweep.dim=[4]", f"out={out}",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    # the hang at N=24 is cut 2 s after its (instant) setup, not when setup_timeout_s would end (60 s)
+    assert time.monotonic() - started < 40
+    lost = re.search(r"timeouts, crashes and restarts ([\d.]+) s", proc.stdout)  # the end-of-run line says so
+    assert lost and float(lost[1]) >= 2, proc.stdout[-1000:]
     df = results(out).set_index(["method", "length"])
     assert (df.loc["slow_setup", "status"] == "ok").all()  # a 4 s setup under setup_timeout_s, not timeout_s
     long = df.loc["slow_long"]
