@@ -13,6 +13,7 @@ Routes, each from its own module `leetDecoding.methods.X` (imported one by one, 
 - seed_block_based — `BlockBased.blockBased` (torch): blocks of 32 tokens, state carried. O(N·(C·D + D·E)).
 - seed_recursion — `Recursion.recursion` (torch): divide and conquer over the sequence down to blocks of 4,
   each level one low-rank product. O(N·log N·D·E).
+  (BlockBased and Recursion import causal_dot_product: their setup builds its extensions too, side by side.)
 - seed_fleet_attention — `FleetAttention.FleetAttention` (torch): a discounted cumulative sum per key
   coordinate, in log space (log of k·v, which is negative half the time: NaN). O(N·D·E).
 - seed_fleet_attention_triton — `FleetAttention_triton.FleetAttention_triton` (Triton): one program per key
@@ -71,7 +72,7 @@ _CDP_EXTENSIONS = {
 _BUILD_ONE = "import sys; from torch.utils.cpp_extension import load; load(name=sys.argv[1], sources=sys.argv[2])"
 
 
-def _build_side_by_side(module: str, extensions: dict[str, str]) -> None:
+def _build_side_by_side(module: str = "causal_dot_product", extensions: dict[str, str] = _CDP_EXTENSIONS) -> None:
     """Compile a seed module's CUDA extensions in parallel processes, where its sources are on disk."""
     if f"leetDecoding.methods.{module}" in sys.modules:
         return
@@ -94,10 +95,12 @@ def _build_side_by_side(module: str, extensions: dict[str, str]) -> None:
             raise RuntimeError(f"building the seed's CUDA extension {name} failed: {err.strip()[-2000:]}")
 
 
-def _setup_for(name: str, extensions: dict[str, str] | None = None):
+def _setup_for(name: str, builds_cuda: bool = False):
+    """A setup that imports the seed module `name`; `builds_cuda`: it imports causal_dot_product (itself,
+    BlockBased and Recursion do), whose CUDA extensions are then built side by side first."""
     def setup(problem) -> None:
-        if extensions:
-            _build_side_by_side(name, extensions)
+        if builds_cuda:
+            _build_side_by_side()
         _module(name)  # compiles what is not built yet, outside the timed calls
 
     return setup
@@ -131,7 +134,7 @@ _SEED = dict(family="peer:seed", requires=("leetDecoding",), prepare=prepare_pre
 
 
 @register(name="seed_causal_dot_product", complexity="O(N·D·E)", devices=("cuda",),
-          dtypes=("float32", "float16"), supports=_cdp_supports, setup=_setup_for("causal_dot_product", _CDP_EXTENSIONS), **_SEED)
+          dtypes=("float32", "float16"), supports=_cdp_supports, setup=_setup_for("causal_dot_product", builds_cuda=True), **_SEED)
 def seed_causal_dot_product(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding causal_dot_product: token-by-token state (CUDA), λ in the input dtype."""
     o = _module("causal_dot_product").causal_dot_product(prescaled(q, scale), k, v, decay_as(decay, q.dtype))
@@ -139,14 +142,14 @@ def seed_causal_dot_product(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="seed_block_based", complexity="O(N·(C·D + D·E)), C=32", devices=("cuda",), dtypes=ALL,
-          supports=_block_based_supports, setup=_setup_for("BlockBased"), **_SEED)
+          supports=_block_based_supports, setup=_setup_for("BlockBased", builds_cuda=True), **_SEED)
 def seed_block_based(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding BlockBased: blocks of 32, state carried (torch), rate γ in the input dtype."""
     return _module("BlockBased").blockBased(prescaled(q, scale), k, v, rate_as(decay, q.dtype))
 
 
 @register(name="seed_recursion", complexity="O(N·log N·D·E)", devices=("cuda",), dtypes=ALL,
-          supports=_stateless, setup=_setup_for("Recursion"), **_SEED)
+          supports=_stateless, setup=_setup_for("Recursion", builds_cuda=True), **_SEED)
 def seed_recursion(q, k, v, decay, *, scale, initial_state=None):
     """LeetDecoding Recursion: divide and conquer over the sequence (torch), rate γ in the input dtype."""
     return _module("Recursion").recursion(prescaled(q, scale), k, v, rate_as(decay, q.dtype))

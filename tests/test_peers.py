@@ -262,15 +262,19 @@ def test_seed_conversion_float32(registry, fake_seed, name):
     _check(registry[name], Problem(batch=1, heads=2, length=30, dim=16, dim_v=32, dtype="float32"), tol=1e-5)
 
 
+@pytest.mark.parametrize("route", ["seed_causal_dot_product", "seed_block_based", "seed_recursion"])
 def test_seed_cuda_extensions_build_side_by_side_and_a_failed_build_names_its_extension(
-        registry, tmp_path, monkeypatch):
+        registry, tmp_path, monkeypatch, route):
     # A stand-in seed package on disk whose causal_dot_product sources do not compile (and, on the CPU, no
     # nvcc): setup starts the three builds and reports the failure by extension name, before any import.
+    # BlockBased and Recursion import causal_dot_product: their setup must build it side by side too (one by
+    # one, at import, the builds took 2.5 minutes on an H200 box and stalled a paper sweep).
     methods = tmp_path / "leetDecoding" / "methods"
     methods.mkdir(parents=True)
     for init in (methods.parent / "__init__.py", methods / "__init__.py"):
         init.write_text("")
-    (methods / "causal_dot_product.py").write_text("raise AssertionError('imported before its build')\n")
+    for module in ("causal_dot_product", "BlockBased", "Recursion"):
+        (methods / f"{module}.py").write_text("raise AssertionError('imported before its build')\n")
     for source in ("causal_product_cuda_with_decay_fp32.cu", "causal_product_cuda_with_decay_fp16.cu",
                    "causal_product_cuda.cu"):
         (methods / source).write_text("this is not CUDA\n")
@@ -279,7 +283,7 @@ def test_seed_cuda_extensions_build_side_by_side_and_a_failed_build_names_its_ex
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
     with pytest.raises(RuntimeError, match="building the seed's CUDA extension causal_product_cuda_with_decay"):
-        registry["seed_causal_dot_product"].setup(Problem(batch=2, heads=2, length=16, dim=8, dtype="float32"))
+        registry[route].setup(Problem(batch=2, heads=2, length=16, dim=8, dtype="float32"))
 
 
 def test_seed_lightning_torch_runs_for_real_on_cpu_shapes(registry, fake_seed):
