@@ -12,7 +12,8 @@ Mamba's state is h = Sᵀ ([B, H, E, D]): the initial state goes in transposed a
 transposed (a view). Mamba sums the decay in log space (cumsum of dt·A per chunk, float32) and only forms
 exp of non-positive differences, so λ = 1 (A = 0) and tiny λ are safe.
 
-Algorithm (state space duality), five Triton launches: per chunk of C tokens the cumulative sums of dt·A
+Algorithm (state space duality), five Triton launches: per chunk of C tokens (C = 128 here by default, the
+fastest of 64 / 128 / 256 measured; `mamba2_ssd_c64` and `mamba2_ssd_c256` are the others) the cumulative sums of dt·A
 (float32); each chunk's own E×D state (float32); a sequential pass carrying the state across chunks (float32,
 kept for the output pass in the input dtype); the C×C scores C Bᵀ (float32: B·N·H·C elements in all); the
 outputs, decay-masked scores times x plus C times the carried state. Dots are `tl.dot` at Triton's default
@@ -53,8 +54,12 @@ from leetbench import register
 from leetbench.adapters import cached, log_decay_as, time_major, warm_up
 
 KERNEL_MODULE = "mamba_ssm.ops.triton.ssd_combined"
-DEFAULT_CHUNK = 256  # mamba_chunk_scan_combined has no default; Mamba2 modules use chunk_size=256
-OTHER_CHUNKS = (64, 128)  # measured beside the default, as mamba2_ssd_c64 / _c128
+# mamba_chunk_scan_combined has no default and Mamba2 modules use chunk_size=256, but 128 was the fastest of
+# 64 / 128 / 256 on an H200 (bf16, H=32, D=E=128, B=1/8, N=1k–64k: 6 of 8 shapes, 7–9% ahead of 256 from
+# N=16k, and the only one of the three under the 2^31-element limit at B=8, N=65536; commit 8f64f14,
+# results/gpu-NVIDIA-H200/mamba/), so it is the default here.
+DEFAULT_CHUNK = 128
+OTHER_CHUNKS = (64, 256)  # measured beside the default, as mamba2_ssd_c64 / _c256
 INT32_ELEMENTS = 2 ** 31  # offsets 0 … 2^31 − 1 fit the kernels' 32-bit pointer arithmetic
 
 

@@ -30,7 +30,7 @@ for stage in $stages; do
       cp /tmp/grid/results.csv "$log/grid.csv"; cp /tmp/grid-warm/results.csv "$log/grid-warm.csv" ;;
     big)  # B=8, N=65536, float32: every method that fits alone must run, none ends a false oom
       TAIL=14 run big 75 leetbench sweep=gpu_kernels device=cuda 'sweep.batch=[8]' 'sweep.length=[65536]' \
-        dtypes=[float32] 'methods=[chunked,fla_chunk,cupy_chunked,lightning_attn2,mamba2_ssd_c128]' \
+        dtypes=[float32] 'methods=[chunked,fla_chunk,cupy_chunked,lightning_attn2,mamba2_ssd]' \
         progress=lines out=/tmp/big
       cp /tmp/big/results.csv "$log/big.csv" ;;
     kernels) TAIL=30 run kernels 110 python3 scripts/bench_kernels.py --out "$log" --batches 1,8 \

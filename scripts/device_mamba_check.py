@@ -27,7 +27,7 @@ from leetbench import Problem  # noqa: E402
 from leetbench.discovery import load_methods  # noqa: E402
 from leetbench.execute import verify  # noqa: E402
 
-ROUTES = ("mamba2_ssd", "mamba2_ssd_c64", "mamba2_ssd_c128")
+ROUTES = ("mamba2_ssd", "mamba2_ssd_c64", "mamba2_ssd_c256")
 SMALL = (dict(batch=1, heads=4, length=1000, dim=64, decay="multiscale"),
          dict(batch=2, heads=3, length=4099, dim=64, decay=1.0, initial_state=True),
          dict(batch=1, heads=2, length=509, dim=64, dim_v=32, decay="retnet", initial_state=True))
@@ -53,7 +53,7 @@ def main(args: list[str]) -> None:
     if args[:1] == ["one"]:  # a child of `big`
         return check(args[1], Problem(**BIG))
     if "big" in args:
-        for name in ("mamba2_ssd_c128", "mamba2_ssd", "mamba2_ssd_c64"):
+        for name in ("mamba2_ssd", "mamba2_ssd_c256", "mamba2_ssd_c64"):
             print(f"{name}: supports → {REG[name].supports(Problem(**BIG))}", flush=True)
             subprocess.run([sys.executable, __file__, "one", name], check=False)
         return

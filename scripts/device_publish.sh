@@ -21,7 +21,7 @@ stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
                   "dtypes=[bfloat16,float16,float32] |sweep.batch=[1],[8]" ;;
     decode)  echo "sweep=decode methods=[cupy_*,fla_fused_recurrent,recurrent] |sweep.batch=[1,8],[64,256]" ;;
     paper)   echo "$PAPER |$PAPER_SPLIT" ;;
-    mamba)   echo "sweep=gpu_kernels methods=[mamba2_ssd,mamba2_ssd_c64,mamba2_ssd_c128] dtypes=[bfloat16]" \
+    mamba)   echo "sweep=gpu_kernels methods=[mamba2_ssd,mamba2_ssd_c64,mamba2_ssd_c256] dtypes=[bfloat16]" \
                   "|sweep.batch=[1],[8]" ;;
     wide)    echo "sweep=gpu_wide methods=[cupy_chunked,fla_chunk,lightning_attn2,mamba2_ssd] |sweep.batch=[1],[4,8]" ;;
     *) return 1 ;;

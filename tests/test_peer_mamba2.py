@@ -25,8 +25,8 @@ from leetbench.reference import reference
 from leetbench.registry import Method
 
 F64 = torch.float64
-NAMES = ("mamba2_ssd", "mamba2_ssd_c64", "mamba2_ssd_c128")
-CHUNK = {"mamba2_ssd": 256, "mamba2_ssd_c64": 64, "mamba2_ssd_c128": 128}
+NAMES = ("mamba2_ssd", "mamba2_ssd_c64", "mamba2_ssd_c256")
+CHUNK = {"mamba2_ssd": 128, "mamba2_ssd_c64": 64, "mamba2_ssd_c256": 256}
 PLUGIN = Path(__file__).resolve().parent.parent / "methods" / "peer_mamba2.py"
 
 
@@ -171,11 +171,11 @@ def test_runs_where_the_package_is(registry, fake, monkeypatch):
 def test_refuses_what_32_bit_offsets_cannot_address(registry):
     # B=8, N=65536, H=32, D=E=128: the C·Bᵀ scores of chunks of 256 are 8·256·32·256² = 2^32 elements.
     big = Problem(batch=8, heads=32, length=65536, dim=128, dtype="bfloat16", device="cuda")
-    reason = registry["mamba2_ssd"].supports(big)
+    reason = registry["mamba2_ssd_c256"].supports(big)
     assert "C·Bᵀ scores" in reason and "4294967296" in reason and "2^31" in reason and "#1015" in reason
     assert "chunk states" in registry["mamba2_ssd_c64"].supports(big)  # 8·1024·32·128² = 2^32
-    assert registry["mamba2_ssd_c128"].supports(big) is None  # every buffer 2^31 elements: offsets < 2^31
-    assert registry["mamba2_ssd"].supports(Problem(batch=4, heads=32, length=65536, dim=128)) is None
+    assert registry["mamba2_ssd"].supports(big) is None  # chunks of 128: every buffer 2^31, offsets < 2^31
+    assert registry["mamba2_ssd_c256"].supports(Problem(batch=4, heads=32, length=65536, dim=128)) is None
 
 
 # ---- (2) conversions, against the fake in Mamba's convention ------------------------------------------
@@ -250,7 +250,7 @@ class AdapterOps(TorchDispatchMode):
 
 
 def test_prepare_leaves_only_views_to_the_call_and_follows_in_place_sign_flips(registry, fake):
-    method = registry["mamba2_ssd_c128"]
+    method = registry["mamba2_ssd"]
     problem = Problem(batch=2, heads=3, length=33, dim=8, dim_v=5, dtype="float64", initial_state=True)
     x = _inputs(problem, _exact_log_decays(3))
     ref_o, ref_s = reference(x)
