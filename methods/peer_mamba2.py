@@ -55,7 +55,7 @@ from leetbench.adapters import cached, log_decay_as, time_major, warm_up
 
 KERNEL_MODULE = "mamba_ssm.ops.triton.ssd_combined"
 # mamba_chunk_scan_combined has no default and Mamba2 modules use chunk_size=256, but 128 was the fastest of
-# 64 / 128 / 256 on an H200 (bf16, H=32, D=E=128, B=1/8, N=1k–64k: 6 of 8 shapes, 7–9% ahead of 256 from
+# 64 / 128 / 256 on an H200 (bf16, H=32, D=E=128, B=1/8, N=1k–64k: 6 of 8 shapes, 7% ahead of 256 from
 # N=16k, and the only one of the three under the 2^31-element limit at B=8, N=65536; commit 8f64f14,
 # results/gpu-NVIDIA-H200/mamba/), so it is the default here.
 DEFAULT_CHUNK = 128
