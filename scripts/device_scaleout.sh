@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Scale-out (issue 17) on a host with several GPUs: the published paper sweep (scripts/paper_sweep.sh) through
-# hydra/launcher=gpus, first with one GPU visible (its jobs one after another), then with all of them. Each
-# run starts from empty Triton and CuPy compile caches, so neither inherits the other's compilation.
-#   bash scripts/device_scaleout.sh [FOLDER]     FOLDER: where the all-GPU run writes (default results/scaleout/all)
-# Prints both wall times, their ratio and each GPU's utilisation during the all-GPU run. $LIMIT_S (default 300)
-# bounds each run (SIGINT: finished rows are kept); a run cut short has no wall time to compare.
+# hydra/launcher=gpus, with one GPU visible (its jobs one after another) and with all of them. Each run starts
+# from empty Triton and CuPy compile caches, so neither inherits the other's compilation.
+#   bash scripts/device_scaleout.sh [one|all|both] [FOLDER]
+#     one: one GPU only; all: all GPUs only, into FOLDER (default results/scaleout/all); both (default): one,
+#     then all, and their ratio. (one and all may run in separate calls: each prints its own wall time.)
+# $LIMIT_S (default 300) bounds each run (SIGINT: finished rows are kept); a run cut short has no wall time.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 source "$(dirname "$0")/paper_sweep.sh"  # PAPER, PAPER_SPLIT
 log=${OUT:-/tmp}
-all_out=${1:-results/scaleout/all}
+which=${1:-both}
+all_out=${2:-results/scaleout/all}
 read -ra args <<< "$PAPER"
 sweep() {  # sweep <name> <CUDA_VISIBLE_DEVICES> <out>: prints "<name> <exit> <seconds>"
   local cache=/tmp/scaleout-cache-$1
@@ -20,28 +22,32 @@ sweep() {  # sweep <name> <CUDA_VISIBLE_DEVICES> <out>: prints "<name> <exit> <s
   local rc=$?
   echo "$1 $rc $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")"
 }
-all=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+report() {  # report <name> <exit> <seconds> <out>
+  echo "$1: $3 s wall, exit $2$([ "$2" = 0 ] || echo ' (cut short or failed: not a wall time)'), $(($(wc -l < "$4/results.csv") - 1)) rows in $4"
+  tail -n 2 "$log/$1.log"
+}
 nvidia-smi --query-gpu=index,name --format=csv,noheader
-one=$(sweep one-gpu 0 /tmp/scaleout-one)
-nvidia-smi dmon -s u -d 1 > "$log/dmon.log" 2>&1 &
-dmon=$!
-many=$(sweep all-gpus "$all" "$all_out")
-kill $dmon 2>/dev/null
-python3 - "$one" "$many" "$log/dmon.log" <<'PY'
+if [ "$which" != all ]; then
+  read -r n rc1 t1 <<< "$(sweep one-gpu 0 /tmp/scaleout-one)"; report one-gpu "$rc1" "$t1" /tmp/scaleout-one
+fi
+if [ "$which" != one ]; then
+  nvidia-smi dmon -s u -d 1 > "$log/dmon.log" 2>&1 &
+  dmon=$!
+  gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+  read -r n rc2 t2 <<< "$(sweep all-gpus "$gpus" "$all_out")"; report all-gpus "$rc2" "$t2" "$all_out"
+  kill $dmon 2>/dev/null
+  grep -h "measures on GPU" "$log/all-gpus.log" | sort | uniq -c
+  python3 - "$log/dmon.log" <<'PY'
 import collections, sys
-(n1, rc1, t1), (n2, rc2, t2) = sys.argv[1].split(), sys.argv[2].split()
-for name, rc, t in ((n1, rc1, t1), (n2, rc2, t2)):
-    print(f"{name}: {t} s wall, exit {rc}" + ("" if rc == "0" else " (cut short or failed: no comparison)"))
-if rc1 == rc2 == "0":
-    print(f"all GPUs / one GPU = {float(t2) / float(t1):.2f} of the wall time")
 busy = collections.defaultdict(list)
-for line in open(sys.argv[3]):
+for line in open(sys.argv[1]):
     parts = line.split()
     if parts and parts[0].isdigit():
         busy[parts[0]].append(int(parts[1]) if parts[1].isdigit() else 0)
 for gpu, sm in sorted(busy.items()):
     print(f"GPU {gpu}: {sum(s > 0 for s in sm)}/{len(sm)} s busy, mean SM utilisation {sum(sm) / max(1, len(sm)):.0f}%")
 PY
-grep -h "measures on GPU" "$log/all-gpus.log" | sort | uniq -c
-for f in /tmp/scaleout-one "$all_out"; do echo "$f: $(($(wc -l < "$f/results.csv") - 1)) rows"; done
-tail -n 3 "$log/one-gpu.log" "$log/all-gpus.log"
+fi
+if [ "$which" = both ] && [ "$rc1" = 0 ] && [ "$rc2" = 0 ]; then
+  python3 -c "import sys; print(f'all GPUs / one GPU = {float(sys.argv[2]) / float(sys.argv[1]):.2f} of the wall time')" "$t1" "$t2"
+fi
