@@ -7,14 +7,15 @@ route's own call (its `prepare=` and function on ready [B,H,N,D] tensors and a f
 decode step the route's `step=` on [B,H,D] tensors when it has one):
 - `leetbench.timing.measure` medians (CUDA events, L2 flushed between calls: the GPU time a model sees;
   host overhead shows there only where it exceeds the GPU's queue);
-- host µs per call to enqueue back-to-back calls (best of 20 rounds of `--loops` calls, the clock stopped
-  before the synchronize, fewer calls than the launch queue holds): the dispatcher's own host cost is the
-  difference, whatever the GPU time of the route.
+- host µs per call to enqueue back-to-back calls (41 alternating rounds of `--loops` calls of each, the
+  clock stopped before the synchronize, fewer calls than the launch queue holds): the dispatcher's own host
+  cost is the median of the per-round differences, whatever the GPU time of the route.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -38,18 +39,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def host_us(fn, device: torch.device, n: int, rounds: int = 20) -> float:
-    """Host µs per call to enqueue `n` calls (the clock stops before the synchronize; n stays below the
-    launch queue's depth, so the GPU never makes the host wait): the best of `rounds`."""
-    best = float("inf")
-    for _ in range(rounds):
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, time.perf_counter() - t)
-        sync(device)
-    return best / n * 1e6
+def _enqueue_us(fn, device: torch.device, n: int) -> float:
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    spent = time.perf_counter() - t
+    sync(device)
+    return spent / n * 1e6
+
+
+def host_us(own, dispatched, device: torch.device, n: int, rounds: int = 41) -> tuple[float, float, float]:
+    """Host µs per call to enqueue `n` calls of each (the clock stops before the synchronize; n stays below
+    the launch queue's depth, so the GPU never makes the host wait), in alternating rounds so that drift
+    in the host's speed hits both: the median of each, and the median of the per-round differences."""
+    pairs = [(_enqueue_us(own, device, n), _enqueue_us(dispatched, device, n)) for _ in range(rounds)]
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(b - a for a, b in pairs))
 
 
 def main() -> None:
@@ -96,10 +102,11 @@ def main() -> None:
         own()
         t_own = measure(own, device, cfg).median_ms
         t_disp = measure(dispatched, device, cfg).median_ms
-        h_own, h_disp = host_us(own, device, args.loops), host_us(dispatched, device, args.loops)
+        h_own, h_disp, overhead = host_us(own, dispatched, device, args.loops)
         print(f"{name:20} {why.route:16} {t_own:9.4f} {t_disp:9.4f} {h_own:12.2f} {h_disp:13.2f} "
-              f"{h_disp - h_own:12.2f}")
-    print("overhead µs = host µs to enqueue a dispatched call − to enqueue the route's own call")
+              f"{overhead:12.2f}")
+    print("overhead µs = host µs to enqueue a dispatched call − to enqueue the route's own call (median of the\n"
+          "differences over alternating rounds)")
 
 
 if __name__ == "__main__":
