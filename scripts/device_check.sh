@@ -16,7 +16,7 @@ run() {  # run <name> <seconds> <command...>: output to $log/<name>.log, the tai
 }
 for stage in $stages; do
   case $stage in
-    tests) run tests 240 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
+    tests) run tests 360 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
              tests/test_cupy_kernels.py tests/test_peers_gpu.py tests/test_reference.py tests/test_inputs.py \
              tests/test_attention.py ;;
     sync) run sync 50 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py -k synccheck ;;
