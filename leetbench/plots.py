@@ -152,9 +152,15 @@ def winner_label(w: dict) -> str:
 
 def winner_cells(winners: pd.DataFrame, limit: int = 12) -> list[tuple[str, pd.DataFrame]]:
     """Panels of the winners map: one per class and per value of the other swept axes (H, D, E, λ, ...);
-    in each, one cell per (B, N) with the route, whether it is a tie, and the label."""
+    in each, one cell per (B, N) with the route, whether it is a tie, and the label. At most `limit`:
+    every class's largest panel first (its main grid), then the largest others; in class order."""
+    return _winner_panels(winners, limit)[0]
+
+
+def _winner_panels(winners: pd.DataFrame, limit: int) -> tuple[list[tuple[str, pd.DataFrame]], int]:
+    """`winner_cells`, and how many panels the limit left out."""
     if winners.empty:
-        return []
+        return [], 0
     keys = ["host", "gpu", "precision", "mode", "steps", "heads", "dim", "dim_v", "decay", "initial_state"]
     panels = []
     for key, g in winners.groupby(keys, sort=False, dropna=False):
@@ -165,9 +171,12 @@ def winner_cells(winners: pd.DataFrame, limit: int = 12) -> list[tuple[str, pd.D
         cells = pd.DataFrame({"batch": g["batch"].astype(int), "length": g["length"].astype(int),
                               "method": g["fastest"], "tie": g["winner"] == "",
                               "label": [winner_label(w) for w in g.to_dict("records")]})
-        panels.append((class_order((k["host"], k["gpu"], k["precision"], k["mode"])), title, cells))
-    panels.sort(key=lambda p: p[0])
-    return [(title, cells) for _, title, cells in panels[:limit]]
+        panels.append((class_order((k["host"], k["gpu"], k["precision"], k["mode"])), -len(cells), title, cells))
+    panels.sort(key=lambda p: p[:3])  # in each class the largest panel first
+    firsts = [p for i, p in enumerate(panels) if i == 0 or p[0] != panels[i - 1][0]]
+    others = sorted((p for p in panels if p not in firsts), key=lambda p: p[1])
+    chosen = sorted((firsts + others)[:limit], key=lambda p: p[:3])
+    return [(title, cells) for _, _, title, cells in chosen], len(panels) - len(chosen)
 
 
 def winner_colors(panels: list[tuple[str, pd.DataFrame]], styles: dict) -> dict[str, str]:
@@ -330,7 +339,7 @@ def speedup(board: Leaderboard, path: Path, styles: dict) -> bool:
 
 
 def winners_map(board: Leaderboard, path: Path, styles: dict) -> bool:
-    panels = winner_cells(board.winners)
+    panels, left_out = _winner_panels(board.winners, 12)
     if not panels:
         return False
     colors = winner_colors(panels, styles)
@@ -354,7 +363,9 @@ def winners_map(board: Leaderboard, path: Path, styles: dict) -> bool:
     fig.legend([Patch(facecolor=c, alpha=0.75) for c in colors.values()], list(colors), loc="outside right center",
                fontsize=8, title="fastest route", title_fontsize=8)
     fig.suptitle("Fastest correct route per shape: % of the bandwidth floor, lead over the runner-up "
-                 "(hatched: a tie, 95% intervals overlap)", fontsize=10)
+                 "(hatched: a tie, 95% intervals overlap)"
+                 + (f"\n{left_out} smaller panels not shown (other H, D, E, λ or initial state): leaderboard.md "
+                    "and .html list every problem's winner" if left_out else ""), fontsize=10)
     _save(fig, path)
     return True
 

@@ -108,6 +108,25 @@ def test_winner_cells_name_the_route_its_bandwidth_and_lead() -> None:
     assert c.loc[8, "tie"] and c.loc[8, "label"].startswith("tie\ncupy_chunked\nchunked")
 
 
+def test_the_winners_map_keeps_every_class_main_grid_when_panels_are_too_many() -> None:
+    """A wide grid gives a class dozens of small panels: the main (largest) grid of every class stays, in
+    class order, and only the smallest panels are left out (the published H200 map lost its bf16 grid)."""
+    def one(dim: int, times: dict[int, float], dtype: str = "bfloat16", batch: int = 1) -> list[dict]:
+        out = []
+        for n, t in times.items():
+            r = Row.for_problem("cupy_chunked", "chunked", Problem(batch, 2, n, dim, dtype=dtype), "ok", time_ms=t,
+                                rel_err=1e-3, host="h", copy_gbps=1000.0)
+            out.append(r.__dict__)
+        return out
+    small = [one(d, {512: 1.0}) for d in range(17, 37)]  # 20 one-cell bf16 panels, listed first
+    main = [one(64, {1024: 1.0, 4096: 2.0}, batch=b) for b in (1, 8)]  # the bf16 grid: 4 cells, sorted last
+    fp32 = [one(16, {1024: 1.0}, dtype="float32")]
+    panels = winner_cells(build(frame(*small, *main, *fp32)).winners, limit=5)
+    titles = [t for t, _ in panels]
+    assert len(panels) == 5 and "fp32" in titles[0] and "D=64" in titles[1] and "bf16" in titles[1]
+    assert len(panels[1][1]) == 4 and all(len(c) == 1 for _, c in panels[2:])
+
+
 def test_write_all_draws_every_plot(tmp_path: Path) -> None:
     df = contenders()
     made = write_all(df, build(df, "chunked"), tmp_path)
