@@ -13,6 +13,10 @@ Verdict per matched pair that is `ok` in both folders, NEW/BASE of the median ti
   (`leaderboard.bounds`: the median's 95% interval, else p20–p80): ratio interval
   [new_lo / base_hi, new_hi / base_lo], slower or faster when the ratio is beyond the threshold and that
   interval lies entirely beyond 1.
+Each side's spread, (p80 − p20) / median of its samples, is kept too: a verdict where NEW's spread is
+`NOISY_SPREAD`× BASE's (and above 10%) is marked noisy in comparison.md — the samples moved as a whole but
+also scattered, as when a busy host shows through a launch-bound call's timing — so a reader weighs it; the
+verdict itself stands (the gate is the test's, not a guess about causes).
 A pair `ok` in BASE and not in NEW (inaccurate, suspect, error, timeout, crashed, oom) is `failed`; the reverse
 is `fixed`; neither ok: `not ok`; skipped on either side: `skipped` (no verdict).
 
@@ -38,10 +42,11 @@ from leetbench.store import atomic_write, read_samples
 MATCH_COLUMNS = [c for c in PROBLEM_COLUMNS if c not in ("host", "gpu")]
 _MATCH_AT = [PROBLEM_COLUMNS.index(c) for c in MATCH_COLUMNS]
 REGRESSIONS = ("slower", "failed")
+NOISY_SPREAD = 4.0  # NEW's spread this many times BASE's marks a verdict noisy (module docstring)
 VERDICT_ORDER = {"failed": 0, "slower": 1, "faster": 2, "fixed": 3, "same": 4, "not ok": 5, "skipped": 6}
 COLUMNS = ["method", "family", "precision"] + MATCH_COLUMNS + [
     "status_base", "status_new", "base_ms", "new_ms", "ratio", "ratio_lo", "ratio_hi", "p_value", "basis",
-    "verdict", "base_row_id", "new_row_id"]
+    "verdict", "spread_base", "spread_new", "base_row_id", "new_row_id"]
 
 
 @dataclass
@@ -115,9 +120,24 @@ def from_intervals(b: dict, n: dict, threshold: float) -> tuple[float, float, fl
     return ratio, lo, hi, verdict
 
 
+def spread(samples: list[float]) -> float:
+    """(p80 − p20) / median of timed samples: how scattered they are (NaN without samples)."""
+    if not samples:
+        return math.nan
+    p20, p50, p80 = np.percentile(samples, [20, 50, 80])
+    return float((p80 - p20) / p50) if p50 > 0 else math.nan
+
+
+def noisy(r: dict) -> bool:
+    """Whether NEW's samples scattered `NOISY_SPREAD`× more than BASE's (and more than 10%)."""
+    b, n = r.get("spread_base", math.nan), r.get("spread_new", math.nan)
+    return bool(math.isfinite(b) and math.isfinite(n) and n > 0.1 and n > NOISY_SPREAD * b)
+
+
 def judge(b: dict, n: dict, base: Side, new: Side, threshold: float) -> dict:
     """The comparison of one matched pair of rows."""
-    out = {"ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan, "p_value": math.nan, "basis": ""}
+    out = {"ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan, "p_value": math.nan, "basis": "",
+           "spread_base": math.nan, "spread_new": math.nan}
     b_ok, n_ok = b["status"] == "ok", n["status"] == "ok"
     if "skipped" in (b["status"], n["status"]):  # not run on one side (a package, a device): no verdict
         return {**out, "verdict": "skipped"}
@@ -128,7 +148,8 @@ def judge(b: dict, n: dict, base: Side, new: Side, threshold: float) -> dict:
     if bs and ns:
         c = compare_samples(bs, ns, threshold=threshold)
         return {"ratio": c.ratio, "ratio_lo": c.ratio_lo, "ratio_hi": c.ratio_hi, "p_value": c.p_value,
-                "basis": f"samples ({len(bs)} vs {len(ns)})", "verdict": c.verdict}
+                "basis": f"samples ({len(bs)} vs {len(ns)})", "verdict": c.verdict,
+                "spread_base": spread(bs), "spread_new": spread(ns)}
     ratio, lo, hi, verdict = from_intervals(b, n, threshold)
     return {**out, "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi, "basis": "intervals", "verdict": verdict}
 
@@ -188,7 +209,9 @@ def markdown(c: Comparison) -> str:
              f"WITHOUT host and GPU: BASE ran on {', '.join(c.base.machines) or '—'}, NEW on "
              f"{', '.join(c.new.machines) or '—'}. Ratio = NEW / BASE median time. `slower` / `faster` only past "
              f"{100 * c.threshold:.0f}% and outside the 95% interval (from the timed samples with a Mann–Whitney "
-             "test, else from the rows' intervals); `failed`: ok in BASE, not ok in NEW.", "",
+             "test, else from the rows' intervals); `failed`: ok in BASE, not ok in NEW. *noisy*: NEW's samples "
+             f"scattered over {NOISY_SPREAD:g}× as widely as BASE's ((p80 − p20) / median, in parentheses): "
+             "weigh that verdict with care.", "",
              "**" + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f"** ({c.only_base} only in BASE, "
              f"{c.only_new} only in NEW)." + (" Regressions: exit status 1." if len(c.regressions) else ""), ""]
     pm = per_method(c)
@@ -202,6 +225,8 @@ def markdown(c: Comparison) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for r in c.table.to_dict("records"):
         verdict = f"**{r['verdict']}**" if r["verdict"] in REGRESSIONS else r["verdict"]
+        if noisy(r):
+            verdict += f", *noisy* ({r['spread_base']:.0%} → {r['spread_new']:.0%})"
         status = "" if r["status_base"] == r["status_new"] == "ok" else f" ({r['status_base']} → {r['status_new']})"
         lines.append(f"| {verdict}{status} | `{r['method']}` | {r['precision']} | {problem_label(r)} | {_x(r['base_ms'])} | "
                      f"{_x(r['new_ms'])} | {_x(r['ratio'])} [{_x(r['ratio_lo'])}–{_x(r['ratio_hi'])}] | "
@@ -221,5 +246,6 @@ def compare_command(folders: list[str], threshold: float, out: Path) -> int:
     print(f"leetbench compare: {counts} (NEW/BASE, threshold {100 * c.threshold:.0f}%) → {out / 'comparison.md'}")
     for r in c.regressions.head(20).to_dict("records"):
         print(f"  {r['verdict']}: {r['method']} {problem_label(r)}  {_x(r['base_ms'])} → {_x(r['new_ms'])} ms "
-              f"({_x(r['ratio'])}×)")
+              f"({_x(r['ratio'])}×)" + (f"; noisy: spread {r['spread_base']:.0%} → {r['spread_new']:.0%}"
+                                        if noisy(r) else ""))
     return 1 if len(c.regressions) else 0

@@ -54,6 +54,26 @@ def test_samples_decide_slower_faster_and_same(tmp_path: Path) -> None:
     assert verdicts(compare_runs(tmp_path / "base", tmp_path / "new", threshold=0.01))["nudged"] == "slower"
 
 
+def test_a_verdict_whose_new_samples_scattered_is_marked_noisy(tmp_path: Path) -> None:
+    """A busy host shows through a launch-bound call as samples both slower and scattered: the verdict
+    stands (the gate), comparison.md marks it noisy; a clean slowdown is not marked."""
+    write_run(tmp_path / "base", {"clean": 1.0, "scattered": 1.0}, spread=0.01, seed=1)
+    write_run(tmp_path / "new", {"clean": 2.0}, spread=0.01, seed=2)
+    write_run(tmp_path / "new_s", {"scattered": 2.0}, spread=0.4, seed=3)
+    rows = pd.concat([pd.read_csv(tmp_path / f / "results.csv") for f in ("new", "new_s")])
+    (tmp_path / "both").mkdir()
+    rows.to_csv(tmp_path / "both" / "results.csv", index=False)
+    (tmp_path / "both" / "samples.csv.gz").write_bytes((tmp_path / "new" / "samples.csv.gz").read_bytes()
+                                                      + (tmp_path / "new_s" / "samples.csv.gz").read_bytes())
+    assert compare_command([str(tmp_path / "base"), str(tmp_path / "both")], 0.10, tmp_path / "cmp") == 1
+    t = compare_runs(tmp_path / "base", tmp_path / "both").table.set_index("method")
+    assert t.loc["clean", "verdict"] == t.loc["scattered", "verdict"] == "slower"
+    assert t.loc["scattered", "spread_new"] > 4 * t.loc["scattered", "spread_base"] > 0
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    line = {m: next(x for x in md.splitlines() if f"`{m}`" in x and x.startswith("| **")) for m in ("clean", "scattered")}
+    assert "*noisy*" in line["scattered"] and "*noisy*" not in line["clean"]
+
+
 def test_without_samples_the_rows_intervals_decide(tmp_path: Path) -> None:
     write_run(tmp_path / "base", {"a": 1.0, "b": 1.0}, samples=False)
     write_run(tmp_path / "new", {"a": 1.01, "b": 2.0}, samples=False)
