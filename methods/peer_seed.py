@@ -13,7 +13,8 @@ Routes, each from its own module `leetDecoding.methods.X` (imported one by one, 
 - seed_block_based — `BlockBased.blockBased` (torch): blocks of 32 tokens, state carried. O(N·(C·D + D·E)).
 - seed_recursion — `Recursion.recursion` (torch): divide and conquer over the sequence down to blocks of 4,
   each level one low-rank product. O(N·log N·D·E).
-  (BlockBased and Recursion import causal_dot_product: their setup builds its extensions too, side by side.)
+  (BlockBased and Recursion import causal_dot_product: their setup builds its extensions too, side by
+  side.)
 - seed_fleet_attention — `FleetAttention.FleetAttention` (torch): a discounted cumulative sum per key
   coordinate, in log space (log of k·v, which is negative half the time: NaN). O(N·D·E).
 - seed_fleet_attention_triton — `FleetAttention_triton.FleetAttention_triton` (Triton): one program per key
