@@ -34,9 +34,9 @@ route). The layout is ours ([B, H, N, D]). No route has a scale, so q is given a
 tensor by `leetbench.adapters.prescaled` (cached, outside the timed calls). None takes an initial state or
 returns a final state, so problems with an initial state (and decode) are refused.
 
-The library has known wrong results (causal_dot_product at B = 1, FleetAttention_triton's race,
-FleetAttention's NaN, each described above); they are not worked around here: the harness judges every
-route's output, and they show up as `inaccurate` rows.
+The library has known wrong results (FleetAttention_triton's race and FleetAttention's NaN, above; earlier
+H200 publications also found causal_dot_product wrong at B = 1); they are not worked around here: the
+harness judges every route's output, and they show up as `inaccurate` rows.
 
 Source: https://github.com/Computational-Machine-Intelligence/LeetDecoding (leetDecoding/methods/*).
 """
