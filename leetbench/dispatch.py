@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from leetbench.inputs import state_dtype
 from leetbench.problem import DTYPES, MODES, Problem, ProblemError, decay_profile
 from leetbench.registry import Method, Registry
 
@@ -382,11 +383,6 @@ class Plan:
         self.step = self.method.step if self.call.mode == "decode" and not self.alias else None
 
 
-def state_dtype_of(dtype: torch.dtype) -> torch.dtype:
-    """The state's dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 _cublas_tf32 = getattr(torch._C, "_get_cublas_allow_tf32", None)  # what torch.backends.cuda.matmul.allow_tf32 reads
 
 
@@ -620,7 +616,7 @@ class Dispatcher:
             lam = decay_profile(call.decay, call.H).to(q.device)
         plan = Plan(decision, method, call, call.problem(), c, lam,
                     isinstance(decay, torch.Tensor) and (decay.dtype != torch.float64 or decay.device != q.device),
-                    state_dtype_of(q.dtype), grad and method.family.startswith("peer"))
+                    state_dtype(q.dtype), grad and method.family.startswith("peer"))
         if len(self._plans) >= self._max_plans:
             self._plans.clear()
         self._plans[key] = plan

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from leetbench.inputs import CHECKED_TIMED_STATE, Signs, make_inputs, reference_on_device
+from leetbench.inputs import CHECKED_TIMED_STATE, Signs, make_inputs, reference_on_device, state_dtype
 from leetbench.poison import poison
 from leetbench.problem import Inputs, Problem
 from leetbench.protocol import Outcome
@@ -118,8 +118,7 @@ def _calls(method: Method, problem: Problem, x: Inputs) -> Calls:
             return _split(call(x.q[:, :, t:t + 1], x.k[:, :, t:t + 1], x.v[:, :, t:t + 1], state),
                           (B, H, 1, E), (B, H, D, E), x.v, True)
         if state is None:
-            state = torch.zeros(B, H, D, E, dtype=x.v.dtype if x.v.dtype == torch.float64 else torch.float32,
-                                device=x.v.device)
+            state = torch.zeros(B, H, D, E, dtype=state_dtype(x.v.dtype), device=x.v.device)
         o_t, state = _split(method.step(x.q[:, :, t], x.k[:, :, t], x.v[:, :, t], x.decay, scale=x.scale,
                                         state=state), (B, H, E), (B, H, D, E), x.v, True)
         return o_t.unsqueeze(2), state
