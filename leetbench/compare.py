@@ -36,7 +36,7 @@ from leetbench.config import ConfigError
 from leetbench.leaderboard import bounds
 from leetbench.report import find_results, merge
 from leetbench.results import PROBLEM_COLUMNS, problem_key
-from leetbench.stats import compare_samples
+from leetbench.stats import compare_samples, quantile
 from leetbench.store import atomic_write, read_samples
 
 MATCH_COLUMNS = [c for c in PROBLEM_COLUMNS if c not in ("host", "gpu")]
@@ -122,10 +122,8 @@ def from_intervals(b: dict, n: dict, threshold: float) -> tuple[float, float, fl
 
 def spread(samples: list[float]) -> float:
     """(p80 − p20) / median of timed samples: how scattered they are (NaN without samples)."""
-    if not samples:
-        return math.nan
-    p20, p50, p80 = np.percentile(samples, [20, 50, 80])
-    return float((p80 - p20) / p50) if p50 > 0 else math.nan
+    p20, p50, p80 = (quantile(samples, q) for q in (0.2, 0.5, 0.8))
+    return (p80 - p20) / p50 if p50 > 0 else math.nan
 
 
 def noisy(r: dict) -> bool:
