@@ -173,9 +173,10 @@ def _winner_panels(winners: pd.DataFrame, limit: int) -> tuple[list[tuple[str, p
                               "label": [winner_label(w) for w in g.to_dict("records")]})
         panels.append((class_order((k["host"], k["gpu"], k["precision"], k["mode"])), -len(cells), title, cells))
     panels.sort(key=lambda p: p[:3])  # in each class the largest panel first
-    firsts = [p for i, p in enumerate(panels) if i == 0 or p[0] != panels[i - 1][0]]
-    others = sorted((p for p in panels if p not in firsts), key=lambda p: p[1])
-    chosen = sorted((firsts + others)[:limit], key=lambda p: p[:3])
+    first = [i == 0 or p[0] != panels[i - 1][0] for i, p in enumerate(panels)]
+    others = sorted((i for i in range(len(panels)) if not first[i]), key=lambda i: panels[i][1])
+    picked = ([i for i in range(len(panels)) if first[i]] + others)[:limit]
+    chosen = [panels[i] for i in sorted(picked)]
     return [(title, cells) for _, _, title, cells in chosen], len(panels) - len(chosen)
 
 
