@@ -54,9 +54,16 @@ def peers() -> dict[str, Callable]:
     return out
 
 
-def variants(B: int, N: int, D: int, E: int, dtype: str, ab: bool) -> dict[str, dict]:
+def variants(B: int, N: int, D: int, E: int, dtype: str, ab: bool, es: bool = False) -> dict[str, dict]:
     """Keyword arguments of ops.chunked per variant."""
     out = {"one": {"segments": 1}, "P2": {"segments": 2}, "P4": {"segments": 4}}
+    if es:  # one pass at every E slice that fits, at one and (where it fits) two CTAs per SM
+        for c in ops._es_options(D, E, dtype == "float32", 0):
+            for minb in (1, 2):
+                try:
+                    out[f"es{c}x{minb}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=c, minb=minb)}
+                except Exception as exc:  # noqa: BLE001 - a variant that cannot be planned is left out
+                    print(f"  es{c}x{minb}: {exc}")
     if ab:
         plan = ops.chunk_plan(B, H, D, E, dtype)
         out["4loops"] = {"plan": replace(plan, opt=plan.opts & ~ops.OPT_ONELOOP)}
@@ -70,7 +77,8 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
-def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, peer: dict) -> dict:
+def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, peer: dict,
+               es: bool = False) -> dict:
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -78,7 +86,7 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, 
     lam = decay_profile("multiscale", H).cuda()
     dtype = str(dt).removeprefix("torch.")
     calls = {name: (lambda kw=kw: ops.chunked(q, k, v, lam, scale=D ** -0.5, **kw)[0])
-             for name, kw in variants(B, N, D, E, dtype, ab).items()}
+             for name, kw in variants(B, N, D, E, dtype, ab, es).items()}
     qt = tuple(x.transpose(1, 2).contiguous() for x in (q, k, v)) if "fla" in peer else None
     calls.update({name: (lambda fn=fn: fn(q, k, v, lam, qt)) for name, fn in peer.items()})
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
@@ -117,6 +125,7 @@ def main() -> None:
     ap.add_argument("--dims", default="128x128,64x256", help="DxE pairs")
     ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--ab", action="store_true", help="also time the kernel options (four loops, fp16 scale)")
+    ap.add_argument("--es", action="store_true", help="also time one pass at every E slice and CTAs per SM")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
@@ -132,7 +141,7 @@ def main() -> None:
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, N, D, E) in shapes:
-        row = time_shape(B, N, D, E, d, bw, args.ab, peer)
+        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:
