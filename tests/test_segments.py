@@ -179,3 +179,14 @@ def test_seq_plan_rule(h200):
     forced = ops.seq_plan(8, 32, 1000, 64, 64, "float16", segments=3)
     assert forced is not None and forced.seg.count == 3
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[-1] == "segment_scan<4>"
+
+
+def test_e_slice_rule(h200):
+    """ES = 64 only where nothing narrower is allowed once D ≥ 64 (it measured 1.2–3× slower per chunk)."""
+    assert ops._es_candidates(64, 128) == [32, 16] and ops._es_candidates(128, 256) == [32]
+    assert ops._es_candidates(64, 512) == [64]          # still supported, through the one slice that fits
+    assert 64 in ops._es_candidates(32, 128)           # small D: unchanged (not measured otherwise)
+    wide = ops.chunk_plan(4, 32, 64, 128, "bfloat16")    # B=4, D=64, E=128: 512 CTAs → ES 32, two per SM
+    assert (wide.es, wide.minb) == (32, 2)
+    sq = ops.seq_plan(1, 32, 32768, 64, 128, "bfloat16")
+    assert sq is not None and sq.out.es == 32 and sq.seg.count == 2

@@ -161,8 +161,12 @@ def _read_layouts(dev: int) -> None:
 
 
 def _es_candidates(D: int, E: int) -> list[int]:
-    # ES = 64 needs ~255 registers at D = 128 and ran 3× slower per chunk than ES = 32 (H200): only for D ≤ 64
-    return [es for es in (64, 32, 16) if E % es == 0 and E // es <= 8 and not (es == 64 and D > 64)]
+    # ES = 64 ran slower than ES = 32 at the same CTAs per SM wherever it was measured (H200, bf16, H=32,
+    # N=32768): 3× per chunk at D = 128 (~255 registers), 1.2–2.2× at D = 64 with E = 64, 128, 256 and B = 1, 4
+    # (scripts/KERNEL_NOTES.md, v7). So for D ≥ 64 it is kept only where no narrower slice is allowed (E = 512).
+    fits = [es for es in (64, 32, 16) if E % es == 0 and E // es <= 8]
+    narrow = [es for es in fits if es < 64]
+    return narrow if D >= 64 and narrow else fits
 
 
 def chunked_supports(D: int, E: int, dtype: str = "bfloat16") -> str | None:
