@@ -38,3 +38,25 @@ def test_gpu_slots_are_exclusive(tmp_path: Path) -> None:
             assert {first, second} == {"0", "1"}
     with gpu_slot(tmp_path, ["0", "1"]) as again:
         assert again == "0"  # released on exit
+
+
+def test_paper_split_puts_every_method_in_one_job() -> None:
+    """scripts/paper_sweep.sh splits the published paper sweep into jobs by method group: a method in no
+    group would vanish from the leaderboard, one in two groups would be measured twice."""
+    import shlex
+    import subprocess
+
+    from leetbench.discovery import load_methods
+    from leetbench.registry import select_names
+
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(["bash", "-c", 'source scripts/paper_sweep.sh && echo "$PAPER" && echo "$PAPER_SPLIT"'],
+                           cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    paper = dict(arg.split("=", 1) for arg in shlex.split(shown[0]))
+    key, groups = shown[1].split("=", 1)
+    assert key == "methods" and groups.startswith("[") and groups.endswith("]")
+    names = load_methods(entry_points=False).names()
+    swept = select_names(names, [], paper["exclude"].strip("[]").split(","))
+    jobs = [select_names(swept, group.split(",")) for group in groups[1:-1].split("],[")]
+    flat = [m for job in jobs for m in job]
+    assert sorted(flat) == swept, (sorted(set(swept) - set(flat)), [m for m in flat if flat.count(m) > 1])
