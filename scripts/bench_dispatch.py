@@ -10,18 +10,23 @@ decode step the route's `step=` on [B,H,D] tensors when it has one):
 - host µs per call to enqueue back-to-back calls (41 alternating rounds of `--loops` calls of each, the
   clock stopped before the synchronize, fewer calls than the launch queue holds): the dispatcher's own host
   cost is the median of the per-round differences, whatever the GPU time of the route.
+Last, the dispatcher alone: a planted no-op route (returns q; no GPU work, no route cost) steered to by a
+table of its own, prefill and decode step, so that neither the route's host work nor the GPU shows in it.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import leetbench
 from leetbench.attention import default_dispatcher
+from leetbench.dispatch import FORMAT, Dispatcher
 from leetbench.problem import DTYPES, decay_profile
 from leetbench.timing import TimingConfig, measure
 
@@ -56,6 +61,48 @@ def host_us(own, dispatched, device: torch.device, n: int, rounds: int = 41) -> 
     pairs = [(_enqueue_us(own, device, n), _enqueue_us(dispatched, device, n)) for _ in range(rounds)]
     return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
             statistics.median(b - a for a, b in pairs))
+
+
+NOOP = """
+from leetbench.registry import register
+
+
+def _step(q, k, v, decay, *, scale, state):
+    return q, state
+
+
+@register(name="noop", family="bench", modes=("prefill", "decode"), step=_step)
+def noop(q, k, v, decay, *, scale, initial_state=None):
+    return q, initial_state
+"""
+
+
+def noop_cases(device: torch.device, dtype: torch.dtype, loops: int) -> None:
+    """The dispatcher's own host cost: a no-op route it is steered to, against calling that route directly."""
+    B, H, N, D = 1, 32, 128, 128
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "noop.py").write_text(NOOP)
+        entries = [dict(mode=mode, dtype=str(dtype).removeprefix("torch."), initial_state=mode == "decode",
+                        batch=B, heads=H, length=N if mode == "prefill" else 1, dim=D, dim_v=D,
+                        routes=[dict(method="noop", time_ms=0.001)]) for mode in ("prefill", "decode")]
+        table = {"format": FORMAT, "device": default_dispatcher().device_name(device), "entries": entries}
+        disp = Dispatcher([table], methods_dirs=[folder], user_cache=False, shipped=False)
+        route = disp.registry["noop"]
+        lam = torch.full((H,), 0.9, dtype=torch.float64, device=device)
+        q4 = torch.randn(B, H, N, D, device=device, dtype=dtype)
+        q3 = q4[:, :, 0].contiguous()
+        state = torch.zeros(B, H, D, D, device=device, dtype=torch.float32)
+        cases = [("no-op prefill", (q4,) * 3, None,
+                  lambda: route.fn(q4, q4, q4, lam, scale=0.1, initial_state=None),
+                  lambda: leetbench.decay_attention(q4, q4, q4, "multiscale", dispatcher=disp)),
+                 ("no-op decode step", (q3,) * 3, state,
+                  lambda: route.step(q3, q3, q3, lam, scale=0.1, state=state),
+                  lambda: leetbench.decay_attention_step(q3, q3, q3, "multiscale", state, dispatcher=disp))]
+        for label, qkv, s0, own, dispatched in cases:
+            dispatched()
+            chosen = leetbench.explain(*qkv, "multiscale", initial_state=s0, dispatcher=disp).route
+            h_own, h_disp, overhead = host_us(own, dispatched, device, loops)
+            print(f"{label:20} {chosen:16} {'':9} {'':9} {h_own:12.2f} {h_disp:13.2f} {overhead:12.2f}")
 
 
 def main() -> None:
@@ -105,6 +152,7 @@ def main() -> None:
         h_own, h_disp, overhead = host_us(own, dispatched, device, args.loops)
         print(f"{name:20} {why.route:16} {t_own:9.4f} {t_disp:9.4f} {h_own:12.2f} {h_disp:13.2f} "
               f"{overhead:12.2f}")
+    noop_cases(device, dtype, args.loops)
     print("overhead µs = host µs to enqueue a dispatched call − to enqueue the route's own call (median of the\n"
           "differences over alternating rounds)")
 
