@@ -336,16 +336,45 @@ def wall_note(df: pd.DataFrame) -> str:
             f"measured calls; the largest part: {name} ({secs:.1f} s, {100 * secs / max(w.total_s, 1e-12):.0f}%).")
 
 
-def _environment(df: pd.DataFrame) -> list[str]:
-    lines = []
-    envs = df.drop_duplicates(["host", "gpu", "device", "torch"])
-    for e in envs.to_dict("records"):
-        where = e["gpu"] or f"CPU ({int(e['threads'] or 0)} thread(s))"
+@dataclass(frozen=True)
+class Setting:
+    """One machine and software stack of a results table, and the commits its rows were measured at."""
+
+    where: str  # the GPU's name, or "CPU (n thread(s))"
+    host: str
+    torch: str
+    cupy: str
+    copy_gbps: float
+    commits: tuple[tuple[str, int], ...]  # (git sha or "?", rows), most rows first
+
+    def details(self) -> str:
+        """Everything after the host: versions, copy bandwidth, commit(s)."""
+        bw = f", copy bandwidth {self.copy_gbps:.0f} GB/s" if math.isfinite(self.copy_gbps) else ""
+        if len(self.commits) == 1:
+            commit = f"commit {self.commits[0][0]}"
+        else:  # a table merged from runs at several commits says so, row counts included
+            commit = "commits " + ", ".join(f"{sha} ({n} row{'s' if n != 1 else ''})" for sha, n in self.commits)
+        return f"torch {self.torch}{', cupy ' + self.cupy if self.cupy else ''}{bw}, {commit}"
+
+
+def settings(df: pd.DataFrame) -> list[Setting]:
+    """The machines and stacks of a results table, in order of first appearance."""
+    out = []
+    for _, g in df.groupby(["host", "gpu", "device", "torch"], dropna=False, sort=False):
+        e = g.iloc[0]
         bw = e["copy_gbps"]
-        bw_txt = f", copy bandwidth {float(bw):.0f} GB/s" if isinstance(bw, (int, float)) and math.isfinite(bw) else ""
-        lines.append(f"- {where} on `{e['host']}`, torch {e['torch']}"
-                     f"{', cupy ' + str(e['cupy']) if e['cupy'] else ''}{bw_txt}, commit {e['git_sha'] or '?'}")
-    return lines
+        shas = g["git_sha"].fillna("").astype(str).replace("", "?").value_counts()
+        threads = int(e["threads"]) if isinstance(e["threads"], (int, float)) and e["threads"] == e["threads"] else 0
+        out.append(Setting(where=e["gpu"] if isinstance(e["gpu"], str) and e["gpu"] else f"CPU ({threads} thread(s))",
+                           host=str(e["host"]), torch=str(e["torch"]),
+                           cupy=str(e["cupy"]) if isinstance(e["cupy"], str) else "",
+                           copy_gbps=float(bw) if isinstance(bw, (int, float)) else math.nan,
+                           commits=tuple((str(sha), int(n)) for sha, n in shas.items())))
+    return out
+
+
+def _environment(df: pd.DataFrame) -> list[str]:
+    return [f"- {s.where} on `{s.host}`, {s.details()}" for s in settings(df)]
 
 
 def class_markdown(c: ClassBoard) -> list[str]:

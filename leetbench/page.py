@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leetbench.leaderboard import (ClassBoard, Leaderboard, machine, problem_text, rank_text, wall_note,
+from leetbench.leaderboard import (ClassBoard, Leaderboard, machine, problem_text, rank_text, settings, wall_note,
                                    FAILED_STATUSES, RAN_STATUSES)
 
 CSS = """
@@ -229,14 +229,8 @@ def failures_section(df: pd.DataFrame, load_failures: list[tuple[str, str]] | No
 
 
 def environment(df: pd.DataFrame) -> str:
-    envs = df.drop_duplicates(["host", "gpu", "device", "torch"])
-    items = []
-    for e in envs.to_dict("records"):
-        bw = e["copy_gbps"]
-        bw_txt = f", copy bandwidth {float(bw):.0f} GB/s" if isinstance(bw, float) and math.isfinite(bw) else ""
-        items.append(f"<li>{_e(e['gpu'] or 'CPU')} on <code>{_e(e['host'])}</code>, torch {_e(e['torch'])}"
-                     f"{', cupy ' + _e(e['cupy']) if e['cupy'] else ''}{_e(bw_txt)}, commit {_e(e['git_sha'] or '?')}</li>")
-    return f"<ul>{''.join(items)}</ul>"
+    items = "".join(f"<li>{_e(s.where)} on <code>{_e(s.host)}</code>, {_e(s.details())}</li>" for s in settings(df))
+    return f"<ul>{items}</ul>"
 
 
 def page(board: Leaderboard, df: pd.DataFrame, plots: list[Path] | None = None,

@@ -173,3 +173,21 @@ def test_the_page_sorts_and_filters_in_a_browser(built, tmp_path: Path) -> None:
     assert 'data-slowest="recurrent"' in body
     assert 'data-shown="cupy_chunked"' in body
     assert "Uncaught" not in proc.stderr
+
+
+def test_a_table_merged_from_several_commits_names_each_with_its_rows() -> None:
+    """A leaderboard of runs at two commits must not claim the first one for every row (page and markdown)."""
+    from leetbench.leaderboard import markdown
+
+    df = results()
+    later = pd.DataFrame(rows("chunked", "chunked", {16384: 16.0}))
+    later["git_sha"] = "cafe0001"
+    both = pd.concat([df, later], ignore_index=True)
+    p = Page()
+    p.feed(page(build(both), both))
+    text = "".join(p.text)
+    assert f"commits deadbeef ({len(df)} rows), cafe0001 (1 row)" in text
+    assert f"commits deadbeef ({len(df)} rows), cafe0001 (1 row)" in markdown(build(both), both)
+    one = Page()
+    one.feed(page(build(df), df))
+    assert "commit deadbeef" in "".join(one.text) and "commits" not in "".join(one.text)
