@@ -7,6 +7,6 @@
 #  - each route compiles and autotunes in one job only, at the shortest N (fla's autotuning is cached by
 #    a key without N; autotuning fla_parallel at N=100000 first took more than its 300-s setup limit);
 #  - the groups, heaviest first, keep the launcher's GPUs busy until the end.
-# Every method of the sweep must be in exactly one group (tests/test_scripts.py checks it).
+# Every method of the sweep must be in exactly one group (tests/test_scaleout.py checks it).
 PAPER="sweep=paper dtypes=[bfloat16] exclude=[quadratic,recurrent,mamba2_ssd_c64,mamba2_ssd_c256]"
 PAPER_SPLIT="methods=[seed_*],[assoc_scan,fft_toeplitz,block_based,recursion,fleet_lowrank],[fla_*],[cupy_*,lightning*,mamba2*,chunked]"
