@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The published GPU leaderboard, on the device machine (or any GPU box with the project installed):
-#   bash scripts/device_publish.sh kernels decode paper wide mamba        (any subset, in that order)
+#   bash scripts/device_publish.sh kernels decode paper wide mamba        (any subset, in that order;
+#   paper_fp16 and paper_fp32 are the paper sweep in those dtypes)
 # Each stage writes results/gpu-<card>/<stage>/; with several GPUs it runs as a multirun through
 # hydra/launcher=gpus (one job per part, each on a GPU of its own; the stage folder gets the merged rows).
 # A stage stops at $STAGE_S seconds (default 540) with SIGINT: finished rows are kept, and running the same
@@ -21,6 +22,8 @@ stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
                   "dtypes=[bfloat16,float16,float32] |sweep.batch=[1],[8]" ;;
     decode)  echo "sweep=decode methods=[cupy_*,fla_fused_recurrent,recurrent] |sweep.batch=[1,8],[64,256]" ;;
     paper)   echo "$PAPER |$PAPER_SPLIT" ;;
+    paper_fp16) echo "${PAPER/bfloat16/float16} |$PAPER_SPLIT" ;;  # the same sweep and jobs in another dtype
+    paper_fp32) echo "${PAPER/bfloat16/float32} |$PAPER_SPLIT" ;;
     mamba)   echo "sweep=gpu_kernels methods=[mamba2_ssd,mamba2_ssd_c64,mamba2_ssd_c256] dtypes=[bfloat16]" \
                   "|sweep.batch=[1],[8]" ;;
     wide)    echo "sweep=gpu_wide methods=[cupy_chunked,fla_chunk,lightning_attn2,mamba2_ssd] |sweep.batch=[1],[4,8]" ;;
