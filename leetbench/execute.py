@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from leetbench.inputs import CHECKED_TIMED_STATE, Signs, make_inputs, reference_on_device, state_dtype
+from leetbench.inputs import (CHECKED_TIMED_STATE, Signs, make_inputs, reference_dtype, reference_on_device,
+                              state_dtype)
 from leetbench.poison import poison
 from leetbench.problem import Inputs, Problem
 from leetbench.protocol import Outcome
@@ -46,7 +47,7 @@ class Reference:
 
 def build_reference(problem: Problem, inputs: Inputs, device_bytes: float) -> Reference:
     B, H, T, E = inputs.v.shape
-    keep = torch.float32 if problem.dtype in ("float16", "bfloat16") else torch.float64
+    keep = reference_dtype(problem.dtype)
     on_device = reference_on_device(problem, device_bytes)
     store = torch.empty(B, H, T, E, dtype=keep, device=inputs.v.device if on_device else "cpu",
                         pin_memory=not on_device and inputs.v.is_cuda)

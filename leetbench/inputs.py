@@ -32,6 +32,12 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def reference_dtype(dtype: str) -> torch.dtype:
+    """The stored reference output's dtype: float64, or float32 for 16-bit problems (its rounding, 6e-8, is 1e4×
+    below their errors)."""
+    return torch.float32 if dtype in ("float16", "bfloat16") else torch.float64
+
+
 def _token_counts(p: Problem) -> tuple[int, int]:
     """(tokens with outputs, prefix tokens folded into the initial state)."""
     return (p.steps, p.length) if p.mode == "decode" else (p.length, 0)
@@ -183,10 +189,9 @@ def reference_on_device(p: Problem, device_bytes: float) -> bool:
 
 
 def reference_bytes(p: Problem) -> int:
-    """The stored reference output: float64, or float32 for 16-bit problems (its rounding, 6e-8, is 1e4× below
-    their errors), plus the float64 final state."""
+    """The stored reference output (`reference_dtype`) plus the float64 final state."""
     n, _ = _token_counts(p)
-    item = 4 if p.dtype in ("float16", "bfloat16") else 8
+    item = reference_dtype(p.dtype).itemsize
     return p.batch * p.heads * (n * p.E * item + 2 * p.dim * p.E * 8)
 
 
