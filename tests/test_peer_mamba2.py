@@ -35,9 +35,7 @@ def registry():
     return load_methods(files=[PLUGIN], entry_points=False)
 
 
-@pytest.fixture(autouse=True)
-def _empty_adapter_cache(fresh_adapter_cache):
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_adapter_cache")  # every test starts and ends with an empty cache
 
 
 # ---- the fake kernel, in Mamba's convention ----------------------------------------------------------------
@@ -144,7 +142,7 @@ def _errors(method: Method, p: Problem, decay: torch.Tensor | None = None) -> tu
 
 # ---- (1) declarations, and skipped without the package --------------------------------------------------
 
-def test_registered_and_skipped_without_thefake_module(registry, monkeypatch):
+def test_registered_and_skipped_without_the_package(registry, monkeypatch):
     assert not registry.failures, registry.failures
     for module in ("mamba_ssm", "triton", "einops"):
         monkeypatch.setitem(sys.modules, module, None)  # find_spec → None: "not installed" on every machine

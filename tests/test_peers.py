@@ -36,9 +36,7 @@ def registry():
     return load_methods(entry_points=False)
 
 
-@pytest.fixture(autouse=True)
-def _empty_adapter_cache(fresh_adapter_cache):
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_adapter_cache")  # every test starts and ends with an empty cache
 
 
 def _exact_log_decays(heads: int) -> torch.Tensor:
