@@ -150,7 +150,10 @@ def winner_label(w: dict) -> str:
     return f"{w['winner']}\n{bw}\n{ahead}"
 
 
-def winner_cells(winners: pd.DataFrame, limit: int = 12) -> list[tuple[str, pd.DataFrame]]:
+MAP_PANELS = 12  # panels of the winners map at most (a figure of readable cells)
+
+
+def winner_cells(winners: pd.DataFrame, limit: int = MAP_PANELS) -> list[tuple[str, pd.DataFrame]]:
     """Panels of the winners map: one per class and per value of the other swept axes (H, D, E, λ, ...);
     in each, one cell per (B, N) with the route, whether it is a tie, and the label. At most `limit`:
     every class's largest panel first (its main grid), then the largest others; in class order."""
@@ -340,7 +343,7 @@ def speedup(board: Leaderboard, path: Path, styles: dict) -> bool:
 
 
 def winners_map(board: Leaderboard, path: Path, styles: dict) -> bool:
-    panels, left_out = _winner_panels(board.winners, 12)
+    panels, left_out = _winner_panels(board.winners, MAP_PANELS)
     if not panels:
         return False
     colors = winner_colors(panels, styles)
