@@ -22,8 +22,11 @@ sweep() {  # sweep <name> <CUDA_VISIBLE_DEVICES> <out>: prints "<name> <exit> <s
   local rc=$?
   echo "$1 $rc $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")"
 }
-report() {  # report <name> <exit> <seconds> <out>
-  echo "$1: $3 s wall, exit $2$([ "$2" = 0 ] || echo ' (cut short or failed: not a wall time)'), $(($(wc -l < "$4/results.csv") - 1)) rows in $4"
+report() {  # report <name> <exit> <seconds> <out>: rows of the merged file, or of the jobs' when cut short
+  local files=("$4/results.csv")
+  [ -f "$4/results.csv" ] || files=("$4"/*/results.csv)
+  local rows=$(cat "${files[@]}" 2>/dev/null | grep -vc '^method,')
+  echo "$1: $3 s wall, exit $2$([ "$2" = 0 ] || echo ' (cut short or failed: not a wall time)'), $rows rows in $4"
   tail -n 2 "$log/$1.log"
 }
 nvidia-smi --query-gpu=index,name --format=csv,noheader
