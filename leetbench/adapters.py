@@ -15,7 +15,8 @@ Tensors without a version counter (made under `torch.inference_mode`) are conver
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -148,15 +149,54 @@ def prepare_time_major(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay:
 
 # ---- setup: compile and autotune outside the measured calls -----------------------------------------
 
-def warm_up(get_fn: Callable[[], Callable[..., Any]]) -> Callable[[Any], None]:
+def triton_autotuners(packages: Sequence[str]) -> list[Any]:
+    """The Triton autotuners in the loaded modules of `packages`, also those under @heuristics; [] without Triton."""
+    try:
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.jit import KernelInterface
+    except ImportError:
+        return []
+    found: dict[int, Any] = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == p or name.startswith(p + ".") for p in packages):
+            continue
+        for obj in list(vars(module).values()):
+            while isinstance(obj, KernelInterface):  # @heuristics and @autotune wrap each other through .fn
+                if isinstance(obj, Autotuner):
+                    found[id(obj)] = obj
+                obj = getattr(obj, "fn", None)
+    return list(found.values())
+
+
+def forget_autotuning(packages: Sequence[str]) -> int:
+    """Make the Triton autotuners of `packages` (their loaded modules) tune afresh on their next call.
+
+    A Triton autotuner keeps one choice per key, and fla's and Mamba-2's keys name head sizes and block shapes,
+    not B or N: without this, a worker's first problem would choose the configuration for every later shape
+    — by timing microsecond kernels when that problem is short, a choice that was up to 3× slower elsewhere
+    (design §6). Each autotuner's choices are emptied and it stops reading choices from Triton's disk cache
+    (fla 0.6 writes them there by default), so the next call tunes at its own shape, as a model's first call
+    at that shape would. Returns how many autotuners were reset.
+    """
+    tuners = triton_autotuners(packages)
+    for tuner in tuners:
+        tuner.cache.clear()
+        tuner.cache_results = False
+    return len(tuners)
+
+
+def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()) -> Callable[[Any], None]:
     """A `setup=` that calls the method once on random inputs of the problem's shape, dtype and device.
 
     JIT peers (Triton) compile and autotune on their first call — fla's autotuning takes tens of seconds per
     (H, D, E, dtype) — so doing that call in `setup` puts it under `setup_timeout_s` and outside the checked
-    and timed calls. `get_fn` is called then, so a method can name itself before it is defined.
+    and timed calls. `get_fn` is called then, so a method can name itself before it is defined. `retune`
+    names packages whose Triton autotuners forget their choices first (`forget_autotuning`), so that every
+    problem is measured with the configuration tuned at its own shape.
     """
 
     def setup(problem: Any) -> None:
+        forget_autotuning(retune)
         device = torch.device(problem.device)
         gen = torch.Generator(device=device).manual_seed(problem.seed + 1)
         B, H, D, E = problem.batch, problem.heads, problem.dim, problem.E

@@ -35,6 +35,8 @@ import importlib
 from leetbench import register
 from leetbench.adapters import log_decay_as, per_token_log_decay, prepare_time_major, time_major, warm_up
 
+# fla's autotuners key on head sizes, not on B or N: tune afresh for every problem (adapters.forget_autotuning)
+RETUNE = ("fla",)
 _COMMON = dict(family="peer:fla", devices=("cuda",), dtypes=("float32", "float16", "bfloat16"),
                requires=("fla", "triton"))
 
@@ -63,7 +65,8 @@ def _no_initial_state(problem) -> str | None:
     return None
 
 
-@register(name="fla_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, setup=warm_up(lambda: fla_chunk),
+@register(name="fla_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True,
+          setup=warm_up(lambda: fla_chunk, retune=RETUNE),
           differentiable=True, prepare=prepare_time_major,
           **_COMMON)
 def fla_chunk(q, k, v, decay, *, scale, initial_state=None):
@@ -72,7 +75,7 @@ def fla_chunk(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="fla_fused_chunk", complexity="O(N·(C·D + D·E)), C=64", tf32=True, differentiable=True,
-          setup=warm_up(lambda: fla_fused_chunk),
+          setup=warm_up(lambda: fla_fused_chunk, retune=RETUNE),
           prepare=prepare_time_major, **_COMMON)
 def fla_fused_chunk(q, k, v, decay, *, scale, initial_state=None):
     """fla fused_chunk_simple_gla: one kernel over the chunks, state in registers (Triton)."""
@@ -80,7 +83,7 @@ def fla_fused_chunk(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="fla_fused_recurrent", complexity="O(N·D·E)", modes=("prefill", "decode"), differentiable=True,
-          setup=warm_up(lambda: fla_fused_recurrent),
+          setup=warm_up(lambda: fla_fused_recurrent, retune=RETUNE),
           prepare=prepare_time_major, **_COMMON)
 def fla_fused_recurrent(q, k, v, decay, *, scale, initial_state=None):
     """fla fused_recurrent_simple_gla: token by token, float32 state (Triton); also the decode step."""
@@ -88,7 +91,7 @@ def fla_fused_recurrent(q, k, v, decay, *, scale, initial_state=None):
 
 
 @register(name="fla_parallel", complexity="O(N²·(D + E))", tf32=True, supports=_no_initial_state,
-          differentiable=True, setup=warm_up(lambda: fla_parallel),
+          differentiable=True, setup=warm_up(lambda: fla_parallel, retune=RETUNE),
           prepare=_prepare_parallel, **_COMMON)
 def fla_parallel(q, k, v, decay, *, scale, initial_state=None):
     """fla parallel_simple_gla: masked parallel form in blocks, per-token gate (Triton); no state."""

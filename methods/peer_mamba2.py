@@ -60,6 +60,7 @@ KERNEL_MODULE = "mamba_ssm.ops.triton.ssd_combined"
 # results/gpu-NVIDIA-H200/mamba/), so it is the default here.
 DEFAULT_CHUNK = 128
 OTHER_CHUNKS = (64, 256)  # measured beside the default, as mamba2_ssd_c64 / _c256
+RETUNE = ("mamba_ssm",)  # its autotuners key on chunk and head sizes, not B or N: tune for every problem
 INT32_ELEMENTS = 2 ** 31  # offsets 0 … 2^31 − 1 fit the kernels' 32-bit pointer arithmetic
 
 
@@ -166,7 +167,7 @@ def _register(name: str, chunk: int) -> None:
     fn.__name__ = fn.__qualname__ = name
     register(name=name, family="peer:mamba2", complexity=f"O(N·(C·(D + E) + D·E)), C={chunk}", devices=("cuda",),
              dtypes=("float32", "float16", "bfloat16"), tf32=True, requires=("mamba_ssm", "triton", "einops"),
-             supports=supports_for(chunk), setup=warm_up(lambda: fn), prepare=prepare,
+             supports=supports_for(chunk), setup=warm_up(lambda: fn, retune=RETUNE), prepare=prepare,
              differentiable=True)(fn)
 
 

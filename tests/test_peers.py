@@ -345,6 +345,69 @@ def test_cache_converts_inference_tensors_every_time():
     assert cached(x, lambda t: t * 2) is not cached(x, lambda t: t * 2)
 
 
+def _fake_triton(monkeypatch: pytest.MonkeyPatch) -> tuple[type, type]:
+    """triton.runtime's autotuner classes, as far as `forget_autotuning` sees them: tuners wrap through .fn."""
+
+    class KernelInterface:
+        def __init__(self, fn=None):
+            self.fn = fn
+
+    class Autotuner(KernelInterface):
+        """Tunes once per key (head size only, as fla's keys leave N out) and records the length it tuned at."""
+
+        def __init__(self, fn=None):
+            super().__init__(fn)
+            self.cache, self.cache_results, self.tuned_at = {}, True, []
+
+        def run(self, q):
+            key = q.shape[-1]
+            if key not in self.cache:
+                self.tuned_at.append(q.shape[2])
+                self.cache[key] = q.shape[2]
+            return self.cache[key]
+
+    class Heuristics(KernelInterface):
+        pass
+
+    fake_module(monkeypatch, "triton")
+    fake_module(monkeypatch, "triton.runtime")
+    fake_module(monkeypatch, "triton.runtime.autotuner", Autotuner=Autotuner)
+    fake_module(monkeypatch, "triton.runtime.jit", KernelInterface=KernelInterface)
+    return Autotuner, Heuristics
+
+
+def test_warm_up_retunes_the_named_packages_autotuners_at_every_problem(monkeypatch) -> None:
+    from leetbench.adapters import forget_autotuning, warm_up
+
+    Autotuner, Heuristics = _fake_triton(monkeypatch)
+    ours, theirs, lookalike = Autotuner(), Autotuner(), Autotuner()
+    fake_module(monkeypatch, "tunedlib")
+    fake_module(monkeypatch, "tunedlib.ops.chunk", kernel=Heuristics(fn=ours), helper=len)
+    fake_module(monkeypatch, "otherlib.ops", kernel=theirs)
+    fake_module(monkeypatch, "tunedlibx", kernel=lookalike)  # shares a prefix, not the package
+
+    def method(q, k, v, decay, *, scale, initial_state=None):
+        for tuner in (ours, theirs, lookalike):
+            tuner.run(q)
+        return v
+
+    for n in (17, 50, 50):
+        warm_up(lambda: method, retune=("tunedlib",))(Problem(1, 2, n, 8))
+    assert ours.tuned_at == [17, 50, 50] and ours.cache_results is False  # and never from Triton's disk cache
+    assert theirs.tuned_at == lookalike.tuned_at == [17] and theirs.cache_results is True
+    assert forget_autotuning(("tunedlib", "otherlib")) == 2
+    for n in (17, 50):
+        warm_up(lambda: method)(Problem(1, 2, n, 8))  # without retune= the first shape's choice stays
+    assert ours.tuned_at == [17, 50, 50, 17]
+
+
+def test_forget_autotuning_without_triton_does_nothing(monkeypatch) -> None:
+    from leetbench.adapters import forget_autotuning
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
+    assert forget_autotuning(("fla",)) == 0
+
+
 def test_warm_up_setup_calls_the_method_once_on_the_problem_shape() -> None:
     from leetbench import Problem
     from leetbench.adapters import warm_up

@@ -69,3 +69,24 @@ def test_fla_decode_step(registry) -> None:
     if method.why_not(problem):
         pytest.skip(method.why_not(problem))
     assert verify(method, problem).status == "ok"
+
+
+@pytest.mark.parametrize("name, package", [("fla_chunk", "fla"), ("mamba2_ssd", "mamba_ssm")])
+def test_autotuned_peers_tune_at_every_problems_shape(registry, name: str, package: str) -> None:
+    """Each problem's setup re-benchmarks the peer's Triton autotuners (their keys leave N out), in memory."""
+    from leetbench.adapters import triton_autotuners
+
+    if name not in registry or registry[name].why_not(_problem("bfloat16")):
+        pytest.skip(f"{name} not here")
+    method = registry[name]
+
+    def tuned() -> dict[int, int]:  # autotuner → identity of its last benchmark's timings
+        return {id(t): id(t.configs_timings) for t in triton_autotuners((package,))
+                if getattr(t, "configs_timings", None) is not None}
+
+    method.setup(_problem("bfloat16", N=256))
+    first = tuned()
+    method.setup(_problem("bfloat16", N=2048))
+    second = tuned()
+    assert first and set(first) <= set(second)
+    assert all(second[t] != first[t] for t in first), "an autotuner kept the choice it made at N=256"
