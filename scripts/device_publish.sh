@@ -2,14 +2,19 @@
 # The published GPU leaderboard, on the device machine (or any GPU box with the project installed):
 #   bash scripts/device_publish.sh kernels decode paper wide mamba        (any subset, in that order;
 #   paper_fp16 and paper_fp32 are the paper sweep in those dtypes)
-# Each stage writes results/gpu-<card>/<stage>/; with several GPUs it runs as a multirun through
-# hydra/launcher=gpus (one job per part, each on a GPU of its own; the stage folder gets the merged rows).
-# A stage stops at $STAGE_S seconds (default 540) with SIGINT: finished rows are kept, and running the same
-# stage again resumes it. Each stage is packed into $OUT/<stage>.tgz as it ends (machine files left out);
+# Each stage writes results/gpu-<card>/<stage>/ as a multirun through hydra/launcher=gpus, split into jobs
+# (by batch, or by method group for the paper sweep). Publication rows come from one job per host: the jobs run
+# one after another on one GPU (the first of CUDA_VISIBLE_DEVICES), because a job beside another on the same
+# host measured launch-bound rows up to 2.3x slower (docs/design.md §6). DRAFT=1 spreads them over every GPU
+# of the host instead: faster, not for publication.
+# A stage stops at $STAGE_S seconds (default 540) with SIGINT, and all of them by $BUDGET_S seconds after the
+# start (if set; 45 s of it are kept for the merge): finished rows are kept, and running the same stage again
+# resumes it. Each stage is packed into $OUT/<stage>.tgz as it ends (machine files left out);
 # at the end the stages are merged into results/gpu-<card>/ (results, samples, leaderboard, page, plots).
 # A tree without .git: export LEETBENCH_GIT_SHA=<commit> first, so every row names its commit.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+[ "${DRAFT:-0}" = 1 ] || { first=${CUDA_VISIBLE_DEVICES:-0}; export CUDA_VISIBLE_DEVICES=${first%%,*}; }
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))")
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 dest=results/gpu-${card}
@@ -30,21 +35,45 @@ stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
     *) return 1 ;;
   esac
 }
+one_commit() {  # a publication comes from one commit: a stage folder holding rows of another is measured afresh
+  python3 - "$1" <<'PY'
+import shutil, sys
+from pathlib import Path
+from leetbench.provenance import git_sha
+from leetbench.store import read_results
+stage, sha = Path(sys.argv[1]), git_sha()
+files = sorted(stage.rglob("results.csv"))
+others = sorted(set(read_results(files)["git_sha"].astype(str)) - {sha}) if files else []
+if others:
+    shutil.rmtree(stage)
+    print(f"{stage}: rows of commit(s) {', '.join(others)} set aside; measuring afresh at {sha}")
+PY
+}
+t0=$(date +%s)
 for stage in "$@"; do
   spec=$(stage_args "$stage") || { echo "unknown stage $stage"; exit 2; }
+  limit=${STAGE_S:-540}
+  if [ -n "${BUDGET_S:-}" ]; then
+    left=$(( BUDGET_S - 45 - ($(date +%s) - t0) ))
+    [ "$left" -lt 10 ] && { echo "== stage $stage: not started (BUDGET_S spent)"; continue; }
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
+  one_commit "$dest/$stage"
   args=(${spec%%|*}) split=${spec##*|}
   start=$(date +%s)
-  if [ "$gpus" -gt 1 ]; then
-    timeout -s INT "${STAGE_S:-540}" leetbench -m hydra/launcher=gpus device=cuda progress=lines "${args[@]}" \
-      "$split" out="$dest/$stage" > "$log/$stage.log" 2>&1
-  else
-    timeout -s INT "${STAGE_S:-540}" leetbench device=cuda progress=lines "${args[@]}" out="$dest/$stage" \
-      > "$log/$stage.log" 2>&1
-  fi
+  timeout -s INT "$limit" leetbench -m hydra/launcher=gpus device=cuda progress=lines "${args[@]}" \
+    "$split" out="$dest/$stage" > "$log/$stage.log" 2>&1
   echo "== stage $stage: exit $? in $(( $(date +%s) - start )) s on $gpus GPU(s)"; tail -n 6 "$log/$stage.log"
   # what a reader needs: the stage's merged files (job folders, Hydra's multirun.yaml and locks stay behind)
-  [ -n "${OUT:-}" ] && (cd "$dest/$stage" && tar czf "$OUT/$stage.tgz" --ignore-failed-read results.csv \
-    samples.csv.gz config.yaml leaderboard.csv leaderboard.md leaderboard.html plots 2>/dev/null)
+  # (a stage cut short has no merged files yet: then its job folders come back, to resume it from)
+  if [ -n "${OUT:-}" ]; then
+    if [ -f "$dest/$stage/results.csv" ]; then
+      (cd "$dest/$stage" && tar czf "$OUT/$stage.tgz" --ignore-failed-read results.csv samples.csv.gz config.yaml \
+        leaderboard.csv leaderboard.md leaderboard.html plots 2>/dev/null)
+    else
+      tar czf "$OUT/$stage.tgz" --exclude="*.lock" --exclude=.gpus -C "$dest/$stage" .
+    fi
+  fi
 done
 runs=$(ls -d "$dest"/*/ 2>/dev/null | paste -sd, -)
 [ -n "$runs" ] && leetbench report="[${runs%,}]" out="$dest" progress=none > "$log/report.log" 2>&1
