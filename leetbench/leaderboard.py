@@ -26,8 +26,9 @@ by rank, then by geometric-mean time. Per problem the same rule picks the fastes
 only when its interval lies below every other method's; otherwise the methods whose interval reaches below
 the best upper bound are tied.
 
-The intervals describe one run. A Triton autotuner that picks a different config per process varies more
-than that from run to run; measure with `timing.rounds` > 1 (each round a fresh process) to include it.
+The intervals describe one run. A Triton autotuner that picks another config when it tunes again, and a
+launch-bound call that measures the host, vary more than that from run to run (design §6); measure with
+`timing.rounds` > 1 (each round a fresh process, tuning afresh) to include it.
 """
 
 from __future__ import annotations
