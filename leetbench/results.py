@@ -140,6 +140,22 @@ NUMERIC = [f.name for f in fields(Row) if f.type in ("float", "int")]
 INTEGER = [f.name for f in fields(Row) if f.type == "int"]
 TEXT = [f.name for f in fields(Row) if f.type == "str"]
 
+# A GPU row whose host time per call (`host_ms`) is at least this share of its time is host-bound: the GPU
+# waited for the CPU to issue the call inside the timed region, so the time is the host's.
+HOST_BOUND = 0.9
+
+
+def host_bound(time_ms: float, host_ms: float) -> bool:
+    """True when the row's time is what the CPU takes to issue the call (host_ms ≥ HOST_BOUND × time_ms, both
+    finite): it says little about the GPU kernel and moves with the host's state. False on the CPU (no
+    host_ms) and for rows without a time."""
+    try:
+        t, h = float(time_ms), float(host_ms)
+    except (TypeError, ValueError):  # pd.NA, an empty cell
+        return False
+    return math.isfinite(t) and math.isfinite(h) and h >= HOST_BOUND * t
+
+
 # A problem's identity wherever rows are compared, pivoted or merged: the machine is part of it, so rows of
 # two cards (or two hosts) are never pooled.
 PROBLEM_COLUMNS = ["host", "gpu", "device", "dtype", "batch", "heads", "length", "dim", "dim_v", "decay",

@@ -1,14 +1,17 @@
-"""Measurement: quantiles, repetition budgets, CPU timing, peak memory, errors, tolerances, statuses."""
+"""Measurement: quantiles, repetition budgets, CPU timing, host time and host-bound calls (GPU timing on a
+GPU), peak memory, errors, tolerances, statuses."""
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import pytest
 import torch
 
 from leetbench.execute import classify
+from leetbench.results import HOST_BOUND, host_bound
 from leetbench.stats import compare_samples, median_ci, median_ci_one, summarize
 from leetbench.timing import TimingConfig, _counts, measure, watch
 from leetbench.verdict import MAX_ERR_FACTOR, Errors, errors, judge, tolerance
@@ -54,6 +57,17 @@ def test_cpu_timing_measures_what_the_call_takes_and_runs_between_untimed() -> N
                 between=lambda: (calls.append(1), time.sleep(0.02)))
     assert 3.5 < t.median_ms < 15 and t.reps >= 3 and len(t.samples_ms) == t.reps  # the 20 ms never counted
     assert len(calls) >= t.reps + 1  # before every timed call and the warm-up
+    assert t.host_samples_ms == []  # on the CPU the samples are host time already
+
+
+@pytest.mark.parametrize("time_ms, host_ms, bound", [
+    (0.2, 0.19, True), (0.2, 0.2 * HOST_BOUND, True), (0.2, 0.25, True),  # the GPU waited for the host
+    (0.2, 0.17, False), (5.0, 0.03, False),  # the host issued the call well ahead of the GPU
+    (0.2, math.nan, False), (math.nan, 0.19, False), (math.inf, 0.19, False), (0.2, math.inf, False),
+    (0.2, None, False),
+])
+def test_host_bound(time_ms: float, host_ms: float, bound: bool) -> None:
+    assert host_bound(time_ms, host_ms) is bound
 
 
 def test_cpu_peak_memory_sees_an_allocation() -> None:
@@ -105,6 +119,45 @@ def test_tolerances() -> None:
     assert tolerance("float64") == 1e-10 and tolerance("float32") == 1e-5 and tolerance("float32", tf32=True) == 5e-3
     assert tolerance("float16") == 5e-3 and tolerance("bfloat16") == 2e-2
     assert tolerance("float32", overrides={"float32": 1e-4}) == 1e-4
+
+
+QUICK = TimingConfig(warmup_ms=5, rep_ms=30, min_reps=10, max_reps=50)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_call_the_host_holds_up_is_host_bound() -> None:
+    """1 ms of host work before one tiny kernel: the GPU waits inside the event pair, the time is the host's."""
+    x = torch.zeros(16, device="cuda")
+
+    def call() -> torch.Tensor:
+        time.sleep(1e-3)
+        return x.add_(1)
+
+    call()
+    t = measure(call, "cuda", QUICK)
+    host = statistics.median(t.host_samples_ms)
+    assert len(t.host_samples_ms) == t.reps >= 10 and min(t.host_samples_ms) >= 0.99
+    assert host_bound(t.median_ms, host), (t.median_ms, host)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_bound_call_is_not_host_bound() -> None:
+    """Four 4096² float32 matrix products (milliseconds of GPU): issuing them takes the host microseconds."""
+    a = torch.randn(4096, 4096, device="cuda") / 64  # entries stay O(1/64) through the products
+
+    def call() -> torch.Tensor:
+        c = a @ a
+        for _ in range(3):
+            c = c @ a
+        return c
+
+    call()
+    t = measure(call, "cuda", QUICK)
+    host = statistics.median(t.host_samples_ms)
+    assert len(t.host_samples_ms) == t.reps and t.median_ms > 0.5
+    assert host < 0.1 * t.median_ms and not host_bound(t.median_ms, host), (t.median_ms, host)
 
 
 @pytest.mark.parametrize("exc, status", [
