@@ -97,6 +97,7 @@ class Row:
     # the speed, in full
     time_ms_lo: float = math.nan       # 95% confidence interval of the median
     time_ms_hi: float = math.nan
+    host_ms: float = math.nan          # GPU: median host time inside a timed call (its enqueue); see host_bound
     reps: int = 0
     rounds: int = 0
     tflops: float = math.nan

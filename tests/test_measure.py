@@ -1,17 +1,27 @@
-"""Measurement: quantiles, repetition budgets, CPU timing, host time and host-bound calls (GPU timing on a
-GPU), peak memory, errors, tolerances, statuses."""
+"""Measurement: quantiles, repetition budgets, CPU timing, host time and host-bound rows (GPU timing on a GPU),
+peak memory, errors, tolerances, statuses."""
 
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from leetbench.execute import classify
+from leetbench.config import RunSettings
+from leetbench.discovery import Catalog, MethodInfo
+from leetbench.execute import build_reference, classify, run_method
+from leetbench.inputs import make_inputs
+from leetbench.problem import Inputs, Problem
+from leetbench.protocol import Outcome, decode, encode
+from leetbench.reference import reference
+from leetbench.registry import Method
 from leetbench.results import HOST_BOUND, host_bound
+from leetbench.runner import Runner, combine
 from leetbench.stats import compare_samples, median_ci, median_ci_one, summarize
 from leetbench.timing import TimingConfig, _counts, measure, watch
 from leetbench.verdict import MAX_ERR_FACTOR, Errors, errors, judge, tolerance
@@ -70,6 +80,19 @@ def test_host_bound(time_ms: float, host_ms: float, bound: bool) -> None:
     assert host_bound(time_ms, host_ms) is bound
 
 
+def test_a_rows_host_ms_is_the_median_of_every_rounds_host_samples(tmp_path: Path) -> None:
+    """Host samples travel the worker protocol, are pooled over rounds, and their median is the row's host_ms."""
+    rounds = [Outcome("ok", samples_ms=[1.0] * 3, host_samples_ms=[0.2, 0.3, 0.4]),
+              Outcome("ok", samples_ms=[1.1] * 2, host_samples_ms=[0.9, 1.0])]
+    rounds = [decode(encode(o)) for o in rounds]
+    catalog = Catalog(methods={"m": MethodInfo("m", "f", "O(N)", False, "m.py", "abc")})
+    runner = Runner([], ["m"], catalog, RunSettings(out=tmp_path, device="cpu"), SimpleNamespace(ready=None))
+    row = runner._row("m", Problem(1, 2, 64, 16), combine(rounds), [o.samples_ms for o in rounds])
+    assert row.host_ms == 0.4 and row.rounds == 2 and row.reps == 5
+    cpu = runner._row("m", Problem(1, 2, 64, 16), combine([Outcome("ok", samples_ms=[1.0])]), [[1.0]])
+    assert math.isnan(cpu.host_ms) and cpu.time_ms == 1.0
+
+
 def test_cpu_peak_memory_sees_an_allocation() -> None:
     def alloc() -> None:
         x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MB, touched
@@ -122,6 +145,23 @@ def test_tolerances() -> None:
 
 
 QUICK = TimingConfig(warmup_ms=5, rep_ms=30, min_reps=10, max_reps=50)
+
+
+def _exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float,
+           initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    o, state = reference(Inputs(q, k, v, decay, scale, initial_state))
+    return o.to(v.dtype), state.to(torch.float32)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_the_worker_reports_a_host_sample_per_timed_call_on_a_gpu_and_none_on_the_cpu(device: str) -> None:
+    problem = Problem(1, 2, 64, 16, device=device)
+    inputs = make_inputs(problem)
+    ref = build_reference(problem, inputs, math.inf)
+    out = run_method(Method("exact", _exact), problem, inputs, ref, TimingConfig(warmup_ms=1, rep_ms=5, max_reps=20))
+    assert out.status == "ok" and len(out.samples_ms) >= 10, out.error
+    assert len(out.host_samples_ms) == (len(out.samples_ms) if device == "cuda" else 0)
 
 
 @pytest.mark.gpu
