@@ -26,8 +26,8 @@ by rank, then by geometric-mean time. Per problem the same rule picks the fastes
 only when its interval lies below every other method's; otherwise the methods whose interval reaches below
 the best upper bound are tied.
 
-Host-bound rows (`results.host_bound`: the host's time per call is nearly all of the row's time) rank as any
-other; the fastest method's time is marked `(host)` where its row is one, and each method's `host_bound`
+Host-bound rows (`results.host_bound`: in most timed calls the GPU waited for the host to issue the call)
+rank as any other; the fastest method's time is marked `(host)` where its row is one, and each method's `host_bound`
 counts its ok rows that are.
 
 The intervals describe one run. A Triton autotuner that picks a different config per process varies more
@@ -55,7 +55,7 @@ TABLE_COLUMNS = CLASS_COLUMNS + [
     "baseline", "own_speedup", "own_problems", "fitted_exponent", "best_pct_bw", "host_bound"]
 WINNER_COLUMNS = PROBLEM_COLUMNS + [
     "precision", "winner", "tied", "fastest", "family", "time_ms", "time_ms_lo", "time_ms_hi", "host_ms",
-    "host_bound", "pct_bw", "runner_up", "runner_up_ms", "lead"]
+    "gpu_waited", "host_bound", "pct_bw", "runner_up", "runner_up_ms", "lead"]
 # After the fastest method's time where that row is host-bound (results.host_bound)
 HOST_MARK = "(host)"
 
@@ -195,9 +195,9 @@ def _method_record(rows: pd.DataFrame) -> dict:
 
 
 def _host_bound(rows: pd.DataFrame) -> pd.Series:
-    """results.host_bound of each row (False for rows written before host_ms existed)."""
-    host = rows["host_ms"] if "host_ms" in rows else pd.Series(math.nan, index=rows.index)
-    return pd.Series([host_bound(t, h) for t, h in zip(rows["time_ms"], host)], index=rows.index, dtype=bool)
+    """results.host_bound of each row (False for rows written before gpu_waited existed)."""
+    waited = rows["gpu_waited"] if "gpu_waited" in rows else pd.Series(math.nan, index=rows.index)
+    return pd.Series([host_bound(w) for w in waited], index=rows.index, dtype=bool)
 
 
 def rank_class(rows: pd.DataFrame, wanted: str, key: dict[str, str]) -> ClassBoard:
@@ -255,7 +255,8 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame(columns=WINNER_COLUMNS)
     lo, hi = bounds(ok)
-    ok = ok.assign(_lo=lo, _hi=hi, _host=ok["host_ms"] if "host_ms" in ok else math.nan, _bound=_host_bound(ok))
+    ok = ok.assign(_lo=lo, _hi=hi, _host=ok["host_ms"] if "host_ms" in ok else math.nan,
+                   _waited=ok["gpu_waited"] if "gpu_waited" in ok else math.nan, _bound=_host_bound(ok))
     out = []
     for key, g in ok.groupby(PROBLEM_COLUMNS + ["precision"], dropna=False, sort=True):
         g = g.sort_values(["time_ms", "method"])
@@ -267,7 +268,7 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
                     "tied": ", ".join(tied["method"]) if len(tied) > 1 else "",
                     "fastest": first["method"], "family": first["family"], "time_ms": first["time_ms"],
                     "time_ms_lo": first["_lo"], "time_ms_hi": first["_hi"], "host_ms": first["_host"],
-                    "host_bound": bool(first["_bound"]), "pct_bw": first["pct_bw"],
+                    "gpu_waited": first["_waited"], "host_bound": bool(first["_bound"]), "pct_bw": first["pct_bw"],
                     "runner_up": "" if second is None else second["method"],
                     "runner_up_ms": math.nan if second is None else second["time_ms"],
                     "lead": math.nan if second is None else second["time_ms"] / first["time_ms"]})
@@ -427,8 +428,9 @@ def winner_text(w: dict) -> str:
 
 def host_note() -> str:
     """The sentence saying what the host-bound marker means (markdown and page)."""
-    return (f"{HOST_MARK}: host-bound, issuing the call took the CPU ≥ {HOST_BOUND:.0%} of that time (host_ms), so "
-            "the time is the host's: it says little about the GPU kernel and moves with the host's state.")
+    return (f"{HOST_MARK}: host-bound, in ≥ {HOST_BOUND:.0%} of the timed calls the GPU waited for the CPU to issue "
+            "the call (gpu_waited), so the time is the host's: it says little about the GPU kernel and moves with "
+            "the host's state.")
 
 
 def winners_markdown(win: pd.DataFrame) -> list[str]:

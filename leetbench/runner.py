@@ -8,6 +8,7 @@ memory becomes a row with that status and the sweep goes on with a fresh worker;
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -55,8 +56,8 @@ def _now() -> str:
 
 def combine(outcomes: list[Outcome]) -> Outcome:
     """One row's outcome from its rounds: a failure or a wrong answer in any round decides the status; the
-    errors are the largest seen; the samples stay per round; the host samples are pooled (their median is
-    `host_ms`, as the pooled samples' is `time_ms`); the wall times add up."""
+    errors are the largest seen; the samples stay per round; the host samples and the GPU's waits are pooled
+    (their median is `host_ms`, their share `gpu_waited`); the wall times add up."""
     rank = {str(Status.OK): 0, str(Status.SUSPECT): 1, str(Status.INACCURATE): 2}
     worst = max(outcomes, key=lambda o: rank.get(o.status, 3))
     out = Outcome(status=worst.status, error=worst.error, traceback=worst.traceback)
@@ -67,6 +68,7 @@ def combine(outcomes: list[Outcome]) -> Outcome:
         values = [getattr(o, name) for o in outcomes if getattr(o, name) == getattr(o, name)]
         setattr(out, name, sum(values) if values else float("nan"))
     out.host_samples_ms = [x for o in outcomes for x in o.host_samples_ms]
+    out.gpu_waited = [x for o in outcomes for x in o.gpu_waited]
     return out
 
 
@@ -94,7 +96,9 @@ class Runner:
         s = summarize(rounds) if any(rounds) else None
         timed = {} if s is None else dict(time_ms=s.median_ms, time_ms_p20=s.p20_ms, time_ms_p80=s.p80_ms,
                                             time_ms_lo=s.lo_ms, time_ms_hi=s.hi_ms, reps=s.reps, rounds=s.rounds,
-                                            host_ms=quantile(outcome.host_samples_ms, 0.5))
+                                            host_ms=quantile(outcome.host_samples_ms, 0.5),
+                                            gpu_waited=(sum(outcome.gpu_waited) / len(outcome.gpu_waited)
+                                                        if outcome.gpu_waited else math.nan))
         e = self.env
         measured = {c: getattr(outcome, c) for c in ("error",) + ERROR_COLUMNS + WALL_COLUMNS}
         return Row.for_problem(

@@ -6,8 +6,10 @@ call. Both first estimate the cost of a call, turn the `warmup_ms` / `rep_ms` bu
 one warm-up call, at least `min_reps` timed, at most `max_reps`), and keep every sample; `leetbench.stats`
 summarises them (median, p20, p80 as triton's do_bench reports, and an interval of the median).
 Before every call a `between` hook runs untimed: the harness flips input signs there (leetbench.inputs).
-On the GPU the host's time inside each timed call (its enqueue time) is kept too: where it reaches the event
-time, the GPU waited for the host and the sample measures the host (`results.host_bound`).
+On the GPU two more things are kept per timed call: the host's time inside it (its enqueue time), and whether
+the GPU had already reached the call's start when the host finished issuing it — then the GPU waited for the
+host inside the event pair and the sample measures the host (`results.host_bound`). The host time alone
+cannot say which side waited: a GPU-bound loop that fills the launch queue also makes the host wait.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ class Timing:
 
     samples_ms: list[float]
     last_result: object = None
-    # GPU: the host's time inside each timed call (perf_counter around the enqueue, no synchronize); empty on
-    # the CPU, whose samples are host time already
+    # GPU: the host's time inside each timed call (perf_counter around the enqueue, no synchronize), and
+    # whether the GPU had reached the call's start event when the host was done issuing it (it waited for the
+    # host); both empty on the CPU, whose samples are host time already
     host_samples_ms: list[float] = field(default_factory=list)
+    gpu_waited: list[bool] = field(default_factory=list)
 
     @property
     def median_ms(self) -> float:
@@ -97,7 +101,7 @@ class _CudaClock:
             fn()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        result, host = None, []
+        result, host, waited = None, [], []
         for i in range(reps):
             (self.before_last if i == reps - 1 else self.between)()
             self.flush.zero_()
@@ -108,8 +112,9 @@ class _CudaClock:
             t1 = time.perf_counter()
             ends[i].record(self.stream)
             host.append((t1 - t0) * 1e3)
+            waited.append(starts[i].query())  # outside the pair; True: the GPU was already on this call
         torch.cuda.synchronize(self.device)
-        return Timing([s.elapsed_time(e) for s, e in zip(starts, ends)], result, host)
+        return Timing([s.elapsed_time(e) for s, e in zip(starts, ends)], result, host, waited)
 
 
 class _CpuClock:

@@ -149,9 +149,11 @@ def test_where_the_time_went() -> None:
 
 
 def test_a_host_bound_winner_is_marked_and_ranks_as_before() -> None:
-    """Two winners on a GPU: at N=1024 the host took 95% of the time (host-bound), at N=2048 5%."""
-    df = frame(rows("a", {1024: 0.2}, gpu="H200", host_ms=0.19), rows("a", {2048: 0.4}, gpu="H200", host_ms=0.02),
-               rows("b", {1024: 0.5, 2048: 0.9}, gpu="H200", host_ms=0.03))
+    """Two winners on a GPU: at N=1024 the GPU waited for the host in 95% of the calls (host-bound), at N=2048
+    in none (its host time, 0.38 ms, waited on a full launch queue: it does not decide)."""
+    df = frame(rows("a", {1024: 0.2}, gpu="H200", host_ms=0.19, gpu_waited=0.95),
+               rows("a", {2048: 0.4}, gpu="H200", host_ms=0.38, gpu_waited=0.0),
+               rows("b", {1024: 0.5, 2048: 0.9}, gpu="H200", host_ms=0.03, gpu_waited=0.1))
     board = build(df, baseline="b")
     w = board.winners.set_index("length")
     assert list(w["winner"]) == ["a", "a"] and list(w["host_bound"]) == [True, False]
@@ -163,8 +165,8 @@ def test_a_host_bound_winner_is_marked_and_ranks_as_before() -> None:
     assert html.count(">0.2 (host)</td>") == 1 and "0.4 (host)" not in html and "(host): host-bound" in html
     t = board.table.set_index("method")
     assert t.loc["a", "host_bound"] == 1 and t.loc["b", "host_bound"] == 0  # ok rows that are, per method
-    # the mark changes no ranking, and rows without host_ms (older files) mark nothing
-    before = build(df.drop(columns="host_ms"), baseline="b")
+    # the mark changes no ranking, and rows without gpu_waited (older files) mark nothing
+    before = build(df.drop(columns=["host_ms", "gpu_waited"]), baseline="b")
     assert before.table[["method", "rank", "speedup"]].equals(board.table[["method", "rank", "speedup"]])
     assert not before.winners["host_bound"].any() and "(host) |" not in markdown(before, df)
 
