@@ -200,6 +200,7 @@ def _time_and_recheck(outcome: Outcome, calls: Calls, problem: Problem, inputs: 
                 before_last)
     outcome.timing_s = time.perf_counter() - t0
     outcome.samples_ms, outcome.measured_s = list(t.samples_ms), sum(t.samples_ms) / 1e3
+    outcome.host_samples_ms, outcome.gpu_waited = list(t.host_samples_ms), list(t.gpu_waited)
     o, state = calls.split_timed(t.last_result)
     t.last_result = None
     decode = problem.mode == "decode"

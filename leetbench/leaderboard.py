@@ -26,6 +26,10 @@ by rank, then by geometric-mean time. Per problem the same rule picks the fastes
 only when its interval lies below every other method's; otherwise the methods whose interval reaches below
 the best upper bound are tied.
 
+Host-bound rows (`results.host_bound`: in most timed calls the GPU waited for the host to issue the call)
+rank as any other; the fastest method's time is marked `(host)` where its row is one, and each method's
+`host_bound` counts its ok rows that are.
+
 The intervals describe one run. A Triton autotuner that picks another config when it tunes again, and a
 launch-bound call that measures the host, vary more than that from run to run (design §6); measure with
 `timing.rounds` > 1 (each round a fresh process, tuning afresh) to include it.
@@ -39,7 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from leetbench.results import FAILED, PRECISIONS, PROBLEM_COLUMNS, RAN, SHAPE_COLUMNS, problem_key
+from leetbench.results import (FAILED, HOST_BOUND, PRECISIONS, PROBLEM_COLUMNS, RAN, SHAPE_COLUMNS, host_bound,
+                               problem_key)
 
 CLASS_COLUMNS = ["host", "gpu", "precision", "mode"]
 MIN_SHARE = 0.5
@@ -48,10 +53,12 @@ FAILED_STATUSES = [str(s) for s in FAILED]
 TABLE_COLUMNS = CLASS_COLUMNS + [
     "rank", "tied", "method", "family", "complexity", "problems", "ok", "pass_rate", "skipped", "failed",
     "median_rel_err", "speedup", "speedup_lo", "speedup_hi", "ranked", "common_problems", "class_problems",
-    "baseline", "own_speedup", "own_problems", "fitted_exponent", "best_pct_bw"]
+    "baseline", "own_speedup", "own_problems", "fitted_exponent", "best_pct_bw", "host_bound"]
 WINNER_COLUMNS = PROBLEM_COLUMNS + [
-    "precision", "winner", "tied", "fastest", "family", "time_ms", "time_ms_lo", "time_ms_hi", "pct_bw",
-    "runner_up", "runner_up_ms", "lead"]
+    "precision", "winner", "tied", "fastest", "family", "time_ms", "time_ms_lo", "time_ms_hi", "host_ms",
+    "gpu_waited", "host_bound", "pct_bw", "runner_up", "runner_up_ms", "lead"]
+# After the fastest method's time where that row is host-bound (results.host_bound)
+HOST_MARK = "(host)"
 
 
 @dataclass
@@ -184,7 +191,14 @@ def _method_record(rows: pd.DataFrame) -> dict:
         "median_rel_err": float(errs.median()) if errs.notna().any() else math.nan,
         "fitted_exponent": fitted_exponent(rows),
         "best_pct_bw": float(pd.to_numeric(ok["pct_bw"], errors="coerce").max()) if len(ok) else math.nan,
+        "host_bound": int(_host_bound(ok).sum()),  # ok rows whose time is the host's
     }
+
+
+def _host_bound(rows: pd.DataFrame) -> pd.Series:
+    """results.host_bound of each row (False for rows written before gpu_waited existed)."""
+    waited = rows["gpu_waited"] if "gpu_waited" in rows else pd.Series(math.nan, index=rows.index)
+    return pd.Series([host_bound(w) for w in waited], index=rows.index, dtype=bool)
 
 
 def rank_class(rows: pd.DataFrame, wanted: str, key: dict[str, str]) -> ClassBoard:
@@ -242,7 +256,8 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame(columns=WINNER_COLUMNS)
     lo, hi = bounds(ok)
-    ok = ok.assign(_lo=lo, _hi=hi)
+    ok = ok.assign(_lo=lo, _hi=hi, _host=ok["host_ms"] if "host_ms" in ok else math.nan,
+                   _waited=ok["gpu_waited"] if "gpu_waited" in ok else math.nan, _bound=_host_bound(ok))
     out = []
     for key, g in ok.groupby(PROBLEM_COLUMNS + ["precision"], dropna=False, sort=True):
         g = g.sort_values(["time_ms", "method"])
@@ -253,7 +268,8 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
                     "winner": first["method"] if len(tied) == 1 else "",
                     "tied": ", ".join(tied["method"]) if len(tied) > 1 else "",
                     "fastest": first["method"], "family": first["family"], "time_ms": first["time_ms"],
-                    "time_ms_lo": first["_lo"], "time_ms_hi": first["_hi"], "pct_bw": first["pct_bw"],
+                    "time_ms_lo": first["_lo"], "time_ms_hi": first["_hi"], "host_ms": first["_host"],
+                    "gpu_waited": first["_waited"], "host_bound": bool(first["_bound"]), "pct_bw": first["pct_bw"],
                     "runner_up": "" if second is None else second["method"],
                     "runner_up_ms": math.nan if second is None else second["time_ms"],
                     "lead": math.nan if second is None else second["time_ms"] / first["time_ms"]})
@@ -411,17 +427,25 @@ def winner_text(w: dict) -> str:
     return f"`{w['winner']}`" if w["winner"] else "tie: " + ", ".join(f"`{m}`" for m in w["tied"].split(", "))
 
 
+def host_note() -> str:
+    """The sentence saying what the host-bound marker means (markdown and page)."""
+    return (f"{HOST_MARK}: host-bound, in ≥ {HOST_BOUND:.0%} of the timed calls the GPU waited for the CPU to issue "
+            "the call (gpu_waited), so the time is the host's: it says little about the GPU kernel and moves with "
+            "the host's state.")
+
+
 def winners_markdown(win: pd.DataFrame) -> list[str]:
     if win.empty:
         return []
     lines = ["", "## Fastest correct method per problem", "",
              "A winner only where its 95% interval lies below every other method's; otherwise the tied methods. "
-             "Lead: runner-up time / fastest time.", "",
+             f"Lead: runner-up time / fastest time. {host_note()}", "",
              "| machine | precision | problem | winner | ms [95%] | % BW | runner-up | lead |",
              "|---|---|---|---|---|---|---|---|"]
     for w in win.to_dict("records"):
         lines.append(f"| {w['gpu'] or 'CPU'} `{w['host']}` | {w['precision']} | {problem_text(w)} | "
-                     f"{winner_text(w)} | {float(w['time_ms']):.4g} [{w['time_ms_lo']:.4g}–{w['time_ms_hi']:.4g}] | "
+                     f"{winner_text(w)} | {float(w['time_ms']):.4g} [{w['time_ms_lo']:.4g}–{w['time_ms_hi']:.4g}]"
+                     f"{' ' + HOST_MARK if w['host_bound'] else ''} | "
                      f"{_fmt(w['pct_bw'], 'bw')} | {('`' + w['runner_up'] + '`') if w['runner_up'] else '—'} | "
                      f"{_fmt(w['lead'], 'x')} |")
     return lines

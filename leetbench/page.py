@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from leetbench.leaderboard import (ClassBoard, Leaderboard, machine, problem_text, rank_text, settings, wall_note,
-                                   FAILED_STATUSES, RAN_STATUSES)
+from leetbench.leaderboard import (HOST_MARK, ClassBoard, Leaderboard, host_note, machine, problem_text, rank_text,
+                                   settings, wall_note, FAILED_STATUSES, RAN_STATUSES)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1500px;
@@ -86,14 +86,14 @@ def _e(v: object) -> str:
     return escape("" if v is None or v is pd.NA else str(v), quote=True)
 
 
-def _num(v: object, fmt: str) -> str:
-    """A numeric cell: the formatted value, the raw one in data-v for sorting; '—' for a missing one.
-    `fmt` "x" is a speed-up (two decimals, or two significant digits below 0.1)."""
+def _num(v: object, fmt: str, suffix: str = "") -> str:
+    """A numeric cell: the formatted value (and `suffix`), the raw one in data-v for sorting; '—' for a missing
+    one. `fmt` "x" is a speed-up (two decimals, or two significant digits below 0.1)."""
     if v is None or v is pd.NA or (isinstance(v, float) and not math.isfinite(v)):
         return '<td class="n" data-v="">—</td>'
     x = float(v)
     text = (f"{x:.2f}×" if x >= 0.1 else f"{x:.2g}×") if fmt == "x" else format(x, fmt)
-    return f'<td class="n" data-v="{x!r}">{_e(text)}</td>'
+    return f'<td class="n" data-v="{x!r}">{_e(text + suffix)}</td>'
 
 
 def _attrs(**kw: object) -> str:
@@ -177,18 +177,19 @@ def winners_section(win: pd.DataFrame) -> str:
     body = []
     for w in win.to_dict("records"):
         who = w["winner"] or "tie: " + w["tied"]
+        mark = " " + HOST_MARK if w["host_bound"] else ""
         shape = problem_text(w)
         body.append(
             f"<tr{_attrs(method=w['winner'] or w['tied'], family=w['family'], dtype=w['dtype'], shape=shape)}>"
             f"<td>{_e((w['gpu'] or 'CPU') + ' (' + w['host'] + ')')}</td><td>{_e(w['precision'])}</td>"
-            f"<td>{_e(shape)}</td><td>{_e(who)}</td>{_num(w['time_ms'], '.4g')}"
+            f"<td>{_e(shape)}</td><td>{_e(who)}</td>{_num(w['time_ms'], '.4g', mark)}"
             f"<td>{_e(format(w['time_ms_lo'], '.4g'))}–{_e(format(w['time_ms_hi'], '.4g'))}</td>"
             f"{_num(w['pct_bw'], '.1f')}<td>{_e(w['runner_up'])}</td>{_num(w['lead'], '.2f')}</tr>")
     table = _table("winners", ["machine", "precision", "problem", "winner", "ms", "95% interval", "% BW",
                                "runner-up", "lead ×"], body)
     return ("<h2>Fastest correct method per problem</h2><p class=note>A winner only where its 95% interval "
-            "lies below every other method's; otherwise the tied methods. Lead: runner-up time / fastest time."
-            f"</p>{table}")
+            "lies below every other method's; otherwise the tied methods. Lead: runner-up time / fastest time. "
+            f"{_e(host_note())}</p>{table}")
 
 
 def plots_section(plots: list[Path]) -> str:

@@ -88,6 +88,8 @@ class Outcome:
     state_worst_head_rel_err: float = math.nan
     peak_mem_mb: float = math.nan
     samples_ms: list[float] = field(default_factory=list)
+    host_samples_ms: list[float] = field(default_factory=list)  # GPU: the host's time inside each timed call
+    gpu_waited: list[bool] = field(default_factory=list)  # GPU: per timed call, did the GPU wait for the host
     prepare_s: float = math.nan
     setup_s: float = math.nan
     check_s: float = math.nan

@@ -97,6 +97,8 @@ class Row:
     # the speed, in full
     time_ms_lo: float = math.nan       # 95% confidence interval of the median
     time_ms_hi: float = math.nan
+    host_ms: float = math.nan          # GPU: median host time inside a timed call (its enqueue)
+    gpu_waited: float = math.nan       # GPU: share of timed calls the GPU waited for the host to issue; host_bound
     reps: int = 0
     rounds: int = 0
     tflops: float = math.nan
@@ -139,6 +141,22 @@ WALL_COLUMNS = ("prepare_s", "setup_s", "check_s", "timing_s", "measured_s")
 NUMERIC = [f.name for f in fields(Row) if f.type in ("float", "int")]
 INTEGER = [f.name for f in fields(Row) if f.type == "int"]
 TEXT = [f.name for f in fields(Row) if f.type == "str"]
+
+# A GPU row is host-bound when in at least this share of its timed calls the GPU had already reached the
+# call's start when the host finished issuing it (`gpu_waited`): the GPU waited for the CPU inside the timed
+# region, so the time is the host's.
+HOST_BOUND = 0.5
+
+
+def host_bound(gpu_waited: float) -> bool:
+    """True when the row's time is what the CPU takes to issue the call (gpu_waited ≥ HOST_BOUND): it says
+    little about the GPU kernel and moves with the host's state. False on the CPU and for rows without it."""
+    try:
+        w = float(gpu_waited)
+    except (TypeError, ValueError):  # pd.NA, an empty cell
+        return False
+    return math.isfinite(w) and w >= HOST_BOUND
+
 
 # A problem's identity wherever rows are compared, pivoted or merged: the machine is part of it, so rows of
 # two cards (or two hosts) are never pooled.

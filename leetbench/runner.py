@@ -8,6 +8,7 @@ memory becomes a row with that status and the sweep goes on with a fresh worker;
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from leetbench.config import RunSettings
 from leetbench.protocol import Environment, Outcome, Prepare, Prepared, Run
 from leetbench.provenance import git_sha
 from leetbench.results import ERROR_COLUMNS, FAILED, RULED_OUT, WALL_COLUMNS, Row, Status, row_key
-from leetbench.stats import summarize
+from leetbench.stats import quantile, summarize
 from leetbench.store import ResultsFile, SamplesFile
 from leetbench.supervisor import Supervisor
 
@@ -55,7 +56,8 @@ def _now() -> str:
 
 def combine(outcomes: list[Outcome]) -> Outcome:
     """One row's outcome from its rounds: a failure or a wrong answer in any round decides the status; the
-    errors are the largest seen; the samples stay per round; the wall times add up."""
+    errors are the largest seen; the samples stay per round; the host samples and the GPU's waits are pooled
+    (their median is `host_ms`, their share `gpu_waited`); the wall times add up."""
     rank = {str(Status.OK): 0, str(Status.SUSPECT): 1, str(Status.INACCURATE): 2}
     worst = max(outcomes, key=lambda o: rank.get(o.status, 3))
     out = Outcome(status=worst.status, error=worst.error, traceback=worst.traceback)
@@ -65,6 +67,8 @@ def combine(outcomes: list[Outcome]) -> Outcome:
     for name in WALL_COLUMNS:
         values = [getattr(o, name) for o in outcomes if getattr(o, name) == getattr(o, name)]
         setattr(out, name, sum(values) if values else float("nan"))
+    out.host_samples_ms = [x for o in outcomes for x in o.host_samples_ms]
+    out.gpu_waited = [x for o in outcomes for x in o.gpu_waited]
     return out
 
 
@@ -91,7 +95,10 @@ class Runner:
         info: MethodInfo = self.catalog.methods[name]
         s = summarize(rounds) if any(rounds) else None
         timed = {} if s is None else dict(time_ms=s.median_ms, time_ms_p20=s.p20_ms, time_ms_p80=s.p80_ms,
-                                            time_ms_lo=s.lo_ms, time_ms_hi=s.hi_ms, reps=s.reps, rounds=s.rounds)
+                                            time_ms_lo=s.lo_ms, time_ms_hi=s.hi_ms, reps=s.reps, rounds=s.rounds,
+                                            host_ms=quantile(outcome.host_samples_ms, 0.5),
+                                            gpu_waited=(sum(outcome.gpu_waited) / len(outcome.gpu_waited)
+                                                        if outcome.gpu_waited else math.nan))
         e = self.env
         measured = {c: getattr(outcome, c) for c in ("error",) + ERROR_COLUMNS + WALL_COLUMNS}
         return Row.for_problem(

@@ -78,14 +78,20 @@ class ResultsFile:
         self.path = Path(path)
 
     def repair(self) -> int:
-        """Drop a partial last line and malformed rows (rewriting the file); return how many were dropped."""
+        """Drop a partial last line and malformed rows, and bring a file of an older schema to today's columns
+        (the new ones empty), rewriting the file; return how many rows were dropped. Rows are appended in
+        `COLUMNS` order: under an older header they would not line up (and be dropped as malformed later)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return 0
         dropped: list[int] = []
         df = read_results([self.path], on_drop=lambda path, n: dropped.append(n))
-        if dropped:
+        if dropped or self._header()[: len(COLUMNS)] != COLUMNS:
             atomic_write(self.path, df[COLUMNS + [c for c in df.columns if c not in COLUMNS]].to_csv(index=False))
         return sum(dropped)
+
+    def _header(self) -> list[str]:
+        with open(self.path, newline="") as f:
+            return next(csv.reader(f), [])
 
     def append(self, row: Row) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0

@@ -6,6 +6,10 @@ call. Both first estimate the cost of a call, turn the `warmup_ms` / `rep_ms` bu
 one warm-up call, at least `min_reps` timed, at most `max_reps`), and keep every sample; `leetbench.stats`
 summarises them (median, p20, p80 as triton's do_bench reports, and an interval of the median).
 Before every call a `between` hook runs untimed: the harness flips input signs there (leetbench.inputs).
+On the GPU two more things are kept per timed call: the host's time inside it (its enqueue time), and whether
+the GPU had already reached the call's start when the host finished issuing it — then the GPU waited for the
+host inside the event pair and the sample measures the host (`results.host_bound`). The host time alone
+cannot say which side waited: a GPU-bound loop that fills the launch queue also makes the host wait.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -34,6 +38,11 @@ class Timing:
 
     samples_ms: list[float]
     last_result: object = None
+    # GPU: the host's time inside each timed call (perf_counter around the enqueue, no synchronize), and
+    # whether the GPU had reached the call's start event when the host was done issuing it (it waited for the
+    # host); both empty on the CPU, whose samples are host time already
+    host_samples_ms: list[float] = field(default_factory=list)
+    gpu_waited: list[bool] = field(default_factory=list)
 
     @property
     def median_ms(self) -> float:
@@ -92,16 +101,20 @@ class _CudaClock:
             fn()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        result = None
+        result, host, waited = None, [], []
         for i in range(reps):
             (self.before_last if i == reps - 1 else self.between)()
             self.flush.zero_()
             result = None  # the previous output's memory may serve this call
             starts[i].record(self.stream)
+            t0 = time.perf_counter()  # inside the event pair: only the call's own enqueue is host time
             result = fn()
+            t1 = time.perf_counter()
             ends[i].record(self.stream)
+            host.append((t1 - t0) * 1e3)
+            waited.append(starts[i].query())  # outside the pair; True: the GPU was already on this call
         torch.cuda.synchronize(self.device)
-        return Timing([s.elapsed_time(e) for s, e in zip(starts, ends)], result)
+        return Timing([s.elapsed_time(e) for s, e in zip(starts, ends)], result, host, waited)
 
 
 class _CpuClock:

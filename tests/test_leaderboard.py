@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from leetbench.leaderboard import build, markdown, ranked_set, wall_time, winners
+from leetbench.page import page
 from leetbench.problem import Problem
 from leetbench.report import merge
 from leetbench.results import Row
@@ -145,6 +146,29 @@ def test_where_the_time_went() -> None:
     assert w.largest == ("measured calls", 3.0)
     assert "40% of it inside measured calls" in markdown(build(df), df)
     assert wall_time(frame(rows("a", {1024: 1.0}))) is None
+
+
+def test_a_host_bound_winner_is_marked_and_ranks_as_before() -> None:
+    """Two winners on a GPU: at N=1024 the GPU waited for the host in 95% of the calls (host-bound), at N=2048
+    in none (its host time, 0.38 ms, waited on a full launch queue: it does not decide)."""
+    df = frame(rows("a", {1024: 0.2}, gpu="H200", host_ms=0.19, gpu_waited=0.95),
+               rows("a", {2048: 0.4}, gpu="H200", host_ms=0.38, gpu_waited=0.0),
+               rows("b", {1024: 0.5, 2048: 0.9}, gpu="H200", host_ms=0.03, gpu_waited=0.1))
+    board = build(df, baseline="b")
+    w = board.winners.set_index("length")
+    assert list(w["winner"]) == ["a", "a"] and list(w["host_bound"]) == [True, False]
+    md = markdown(board, df)
+    assert "| `a` | 0.2 [0.2–0.2] (host) | — | `b` | 2.50× |" in md
+    assert "| `a` | 0.4 [0.4–0.4] | — | `b` | 2.25× |" in md
+    assert "(host): host-bound" in md  # the table says what the mark means
+    html = page(board, df)
+    assert html.count(">0.2 (host)</td>") == 1 and "0.4 (host)" not in html and "(host): host-bound" in html
+    t = board.table.set_index("method")
+    assert t.loc["a", "host_bound"] == 1 and t.loc["b", "host_bound"] == 0  # ok rows that are, per method
+    # the mark changes no ranking, and rows without gpu_waited (older files) mark nothing
+    before = build(df.drop(columns=["host_ms", "gpu_waited"]), baseline="b")
+    assert before.table[["method", "rank", "speedup"]].equals(board.table[["method", "rank", "speedup"]])
+    assert not before.winners["host_bound"].any() and "(host) |" not in markdown(before, df)
 
 
 def test_missing_baseline_falls_back_to_the_method_with_most_ok_rows() -> None:

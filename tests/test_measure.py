@@ -1,14 +1,27 @@
-"""Measurement: quantiles, repetition budgets, CPU timing, peak memory, errors, tolerances, statuses."""
+"""Measurement: quantiles, repetition budgets, CPU timing, host time and host-bound rows (GPU timing on a GPU),
+peak memory, errors, tolerances, statuses."""
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from leetbench.execute import classify
+from leetbench.config import RunSettings
+from leetbench.discovery import Catalog, MethodInfo
+from leetbench.execute import build_reference, classify, run_method
+from leetbench.inputs import make_inputs
+from leetbench.problem import Inputs, Problem
+from leetbench.protocol import Outcome, decode, encode
+from leetbench.reference import reference
+from leetbench.registry import Method
+from leetbench.results import HOST_BOUND, host_bound
+from leetbench.runner import Runner, combine
 from leetbench.stats import compare_samples, median_ci, median_ci_one, summarize
 from leetbench.timing import TimingConfig, _counts, measure, watch
 from leetbench.verdict import MAX_ERR_FACTOR, Errors, errors, judge, tolerance
@@ -54,6 +67,29 @@ def test_cpu_timing_measures_what_the_call_takes_and_runs_between_untimed() -> N
                 between=lambda: (calls.append(1), time.sleep(0.02)))
     assert 3.5 < t.median_ms < 15 and t.reps >= 3 and len(t.samples_ms) == t.reps  # the 20 ms never counted
     assert len(calls) >= t.reps + 1  # before every timed call and the warm-up
+    assert t.host_samples_ms == []  # on the CPU the samples are host time already
+
+
+@pytest.mark.parametrize("gpu_waited, bound", [
+    (1.0, True), (HOST_BOUND, True), (0.9, True),  # the GPU waited for the host in most calls
+    (0.0, False), (0.49, False),  # the host issued the calls ahead of the GPU
+    (math.nan, False), (None, False), ("", False),  # the CPU, rows from before the column
+])
+def test_host_bound(gpu_waited: float, bound: bool) -> None:
+    assert host_bound(gpu_waited) is bound
+
+
+def test_a_rows_host_ms_is_the_median_of_every_rounds_host_samples(tmp_path: Path) -> None:
+    """Host samples travel the worker protocol, are pooled over rounds, and their median is the row's host_ms."""
+    rounds = [Outcome("ok", samples_ms=[1.0] * 3, host_samples_ms=[0.2, 0.3, 0.4], gpu_waited=[True, False, False]),
+              Outcome("ok", samples_ms=[1.1] * 2, host_samples_ms=[0.9, 1.0], gpu_waited=[True, True])]
+    rounds = [decode(encode(o)) for o in rounds]
+    catalog = Catalog(methods={"m": MethodInfo("m", "f", "O(N)", False, "m.py", "abc")})
+    runner = Runner([], ["m"], catalog, RunSettings(out=tmp_path, device="cpu"), SimpleNamespace(ready=None))
+    row = runner._row("m", Problem(1, 2, 64, 16), combine(rounds), [o.samples_ms for o in rounds])
+    assert row.host_ms == 0.4 and row.gpu_waited == 0.6 and row.rounds == 2 and row.reps == 5
+    cpu = runner._row("m", Problem(1, 2, 64, 16), combine([Outcome("ok", samples_ms=[1.0])]), [[1.0]])
+    assert math.isnan(cpu.host_ms) and math.isnan(cpu.gpu_waited) and cpu.time_ms == 1.0
 
 
 def test_cpu_peak_memory_sees_an_allocation() -> None:
@@ -105,6 +141,82 @@ def test_tolerances() -> None:
     assert tolerance("float64") == 1e-10 and tolerance("float32") == 1e-5 and tolerance("float32", tf32=True) == 5e-3
     assert tolerance("float16") == 5e-3 and tolerance("bfloat16") == 2e-2
     assert tolerance("float32", overrides={"float32": 1e-4}) == 1e-4
+
+
+QUICK = TimingConfig(warmup_ms=5, rep_ms=30, min_reps=10, max_reps=50)
+
+
+def _exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float,
+           initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    o, state = reference(Inputs(q, k, v, decay, scale, initial_state))
+    return o.to(v.dtype), state.to(torch.float32)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_the_worker_reports_a_host_sample_per_timed_call_on_a_gpu_and_none_on_the_cpu(device: str) -> None:
+    problem = Problem(1, 2, 64, 16, device=device)
+    inputs = make_inputs(problem)
+    ref = build_reference(problem, inputs, math.inf)
+    out = run_method(Method("exact", _exact), problem, inputs, ref, TimingConfig(warmup_ms=1, rep_ms=5, max_reps=20))
+    assert out.status == "ok" and len(out.samples_ms) >= 10, out.error
+    expected = len(out.samples_ms) if device == "cuda" else 0
+    assert len(out.host_samples_ms) == len(out.gpu_waited) == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_call_the_host_holds_up_is_host_bound() -> None:
+    """1 ms of host work before one tiny kernel: the GPU waits inside the event pair, the time is the host's."""
+    x = torch.zeros(16, device="cuda")
+
+    def call() -> torch.Tensor:
+        time.sleep(1e-3)
+        return x.add_(1)
+
+    call()
+    t = measure(call, "cuda", QUICK)
+    waited = sum(t.gpu_waited) / len(t.gpu_waited)
+    assert len(t.host_samples_ms) == len(t.gpu_waited) == t.reps >= 10 and min(t.host_samples_ms) >= 0.99
+    assert host_bound(waited) and waited > 0.9, (t.median_ms, waited)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_bound_call_is_not_host_bound() -> None:
+    """Four 4096² float32 matrix products (milliseconds of GPU): issuing them takes the host microseconds."""
+    a = torch.randn(4096, 4096, device="cuda") / 64  # entries stay O(1/64) through the products
+
+    def call() -> torch.Tensor:
+        c = a @ a
+        for _ in range(3):
+            c = c @ a
+        return c
+
+    call()
+    t = measure(call, "cuda", QUICK)
+    host, waited = statistics.median(t.host_samples_ms), sum(t.gpu_waited) / len(t.gpu_waited)
+    assert len(t.host_samples_ms) == t.reps and t.median_ms > 0.5
+    assert host < 0.1 * t.median_ms and not host_bound(waited), (t.median_ms, host, waited)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_bound_call_that_fills_the_launch_queue_is_not_host_bound() -> None:
+    """Many small kernels per call, many calls: the host runs ahead until the launch queue is full and then
+    waits for the GPU, so its time per call approaches the GPU's — yet the GPU never waited for the host."""
+    x = torch.randn(1 << 25, device="cuda")  # 128 MB: each product about 60 µs of GPU, 40 of them a call
+
+    def call() -> torch.Tensor:
+        y = x
+        for _ in range(40):
+            y = y * 1.0001
+        return y
+
+    call()
+    t = measure(call, "cuda", TimingConfig(warmup_ms=5, rep_ms=300, min_reps=300, max_reps=600))
+    waited = sum(t.gpu_waited) / len(t.gpu_waited)
+    assert not host_bound(waited), (t.median_ms, statistics.median(t.host_samples_ms), waited)
 
 
 @pytest.mark.parametrize("exc, status", [

@@ -184,6 +184,27 @@ def test_rows_carry_memory_and_provenance(tmp_path: Path) -> None:
     assert df["timestamp"].str.match(r"\d{4}-\d\d-\d\dT").all() and (df["torch"] != "").all()
 
 
+def test_host_columns_are_written_nan_on_the_cpu_and_a_results_csv_without_them_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_cli(*TINY, "methods=[recurrent]", f"out={out}", cwd=tmp_path).returncode == 0
+    raw = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
+    new = ["host_ms", "gpu_waited"]
+    assert (raw[new] == "").all().all()  # the CPU's time is host time already
+    assert results(out)[new].isna().all().all()
+    # a file of the schema before these columns: it reads, and a resume adds rows that line up with its columns
+    raw.drop(columns=new).to_csv(out / "results.csv", index=False)
+    old = results(out)
+    assert len(old) == 2 and old[new].isna().all().all() and (old["status"] == "ok").all()
+    proc = run_cli(*TINY, "methods=[recurrent,chunked]", f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0 and "2 already in results.csv" in proc.stdout, proc.stderr
+    assert "dropped" not in proc.stdout + proc.stderr
+    df = results(out)
+    assert len(df) == 4 and (df["status"] == "ok").all() and (df["time_ms"] > 0).all()
+    assert set(df[df["method"] == "chunked"]["length"]) == {32, 128} and df[new].isna().all().all()
+    assert df.merge(old, on=KEY_COLUMNS + ["timestamp", "row_id"]).shape[0] == 2  # the old rows, untouched
+    assert "dropped" not in run_cli(f"report=[{out}]", f"out={tmp_path / 'rep'}", cwd=tmp_path).stderr
+
+
 
 def test_git_sha_comes_from_the_environment_where_the_tree_has_no_git(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no git: a working tree copied to a GPU box without .git
