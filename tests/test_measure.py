@@ -164,6 +164,28 @@ def test_the_worker_reports_a_host_sample_per_timed_call_on_a_gpu_and_none_on_th
     assert len(out.host_samples_ms) == len(out.gpu_waited) == expected
 
 
+def test_the_worker_makes_a_methods_inputs_after_its_setup(monkeypatch) -> None:
+    """A warm-up in `setup=` holds a full set of inputs of its own: the harness's must not be alive beside it
+    (B=8, N=65536, float32 ran out of memory in Mamba-2's warm-up that way)."""
+    import leetbench.worker as worker_mod
+    from leetbench.protocol import Prepare, Run
+
+    problem, events = Problem(1, 2, 64, 16), []
+    real = worker_mod.make_inputs
+    monkeypatch.setattr(worker_mod, "make_inputs", lambda *a, **kw: (events.append("inputs"), real(*a, **kw))[1])
+    w = worker_mod.Worker()
+    w.registry = {"exact": Method("exact", _exact, setup=lambda p: events.append("setup"))}
+    w.env.mem_total_bytes = 1e12
+    w.prepare(Prepare(problem.as_dict()))
+    events.clear()  # the reference's inputs
+    out = w.run(Run("exact", dict(warmup_ms=1, rep_ms=5, max_reps=20)))
+    assert events == ["setup", "inputs"] and out.status == "ok", (events, out.error)
+    assert out.prepare_s >= 0 and out.setup_s >= 0
+    made = make_inputs(problem)  # given made, run_method uses them as they are and times no making
+    ref = build_reference(problem, make_inputs(problem), math.inf)
+    assert math.isnan(run_method(Method("exact", _exact), problem, made, ref, None).prepare_s)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_call_the_host_holds_up_is_host_bound() -> None:
