@@ -363,15 +363,17 @@ class Setting:
     cupy: str
     copy_gbps: float
     commits: tuple[tuple[str, int], ...]  # (git sha or "?", rows), most rows first
+    machines: tuple[str, ...] = ()  # "CPU model, OS" of its rows (several lent machines may share a name)
 
     def details(self) -> str:
-        """Everything after the host: versions, copy bandwidth, commit(s)."""
+        """Everything after the host: versions, copy bandwidth, commit(s), the host's CPU and OS."""
         bw = f", copy bandwidth {self.copy_gbps:.0f} GB/s" if math.isfinite(self.copy_gbps) else ""
         if len(self.commits) == 1:
             commit = f"commit {self.commits[0][0]}"
         else:  # a table merged from runs at several commits says so, row counts included
             commit = "commits " + ", ".join(f"{sha} ({n} row{'s' if n != 1 else ''})" for sha, n in self.commits)
-        return f"torch {self.torch}{', cupy ' + self.cupy if self.cupy else ''}{bw}, {commit}"
+        hosts = f"; host {' / '.join(self.machines)}" if self.machines else ""
+        return f"torch {self.torch}{', cupy ' + self.cupy if self.cupy else ''}{bw}, {commit}{hosts}"
 
 
 def settings(df: pd.DataFrame) -> list[Setting]:
@@ -386,8 +388,18 @@ def settings(df: pd.DataFrame) -> list[Setting]:
                            host=str(e["host"]), torch=str(e["torch"]),
                            cupy=str(e["cupy"]) if isinstance(e["cupy"], str) else "",
                            copy_gbps=float(bw) if isinstance(bw, (int, float)) else math.nan,
-                           commits=tuple((str(sha), int(n)) for sha, n in shas.items())))
+                           commits=tuple((str(sha), int(n)) for sha, n in shas.items()),
+                           machines=_machines(g)))
     return out
+
+
+def _machines(rows: pd.DataFrame) -> tuple[str, ...]:
+    """The distinct "CPU model, OS" of rows that record them (rows from before those columns record none)."""
+    if "cpu" not in rows or "os" not in rows:
+        return ()
+    pairs = rows[["cpu", "os"]].fillna("").astype(str)
+    seen = [f"{c}, {o}" if c and o else c or o for c, o in pairs.drop_duplicates().itertuples(index=False)]
+    return tuple(s for s in seen if s)
 
 
 def _environment(df: pd.DataFrame) -> list[str]:

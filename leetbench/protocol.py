@@ -44,6 +44,8 @@ class Environment:
     gpu: str = ""
     torch: str = ""
     cupy: str = ""
+    cpu: str = ""  # the host's processor model: launch-bound rows measure it
+    os: str = ""   # kernel release: lent machines of one name differ here (a VM's runtime shows in it)
     threads: int = 0
     copy_gbps: float = math.nan
     launch_floor_ms: float = math.nan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 from pathlib import Path
@@ -51,6 +52,18 @@ def _cupy_version() -> str:
         return ""
 
 
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str, measure: bool) -> Environment:
     """Host, device name, library versions, threads, memory; and (when `measure`) the copy bandwidth and the
     launch floor of the device."""
@@ -63,6 +76,7 @@ def environment(device: str, measure: bool) -> Environment:
     else:
         gpu, mem = "", float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     env = Environment(host=socket.gethostname(), gpu=gpu, torch=torch.__version__, cupy=_cupy_version(),
+                      cpu=cpu_model(), os=f"{platform.system()} {platform.release()}",
                       threads=torch.get_num_threads(), mem_total_bytes=mem)
     if measure:  # else left NaN: a restarted worker keeps the first measurement
         env.copy_gbps = copy_bandwidth_gbps(dev)

@@ -79,6 +79,8 @@ class Row:
     gpu: str = ""
     torch: str = ""
     cupy: str = ""
+    cpu: str = ""                      # the host's processor model
+    os: str = ""                       # its kernel release
     leetbench: str = ""
     git_sha: str = ""
     timestamp: str = ""

@@ -103,7 +103,8 @@ class Runner:
         measured = {c: getattr(outcome, c) for c in ("error",) + ERROR_COLUMNS + WALL_COLUMNS}
         return Row.for_problem(
             name, info.family, problem, outcome.status, **measured, **timed,
-            host=e.host, gpu=e.gpu, torch=e.torch, cupy=e.cupy, leetbench=leetbench.__version__, git_sha=self.sha,
+            host=e.host, gpu=e.gpu, torch=e.torch, cupy=e.cupy, cpu=e.cpu, os=e.os, leetbench=leetbench.__version__,
+            git_sha=self.sha,
             timestamp=_now(), complexity=info.complexity, tf32=info.tf32, method_hash=info.source_hash,
             threads=e.threads, copy_gbps=e.copy_gbps, launch_floor_ms=e.launch_floor_ms)
 

@@ -191,3 +191,21 @@ def test_a_table_merged_from_several_commits_names_each_with_its_rows() -> None:
     one = Page()
     one.feed(page(build(df), df))
     assert "commit deadbeef" in "".join(one.text) and "commits" not in "".join(one.text)
+
+
+def test_the_setting_line_names_each_host_machine_that_shares_a_name() -> None:
+    """Lent machines all called `vm` differ in CPU and kernel (launch-bound rows measure them): both named."""
+    from leetbench.leaderboard import markdown
+
+    df = results()
+    df["cpu"], df["os"] = "AMD EPYC", "Linux 6.18.44-fc"
+    other = df.iloc[:1].copy()
+    other["cpu"], other["os"], other["length"] = "Intel Xeon", "Linux 4.4.0", 65536
+    both = pd.concat([df, other], ignore_index=True)
+    line = "; host AMD EPYC, Linux 6.18.44-fc / Intel Xeon, Linux 4.4.0"
+    assert line in markdown(build(both), both)
+    p = Page()
+    p.feed(page(build(both), both))
+    assert line in "".join(p.text)
+    old = results()  # rows from before these columns: nothing to name
+    assert "; host" not in markdown(build(old), old)

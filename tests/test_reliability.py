@@ -4,6 +4,7 @@ kill -9 and resume, a torn last line, two runs into one folder, Ctrl-C."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -182,6 +183,7 @@ def test_rows_carry_memory_and_provenance(tmp_path: Path) -> None:
     assert (df["peak_mem_mb"] >= 0).all() and (df["method_hash"].str.len() == 12).all()
     assert (df["threads"] >= 1).all() and (df["copy_gbps"] > 0).all() and (df["gbps"] > 0).all()
     assert df["timestamp"].str.match(r"\d{4}-\d\d-\d\dT").all() and (df["torch"] != "").all()
+    assert (df["cpu"].str.len() > 0).all() and df["os"].str.startswith(platform.system()).all()
 
 
 def test_host_columns_are_written_nan_on_the_cpu_and_a_results_csv_without_them_resumes(tmp_path: Path) -> None:
