@@ -28,7 +28,7 @@ the best upper bound are tied.
 
 Host-bound rows (`results.host_bound`: in most timed calls the GPU waited for the host to issue the call)
 rank as any other; the fastest method's time is marked `(host)` where its row is one, and each method's
-`host_bound` counts its ok rows that are.
+`host_bound_rows` counts its ok rows that are.
 
 The intervals describe one run. A Triton autotuner that picks another config when it tunes again, and a
 launch-bound call that measures the host, vary more than that from run to run (design §6); measure with
@@ -53,7 +53,7 @@ FAILED_STATUSES = [str(s) for s in FAILED]
 TABLE_COLUMNS = CLASS_COLUMNS + [
     "rank", "tied", "method", "family", "complexity", "problems", "ok", "pass_rate", "skipped", "failed",
     "median_rel_err", "speedup", "speedup_lo", "speedup_hi", "ranked", "common_problems", "class_problems",
-    "baseline", "own_speedup", "own_problems", "fitted_exponent", "best_pct_bw", "host_bound"]
+    "baseline", "own_speedup", "own_problems", "fitted_exponent", "best_pct_bw", "host_bound_rows"]
 WINNER_COLUMNS = PROBLEM_COLUMNS + [
     "precision", "winner", "tied", "fastest", "family", "time_ms", "time_ms_lo", "time_ms_hi", "host_ms",
     "gpu_waited", "host_bound", "pct_bw", "runner_up", "runner_up_ms", "lead"]
@@ -191,7 +191,7 @@ def _method_record(rows: pd.DataFrame) -> dict:
         "median_rel_err": float(errs.median()) if errs.notna().any() else math.nan,
         "fitted_exponent": fitted_exponent(rows),
         "best_pct_bw": float(pd.to_numeric(ok["pct_bw"], errors="coerce").max()) if len(ok) else math.nan,
-        "host_bound": int(_host_bound(ok).sum()),  # ok rows whose time is the host's
+        "host_bound_rows": int(_host_bound(ok).sum()),  # ok rows whose time is the host's
     }
 
 

@@ -164,7 +164,7 @@ def test_a_host_bound_winner_is_marked_and_ranks_as_before() -> None:
     html = page(board, df)
     assert html.count(">0.2 (host)</td>") == 1 and "0.4 (host)" not in html and "(host): host-bound" in html
     t = board.table.set_index("method")
-    assert t.loc["a", "host_bound"] == 1 and t.loc["b", "host_bound"] == 0  # ok rows that are, per method
+    assert t.loc["a", "host_bound_rows"] == 1 and t.loc["b", "host_bound_rows"] == 0  # ok rows that are, per method
     # the mark changes no ranking, and rows without gpu_waited (older files) mark nothing
     before = build(df.drop(columns=["host_ms", "gpu_waited"]), baseline="b")
     assert before.table[["method", "rank", "speedup"]].equals(board.table[["method", "rank", "speedup"]])
