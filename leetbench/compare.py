@@ -35,7 +35,7 @@ import pandas as pd
 from leetbench.config import ConfigError
 from leetbench.leaderboard import bounds
 from leetbench.report import find_results, merge
-from leetbench.results import PROBLEM_COLUMNS, problem_key
+from leetbench.results import PROBLEM_COLUMNS, host_bound, problem_key
 from leetbench.stats import compare_samples, quantile
 from leetbench.store import atomic_write, read_samples
 
@@ -46,7 +46,7 @@ NOISY_SPREAD = 4.0  # NEW's spread this many times BASE's marks a verdict noisy 
 VERDICT_ORDER = {"failed": 0, "slower": 1, "faster": 2, "fixed": 3, "same": 4, "not ok": 5, "skipped": 6}
 COLUMNS = ["method", "family", "precision"] + MATCH_COLUMNS + [
     "status_base", "status_new", "base_ms", "new_ms", "ratio", "ratio_lo", "ratio_hi", "p_value", "basis",
-    "verdict", "spread_base", "spread_new", "base_row_id", "new_row_id"]
+    "verdict", "spread_base", "spread_new", "host_bound_base", "host_bound_new", "base_row_id", "new_row_id"]
 
 
 @dataclass
@@ -126,6 +126,12 @@ def spread(samples: list[float]) -> float:
     return (p80 - p20) / p50 if p50 > 0 else math.nan
 
 
+def host_side(r: dict) -> str:
+    """Which side's row is host-bound (its time is the CPU issuing the call: results.host_bound), '' if none."""
+    b, n = bool(r.get("host_bound_base")), bool(r.get("host_bound_new"))
+    return "both" if b and n else "BASE" if b else "NEW" if n else ""
+
+
 def noisy(r: dict) -> bool:
     """Whether NEW's samples scattered `NOISY_SPREAD`× more than BASE's (and more than 10%)."""
     b, n = r.get("spread_base", math.nan), r.get("spread_new", math.nan)
@@ -165,7 +171,10 @@ def compare_runs(base_folder: str | Path, new_folder: str | Path, threshold: flo
             continue  # neither ran it: nothing to say
         records.append({"method": b["method"], "family": n["family"], "precision": n["precision"],
                         **{c: n[c] for c in MATCH_COLUMNS}, "status_base": b["status"], "status_new": n["status"],
-                        "base_ms": b["time_ms"], "new_ms": n["time_ms"], "base_row_id": b["row_id"],
+                        "base_ms": b["time_ms"], "new_ms": n["time_ms"],
+                        "host_bound_base": host_bound(b.get("gpu_waited")),
+                        "host_bound_new": host_bound(n.get("gpu_waited")),
+                        "base_row_id": b["row_id"],
                         "new_row_id": n["row_id"], **judge(b, n, base, new, threshold)})
     table = pd.DataFrame.from_records(records, columns=COLUMNS)
     if not table.empty:
@@ -209,7 +218,9 @@ def markdown(c: Comparison) -> str:
              f"{100 * c.threshold:.0f}% and outside the 95% interval (from the timed samples with a Mann–Whitney "
              "test, else from the rows' intervals); `failed`: ok in BASE, not ok in NEW. *noisy*: NEW's samples "
              f"scattered over {NOISY_SPREAD:g}× as widely as BASE's ((p80 − p20) / median, in parentheses): "
-             "weigh that verdict with care.", "",
+             "weigh that verdict with care. *host-bound*: on that side (BASE, NEW or both) the GPU waited for the "
+             "CPU to issue the call in most timed calls, so its time is the host's: a change there may be the "
+             "machine's, not the method's.", "",
              "**" + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f"** ({c.only_base} only in BASE, "
              f"{c.only_new} only in NEW)." + (" Regressions: exit status 1." if len(c.regressions) else ""), ""]
     pm = per_method(c)
@@ -225,6 +236,8 @@ def markdown(c: Comparison) -> str:
         verdict = f"**{r['verdict']}**" if r["verdict"] in REGRESSIONS else r["verdict"]
         if noisy(r):
             verdict += f", *noisy* ({r['spread_base']:.0%} → {r['spread_new']:.0%})"
+        if host_side(r):
+            verdict += f", *host-bound* ({host_side(r)})"
         status = "" if r["status_base"] == r["status_new"] == "ok" else f" ({r['status_base']} → {r['status_new']})"
         lines.append(f"| {verdict}{status} | `{r['method']}` | {r['precision']} | {problem_label(r)} | {_x(r['base_ms'])} | "
                      f"{_x(r['new_ms'])} | {_x(r['ratio'])} [{_x(r['ratio_lo'])}–{_x(r['ratio_hi'])}] | "

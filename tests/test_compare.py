@@ -20,8 +20,10 @@ from leetbench.store import SamplesFile
 
 
 def write_run(folder: Path, times: dict[str, float], *, host: str = "h", gpu: str = "", status: str = "ok",
-              samples: bool = True, spread: float = 0.01, seed: int = 0) -> None:
-    """A run folder: one row per method at N=64 (median `times[m]`), and its samples unless `samples=False`."""
+              samples: bool = True, spread: float = 0.01, seed: int = 0,
+              waited: dict[str, float] | None = None) -> None:
+    """A run folder: one row per method at N=64 (median `times[m]`), and its samples unless `samples=False`;
+    `waited[m]` is the row's gpu_waited (else NaN, as on the CPU or before the column)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     store = SamplesFile(folder / "samples.csv.gz")
@@ -30,7 +32,7 @@ def write_run(folder: Path, times: dict[str, float], *, host: str = "h", gpu: st
         draws = t * (1 + spread * rng.standard_normal(40))
         r = Row.for_problem(m, "f", Problem(1, 2, 64, 16), status, time_ms=float(np.median(draws)),
                             time_ms_lo=t * (1 - 2 * spread), time_ms_hi=t * (1 + 2 * spread), host=host, gpu=gpu,
-                            timestamp="2026-11-29T00:00:00+00:00")
+                            timestamp="2026-11-29T00:00:00+00:00", gpu_waited=(waited or {}).get(m, math.nan))
         out.append(r.as_dict())
         if samples:
             store.append(r.row_id, [list(draws[:20]), list(draws[20:])])
@@ -72,6 +74,22 @@ def test_a_verdict_whose_new_samples_scattered_is_marked_noisy(tmp_path: Path) -
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     line = {m: next(x for x in md.splitlines() if f"`{m}`" in x and x.startswith("| **")) for m in ("clean", "scattered")}
     assert "*noisy*" in line["scattered"] and "*noisy*" not in line["clean"]
+
+
+def test_a_pair_whose_row_is_host_bound_says_on_which_side(tmp_path: Path) -> None:
+    """A launch-bound row measures the CPU issuing the call: comparison.md says so, the verdict stands."""
+    times = {"kernel": 1.0, "launch": 1.0, "older": 1.0}
+    write_run(tmp_path / "base", times, gpu="H200", seed=1, waited={"kernel": 0.0, "launch": 0.2})
+    write_run(tmp_path / "new", {**times, "launch": 2.0}, gpu="H200", seed=2, waited={"kernel": 0.1, "launch": 0.9})
+    assert compare_command([str(tmp_path / "base"), str(tmp_path / "new")], 0.10, tmp_path / "cmp") == 1
+    t = compare_runs(tmp_path / "base", tmp_path / "new").table.set_index("method")
+    assert list(t["host_bound_new"]) == [True, False, False] and not t["host_bound_base"].any()  # launch first
+    assert t.loc["launch", "verdict"] == "slower"
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    per_problem = md.split("## Per problem")[1].splitlines()
+    rows = {m: next(x for x in per_problem if f"`{m}`" in x) for m in times}
+    assert "*host-bound* (NEW)" in rows["launch"]
+    assert "host-bound" not in rows["kernel"] + rows["older"]
 
 
 def test_without_samples_the_rows_intervals_decide(tmp_path: Path) -> None:
