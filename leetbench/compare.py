@@ -17,6 +17,8 @@ Each side's spread, (p80 − p20) / median of its samples, is kept too: a verdic
 `NOISY_SPREAD`× BASE's (and above 10%) is marked noisy in comparison.md — the samples moved as a whole but
 also scattered, as when a busy host shows through a launch-bound call's timing — so a reader weighs it; the
 verdict itself stands (the gate is the test's, not a guess about causes).
+A pair whose row is host-bound on either side (`results.host_bound`: the GPU waited for the CPU issuing the
+call) is marked so with the side, for the same reason: its time is the host's.
 A pair `ok` in BASE and not in NEW (inaccurate, suspect, error, timeout, crashed, oom) is `failed`; the reverse
 is `fixed`; neither ok: `not ok`; skipped on either side: `skipped` (no verdict).
 
