@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +47,6 @@ def test_paper_split_puts_every_method_in_one_job() -> None:
     """scripts/paper_sweep.sh splits the published paper sweep into jobs by method group: a method in no
     group would vanish from the leaderboard, one in two groups would be measured twice."""
     import shlex
-    import subprocess
 
     from leetbench.discovery import load_methods
     from leetbench.registry import select_names
@@ -60,3 +62,33 @@ def test_paper_split_puts_every_method_in_one_job() -> None:
     jobs = [select_names(swept, group.split(",")) for group in groups[1:-1].split("],[")]
     flat = [m for job in jobs for m in job]
     assert sorted(flat) == swept, (sorted(set(swept) - set(flat)), [m for m in flat if flat.count(m) > 1])
+
+
+def _one_commit(stage: Path, sha: str) -> subprocess.CompletedProcess[str]:
+    """scripts/device_publish.sh's one_commit on `stage`, as on the device with LEETBENCH_GIT_SHA=sha."""
+    root = Path(__file__).resolve().parents[1]
+    script = 'eval "$(sed -n "/^one_commit()/,/^}/p" scripts/device_publish.sh)" && one_commit "$1"'
+    env = {**os.environ, "LEETBENCH_GIT_SHA": sha, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", "-c", script, "bash", str(stage)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_publishing_measures_a_stage_of_another_commit_afresh_and_resumes_its_own(tmp_path: Path) -> None:
+    """A publication comes from one commit: a stage folder holding rows of another (the last publication, in the
+    tree the device receives) must not be resumed; one of the same commit (a stage cut short) must."""
+    import pandas as pd
+
+    from leetbench.problem import Problem
+    from leetbench.results import Row
+
+    stage = tmp_path / "kernels"
+    (stage / "1").mkdir(parents=True)
+    rows = [Row.for_problem("m", "f", Problem(1, 2, n, 16), "ok", time_ms=1.0, git_sha="aaaa").as_dict()
+            for n in (64, 128)]
+    pd.DataFrame(rows).to_csv(stage / "1" / "results.csv", index=False)
+    same = _one_commit(stage, "aaaa")
+    assert same.returncode == 0 and (stage / "1" / "results.csv").exists(), same.stderr
+    other = _one_commit(stage, "bbbb")
+    assert other.returncode == 0 and not stage.exists(), other.stderr
+    assert "rows of commit(s) aaaa set aside; measuring afresh at bbbb" in other.stdout
+    assert _one_commit(tmp_path / "none", "bbbb").returncode == 0  # nothing there yet: nothing to do
