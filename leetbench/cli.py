@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from leetbench.callbacks import HeldStderr, release_stderr
-from leetbench.compare import compare_command
+from leetbench.compare import compare_command, compare_runs, since as compare_since, write_comparison
 from leetbench.config import ConfigError, SweepPlan, check, did_you_mean, plan_from, register_configs
 from leetbench.discovery import Catalog
 from leetbench.gpus import gpu_slot, visible_gpus
@@ -105,15 +105,24 @@ def summary_table(board_table: Any, limit: int = 15) -> str:
     return (t.to_string(index=False) if len(t) else "(no method ran)") + note
 
 
+SINCE_FOLDER = "since"  # where report=… since=… puts the comparison's every pair, beside the leaderboard
+
+
 def report_only(cfg: DictConfig, out: Path) -> int:
     paths = find_results(cfg.report)
     if not paths:
         raise ConfigError(f"no results.csv found under {list(cfg.report)}")
+    if cfg.since and not (Path(cfg.since).expanduser().exists() and find_results([cfg.since])):
+        raise ConfigError(f"since={cfg.since}: no results.csv found there (a previous run folder)")
     df = merge(paths)
     make_folder(out)
     if len(paths) > 1 or paths[0].parent.resolve() != out.resolve():
         write_merged(df, out, paths)
-    rep = write_report(df, out, cfg.baseline, plots=cfg.plots)
+    since = None
+    if cfg.since:  # the previous run against this one's merged rows; every pair beside the leaderboard
+        c = compare_runs(cfg.since, out, cfg.compare_threshold)
+        since = compare_since(c, write_comparison(c, out / SINCE_FOLDER).relative_to(out).as_posix())
+    rep = write_report(df, out, cfg.baseline, plots=cfg.plots, since=since)
     print(f"merged {len(paths)} results file(s), {len(df)} rows → {out}")
     print(summary_table(rep.board.table))
     return 0

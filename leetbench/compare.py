@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from leetbench.config import ConfigError
-from leetbench.leaderboard import bounds
+from leetbench.leaderboard import Since, bounds
 from leetbench.report import find_results, merge
 from leetbench.results import PROBLEM_COLUMNS, host_bound, problem_key
 from leetbench.stats import compare_samples, quantile
@@ -209,8 +209,35 @@ def per_method(c: Comparison) -> pd.DataFrame:
                          "geomean_ratio": g["ratio"].apply(lambda r: float(np.exp(np.log(r).mean())))}).reset_index()
 
 
+def summary(c: Comparison) -> str:
+    """The verdict counts, as comparison.md's bold line says them."""
+    return ", ".join(f"{n} {v}" for v, n in c.counts().items() if n) or "nothing matched"
+
+
+def per_method_lines(c: Comparison) -> list[str]:
+    """The per-(method, precision) table in markdown ([] when nothing was timed on both sides)."""
+    pm = per_method(c)
+    if pm.empty:
+        return []
+    return ["| method | precision | pairs | slower | faster | geomean NEW/BASE |", "|---|---|---|---|---|---|"] + [
+        f"| `{r['method']}` | {r['precision']} | {r['pairs']} | {r['slower']} | {r['faster']} | "
+        f"{r['geomean_ratio']:.3f}× |" for r in pm.to_dict("records")]
+
+
+def since(c: Comparison, link: str) -> Since:
+    """What a leaderboard says of a comparison of a previous run (BASE) with its own rows (NEW)."""
+    return Since(str(c.base.folder), ", ".join(c.base.commits), summary(c), c.threshold, per_method(c), link)
+
+
+def write_comparison(c: Comparison, out: Path) -> Path:
+    """comparison.csv and comparison.md into `out`; returns the markdown's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "comparison.csv", c.table.to_csv(index=False))
+    atomic_write(out / "comparison.md", markdown(c))
+    return out / "comparison.md"
+
+
 def markdown(c: Comparison) -> str:
-    counts = c.counts()
     lines = ["# leetbench compare", "",
              f"- BASE: `{c.base.folder}` — {', '.join(c.base.machines) or 'no rows'}, commit {', '.join(c.base.commits)}",
              f"- NEW: `{c.new.folder}` — {', '.join(c.new.machines) or 'no rows'}, commit {', '.join(c.new.commits)}", "",
@@ -223,15 +250,11 @@ def markdown(c: Comparison) -> str:
              "weigh that verdict with care. *host-bound*: on that side (BASE, NEW or both) the GPU waited for the "
              "CPU to issue the call in most timed calls, so its time is the host's: a change there may be the "
              "machine's, not the method's.", "",
-             "**" + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f"** ({c.only_base} only in BASE, "
+             f"**{summary(c)}** ({c.only_base} only in BASE, "
              f"{c.only_new} only in NEW)." + (" Regressions: exit status 1." if len(c.regressions) else ""), ""]
-    pm = per_method(c)
-    if not pm.empty:
-        lines += ["## Per method", "", "| method | precision | pairs | slower | faster | geomean NEW/BASE |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| `{r['method']}` | {r['precision']} | {r['pairs']} | {r['slower']} | {r['faster']} | "
-                  f"{r['geomean_ratio']:.3f}× |" for r in pm.to_dict("records")]
-        lines.append("")
+    per = per_method_lines(c)
+    if per:
+        lines += ["## Per method", ""] + per + [""]
     lines += ["## Per problem", "", "| verdict | method | precision | problem | BASE ms | NEW ms | NEW/BASE [95%] | p | basis |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in c.table.to_dict("records"):
@@ -252,11 +275,8 @@ def compare_command(folders: list[str], threshold: float, out: Path) -> int:
     if len(folders) != 2:
         raise ConfigError(f"compare= takes two run folders, compare=[BASE,NEW]; got {len(folders)}")
     c = compare_runs(folders[0], folders[1], float(threshold))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "comparison.csv", c.table.to_csv(index=False))
-    atomic_write(out / "comparison.md", markdown(c))
-    counts = ", ".join(f"{n} {v}" for v, n in c.counts().items() if n) or "nothing matched"
-    print(f"leetbench compare: {counts} (NEW/BASE, threshold {100 * c.threshold:.0f}%) → {out / 'comparison.md'}")
+    md = write_comparison(c, out)
+    print(f"leetbench compare: {summary(c)} (NEW/BASE, threshold {100 * c.threshold:.0f}%) → {md}")
     for r in c.regressions.head(20).to_dict("records"):
         print(f"  {r['verdict']}: {r['method']} {problem_label(r)}  {_x(r['base_ms'])} → {_x(r['new_ms'])} ms "
               f"({_x(r['ratio'])}×)" + (f"; noisy: spread {r['spread_base']:.0%} → {r['spread_new']:.0%}"

@@ -76,6 +76,7 @@ class Config:
     report: List[str] = field(default_factory=list)  # rebuild leaderboard and plots from these runs; no sweep
     compare: List[str] = field(default_factory=list)  # [BASE,NEW] run folders: NEW/BASE times; exit 1 if slower
     compare_threshold: float = 0.10  # compare: a change counts only beyond this factor (and its interval)
+    since: Optional[str] = None  # with report=: a previous run; the leaderboard says what changed since it
     gpus: Optional[List[int]] = None  # scale-out: GPUs jobs may take (default: all visible)
     tune: bool = False  # `leetbench tune …`: after the sweep, write its dispatch table to the user cache
 
@@ -229,6 +230,8 @@ def check(cfg: Any) -> None:
         _positive(name, cfg[name])
     _positive("setup_timeout_s", cfg.setup_timeout_s, allow_none=True)
     _positive("compare_threshold", cfg.compare_threshold)
+    if cfg.since and not cfg.report:
+        raise ConfigError(f"since={cfg.since} goes with report=[…] (the runs whose leaderboard it annotates)")
     if not 0 < cfg.memory_fraction <= 1:
         raise ConfigError(f"memory_fraction={cfg.memory_fraction!r} must be in (0, 1]")
     t = cfg.timing

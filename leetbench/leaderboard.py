@@ -488,12 +488,38 @@ def failures_markdown(df: pd.DataFrame, load_failures: list[tuple[str, str]] | N
     return lines
 
 
+@dataclass
+class Since:
+    """What changed since a previous run (`since=`; made by `compare.since`), as a leaderboard states it."""
+
+    base: str  # the previous run's folder, as given
+    commits: str
+    summary: str  # the verdict counts
+    threshold: float
+    per_method: pd.DataFrame  # compare.per_method: method, precision, pairs, slower, faster, geomean_ratio
+    link: str  # comparison.md with every pair, relative to the leaderboard
+
+    def intro(self) -> str:
+        return (f"Against {self.base} (commit {self.commits}), rows matched by method and problem: {self.summary} "
+                f"(this run / that one; a change only past {100 * self.threshold:.0f}% and outside the 95% interval).")
+
+
+def since_markdown(s: Since) -> list[str]:
+    rows = [f"| `{r['method']}` | {r['precision']} | {r['pairs']} | {r['slower']} | {r['faster']} | "
+            f"{r['geomean_ratio']:.3f}× |" for r in s.per_method.to_dict("records")]
+    table = ["| method | precision | pairs | slower | faster | geomean this/that |", "|---|---|---|---|---|---|"]
+    return (["", "## Since the previous run", "", f"{s.intro()} Every pair: [{s.link}]({s.link}).", ""]
+            + (table + rows if rows else []))
+
+
 def markdown(board: Leaderboard, df: pd.DataFrame, load_failures: list[tuple[str, str]] | None = None,
-             title: str = "leetbench leaderboard") -> str:
-    """leaderboard.md: environment, where the time went, one ranked table per class, winners, failures."""
+             title: str = "leetbench leaderboard", since: Since | None = None) -> str:
+    """leaderboard.md: environment, where the time went, what changed since a previous run (`since`), one
+    ranked table per class, winners, failures."""
     lines = [f"# {title}", ""] + _environment(df) + ["", wall_note(df), "",
              "Methods rank within a class: one machine (host and GPU), one precision (fp64, IEEE fp32, tf32, fp16, "
              "bf16) and one mode; only `ok` rows count. Fitted exponent: slope of log time vs log N."]
+    lines += since_markdown(since) if since is not None else []
     for c in board.classes:
         lines += class_markdown(c)
     lines += winners_markdown(board.winners)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from leetbench.leaderboard import (HOST_MARK, ClassBoard, Leaderboard, host_note, machine, problem_text, rank_text,
-                                   settings, wall_note, FAILED_STATUSES, RAN_STATUSES)
+
+from leetbench.leaderboard import (HOST_MARK, ClassBoard, Leaderboard, Since, host_note, machine, problem_text,
+                                   rank_text, settings, wall_note, FAILED_STATUSES, RAN_STATUSES)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1500px;
@@ -234,9 +235,20 @@ def environment(df: pd.DataFrame) -> str:
     return f"<ul>{items}</ul>"
 
 
+def since_section(s: Since) -> str:
+    """What changed since a previous run (`since=`): the counts, per method, a link to every pair."""
+    body = [f"<tr{_attrs(method=r['method'])}><td>{_e(r['method'])}</td><td>{_e(r['precision'])}</td>"
+            + "".join(_num(r[c], ".0f") for c in ("pairs", "slower", "faster")) + _num(r["geomean_ratio"], ".3f")
+            + "</tr>" for r in s.per_method.to_dict("records")]
+    table = _table("since", ["method", "precision", "pairs", "slower", "faster", "geomean this/that"], body)
+    return (f"<h2>Since the previous run</h2><p class=note>{_e(s.intro())} Every pair: "
+            f"<a href=\"{_e(s.link)}\">{_e(s.link)}</a>.</p>{table if body else ''}")
+
+
 def page(board: Leaderboard, df: pd.DataFrame, plots: list[Path] | None = None,
-         load_failures: list[tuple[str, str]] | None = None, title: str = "leetbench leaderboard") -> str:
-    """The whole page as one string."""
+         load_failures: list[tuple[str, str]] | None = None, title: str = "leetbench leaderboard",
+         since: Since | None = None) -> str:
+    """The whole page as one string (`since`: what changed since a previous run)."""
     sections = []
     groups = {tuple(map(str, k)): g for k, g in df.groupby(["host", "gpu", "precision", "mode"], dropna=False)}
     for i, c in enumerate(board.classes):
@@ -252,5 +264,5 @@ def page(board: Leaderboard, df: pd.DataFrame, plots: list[Path] | None = None,
             f"<script>{JS}</script></head><body><h1>{_e(title)}</h1>{environment(df)}"
             f"<p class=note>{_e(wall_note(df))}</p><p class=note>Methods rank within a class: one machine, one "
             "precision (fp64, IEEE fp32, tf32, fp16, bf16) and one mode; only ok rows count. Click a heading to "
-            f"sort.</p>{bar}{''.join(sections)}{winners_section(board.winners)}{plots_section(plots or [])}"
+            f"sort.</p>{since_section(since) if since is not None else ''}{bar}{''.join(sections)}{winners_section(board.winners)}{plots_section(plots or [])}"
             f"{failures_section(df, load_failures)}</body></html>\n")

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from leetbench.leaderboard import Leaderboard, build, markdown
+from leetbench.leaderboard import Leaderboard, Since, build, markdown
 from leetbench.page import page
 from leetbench.plots import write_all
 from leetbench.results import COLUMNS, KEY_COLUMNS, row_key
@@ -53,13 +53,15 @@ def merge(paths: Iterable[Path]) -> pd.DataFrame:
 
 
 def write_report(df: pd.DataFrame, folder: Path, baseline: str, *, plots: bool = True,
-                 load_failures: list[tuple[str, str]] | None = None, title: str = "leetbench leaderboard") -> Report:
+                 load_failures: list[tuple[str, str]] | None = None, title: str = "leetbench leaderboard",
+                 since: Since | None = None) -> Report:
+    """The leaderboard files of `df` into `folder`; `since`: a section on what changed since a previous run."""
     folder.mkdir(parents=True, exist_ok=True)
     board = build(df, baseline)
     atomic_write(folder / "leaderboard.csv", board.table.to_csv(index=False))
-    atomic_write(folder / "leaderboard.md", markdown(board, df, load_failures, title))
+    atomic_write(folder / "leaderboard.md", markdown(board, df, load_failures, title, since))
     made = write_all(df, board, folder / "plots") if plots else []
-    atomic_write(folder / "leaderboard.html", page(board, df, made, load_failures, title))
+    atomic_write(folder / "leaderboard.html", page(board, df, made, load_failures, title, since))
     return Report(df, board, made)
 
 

@@ -197,3 +197,24 @@ def test_compare_through_the_cli_flags_a_5x_slowdown_and_passes_equal_runs(tmp_p
     assert "slower: plant_moving" in proc.stdout and "1 slower" not in proc.stdout  # both problems
     md = (tmp_path / "cmp_slow" / "comparison.md").read_text()
     assert "2 slower, 2 same" in md and "WITHOUT host and GPU" in md and not math.isnan(moving["p_value"].iloc[0])
+
+
+def test_a_report_says_what_changed_since_a_previous_run(tmp_path: Path) -> None:
+    """report=[NEW] since=BASE: the leaderboard (markdown and page) states the comparison, every pair beside it."""
+    write_run(tmp_path / "base", {"kept": 1.0, "slowed": 1.0}, seed=1)
+    write_run(tmp_path / "new", {"kept": 1.0, "slowed": 3.0}, seed=2)
+    proc = run_cli("report=[new]", "since=base", "out=rep", "plots=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    section = md.split("## Since the previous run")[1]
+    assert "Against base (commit ?)" in section and "1 slower, 1 same" in section
+    assert "[since/comparison.md](since/comparison.md)" in section and "| `slowed` | fp32 | 1 | 1 | 0 | 3." in section
+    assert "WITHOUT host and GPU" in (tmp_path / "rep" / "since" / "comparison.md").read_text()
+    html = (tmp_path / "rep" / "leaderboard.html").read_text()
+    assert "<h2>Since the previous run</h2>" in html and 'href="since/comparison.md"' in html
+    plain = run_cli("report=[new]", "out=rep2", "plots=false", cwd=tmp_path)
+    assert plain.returncode == 0 and "Since the previous run" not in (tmp_path / "rep2" / "leaderboard.md").read_text()
+    for bad, says in ((["since=base"], "goes with report="), (["report=[new]", "since=nowhere"], "since=nowhere")):
+        proc = run_cli(*bad, "out=rep3", cwd=tmp_path)
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "rep3").exists()  # refused before anything was written
