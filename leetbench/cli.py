@@ -119,8 +119,8 @@ def report_only(cfg: DictConfig, out: Path) -> int:
     if len(paths) > 1 or paths[0].parent.resolve() != out.resolve():
         write_merged(df, out, paths)
     since = None
-    if cfg.since:  # the previous run against this one's merged rows; every pair beside the leaderboard
-        c = compare_runs(cfg.since, out, cfg.compare_threshold)
+    if cfg.since:  # the previous run against this report's merged rows (not every results.csv below `out`)
+        c = compare_runs(cfg.since, out / "results.csv", cfg.compare_threshold)
         since = compare_since(c, write_comparison(c, out / SINCE_FOLDER).relative_to(out).as_posix())
     rep = write_report(df, out, cfg.baseline, plots=cfg.plots, since=since)
     print(f"merged {len(paths)} results file(s), {len(df)} rows → {out}")

@@ -203,13 +203,15 @@ def test_a_report_says_what_changed_since_a_previous_run(tmp_path: Path) -> None
     """report=[NEW] since=BASE: the leaderboard (markdown and page) states the comparison, every pair beside it."""
     write_run(tmp_path / "base", {"kept": 1.0, "slowed": 1.0}, seed=1)
     write_run(tmp_path / "new", {"kept": 1.0, "slowed": 3.0}, seed=2)
+    write_run(tmp_path / "rep" / "elsewhere", {"other": 9.0}, seed=3)  # below out, not in the report
     proc = run_cli("report=[new]", "since=base", "out=rep", "plots=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
     section = md.split("## Since the previous run")[1]
     assert "Against base (commit ?)" in section and "1 slower, 1 same" in section
     assert "[since/comparison.md](since/comparison.md)" in section and "| `slowed` | fp32 | 1 | 1 | 0 | 3." in section
-    assert "WITHOUT host and GPU" in (tmp_path / "rep" / "since" / "comparison.md").read_text()
+    pairs = (tmp_path / "rep" / "since" / "comparison.md").read_text()
+    assert "WITHOUT host and GPU" in pairs and "`other`" not in pairs and "0 only in NEW" in pairs
     html = (tmp_path / "rep" / "leaderboard.html").read_text()
     assert "<h2>Since the previous run</h2>" in html and 'href="since/comparison.md"' in html
     plain = run_cli("report=[new]", "out=rep2", "plots=false", cwd=tmp_path)
