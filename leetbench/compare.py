@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from leetbench.config import ConfigError
-from leetbench.leaderboard import Since, bounds
+from leetbench.leaderboard import Since, bounds, per_method_table
 from leetbench.report import find_results, merge
 from leetbench.results import PROBLEM_COLUMNS, host_bound, problem_key
 from leetbench.stats import compare_samples, quantile
@@ -214,16 +214,6 @@ def summary(c: Comparison) -> str:
     return ", ".join(f"{n} {v}" for v, n in c.counts().items() if n) or "nothing matched"
 
 
-def per_method_lines(c: Comparison) -> list[str]:
-    """The per-(method, precision) table in markdown ([] when nothing was timed on both sides)."""
-    pm = per_method(c)
-    if pm.empty:
-        return []
-    return ["| method | precision | pairs | slower | faster | geomean NEW/BASE |", "|---|---|---|---|---|---|"] + [
-        f"| `{r['method']}` | {r['precision']} | {r['pairs']} | {r['slower']} | {r['faster']} | "
-        f"{r['geomean_ratio']:.3f}× |" for r in pm.to_dict("records")]
-
-
 def since(c: Comparison, link: str) -> Since:
     """What a leaderboard says of a comparison of a previous run (BASE) with its own rows (NEW)."""
     return Since(str(c.base.folder), ", ".join(c.base.commits), summary(c), c.threshold, per_method(c), link)
@@ -252,7 +242,7 @@ def markdown(c: Comparison) -> str:
              "machine's, not the method's.", "",
              f"**{summary(c)}** ({c.only_base} only in BASE, "
              f"{c.only_new} only in NEW)." + (" Regressions: exit status 1." if len(c.regressions) else ""), ""]
-    per = per_method_lines(c)
+    per = per_method_table(per_method(c), "NEW/BASE")
     if per:
         lines += ["## Per method", ""] + per + [""]
     lines += ["## Per problem", "", "| verdict | method | precision | problem | BASE ms | NEW ms | NEW/BASE [95%] | p | basis |",

@@ -504,12 +504,18 @@ class Since:
                 f"(this run / that one; a change only past {100 * self.threshold:.0f}% and outside the 95% interval).")
 
 
+def per_method_table(per_method: pd.DataFrame, ratio: str) -> list[str]:
+    """A comparison's per-(method, precision) counts in markdown, the ratio named `ratio`; [] when empty."""
+    if per_method.empty:
+        return []
+    return [f"| method | precision | pairs | slower | faster | geomean {ratio} |", "|---|---|---|---|---|---|"] + [
+        f"| `{r['method']}` | {r['precision']} | {r['pairs']} | {r['slower']} | {r['faster']} | "
+        f"{r['geomean_ratio']:.3f}× |" for r in per_method.to_dict("records")]
+
+
 def since_markdown(s: Since) -> list[str]:
-    rows = [f"| `{r['method']}` | {r['precision']} | {r['pairs']} | {r['slower']} | {r['faster']} | "
-            f"{r['geomean_ratio']:.3f}× |" for r in s.per_method.to_dict("records")]
-    table = ["| method | precision | pairs | slower | faster | geomean this/that |", "|---|---|---|---|---|---|"]
     return (["", "## Since the previous run", "", f"{s.intro()} Every pair: [{s.link}]({s.link}).", ""]
-            + (table + rows if rows else []))
+            + per_method_table(s.per_method, "this/that"))
 
 
 def markdown(board: Leaderboard, df: pd.DataFrame, load_failures: list[tuple[str, str]] | None = None,

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 from leetbench.leaderboard import (HOST_MARK, ClassBoard, Leaderboard, Since, host_note, machine, problem_text,
                                    rank_text, settings, wall_note, FAILED_STATUSES, RAN_STATUSES)
 
@@ -264,5 +263,6 @@ def page(board: Leaderboard, df: pd.DataFrame, plots: list[Path] | None = None,
             f"<script>{JS}</script></head><body><h1>{_e(title)}</h1>{environment(df)}"
             f"<p class=note>{_e(wall_note(df))}</p><p class=note>Methods rank within a class: one machine, one "
             "precision (fp64, IEEE fp32, tf32, fp16, bf16) and one mode; only ok rows count. Click a heading to "
-            f"sort.</p>{since_section(since) if since is not None else ''}{bar}{''.join(sections)}{winners_section(board.winners)}{plots_section(plots or [])}"
+            f"sort.</p>{since_section(since) if since is not None else ''}{bar}{''.join(sections)}"
+            f"{winners_section(board.winners)}{plots_section(plots or [])}"
             f"{failures_section(df, load_failures)}</body></html>\n")
