@@ -256,8 +256,7 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame(columns=WINNER_COLUMNS)
     lo, hi = bounds(ok)
-    ok = ok.assign(_lo=lo, _hi=hi, _host=ok["host_ms"] if "host_ms" in ok else math.nan,
-                   _waited=ok["gpu_waited"] if "gpu_waited" in ok else math.nan, _bound=_host_bound(ok))
+    ok = ok.assign(_lo=lo, _hi=hi)
     out = []
     for key, g in ok.groupby(PROBLEM_COLUMNS + ["precision"], dropna=False, sort=True):
         g = g.sort_values(["time_ms", "method"])
@@ -268,8 +267,9 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
                     "winner": first["method"] if len(tied) == 1 else "",
                     "tied": ", ".join(tied["method"]) if len(tied) > 1 else "",
                     "fastest": first["method"], "family": first["family"], "time_ms": first["time_ms"],
-                    "time_ms_lo": first["_lo"], "time_ms_hi": first["_hi"], "host_ms": first["_host"],
-                    "gpu_waited": first["_waited"], "host_bound": bool(first["_bound"]), "pct_bw": first["pct_bw"],
+                    "time_ms_lo": first["_lo"], "time_ms_hi": first["_hi"], "host_ms": first.get("host_ms", math.nan),
+                    "gpu_waited": first.get("gpu_waited", math.nan),
+                    "host_bound": host_bound(first.get("gpu_waited")), "pct_bw": first["pct_bw"],
                     "runner_up": "" if second is None else second["method"],
                     "runner_up_ms": math.nan if second is None else second["time_ms"],
                     "lead": math.nan if second is None else second["time_ms"] / first["time_ms"]})
