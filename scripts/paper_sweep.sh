@@ -4,8 +4,8 @@
 #  - a method that times out (or runs out of memory) is not tried at longer N (the runner's rule works within
 #    one job: split by length, every job paid each slow route's 30-s timeout again, 376 of a 477-s job at
 #    N=100000 on an H200);
-#  - each route compiles and autotunes in one job only, at the shortest N (fla's autotuning is cached by
-#    a key without N; autotuning fla_parallel at N=100000 first took more than its 300-s setup limit);
+#  - each route compiles in one job only, at the shortest N (Triton peers then tune again at every problem:
+#    compiling and tuning fla_parallel at N=100000 first took more than its 300-s setup limit);
 #  - the groups, heaviest first, keep the launcher's GPUs busy until the end.
 # Every method of the sweep must be in exactly one group (tests/test_scaleout.py checks it).
 PAPER="sweep=paper dtypes=[bfloat16] exclude=[quadratic,recurrent,mamba2_ssd_c64,mamba2_ssd_c256]"
