@@ -10,7 +10,8 @@
 # A stage stops at $STAGE_S seconds (default 540) with SIGINT, and all of them by $BUDGET_S seconds after the
 # start (if set; 45 s of it are kept for the merge): finished rows are kept, and running the same stage again
 # resumes it (from another machine: unpack $OUT/<stage>.tgz into results/gpu-<card>/<stage>/ and send it
-# along). Each stage is packed into $OUT/<stage>.tgz as it ends (machine files left out); at the end the stages are merged into results/gpu-<card>/ (results, samples, leaderboard, page, plots).
+# along). Each stage is packed into $OUT/<stage>.tgz as it ends (machine files left out); at the end the
+# stages are merged into results/gpu-<card>/ (results, samples, leaderboard, page, plots).
 # A tree without .git: export LEETBENCH_GIT_SHA=<commit> first, so every row names its commit.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
