@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from leetbench.cuda_kernels import ops, precompile  # noqa: E402
+from leetbench.cuda_kernels import ops  # noqa: E402
 from leetbench.problem import decay_profile  # noqa: E402
 from leetbench.timing import TimingConfig, copy_bandwidth_gbps, measure  # noqa: E402
 
@@ -54,8 +54,23 @@ def peers() -> dict[str, Callable]:
     return out
 
 
-def variants(B: int, N: int, D: int, E: int, dtype: str, ab: bool, es: bool = False) -> dict[str, dict]:
+def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
+    """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
+    E slice in one pass and at P = 2."""
+    out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
+    if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
+        out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2}})
+        for c in (64, 32):
+            if E % c == 0:
+                out[f"v2es{c}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=c, gen=2)}
+    return out
+
+
+def variants(B: int, N: int, D: int, E: int, dtype: str, ab: bool, es: bool = False,
+             gen: bool = False) -> dict[str, dict]:
     """Keyword arguments of ops.chunked per variant."""
+    if gen:
+        return gen_variants(B, D, E, dtype)
     out = {"one": {"segments": 1}, "P2": {"segments": 2}, "P4": {"segments": 4}}
     if es:  # one pass at every E slice that fits, at one and (where it fits) two CTAs per SM
         for c in ops._es_options(D, E, dtype == "float32", 0):
@@ -78,7 +93,7 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, peer: dict,
-               es: bool = False) -> dict:
+               es: bool = False, gen: bool = False) -> dict:
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -86,7 +101,7 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, 
     lam = decay_profile("multiscale", H).cuda()
     dtype = str(dt).removeprefix("torch.")
     calls = {name: (lambda kw=kw: ops.chunked(q, k, v, lam, scale=D ** -0.5, **kw)[0])
-             for name, kw in variants(B, N, D, E, dtype, ab, es).items()}
+             for name, kw in variants(B, N, D, E, dtype, ab, es, gen).items()}
     qt = tuple(x.transpose(1, 2).contiguous() for x in (q, k, v)) if "fla" in peer else None
     calls.update({name: (lambda fn=fn: fn(q, k, v, lam, qt)) for name, fn in peer.items()})
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
@@ -127,6 +142,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--ab", action="store_true", help="also time the kernel options (four loops, fp16 scale)")
     ap.add_argument("--es", action="store_true", help="also time one pass at every E slice and CTAs per SM")
+    ap.add_argument("--gen", action="store_true", help="the kernel generations side by side (instead of P, ES)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
@@ -136,13 +152,15 @@ def main() -> None:
     peer = {} if args.no_peers else peers()
     shapes = [(d, B, N, *map(int, de.split("x"))) for d in args.dtypes.split(",") for de in args.dims.split(",")
               for B in map(int, args.batches.split(",")) for N in map(int, args.lengths.split(","))]
-    names = {n for (d, B, N, D, E) in shapes for segs in (None, 1, 2, 4)
-             for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs)}
-    precompile(ops._CHUNK_FILES, sorted(names), 0, jobs=min(16, os.cpu_count() or 1))
+    gens = (None, 1, 2) if ops.device_gen(0) == 2 else (None,)
+    names = {n for (d, B, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
+             if g != 2 or ops.wg_supports(D, E, str(DT[d]).removeprefix("torch."))
+             for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs, g)}
+    ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, N, D, E) in shapes:
-        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es)
+        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es, args.gen)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 from leetbench import load_methods  # noqa: E402
-from leetbench.cuda_kernels import device_limits, ops, precompile  # noqa: E402
+from leetbench.cuda_kernels import device_limits, ops  # noqa: E402
 from leetbench.cuda_kernels import segments as sp  # noqa: E402
 from leetbench.execute import verify  # noqa: E402
 from leetbench.problem import Inputs, Problem, decay_profile  # noqa: E402
@@ -100,7 +100,7 @@ def compiled() -> None:
     names += [n for dt in DTYPES for (B, H, N, D, E, _, _, segs) in SEGMENTED if not ops.chunked_supports(D, E, dt)
               for n in ops.chunk_kernel_names(B, H, N, D, E, dt, 0, segs)]
     names += [p.name for _, _, _, p in _variants()]
-    precompile(ops._CHUNK_FILES, names, 0, jobs=min(16, os.cpu_count() or 1))
+    ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
 
 
 @pytest.mark.parametrize("problem", CHUNKED, ids=lambda p: p.label())
@@ -225,7 +225,7 @@ def test_one_loop_matches_four_loops(dtype):
     """OPT_ONELOOP changes where the warps meet, not the arithmetic."""
     f32, bf16 = dtype == "float32", dtype == "bfloat16"
     x = _inputs(1, 4, 3000, 128, 128, dtype, "multiscale", True, seed=5)
-    base = ops.chunk_plan(1, 4, 128, 128, dtype, 0)
+    base = ops.chunk_plan(1, 4, 128, 128, dtype, 0, gen=1)
     legacy = ops.default_opt(f32, bf16) & ~ops.OPT_ONELOOP
     o1, s1 = _direct(x, EXPECTED[dtype], plan=base)
     o2, s2 = _direct(x, EXPECTED[dtype], plan=replace(base, opt=legacy))
@@ -246,10 +246,85 @@ def test_fp16_state_beyond_65504(segments):
     o, s = _direct(x, EXPECTED["float16"], segments=segments)
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
-        plan = ops.chunk_plan(B, H, D, E, "float16", 0)
+        plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
         o_old, _ = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale,
                                plan=replace(plan, opt=ops.OPT_ONELOOP))
         assert not torch.isfinite(o_old).all()
+
+
+# ---- generation 2 (chunked_wg.cu: wgmma, Hopper only) -----------------------------------------------------
+needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0) != 2,
+                              reason="generation 2 runs on compute capability 9.0 only")
+
+
+def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
+    """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
+    CTAs per SM where two fit."""
+    lim = device_limits(0)
+    out = []
+    for es in (64, 32):
+        if E % es:
+            continue
+        for minb in (1, 2):
+            fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
+            for st in sorted({fits[0], fits[-1]} if fits else set()):
+                out.append(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, stages=st, minb=minb, gen=2))
+    return out
+
+
+WG_SHAPES = ((64, 64), (64, 128), (128, 128), (128, 64), (64, 32), (128, 32), (128, 96), (64, 256), (128, 256))
+
+
+@needs_wg
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("D, E", WG_SHAPES)
+def test_wg_plans(dtype, D, E):
+    """Each generation-2 plan on a chunk tail with an initial state, and on λ = 1 / λ = 1e-6 with B, H > 1."""
+    bad = []
+    for plan in _wg_plans(2, 3, D, E, dtype):
+        for (B, H, N, decay, s0) in ((1, 2, 1000, "multiscale", True), (2, 3, 131, 1.0, False),
+                                     (2, 3, 200, 1e-6, True)):
+            try:
+                _direct(_inputs(B, H, N, D, E, dtype, decay, s0, seed=N + D + E), EXPECTED[dtype], plan=plan)
+            except AssertionError as exc:
+                bad.append(f"{plan.name} B{B} H{H} N{N}: {exc}")
+    assert not bad, "\n".join(bad)
+
+
+@needs_wg
+@pytest.mark.parametrize("dtype", HALF)
+def test_wg_each_product(dtype):
+    """The four warpgroup products one at a time, so a wrong layout names itself: Q S_in alone (k = v = 0),
+    Q Kᵀ and P V alone (one chunk, no initial state), Kᵀ Ṽ alone (q = 0: only the final state is non-zero)."""
+    B, H, D, E = 1, 2, 128, 128
+    plan = ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=64)
+    x = _inputs(B, H, 192, D, E, dtype, "multiscale", True, seed=11)
+    zero = torch.zeros_like
+    cases = {
+        "Q S_in": Inputs(x.q, zero(x.k), zero(x.v), x.decay, x.scale, x.initial_state),
+        "Q Kᵀ, P V": Inputs(x.q[:, :, :64], x.k[:, :, :64], x.v[:, :, :64], x.decay, x.scale, None),
+        "Kᵀ Ṽ": Inputs(zero(x.q), x.k, x.v, x.decay, x.scale, None),
+    }
+    bad = []
+    for what, xi in cases.items():
+        ref_o, ref_s = reference(xi)
+        o, s = ops.chunked(xi.q, xi.k, xi.v, xi.decay, scale=xi.scale, initial_state=xi.initial_state, plan=plan)
+        torch.cuda.synchronize()
+        eo = _worst(o, ref_o) if ref_o.abs().max() > 0 else float(o.abs().max())
+        es = _worst(s, ref_s) if ref_s.abs().max() > 0 else float(s.abs().max())
+        if not (eo <= EXPECTED[dtype] and es <= EXPECTED[dtype]):
+            bad.append(f"{what}: o_err {eo:.3g}, state_err {es:.3g}")
+    assert not bad, "; ".join(bad)
+
+
+@needs_wg
+def test_wg_is_the_default_on_hopper():
+    """Generation 2 where it applies, generation 1 for the rest (float32, D ∉ {64, 128}, E not a multiple of 32)."""
+    assert ops.chunk_plan(1, 32, 128, 128, "bfloat16", 0).gen == 2
+    assert ops.chunk_plan(8, 32, 64, 256, "float16", 0).gen == 2
+    assert ops.chunk_plan(1, 32, 128, 128, "float32", 0).gen == 1
+    assert ops.chunk_plan(1, 32, 256, 256, "bfloat16", 0).gen == 1
+    assert ops.chunk_plan(1, 32, 64, 48, "bfloat16", 0).gen == 1
 
 
 def test_layouts_and_limits():
@@ -307,9 +382,10 @@ def test_refuses_honestly(registry):
 
 # ---- compute-sanitizer -------------------------------------------------------------------------------------
 _SANITIZE = textwrap.dedent("""
-    import torch
+    import os, torch
     from leetbench.cuda_kernels import ops
     from leetbench.problem import decay_profile
+    GEN = int(os.environ["LEETBENCH_SANITIZE_GEN"])
     torch.manual_seed(0)
     def run(fn, B, H, N, D, E, dtype, s0, **kw):
         q = torch.randn(B, H, N, D, device="cuda").to(dtype)
@@ -320,37 +396,49 @@ _SANITIZE = textwrap.dedent("""
         o, s = fn(q, k, v, lam, scale=D ** -0.5, initial_state=st, **kw)
         torch.cuda.synchronize()
         assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    def plan(B, H, D, E, dt, **kw):
+        return ops.chunk_plan(B, H, D, E, str(dt).removeprefix("torch."), 0, gen=GEN, **kw)
     for dt in (torch.bfloat16, torch.float16):
-        run(ops.chunked, 1, 2, 131, 64, 64, dt, True)                       # E slices, tail
-        plan = ops.ChunkPlan(es=32, cl=2, stages=2, bf16=dt == torch.bfloat16, D=64)
-        run(ops.chunked, 2, 1, 70, 64, 64, dt, False, plan=plan)            # shallow pipeline
-        run(ops.chunked, 1, 1, 40, 16, 16, dt, True)                        # tiny tiles, idle state warps
-        run(ops.chunked, 1, 2, 1100, 64, 64, dt, True, segments=3)          # state pass, scan, segments
-    run(ops.chunked, 1, 2, 131, 64, 64, torch.float32, True)               # 3xTF32 path
-    run(ops.chunked, 1, 2, 700, 64, 32, torch.float32, True, segments=2)
-    for dt in (torch.float32, torch.bfloat16):
-        run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)
-        run(ops.recurrent, 2, 2, 1, 128, 64, dt, True)                      # decode step
+        run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt))      # E slices, tail
+        run(ops.chunked, 2, 1, 70, 64, 64, dt, False, plan=plan(2, 1, 64, 64, dt, es=32, stages=2))
+        run(ops.chunked, 1, 2, 1100, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt), segments=3)  # segments
+        if GEN == 1:
+            run(ops.chunked, 1, 1, 40, 16, 16, dt, True, plan=plan(1, 1, 16, 16, dt))  # idle state warps
+        else:
+            run(ops.chunked, 1, 2, 200, 128, 128, dt, True, plan=plan(1, 2, 128, 128, dt, es=64))
+    if GEN == 1:
+        run(ops.chunked, 1, 2, 131, 64, 64, torch.float32, True)               # 3xTF32 path
+        run(ops.chunked, 1, 2, 700, 64, 32, torch.float32, True, segments=2)
+        for dt in (torch.float32, torch.bfloat16):
+            run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)
+            run(ops.recurrent, 2, 2, 1, 128, 64, dt, True)                      # decode step
     print("SANITIZE-OK")
 """)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tool", [
-    "memcheck",
-    "racecheck",
-    # The default plans run four consumer loops, which reach the named barrier from four bar.sync
+@pytest.mark.parametrize("gen, tool", [
+    (1, "memcheck"),
+    (1, "racecheck"),
+    # Generation 1 runs four consumer loops, which reach the named barrier from four bar.sync
     # instructions: synccheck reports divergent threads. The one-loop variant (OPT_ONELOOP) passes synccheck
     # (H200, 2026-11-29) but ran 1.25–1.9× slower, so it is not the default (ops.default_opt).
-    pytest.param("synccheck", marks=pytest.mark.xfail(reason="four consumer loops, kept for speed", strict=True)),
+    pytest.param(1, "synccheck", marks=pytest.mark.xfail(reason="four consumer loops, kept for speed", strict=True)),
+    (2, "memcheck"),
+    (2, "racecheck"),
+    (2, "synccheck"),  # one consumer warpgroup: every barrier is met by all its threads at one instruction
 ])
-def test_compute_sanitizer(tool):
-    """memcheck and racecheck are clean on the default plans and the sequence-parallel path."""
+def test_compute_sanitizer(gen, tool):
+    """memcheck and racecheck are clean on each generation's plans and the sequence-parallel path;
+    synccheck on generation 2."""
+    if gen == 2 and ops.device_gen(0) != 2:
+        pytest.skip("generation 2 runs on compute capability 9.0 only")
     exe = shutil.which("compute-sanitizer")
     if exe is None:
         pytest.skip("compute-sanitizer not on PATH")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["LEETBENCH_SANITIZE_GEN"] = str(gen)
     proc = subprocess.run([exe, "--tool", tool, "--error-exitcode", "9", sys.executable, "-c", _SANITIZE],
                           capture_output=True, text=True, env=env, timeout=900)
     text = proc.stdout + proc.stderr

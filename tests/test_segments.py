@@ -161,6 +161,7 @@ def h200(monkeypatch):
         fn.cache_clear()
     monkeypatch.setattr(ops, "device_limits", lambda dev: Limits(132, 232448, 233472, 1024))
     monkeypatch.setattr(ops, "smem_bytes", _stub_smem)
+    monkeypatch.setattr(ops, "device_gen", lambda dev: 1)  # the rules of generation 1 (chunked.cu)
     yield
     for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan):
         fn.cache_clear()

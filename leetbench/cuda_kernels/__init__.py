@@ -29,7 +29,12 @@ import torch
 
 KERNEL_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
+# Sources that use architecture-specific instructions (wgmma needs sm_90a, which CuPy's RawModule cannot
+# name: it appends its own -arch=sm_XX), compiled through NVRTC directly for that target.
+ARCH_SPECIFIC = {"chunked_wg.cu": "sm_90a"}
 _DEFAULT_SMEM = 48 * 1024
+_CU_FUNC_ATTRIBUTE_NUM_REGS = 4  # CUfunction_attribute values (cuda.h)
+_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
 
 def cupy_available() -> bool:
@@ -53,21 +58,34 @@ def source(*files: str) -> str:
 class Kernel:
     """One compiled template instance on one device: launches on torch's current stream."""
 
-    def __init__(self, fn: Any, name: str, device_index: int):
+    def __init__(self, fn: Any, name: str, device_index: int, module: Any = None):
         self.fn = fn
+        self.module = module  # a module loaded here (not by CuPy) must outlive its functions
         self.name = name
         self.device_index = device_index
         self._smem_limit = _DEFAULT_SMEM
 
     @property
     def num_regs(self) -> int:
-        return int(self.fn.num_regs)
+        if self.module is None:
+            return int(self.fn.num_regs)
+        from cupy_backends.cuda.api import driver  # noqa: PLC0415 - optional dependency
+
+        return int(driver.funcGetAttribute(_CU_FUNC_ATTRIBUTE_NUM_REGS, self.fn.ptr))
+
+    def _allow_smem(self, nbytes: int) -> None:
+        if self.module is None:
+            self.fn.max_dynamic_shared_size_bytes = nbytes
+            return
+        from cupy_backends.cuda.api import driver  # noqa: PLC0415
+
+        driver.funcSetAttribute(self.fn.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
 
     def __call__(self, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0) -> None:
         cp = _cupy()
         if shared_mem > self._smem_limit:
             with cp.cuda.Device(self.device_index):
-                self.fn.max_dynamic_shared_size_bytes = int(shared_mem)
+                self._allow_smem(int(shared_mem))
             self._smem_limit = shared_mem
         grid = grid if isinstance(grid, tuple) else (int(grid),)
         block = block if isinstance(block, tuple) else (int(block),)
@@ -100,14 +118,53 @@ def precompile(files: tuple[str, ...], names: Sequence[str], device_index: int, 
         _compile_group(files, [n for n in missing if (files, n, device_index) not in _kernels], device_index)
 
 
+def target_arch(files: tuple[str, ...]) -> str | None:
+    """The architecture-specific target a source set needs (e.g. 'sm_90a'), or None for CuPy's default."""
+    archs = {ARCH_SPECIFIC[f] for f in files if f in ARCH_SPECIFIC}
+    if len(archs) > 1:
+        raise ValueError(f"kernel sources {files} need different targets: {sorted(archs)}")
+    return archs.pop() if archs else None
+
+
 def _compile_group(files: tuple[str, ...], names: list[str], device_index: int) -> None:
     cp = _cupy()
+    arch = target_arch(files)
+    if arch is not None:
+        _compile_group_for(files, names, device_index, arch)
+        return
     with cp.cuda.Device(device_index):
         module = cp.RawModule(code=source(*files), options=COMPILE_OPTIONS, name_expressions=names)
         for name in names:
             fn = module.get_function(name)
             fn.compile()
             _kernels[(files, name, device_index)] = Kernel(fn, name, device_index)
+
+
+def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: int, arch: str) -> None:
+    """NVRTC for one named target (cubin), loaded as a module on the device."""
+    cp = _cupy()
+    from cupy.cuda import function  # noqa: PLC0415 - optional dependency
+    from cupy_backends.cuda.libs import nvrtc  # noqa: PLC0415
+
+    prog = nvrtc.createProgram(source(*files), "leetbench_" + "_".join(f.split(".")[0] for f in files) + ".cu",
+                               (), ())
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, (*COMPILE_OPTIONS, f"--gpu-architecture={arch}"))
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(f"NVRTC for {arch} failed on {files}:\n{nvrtc.getProgramLog(prog)}") from exc
+        cubin = nvrtc.getCUBIN(prog)
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+    finally:
+        nvrtc.destroyProgram(prog)
+    with cp.cuda.Device(device_index):
+        module = function.Module()
+        module.load(cubin)
+        for name in names:
+            _kernels[(files, name, device_index)] = Kernel(module.get_function(lowered[name]), name, device_index,
+                                                           module)
 
 
 def kernel(files: tuple[str, ...], name: str, device_index: int) -> Kernel:

@@ -127,6 +127,7 @@ def setup_recurrent(problem) -> None:
 # ---- chunked, tensor cores ---------------------------------------------------------------------------------
 
 _CHUNK_FILES = ("common.cuh", "chunked.cu")
+_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu")  # generation 2 (sm_90a)
 OPT_SCALE16 = 1  # chunked.cu OPT bit: float16 state copy scaled by powers of two (never Inf)
 OPT_ONELOOP = 2  # chunked.cu OPT bit: one consumer loop, one bar.sync (compute-sanitizer synccheck passes)
 _LAYOUT_KIND = {"f32": 0, "half": 1, "state16": 2, "state32": 3}  # chunk_layout's KIND
@@ -137,11 +138,14 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 
 
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
-    """Dynamic shared memory of a chunked.cu kernel instance (kind: f32, half, state16, state32), as the
-    compiled module defines it (chunk_layout)."""
+    """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
+    chunked_wg.cu), as the compiled module defines it (chunk_layout, chunk_wg_layout)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        _read_layouts(dev)
+        if kind == "wg":
+            _read_wg_layouts(dev)
+        else:
+            _read_layouts(dev)
     return _layouts[key]
 
 
@@ -158,6 +162,34 @@ def _read_layouts(dev: int) -> None:
         kernel(_CHUNK_FILES, name, dev)(1, 1, (out[i:].data_ptr(),))
     for (kind, D, es, st), nbytes in zip(combos, out.tolist()):
         _layouts[(kind, D, es, st, dev)] = int(nbytes)
+
+
+_WG_D = (64, 128)
+_WG_ES = (64, 32)
+
+
+def _read_wg_layouts(dev: int) -> None:
+    """The generation-2 layouts (D, ES, stages), read back like _read_layouts."""
+    combos = [(D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES]
+    names = [f"chunk_wg_layout<{D},{es},{st}>" for D, es, st in combos]
+    precompile(_WG_FILES, names, dev)
+    out = torch.zeros(len(names), dtype=torch.int32, device=torch.device("cuda", dev))
+    for i, name in enumerate(names):
+        kernel(_WG_FILES, name, dev)(1, 1, (out[i:].data_ptr(),))
+    for (D, es, st), nbytes in zip(combos, out.tolist()):
+        _layouts[("wg", D, es, st, dev)] = int(nbytes)
+
+
+@functools.lru_cache(maxsize=None)
+def device_gen(dev: int) -> int:
+    """The newest chunked-kernel generation a device runs: 2 (wgmma, chunked_wg.cu) on compute capability
+    9.0 (H100, H200: sm_90a code runs on exactly those), else 1 (chunked.cu, any card since sm_80)."""
+    return 2 if torch.cuda.get_device_capability(dev) == (9, 0) else 1
+
+
+def wg_supports(D: int, E: int, dtype: str) -> bool:
+    """Shapes and dtypes generation 2 handles (others take generation 1 on every card)."""
+    return dtype != "float32" and D in _WG_D and E % 32 == 0
 
 
 def _es_candidates(D: int, E: int) -> list[int]:
@@ -207,6 +239,7 @@ class ChunkPlan:
     minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (160 · minb))
     opt: int | None = None  # chunked.cu OPT bits; None: default_opt
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
+    gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, one warpgroup)
 
     @property
     def opts(self) -> int:
@@ -214,10 +247,16 @@ class ChunkPlan:
 
     @property
     def kind(self) -> str:
-        return "f32" if self.f32 else "half"
+        return "wg" if self.gen == 2 else "f32" if self.f32 else "half"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return _WG_FILES if self.gen == 2 else _CHUNK_FILES
 
     @property
     def name(self) -> str:
+        if self.gen == 2:
+            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},{self.minb}>"
         if self.f32:
             return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
         return (f"chunk_fwd<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},"
@@ -229,8 +268,42 @@ class ChunkPlan:
 
 @functools.lru_cache(maxsize=None)
 def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int | None = None,
-               stages: int | None = None, minb: int | None = None, opt: int | None = None) -> ChunkPlan:
-    """The one-pass launch plan (B·H·E/ES CTAs): columns per CTA (ES), pipeline depth, CTAs per SM.
+               stages: int | None = None, minb: int | None = None, opt: int | None = None,
+               gen: int | None = None) -> ChunkPlan:
+    """The one-pass launch plan (B·H·E/ES CTAs): kernel generation, columns per CTA (ES), pipeline depth,
+    CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
+    """
+    if gen is None:
+        gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
+    if gen == 2:
+        return _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
+    return _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+
+
+def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
+             minb: int | None) -> ChunkPlan:
+    """Generation 2: ES = 64 (Q Kᵀ computed once per 64 columns of E) when that still gives nearly every SM a
+    CTA, else 32; two CTAs per SM when there are more CTAs than SMs and two fit; deepest pipeline that fits."""
+    if not wg_supports(D, E, dtype):
+        raise ValueError(f"cupy_chunked generation 2 handles 16-bit D in {_WG_D}, E a multiple of 32 "
+                         f"(got D={D}, E={E}, {dtype})")
+    lim = device_limits(dev)
+    options = [c for c in _WG_ES if E % c == 0]
+    if es is None:
+        es = next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
+    ctas = B * H * (E // es)
+    if minb is None:
+        minb = 2 if ctas > lim.sm_count and lim.blocks_fit(smem_bytes("wg", D, es, 2, dev), 2) else 1
+    if stages is None:
+        fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg", D, es, s, dev), minb)]
+        stages = max(fits) if fits else 2
+    return ChunkPlan(es=es, cl=E // es, stages=stages, bf16=dtype == "bfloat16", D=D, minb=minb, gen=2,
+                     smem=smem_bytes("wg", D, es, stages, dev))
+
+
+def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
+              minb: int | None, opt: int | None) -> ChunkPlan:
+    """Generation 1 (chunked.cu).
 
     The consumers are latency-bound with one warp per scheduler, so two CTAs per SM (a 2-stage pipeline,
     ≤ 168 registers) are taken whenever there are more CTAs than SMs (one per SM would need a second wave);
@@ -305,10 +378,11 @@ class SeqPlan:
 
 @functools.lru_cache(maxsize=None)
 def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, segments: int | None = None,
-             out: ChunkPlan | None = None) -> SeqPlan | None:
+             out: ChunkPlan | None = None, gen: int | None = None) -> SeqPlan | None:
     """The sequence-parallel plan, or None for one pass. segments: None = the rule, ≤ 1 = one pass, P = P.
 
-    Rule: only when the one-pass plan has no more CTAs than SMs; then (segments.choose_count), with G CTAs
+    Rule: only when the one-pass plan has no more CTAs than SMs (generation 2: than half the SMs); then
+    (segments.choose_count), with G CTAs
     per segment at the ES used for large grids and `per_sm` of them resident per SM (2 for 16-bit, 1 for
     float32), P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
     P < 2 → one pass.
@@ -316,9 +390,12 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
     if segments is not None and segments <= 1:
         return None
     lim = device_limits(dev)
-    if segments is None and B * H * chunk_plan(B, H, D, E, dtype, dev).cl > lim.sm_count:
+    one = chunk_plan(B, H, D, E, dtype, dev, gen=gen)
+    # Generation 2 keeps one pass unless it leaves half the SMs idle: at one CTA per SM it was within 5% of
+    # P = 2 at B=1, H=32, D=E=128 (H200), and P = 2 ran 1.3× slower at D=64, E=256 (pass 1 re-reads k, v).
+    if segments is None and B * H * one.cl > (lim.sm_count // 2 if one.gen == 2 else lim.sm_count):
         return None  # one pass already has a CTA for every SM (or two)
-    big = chunk_plan(B, H * 2 * lim.sm_count, D, E, dtype, dev)  # the ES and CTAs per SM of a full grid
+    big = chunk_plan(B, H * 2 * lim.sm_count, D, E, dtype, dev, gen=gen)  # ES and CTAs per SM of a full grid
     count = segments or sp.choose_count(N, B * H * big.cl, lim.sm_count, big.minb)
     if count < 2:
         return None
@@ -326,7 +403,7 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
     seg = sp.split(N, count, sp.choose_sub(count, B * H * state.cl, lim.sm_count, 2))
     if seg.count < 2:
         return None
-    out = out or chunk_plan(B, H * seg.count, D, E, dtype, dev, es=big.es)
+    out = out or chunk_plan(B, H * seg.count, D, E, dtype, dev, es=big.es, gen=gen)
     return SeqPlan(seg=seg, out=out, state=state)
 
 
@@ -335,7 +412,7 @@ def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: f
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
-    kernel(_CHUNK_FILES, plan.name, dev)(B * H * runs * plan.cl, 160, args, plan.smem)
+    kernel(plan.files, plan.name, dev)(B * H * runs * plan.cl, 160, args, plan.smem)
 
 
 def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> torch.Tensor:
@@ -373,12 +450,13 @@ def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg:
 
 
 def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None,
-            segments: int | None = None, scan: str = "cuda"):
+            segments: int | None = None, scan: str = "cuda", gen: int | None = None):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
     float16 / bfloat16: mma.m16n8k16 with float32 accumulation. float32: 3xTF32 (float32 accuracy).
     segments: None = sequence parallel when the plan's rule says so (seq_plan), 1 = one pass, P ≥ 2 = P
     segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
+    gen: the kernel generation of the default plans (None: the newest the device and shape allow).
     """
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
@@ -389,9 +467,9 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
             raise ValueError("chunked: q, k, v must be 16-byte aligned")
     dtype = str(q.dtype).removeprefix("torch.")
     seq = None if (plan is not None and segments is None) or N == 0 else seq_plan(
-        B, H, N, D, E, dtype, dev, segments, plan)
+        B, H, N, D, E, dtype, dev, segments, plan, gen)
     if seq is None:
-        plan = (plan or chunk_plan(B, H, D, E, dtype, dev)).sized(dev)
+        plan = (plan or chunk_plan(B, H, D, E, dtype, dev, gen=gen)).sized(dev)
         o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
         sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
         _launch_out(plan, dev, q, k, v, o, s0, sN, decay, scale, N, 1)
@@ -403,12 +481,26 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
 
 
 def chunk_kernel_names(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0,
-                       segments: int | None = None) -> list[str]:
+                       segments: int | None = None, gen: int | None = None) -> list[str]:
     """The template instances a call of `chunked` with these shapes launches."""
-    seq = seq_plan(B, H, N, D, E, dtype, dev, segments) if N else None
+    seq = seq_plan(B, H, N, D, E, dtype, dev, segments, gen=gen) if N else None
     if seq is None:
-        return [chunk_plan(B, H, D, E, dtype, dev).name]
+        return [chunk_plan(B, H, D, E, dtype, dev, gen=gen).name]
     return [seq.out.name, seq.state.name, _SCAN]
+
+
+def kernel_files(name: str) -> tuple[str, ...]:
+    """The sources a chunked template instance (as named by chunk_kernel_names) is compiled from."""
+    return _WG_FILES if name.startswith("chunk_wg") else _CHUNK_FILES
+
+
+def precompile_chunked(names, dev: int, jobs: int) -> None:
+    """Compile chunked instances side by side (NVRTC releases the GIL), each with its own sources."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name in sorted(set(names)):
+        groups.setdefault(kernel_files(name), []).append(name)
+    for files, group in groups.items():
+        precompile(files, group, dev, jobs=max(1, min(jobs, len(group))))
 
 
 def setup_chunked(problem) -> None:
@@ -423,4 +515,4 @@ def setup_chunked(problem) -> None:
     # once instead of for each in turn (issue 17: compilation was most of a cold GPU sweep's wall time).
     for n in (sp.CHUNK, 64 * sp.MIN_SEGMENT):
         names.update(chunk_kernel_names(*shape, n, problem.dim, problem.E, problem.dtype, dev))
-    precompile(_CHUNK_FILES, sorted(names), dev, jobs=len(names))
+    precompile_chunked(names, dev, jobs=len(names))

@@ -1,0 +1,320 @@
+// Chunked decay attention, second generation: Hopper warpgroup products (wgmma, sm_90a), 16-bit inputs.
+//
+// The same operator, work split and arguments as chunk_fwd in chunked.cu (one CTA per (b, h, piece of the
+// sequence, ES columns of E); the sequence-parallel passes around it are shared), per chunk of C = 64 tokens:
+//   O     = c·[((Q Kᵀ) ⊙ M) V + diag(λ^(i+1)) Q S_in],   M[i, j] = λ^(i-j) (j ≤ i), else 0
+//   S_out = λ^n S_in + Kᵀ Ṽ,   Ṽ[j] = λ^(n-1-j) v_j       (n = tokens in the chunk)
+//
+// Inside a CTA: warps 0-3 form one consumer warpgroup, warp 4 is the producer. Each chunk is four warpgroup
+// products, issued back to back and waited for in order — Q Kᵀ (64 × 64, K = D), Q S_in (64 × ES, K = D),
+// Kᵀ Ṽ into the state (D × ES, K = 64, accumulated in the float32 registers that hold S), then P V
+// (64 × ES, K = 64) with P, the masked scores, taken from registers as the A operand. Every operand tile is
+// read by the tensor cores straight from swizzled shared memory (hopper.cuh): one instruction per 16 k,
+// instead of chunked.cu's ldmatrix + 8-column mma.sync per warp, which left those consumers issue-bound.
+// One layout of the K tile serves both Q Kᵀ (K-major) and Kᵀ Ṽ (M-major); V serves P V and, decayed into
+// Ṽ by the consumers, Kᵀ Ṽ (both N-major). The 16-bit copy of S (N-major, [D][ES]) is rewritten after every
+// chunk; for float16 it is scaled by a power of two 2^-s so that it never overflows (|S| > 65504 at λ = 1
+// with mean-shifted inputs), and Q S_in is multiplied back by 2^s in float32 (exact).
+//
+// The producer copies each chunk with 16-byte cp.async into the swizzled tiles (zero-filling rows past the
+// piece's end), waits for them one chunk behind, makes them visible to the tensor cores' proxy and arrives on
+// the slot's full barrier; the consumers release the slot when the chunk's products are done. The consumers
+// meet at one named barrier (one call site: compute-sanitizer's synccheck holds).
+
+#define WG_HEAD 1024  // first tile: 1024-byte aligned, as the 128-byte swizzle needs
+
+template <int D, int ES, int STAGES>
+struct WgSmem {
+  static constexpr int DB = D / 64;      // 64-column blocks of a Q / K row
+  static constexpr int QKT = 64 * 128;   // one block of a chunk: 64 tokens × 128 bytes
+  static constexpr int VRB = ES * 2;     // bytes per V row slice, per state-copy row (128 or 64)
+  static constexpr int VT = 64 * VRB;    // one V tile
+  static constexpr int OP = ES + 8;      // output staging pitch (elements)
+  static constexpr int BAR = 0;
+  static constexpr int SCL = SM_SCL;     // float16 state-copy exponents, one per consumer warp
+  static constexpr int TAB = SM_TAB;
+  static constexpr int QS = WG_HEAD;
+  static constexpr int KS = QS + STAGES * DB * QKT;
+  static constexpr int VS = KS + STAGES * DB * QKT;
+  static constexpr int VD = VS + STAGES * VT;  // Ṽ of the chunk being consumed
+  static constexpr int SB = VD + VT;           // 16-bit state copy [D][ES]
+  static constexpr int OS = SB + D * VRB;      // output staging [64][OP]
+  static constexpr int BYTES = OS + 64 * OP * 2;
+  static constexpr int ALLOC = BYTES + 1024;  // the launch's dynamic shared memory: room to align the base
+  static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
+  static_assert(2 * STAGES * 8 <= SM_SCL, "barriers overlap the scales");
+};
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// The producer warp: chunk c into slot c mod STAGES (Q and K as D/64 blocks of 64 × 128 bytes, this CTA's V
+// slice as 64 rows of VRB bytes), then chunk c-1's copies awaited, fenced for the async proxy and announced.
+template <int D, int ES, int STAGES>
+__device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u16* v, u64 tok0, int n, int E,
+                                            int e0, int lane, u32 sbase) {
+  using L = WgSmem<D, ES, STAGES>;
+  constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
+  constexpr int VPC = L::VRB / 16;  // per V row slice
+  const int nchunks = (n + CH - 1) / CH;
+  for (int c = 0; c < nchunks; ++c) {
+    const int slot = c % STAGES;
+    if (c >= STAGES) mbar_wait(sbase + L::BAR + 8 * (STAGES + slot), ((c / STAGES) + 1) & 1);
+    const int nv = min(CH, n - c * CH);
+    const u64 t0 = tok0 + (u64)c * CH;
+    const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
+    const u32 vd = sbase + L::VS + slot * L::VT;
+#pragma unroll 8
+    for (int idx = lane; idx < CH * QPC; idx += 32) {
+      const int row = idx / QPC, p = idx % QPC;
+      const bool ok = row < nv;
+      const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
+      const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
+      cp_async16(qd + so, q + off, ok ? 16u : 0u);
+      cp_async16(kd + so, k + off, ok ? 16u : 0u);
+    }
+#pragma unroll 4
+    for (int idx = lane; idx < CH * VPC; idx += 32) {
+      const int row = idx / VPC, p = idx % VPC;
+      const bool ok = row < nv;
+      cp_async16(vd + swz<L::VRB>(row, p), v + (t0 + (ok ? row : 0)) * E + e0 + p * 8, ok ? 16u : 0u);
+    }
+    cp_async_commit();
+    if (c > 0) {
+      cp_async_wait<1>();
+      fence_async_smem();
+      mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
+    }
+  }
+  if (nchunks > 0) {
+    cp_async_wait<0>();
+    fence_async_smem();
+    mbar_arrive(sbase + L::BAR + 8 * ((nchunks - 1) % STAGES));
+  }
+}
+
+// The consumer warpgroup. Thread t = 32w + l holds accumulator rows 16w + l/4 and 16w + l/4 + 8, columns
+// 8j + 2(l mod 4) and + 1 of every 8-column group j, at d[4j + x]: x = 0, 1 the first row, 2, 3 the second.
+template <int D, int ES, int STAGES, bool BF16>
+struct WgConsumer {
+  using L = WgSmem<D, ES, STAGES>;
+  static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+  static constexpr bool SC = !BF16;  // the float16 state copy is scaled
+
+  // The 16-bit state copy (N-major [D][ES], swizzled) of S, divided by 2^s for float16; returns 2^s.
+  static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, u32 sb,
+                                                     int w, int l, int r0) {
+    float up = 1.f, down = 1.f;
+    if (SC) {
+      float m = 0.f;
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) m = fmaxf(m, fabsf(S[mb][i]));
+      const u32 wm = warp_max_u32(__float_as_uint(m));
+      u32* scl = reinterpret_cast<u32*>(smem + L::SCL);
+      if (l == 0) scl[w] = wm;
+      consumers_sync();
+      const u32 mx = max(max(scl[0], scl[1]), max(scl[2], scl[3]));
+      const u32 s = state_scale_exp(__uint_as_float(mx));
+      up = __uint_as_float((127u + s) << 23);
+      down = __uint_as_float((127u - s) << 23);
+    }
+    unsigned char* base = smem + (sb - smem_u32(smem));
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        const int row = 64 * mb + r0;
+        const u32 b = 4 * (l & 3);
+        const float* d = &S[mb][4 * j];
+        const u32 lo = SC ? pack2_f16_sat(d[0] * down, d[1] * down) : pack2<BF16>(d[0], d[1]);
+        const u32 hi = SC ? pack2_f16_sat(d[2] * down, d[3] * down) : pack2<BF16>(d[2], d[3]);
+        *reinterpret_cast<u32*>(base + swz<VRB>(row, j) + b) = lo;
+        *reinterpret_cast<u32*>(base + swz<VRB>(row + 8, j) + b) = hi;
+      }
+    return up;
+  }
+
+  static __device__ __forceinline__ void run(unsigned char* smem, u16* __restrict__ o, const float* __restrict__ s0,
+                                             float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
+                                             int tid) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = tid >> 5, l = tid & 31;
+    const int r0 = 16 * w + (l >> 2);  // first accumulator row; the second is r0 + 8
+    const int c0 = 2 * (l & 3);        // first column inside an 8-column group
+
+    float S[DB][NA];
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int row = 64 * mb + r0 + ((x & 2) ? 8 : 0), col = 8 * j + c0 + (x & 1);
+          S[mb][4 * j + x] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+        }
+    float mask[32];  // scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
+        mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
+      }
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
+    float up = write_copy(S, smem, sb, w, l, r0);
+    u16* os = reinterpret_cast<u16*>(smem + L::OS);
+    const int nchunks = (seg.n + CH - 1) / CH;
+
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES;
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
+      const u32 vs = sbase + L::VS + slot * L::VT;
+      // Ṽ = λ^(n-1-j) v_j, piece by piece (the swizzle keeps a piece inside its row)
+      {
+        const unsigned char* vsrc = smem + L::VS + slot * L::VT;
+        unsigned char* vdst = smem + L::VD;
+#pragma unroll
+        for (int idx = tid; idx < L::VT / 16; idx += 128) {
+          const int row = idx / (VRB / 16);
+          const float wt = row < nv ? tab[nv - 1 - row] : 0.f;
+          uint4 val = *reinterpret_cast<const uint4*>(vsrc + 16 * idx);
+          u32* p = reinterpret_cast<u32*>(&val);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            float a, b;
+            unpack2<BF16>(p[i], a, b);
+            p[i] = pack2<BF16>(a * wt, b * wt);
+          }
+          *reinterpret_cast<uint4*>(vdst + 16 * idx) = val;
+        }
+      }
+      const float dn = tab[nv];
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+      fence_async_smem();
+      consumers_sync();  // Ṽ and the state copy written by every consumer thread
+      wg_fence();
+
+      float acc_a[32], acc_o[NA];
+#pragma unroll
+      for (int kb = 0; kb < DB; ++kb)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wg_ss<64, BF16, 0, 0>(acc_a, wg_desc<128>(qs + kb * L::QKT + 32 * kk),
+                                wg_desc<128>(ks + kb * L::QKT + 32 * kk), kb + kk > 0);
+      wg_commit();
+#pragma unroll
+      for (int kb = 0; kb < DB; ++kb)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wg_ss<ES, BF16, 0, 1>(acc_o, wg_desc<128>(qs + kb * L::QKT + 32 * kk),
+                                wg_desc<VRB>(sb + (64 * kb + 16 * kk) * VRB), kb + kk > 0);
+      wg_commit();
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wg_ss<ES, BF16, 1, 1>(S[mb], wg_desc<128>(ks + mb * L::QKT + 16 * 128 * kk),
+                                wg_desc<VRB>(vdt + 16 * VRB * kk), true);
+      wg_commit();
+
+      wg_wait<2>();
+      wg_pin(acc_a);
+      u32 pa[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          pa[kk][r] = pack2<BF16>(acc_a[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
+                                  acc_a[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
+      wg_wait<1>();
+      wg_pin(acc_o);
+      const float g0 = f0 * up, g1 = f1 * up;
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        acc_o[4 * j] *= g0; acc_o[4 * j + 1] *= g0;
+        acc_o[4 * j + 2] *= g1; acc_o[4 * j + 3] *= g1;
+      }
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_o);
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      __syncwarp();
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // the slot's tiles are no longer read
+
+      up = write_copy(S, smem, sb, w, l, r0);
+      // outputs: each warp stages its 16 rows, then stores them with 16-byte writes
+      u16* ow = os + 16 * w * L::OP;
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
+        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
+            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
+      }
+      __syncwarp();
+      constexpr int CPR = ES / 8;  // 16-byte pieces per output row
+      const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
+#pragma unroll
+      for (int idx = l; idx < 16 * CPR; idx += 32) {
+        const int row = idx / CPR, cc = idx % CPR;
+        if (16 * w + row < nv)
+          st_global_v4(o + (trow + row) * E + e0 + 8 * cc, *reinterpret_cast<const uint4*>(ow + row * L::OP + 8 * cc));
+      }
+      __syncwarp();
+    }
+    if (seg.last && sN != nullptr) {
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int j = 0; j < ES / 8; ++j)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int row = 64 * mb + r0 + ((x & 2) ? 8 : 0), col = 8 * j + c0 + (x & 1);
+            sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][4 * j + x];
+          }
+    }
+  }
+};
+
+// Grid: B·H·RUNS·NSL CTAs of 160 threads; arguments as chunk_fwd's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+__global__ void __launch_bounds__(160, MINB)
+    chunk_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
+             const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
+             int E, float scale, int L, int RUNS) {
+  static_assert(D == 64 || D == 128, "D = 64 or 128");
+  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
+  using LY = WgSmem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The swizzle acts on absolute address bits: the tiles must start on a 1024-byte boundary.
+  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const u32 sbase = smem_u32(smem);
+  const int tid = threadIdx.x;
+  const int e0 = (blockIdx.x % NSL) * ES;
+  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
+  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
+  if (tid < 128)
+    WgConsumer<D, ES, STAGES, BF16>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+  else
+    wg_producer<D, ES, STAGES>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
+}
+
+template <int D, int ES, int STAGES>
+__global__ void chunk_wg_layout(int* out) {
+  out[0] = WgSmem<D, ES, STAGES>::ALLOC;
+}
