@@ -63,6 +63,11 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
         for c in (64, 32):
             if E % c == 0:
                 out[f"v2es{c}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=c, gen=2)}
+        for minb in (1, 2):  # the default E slice at one and at two CTAs per SM
+            try:
+                out[f"v2x{minb}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, minb=minb)}
+            except ValueError as exc:
+                print(f"  v2x{minb}: {exc}")
     return out
 
 

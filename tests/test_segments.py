@@ -167,6 +167,45 @@ def h200(monkeypatch):
         fn.cache_clear()
 
 
+def _stub_wg_smem(D: int, es: int, stages: int) -> int:
+    """chunked_wg.cu's WgSmem::ALLOC: tiles of Q, K (64 × 128 B per 64 columns of D), V, Ṽ, one state copy,
+    output staging, behind a 1 KB head, plus 1 KB to align the base."""
+    vt = 64 * 2 * es
+    return 1024 + stages * (2 * (D // 64) * 8192 + vt) + vt + D * 2 * es + 64 * (es + 8) * 2 + 1024
+
+
+@pytest.fixture
+def h200_gen2(h200, monkeypatch):
+    real = ops.smem_bytes
+    monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: _stub_wg_smem(D, es, st) if kind == "wg"
+                        else real(kind, D, es, st, dev))
+    monkeypatch.setattr(ops, "device_gen", lambda dev: 2)
+    yield
+
+
+def test_generation_two_plans(h200_gen2):
+    """Generation 2 where the device runs it and the shape is one it handles; ES = 64 once the grid fills the
+    SMs; two CTAs per SM where they fit; segments only to win the 64-column slice or fill idle SMs."""
+    assert ops.chunk_plan(1, 32, 128, 128, "float32").gen == 1          # float32: generation 1
+    assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
+    assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
+    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
+    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg<128,64,2,4,true,1>"
+    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").minb == 2          # D = 64: two CTAs fit an SM
+    b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
+    assert (b1.es, b1.cl) == (32, 4)                                    # 128 CTAs: nearly every SM
+    narrow = ops.chunk_plan(4, 32, 64, 128, "float16", es=32)
+    assert narrow.minb == 2                                             # 1024 CTAs, two fit an SM
+    sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
+    assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
+    assert ops.seq_plan(1, 32, 65536, 64, 256, "bfloat16") is None      # ES = 64 already fills the SMs
+    assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None
+    few = ops.seq_plan(1, 8, 65536, 128, 128, "bfloat16")               # 32 CTAs: most SMs idle
+    assert few is not None and few.seg.count >= 4
+    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg<")
+    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16", gen=1)[0].startswith("chunk_fwd<")
+
+
 def test_seq_plan_rule(h200):
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")
     assert sq is not None and sq.seg.count == 2 and sq.out.minb == 2 and sq.out.es == 32

@@ -58,9 +58,10 @@ def source(*files: str) -> str:
 class Kernel:
     """One compiled template instance on one device: launches on torch's current stream."""
 
-    def __init__(self, fn: Any, name: str, device_index: int, module: Any = None):
+    def __init__(self, fn: Any, name: str, device_index: int, module: Any = None, log: str = ""):
         self.fn = fn
         self.module = module  # a module loaded here (not by CuPy) must outlive its functions
+        self.log = log        # the compiler's messages (e.g. ptxas serialising wgmma), where compiled here
         self.name = name
         self.device_index = device_index
         self._smem_limit = _DEFAULT_SMEM
@@ -156,6 +157,7 @@ def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: i
         except nvrtc.NVRTCError as exc:
             raise RuntimeError(f"NVRTC for {arch} failed on {files}:\n{nvrtc.getProgramLog(prog)}") from exc
         cubin = nvrtc.getCUBIN(prog)
+        log = nvrtc.getProgramLog(prog)
         lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
     finally:
         nvrtc.destroyProgram(prog)
@@ -164,7 +166,7 @@ def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: i
         module.load(cubin)
         for name in names:
             _kernels[(files, name, device_index)] = Kernel(module.get_function(lowered[name]), name, device_index,
-                                                           module)
+                                                           module, log)
 
 
 def kernel(files: tuple[str, ...], name: str, device_index: int) -> Kernel:

@@ -254,7 +254,9 @@ struct WgConsumer {
       wg_pin(acc_o);
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-      __syncwarp();
+      // Each warp waits for its own share of a product only, and every share reads all of B: the state copy
+      // and Ṽ are rewritten once all four have finished (compute-sanitizer's racecheck flagged the overlap).
+      consumers_sync();
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // the slot's tiles are no longer read
 
       up = write_copy(S, smem, sb, w, l, r0);

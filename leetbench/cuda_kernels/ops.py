@@ -381,8 +381,8 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
              out: ChunkPlan | None = None, gen: int | None = None) -> SeqPlan | None:
     """The sequence-parallel plan, or None for one pass. segments: None = the rule, ≤ 1 = one pass, P = P.
 
-    Rule: only when the one-pass plan has no more CTAs than SMs (generation 2: than half the SMs); then
-    (segments.choose_count), with G CTAs
+    Rule: only when the one-pass plan has no more CTAs than SMs (generation 2: when it narrowed the E slice
+    below 64 columns to fill the SMs, or leaves half of them idle); then (segments.choose_count), with G CTAs
     per segment at the ES used for large grids and `per_sm` of them resident per SM (2 for 16-bit, 1 for
     float32), P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
     P < 2 → one pass.
@@ -391,9 +391,13 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
         return None
     lim = device_limits(dev)
     one = chunk_plan(B, H, D, E, dtype, dev, gen=gen)
-    # Generation 2 keeps one pass unless it leaves half the SMs idle: at one CTA per SM it was within 5% of
-    # P = 2 at B=1, H=32, D=E=128 (H200), and P = 2 ran 1.3× slower at D=64, E=256 (pass 1 re-reads k, v).
-    if segments is None and B * H * one.cl > (lim.sm_count // 2 if one.gen == 2 else lim.sm_count):
+    if segments is None and one.gen == 2:
+        # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
+        # half of the SMs. H200, B=1, H=32: D=E=128 one pass at ES = 32 1.43 ms, P = 2 at ES = 64 1.29 ms
+        # (N = 65536); D=64, E=256 one pass at ES = 64 1.24 ms, P = 2 1.69 ms (pass 1 re-reads k and v).
+        if (one.es == 64 or E % 64) and B * H * one.cl >= lim.sm_count // 2:
+            return None
+    elif segments is None and B * H * one.cl > lim.sm_count:
         return None  # one pass already has a CTA for every SM (or two)
     big = chunk_plan(B, H * 2 * lim.sm_count, D, E, dtype, dev, gen=gen)  # ES and CTAs per SM of a full grid
     count = segments or sp.choose_count(N, B * H * big.cl, lim.sm_count, big.minb)
