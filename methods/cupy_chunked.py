@@ -1,4 +1,4 @@
-"""Chunked decay attention on tensor cores (CuPy RawModule, inline PTX mma), one pass or sequence parallel.
+"""Chunked decay attention on tensor cores (CuPy, inline PTX), one pass or sequence parallel.
 
     S_t = λ · S_{t-1} + k_tᵀ v_t,    o_t = c · q_t S_t,    final state S_N
 
@@ -10,15 +10,23 @@ Per chunk of C = 64 tokens, with S_in the D×E state carried into it:
 One pass: one CTA per (b, h, slice of E) streams the chunks in order with its state slice in float32
 registers, so the state never leaves the chip and q, k, v are read from HBM once and o written once (the
 bytes floor; the E slices of a head re-read its Q and K rows from L2). A producer warp keeps the next chunks
-in flight (16-byte cp.async into padded shared rows, mbarrier pipeline) while four consumer warps, each
-compiled for its own rows (causal bounds at compile time), run `mma.sync.m16n8k16` with bf16/fp16 operands
-and float32 accumulation; two CTAs share an SM when the grid is large enough. The 16-bit copy of the state
-that Q·S_in reads is scaled by a power of two per warp for float16 (undone exactly on Q), so it never
-overflows. float32 inputs take the same pipeline with 3xTF32 products (x = hi + lo, hi rounded to TF32,
+in flight (16-byte cp.async into shared tiles, mbarrier pipeline) while the consumers compute. Two kernel
+generations, chosen per device and shape (ops.chunk_plan):
+
+- generation 2 (chunked_wg.cu; compute capability 9.0, bf16/fp16, D ∈ {64, 128}, E a multiple of 32): one
+  consumer warpgroup issues Hopper's warpgroup products (wgmma) on swizzled shared tiles — Q Kᵀ, Q S_in,
+  Kᵀ Ṽ into the float32 state registers, and P V with the masked scores P taken from registers;
+- generation 1 (chunked.cu; any card since sm_80, every supported shape and float32): four consumer warps,
+  each compiled for its own rows (causal bounds at compile time), run `mma.sync.m16n8k16`; two CTAs share an
+  SM when the grid is large enough.
+
+The 16-bit copy of the state that Q·S_in reads is scaled by a power of two for float16 (undone exactly), so
+it never overflows. float32 inputs take generation 1 with 3xTF32 products (x = hi + lo, hi rounded to TF32,
 lo = x − hi exact; a·b ≈ hi·hi + hi·lo + lo·hi) and the chunk's state contribution added with IEEE adds,
 which keeps float32 accuracy (≈ 1e-6) on the tensor cores.
 
-Sequence parallel (when B·H·(E slices) CTAs leave SMs idle and N is long; ops.seq_plan): N is cut into P
+Sequence parallel (when B·H·(E slices) CTAs leave SMs idle, or — generation 2 — would need E slices
+narrower than 64 columns to fill them, and N is long; ops.seq_plan): N is cut into P
 segments of L tokens, (1) a state-only kernel computes every earlier piece's own end state
 Σ_j λ^(L'-1-j) k_jᵀ v_j in parallel, (2) a decayed scan S ← λ^L' S + local (float64 carry) gives the state
 entering every segment, (3) the one-pass kernel runs all segments at once from those states; the last
@@ -30,8 +38,9 @@ negative power is ever formed; λ = 1 and λ = 1e-6 are exact cases of the same 
 Complexity: O(N · C · (D + E) + N · D · E) work; N/C sequential steps per CTA in one pass, N/(C·P) + P
 sequential steps with P segments; B·H·E/ES CTAs per segment.
 Source: the chunkwise form of RetNet (Sun et al., 2023) / Lightning Attention-2 (Qin et al., 2024) and
-fla's chunk_simple_gla; FlashAttention-2's register reuse of scores as the A operand of P·V; the segment
-scan is the chunked form's inter-chunk recurrence applied one level up (to segments of chunks).
+fla's chunk_simple_gla; FlashAttention-2's register reuse of scores as the A operand of P·V (and
+FlashAttention-3's for wgmma); the segment scan is the chunked form's inter-chunk recurrence applied one level
+up (to segments of chunks).
 """
 
 from __future__ import annotations
@@ -40,8 +49,8 @@ from leetbench import register
 from leetbench import cuda_kernels
 from leetbench.cuda_kernels import ops, segments
 
-SOURCES = (cuda_kernels.KERNEL_DIR / "common.cuh", cuda_kernels.KERNEL_DIR / "chunked.cu", ops, segments,
-           cuda_kernels)
+_KERNELS = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu")
+SOURCES = tuple(cuda_kernels.KERNEL_DIR / f for f in _KERNELS) + (ops, segments, cuda_kernels)
 
 
 def _supports(problem) -> str | None:
