@@ -316,10 +316,10 @@ def test_wg_each_product(dtype, es):
         ref_o, ref_s = reference(xi)
         o, s = ops.chunked(xi.q, xi.k, xi.v, xi.decay, scale=xi.scale, initial_state=xi.initial_state, plan=plan)
         torch.cuda.synchronize()
-        eo = _worst(o, ref_o) if ref_o.abs().max() > 0 else float(o.abs().max())
-        es = _worst(s, ref_s) if ref_s.abs().max() > 0 else float(s.abs().max())
-        if not (eo <= EXPECTED[dtype] and es <= EXPECTED[dtype]):
-            bad.append(f"{what}: o_err {eo:.3g}, state_err {es:.3g}")
+        err_o = _worst(o, ref_o) if ref_o.abs().max() > 0 else float(o.abs().max())
+        err_s = _worst(s, ref_s) if ref_s.abs().max() > 0 else float(s.abs().max())
+        if not (err_o <= EXPECTED[dtype] and err_s <= EXPECTED[dtype]):
+            bad.append(f"{what}: o_err {err_o:.3g}, state_err {err_s:.3g}")
     assert not bad, "; ".join(bad)
 
 

@@ -19,7 +19,10 @@
 // The producer copies each chunk with 16-byte cp.async into the swizzled tiles (zero-filling rows past the
 // piece's end), waits for them one chunk behind, makes them visible to the tensor cores' proxy and arrives on
 // the slot's full barrier; the consumers release the slot when the chunk's products are done. The consumers
-// meet at one named barrier (one call site: compute-sanitizer's synccheck holds).
+// meet at named barrier 1 before a chunk's products (Ṽ and the state copy written) and after them (each warp
+// waits only for its own share of a product, and every share reads all of B); the four warps reach each
+// barrier through the same instruction, so compute-sanitizer's synccheck holds. scripts/KERNEL_NOTES.md (v8)
+// has the measurements, and the designs tried and dropped.
 
 #define WG_HEAD 1024  // first tile: 1024-byte aligned, as the 128-byte swizzle needs
 

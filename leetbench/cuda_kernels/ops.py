@@ -256,7 +256,8 @@ class ChunkPlan:
     @property
     def name(self) -> str:
         if self.gen == 2:
-            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},{self.minb}>"
+            bf16 = "true" if self.bf16 else "false"
+            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
         if self.f32:
             return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
         return (f"chunk_fwd<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},"
@@ -393,8 +394,8 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
     one = chunk_plan(B, H, D, E, dtype, dev, gen=gen)
     if segments is None and one.gen == 2:
         # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
-        # half of the SMs. H200, B=1, H=32: D=E=128 one pass at ES = 32 1.43 ms, P = 2 at ES = 64 1.29 ms
-        # (N = 65536); D=64, E=256 one pass at ES = 64 1.24 ms, P = 2 1.69 ms (pass 1 re-reads k and v).
+        # half of the SMs. H200, B=1, H=32, N=65536: D=E=128 one pass at ES = 32 1.41 ms, P = 2 at ES = 64
+        # 1.33 ms; D=64, E=256 one pass at ES = 64 1.32 ms, P = 2 1.72 ms (pass 1 re-reads k and v).
         if (one.es == 64 or E % 64) and B * H * one.cl >= lim.sm_count // 2:
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
@@ -457,7 +458,8 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
             segments: int | None = None, scan: str = "cuda", gen: int | None = None):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
-    float16 / bfloat16: mma.m16n8k16 with float32 accumulation. float32: 3xTF32 (float32 accuracy).
+    float16 / bfloat16: warpgroup products (wgmma) on compute capability 9.0 for D ∈ {64, 128}, E a multiple
+    of 32 (generation 2), else mma.m16n8k16, float32 accumulation. float32: 3xTF32 (float32 accuracy).
     segments: None = sequence parallel when the plan's rule says so (seq_plan), 1 = one pass, P ≥ 2 = P
     segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
     gen: the kernel generation of the default plans (None: the newest the device and shape allow).
