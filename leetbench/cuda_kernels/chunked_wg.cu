@@ -107,6 +107,18 @@ struct WgConsumer {
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
   static constexpr bool SC = !BF16;  // the float16 state copy is scaled
 
+  // f(mb, i, row, col) for every state entry the thread holds: S[mb][i] is entry (row, col) of the CTA's
+  // D × ES slice of the state (row = 64·mb + r0 or r0 + 8).
+  template <class F>
+  static __device__ __forceinline__ void each_entry(int r0, int c0, F&& f) {
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
+  }
+
   // The 16-bit state copy (N-major [D][ES], swizzled) of S, divided by 2^s for float16; returns 2^s.
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, u32 sb,
                                                      int w, int l, int r0) {
@@ -152,15 +164,9 @@ struct WgConsumer {
     const int c0 = 2 * (l & 3);        // first column inside an 8-column group
 
     float S[DB][NA];
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const int row = 64 * mb + r0 + ((x & 2) ? 8 : 0), col = 8 * j + c0 + (x & 1);
-          S[mb][4 * j + x] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
-        }
+    each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+    });
     float mask[32];  // scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -282,17 +288,10 @@ struct WgConsumer {
       }
       __syncwarp();
     }
-    if (seg.last && sN != nullptr) {
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int j = 0; j < ES / 8; ++j)
-#pragma unroll
-          for (int x = 0; x < 4; ++x) {
-            const int row = 64 * mb + r0 + ((x & 2) ? 8 : 0), col = 8 * j + c0 + (x & 1);
-            sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][4 * j + x];
-          }
-    }
+    if (seg.last && sN != nullptr)
+      each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
+      });
   }
 };
 
