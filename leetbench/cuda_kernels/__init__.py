@@ -9,7 +9,8 @@ Methods written as CuPy RawModules share memory with torch and run on torch's st
 - sources are `.cu` files beside this module (no headers: NVRTC on the GPU machine cannot include <mma.h> or
   <cuda_bf16.h>, so 16-bit values are raw bit patterns and conversions and matrix products are inline PTX);
   each template instance is compiled once per process and device (`kernel`), from a method's `setup=`, so
-  compilation is never timed;
+  compilation is never timed; CuPy keeps the machine code on disk for the next process, and for sources with
+  an architecture-specific target (compiled here through NVRTC: wgmma needs sm_90a) `cubin_cache` does;
 - outputs are allocated by torch; `use_torch_allocator` routes any CuPy allocation through torch's caching
   allocator so torch's peak-memory counter sees it.
 
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from leetbench.cuda_kernels import cubin_cache
 
 KERNEL_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
@@ -142,31 +145,40 @@ def _compile_group(files: tuple[str, ...], names: list[str], device_index: int) 
 
 
 def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: int, arch: str) -> None:
-    """NVRTC for one named target (cubin), loaded as a module on the device."""
+    """NVRTC for one named target (cubin; kept in cubin_cache for later processes), loaded on the device."""
     cp = _cupy()
     from cupy.cuda import function  # noqa: PLC0415 - optional dependency
     from cupy_backends.cuda.libs import nvrtc  # noqa: PLC0415
 
-    prog = nvrtc.createProgram(source(*files), "leetbench_" + "_".join(f.split(".")[0] for f in files) + ".cu",
-                               (), ())
-    try:
-        for name in names:
-            nvrtc.addNameExpression(prog, name)
+    options = (*COMPILE_OPTIONS, f"--gpu-architecture={arch}")
+    src = source(*files)
+
+    def compile_now(missing: list[str]) -> cubin_cache.Compiled:
+        prog = nvrtc.createProgram(src, "leetbench_" + "_".join(f.split(".")[0] for f in files) + ".cu", (), ())
         try:
-            nvrtc.compileProgram(prog, (*COMPILE_OPTIONS, f"--gpu-architecture={arch}"))
-        except nvrtc.NVRTCError as exc:
-            raise RuntimeError(f"NVRTC for {arch} failed on {files}:\n{nvrtc.getProgramLog(prog)}") from exc
-        cubin = nvrtc.getCUBIN(prog)
-        log = nvrtc.getProgramLog(prog)
-        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
-    finally:
-        nvrtc.destroyProgram(prog)
+            for name in missing:
+                nvrtc.addNameExpression(prog, name)
+            try:
+                nvrtc.compileProgram(prog, options)
+            except nvrtc.NVRTCError as exc:
+                raise RuntimeError(f"NVRTC for {arch} failed on {files}:\n{nvrtc.getProgramLog(prog)}") from exc
+            return cubin_cache.Compiled(cubin=nvrtc.getCUBIN(prog), log=nvrtc.getProgramLog(prog),
+                                        lowered={name: nvrtc.getLoweredName(prog, name) for name in missing})
+        finally:
+            nvrtc.destroyProgram(prog)
+
+    toolchain = "nvrtc {}.{}".format(*nvrtc.getVersion())
+    built = cubin_cache.compile_cached(src, names, options, arch, toolchain, compile_now)
     with cp.cuda.Device(device_index):
-        module = function.Module()
-        module.load(cubin)
+        modules: dict[int, Any] = {}  # one module per cubin (a compiler run holds several names)
         for name in names:
-            _kernels[(files, name, device_index)] = Kernel(module.get_function(lowered[name]), name, device_index,
-                                                           module, log)
+            c = built[name]
+            if id(c) not in modules:
+                modules[id(c)] = function.Module()
+                modules[id(c)].load(c.cubin)
+            module = modules[id(c)]
+            _kernels[(files, name, device_index)] = Kernel(module.get_function(c.lowered[name]), name, device_index,
+                                                           module, c.log)
 
 
 def kernel(files: tuple[str, ...], name: str, device_index: int) -> Kernel:
