@@ -34,8 +34,8 @@ for stage in $stages; do
         dtypes=[float32] 'methods=[chunked,fla_chunk,cupy_chunked,lightning_attn2,mamba2_ssd]' \
         progress=lines out=/tmp/big
       cp /tmp/big/results.csv "$log/big.csv" ;;
-    kernels) TAIL=30 run kernels 110 python3 scripts/bench_kernels.py --out "$log" --batches 1,8 \
-               --lengths 16384,65536 --ab ;;
+    kernels) TAIL=30 run kernels 150 python3 scripts/bench_kernels.py --gen --out "$log" --batches 1,8 \
+               --lengths 16384,65536 ;;  # both kernel generations, each E slice, beside the peers
     mamba) run mamba 60 python3 scripts/device_mamba_check.py ;;
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
