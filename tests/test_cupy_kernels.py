@@ -334,6 +334,25 @@ def test_wg_products_are_not_serialised():
 
 
 @needs_wg
+def test_wg_cubins_are_loaded_from_the_disk_cache(monkeypatch, tmp_path):
+    """A later process loads a generation-2 instance compiled before without running NVRTC, and it runs."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    from leetbench import cuda_kernels
+
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path))
+    plan = ops.chunk_plan(1, 2, 64, 64, "bfloat16", 0, gen=2, es=32, stages=2, minb=1)
+    key = (ops.kernel_files(plan.name), plan.name, 0)
+    monkeypatch.delitem(cuda_kernels._kernels, key, raising=False)
+    kernel(*key)                                              # compiled, and stored
+    assert list((tmp_path / "leetbench").glob("*.cubin"))
+    monkeypatch.delitem(cuda_kernels._kernels, key)           # as in a new process
+    monkeypatch.setattr(nvrtc, "compileProgram", lambda *a: pytest.fail("NVRTC ran although the cubin was cached"))
+    kernel(*key)
+    _direct(_inputs(1, 2, 300, 64, 64, "bfloat16", "retnet", True, seed=3), EXPECTED["bfloat16"], plan=plan)
+
+
+@needs_wg
 def test_wg_is_the_default_on_hopper():
     """Generation 2 where it applies, generation 1 for the rest (float32, D ∉ {64, 128}, E not a multiple of 32)."""
     assert ops.chunk_plan(1, 32, 128, 128, "bfloat16", 0).gen == 2
