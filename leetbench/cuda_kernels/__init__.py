@@ -131,11 +131,11 @@ def target_arch(files: tuple[str, ...]) -> str | None:
 
 
 def _compile_group(files: tuple[str, ...], names: list[str], device_index: int) -> None:
-    cp = _cupy()
     arch = target_arch(files)
     if arch is not None:
         _compile_group_for(files, names, device_index, arch)
         return
+    cp = _cupy()
     with cp.cuda.Device(device_index):
         module = cp.RawModule(code=source(*files), options=COMPILE_OPTIONS, name_expressions=names)
         for name in names:

@@ -152,16 +152,21 @@ def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
 _LAYOUT_D = (16, 32, 64, 128, 192, 256)  # every D chunked_supports admits
 
 
-def _read_layouts(dev: int) -> None:
-    """Every layout (kind, D, ES, stages): one compile of tiny kernels, one one-thread launch each, one sync."""
-    combos = [(kind, D, es, st) for kind in _LAYOUT_KIND for D in _LAYOUT_D for es in _ES_ALL for st in _STAGES]
-    names = [f"chunk_layout<{_LAYOUT_KIND[kind]},{D},{es},{st}>" for kind, D, es, st in combos]
-    precompile(_CHUNK_FILES, names, dev)
+def _read_back(files: tuple[str, ...], names: list[str], dev: int) -> list[int]:
+    """The int each one-thread layout kernel `names` writes: one compile, one launch each, one sync."""
+    precompile(files, names, dev)
     out = torch.zeros(len(names), dtype=torch.int32, device=torch.device("cuda", dev))
     for i, name in enumerate(names):
-        kernel(_CHUNK_FILES, name, dev)(1, 1, (out[i:].data_ptr(),))
-    for (kind, D, es, st), nbytes in zip(combos, out.tolist()):
-        _layouts[(kind, D, es, st, dev)] = int(nbytes)
+        kernel(files, name, dev)(1, 1, (out[i:].data_ptr(),))
+    return [int(x) for x in out.tolist()]
+
+
+def _read_layouts(dev: int) -> None:
+    """Every chunked.cu layout (kind, D, ES, stages), from chunk_layout."""
+    combos = [(kind, D, es, st) for kind in _LAYOUT_KIND for D in _LAYOUT_D for es in _ES_ALL for st in _STAGES]
+    names = [f"chunk_layout<{_LAYOUT_KIND[kind]},{D},{es},{st}>" for kind, D, es, st in combos]
+    for (kind, D, es, st), nbytes in zip(combos, _read_back(_CHUNK_FILES, names, dev)):
+        _layouts[(kind, D, es, st, dev)] = nbytes
 
 
 _WG_D = (64, 128)
@@ -169,15 +174,11 @@ _WG_ES = (64, 32)
 
 
 def _read_wg_layouts(dev: int) -> None:
-    """The generation-2 layouts (D, ES, stages), read back like _read_layouts."""
+    """Every generation-2 layout (D, ES, stages), from chunk_wg_layout."""
     combos = [(D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES]
     names = [f"chunk_wg_layout<{D},{es},{st}>" for D, es, st in combos]
-    precompile(_WG_FILES, names, dev)
-    out = torch.zeros(len(names), dtype=torch.int32, device=torch.device("cuda", dev))
-    for i, name in enumerate(names):
-        kernel(_WG_FILES, name, dev)(1, 1, (out[i:].data_ptr(),))
-    for (D, es, st), nbytes in zip(combos, out.tolist()):
-        _layouts[("wg", D, es, st, dev)] = int(nbytes)
+    for (D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
+        _layouts[("wg", D, es, st, dev)] = nbytes
 
 
 @functools.lru_cache(maxsize=None)
