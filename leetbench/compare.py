@@ -20,7 +20,9 @@ verdict itself stands (the gate is the test's, not a guess about causes).
 A pair whose row is host-bound on either side (`results.host_bound`: the GPU waited for the CPU issuing the
 call) is marked so with the side, for the same reason: its time is the host's.
 A pair `ok` in BASE and not in NEW (inaccurate, suspect, error, timeout, crashed, oom) is `failed`; the reverse
-is `fixed`; neither ok: `not ok`; skipped on either side: `skipped` (no verdict).
+is `fixed`; neither ok: `not ok`; skipped on either side: `skipped` (no verdict). A pair whose two rows are one
+row (the same `row_id`: a merged leaderboard carried it over unmeasured) is `carried` (no verdict): calling it
+`same` would count a measurement as agreeing with itself.
 
 Exit status: 1 when any pair is `slower` or `failed` (a CI regression gate), else 0.
 """
@@ -45,7 +47,8 @@ MATCH_COLUMNS = [c for c in PROBLEM_COLUMNS if c not in ("host", "gpu")]
 _MATCH_AT = [PROBLEM_COLUMNS.index(c) for c in MATCH_COLUMNS]
 REGRESSIONS = ("slower", "failed")
 NOISY_SPREAD = 4.0  # NEW's spread this many times BASE's marks a verdict noisy (module docstring)
-VERDICT_ORDER = {"failed": 0, "slower": 1, "faster": 2, "fixed": 3, "same": 4, "not ok": 5, "skipped": 6}
+VERDICT_ORDER = {"failed": 0, "slower": 1, "faster": 2, "fixed": 3, "same": 4, "not ok": 5, "skipped": 6,
+                 "carried": 7}
 COLUMNS = ["method", "family", "precision"] + MATCH_COLUMNS + [
     "status_base", "status_new", "base_ms", "new_ms", "ratio", "ratio_lo", "ratio_hi", "p_value", "basis",
     "verdict", "spread_base", "spread_new", "host_bound_base", "host_bound_new", "base_row_id", "new_row_id"]
@@ -145,6 +148,8 @@ def judge(b: dict, n: dict, base: Side, new: Side, threshold: float) -> dict:
     out = {"ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan, "p_value": math.nan, "basis": "",
            "spread_base": math.nan, "spread_new": math.nan}
     b_ok, n_ok = b["status"] == "ok", n["status"] == "ok"
+    if str(b.get("row_id") or "") and str(b.get("row_id")) == str(n.get("row_id")):  # one row, not two runs
+        return {**out, "verdict": "carried"}
     if "skipped" in (b["status"], n["status"]):  # not run on one side (a package, a device): no verdict
         return {**out, "verdict": "skipped"}
     if not (b_ok and n_ok):

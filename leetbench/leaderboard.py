@@ -501,7 +501,8 @@ class Since:
 
     def intro(self) -> str:
         return (f"Against {self.base} (commit {self.commits}), rows matched by method and problem: {self.summary} "
-                f"(this run / that one; a change only past {100 * self.threshold:.0f}% and outside the 95% interval).")
+                f"(this run / that one; a change only past {100 * self.threshold:.0f}% and outside the 95% interval"
+                f"{'; carried: the same row in both, not measured again' if 'carried' in self.summary else ''}).")
 
 
 def per_method_table(per_method: pd.DataFrame, ratio: str) -> list[str]:

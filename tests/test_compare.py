@@ -220,3 +220,21 @@ def test_a_report_says_what_changed_since_a_previous_run(tmp_path: Path) -> None
         proc = run_cli(*bad, "out=rep3", cwd=tmp_path)
         assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "rep3").exists()  # refused before anything was written
+
+
+def test_a_row_carried_over_unmeasured_is_not_counted_as_the_same(tmp_path: Path) -> None:
+    """A merged leaderboard keeps stages it did not measure again: those rows are in BASE and NEW with one row_id,
+    and are `carried` (no ratio, no verdict), not `same`; the re-measured rows are judged as before."""
+    write_run(tmp_path / "base", {"kept": 1.0, "remeasured": 1.0}, seed=1)
+    base = pd.read_csv(tmp_path / "base" / "results.csv")
+    write_run(tmp_path / "new", {"remeasured": 3.0}, seed=2)
+    new = pd.read_csv(tmp_path / "new" / "results.csv")
+    pd.concat([new, base[base["method"] == "kept"]]).to_csv(tmp_path / "new" / "results.csv", index=False)
+    c = compare_runs(tmp_path / "base", tmp_path / "new")
+    assert verdicts(c) == {"kept": "carried", "remeasured": "slower"}
+    assert math.isnan(c.table.set_index("method").loc["kept", "ratio"])
+    assert c.counts()["carried"] == 1 and c.counts()["same"] == 0
+    proc = run_cli("report=[new]", "since=base", "out=rep", "plots=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    section = (tmp_path / "rep" / "leaderboard.md").read_text().split("## Since the previous run")[1]
+    assert "1 slower, 1 carried" in section and "carried: the same row in both, not measured again" in section
