@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call that checks a commit on a GPU before anything is published: the GPU tests, the harness's
 # throughput targets (issue 17), the kernel variants beside the peers, Mamba-2's adapter, dispatch overhead.
-#   bash scripts/device_check.sh [stage ...]      stages: tests sync harness big kernels mamba dispatch (default: all)
+#   bash scripts/device_check.sh [stage ...]      stages: tests sync harness big kernels mamba dispatch (default: all),
+#   memory (on demand)
 # Each stage has its own time limit; logs go to $OUT/check/ and are packed into $OUT/check.tgz at the end.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -37,6 +38,8 @@ for stage in $stages; do
     kernels) TAIL=30 run kernels 150 python3 scripts/bench_kernels.py --gen --out "$log" --batches 1,8 \
                --lengths 16384,65536 ;;  # both kernel generations, each E slice, beside the peers
     mamba) run mamba 60 python3 scripts/device_mamba_check.py ;;
+    memory)  # what holds the memory where a row ends oom (float32, B=8, N=16k then 64k, the kernel stage's order)
+      TAIL=60 run memory 300 python3 scripts/device_memory_probe.py ;;
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
