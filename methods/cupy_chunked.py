@@ -13,17 +13,18 @@ bytes floor; the E slices of a head re-read its Q and K rows from L2). A produce
 in flight (16-byte cp.async into shared tiles, mbarrier pipeline) while the consumers compute. Two kernel
 generations, chosen per device and shape (ops.chunk_plan):
 
-- generation 2 (chunked_wg.cu; compute capability 9.0, bf16/fp16, D ∈ {64, 128}, E a multiple of 32): one
-  consumer warpgroup issues Hopper's warpgroup products (wgmma) on swizzled shared tiles — Q Kᵀ, Q S_in,
+- generation 2 (chunked_wg.cu, chunked_wg32.cu; compute capability 9.0, D ∈ {64, 128}, E a multiple of 32):
+  one consumer warpgroup issues Hopper's warpgroup products (wgmma) on swizzled shared tiles — Q Kᵀ, Q S_in,
   Kᵀ Ṽ into the float32 state registers, and P V with the masked scores P taken from registers;
-- generation 1 (chunked.cu; any card since sm_80, every supported shape and float32): four consumer warps,
-  each compiled for its own rows (causal bounds at compile time), run `mma.sync.m16n8k16`; two CTAs share an
-  SM when the grid is large enough.
+- generation 1 (chunked.cu; any card since sm_80, every supported shape): four consumer warps, each compiled
+  for its own rows (causal bounds at compile time), run `mma.sync.m16n8k16`; two CTAs share an SM when the
+  grid is large enough.
 
 The 16-bit copy of the state that Q·S_in reads is scaled by a power of two for float16 (undone exactly), so
-it never overflows. float32 inputs take generation 1 with 3xTF32 products (x = hi + lo, hi rounded to TF32,
-lo = x − hi exact; a·b ≈ hi·hi + hi·lo + lo·hi) and the chunk's state contribution added with IEEE adds,
-which keeps float32 accuracy (≈ 1e-6) on the tensor cores.
+it never overflows. float32 inputs keep float32 accuracy (≈ 1e-6 and below) on the tensor cores: generation
+2 splits every operand into two float16 pieces, x = 2^s (hi + lo) with powers of two chosen per tile (per
+row for P) so that no piece overflows, and forms a·b ≈ hi·hi' + hi·lo' + lo·hi' (22 significant bits;
+scripts/fp32_split_study.py); generation 1 uses 3xTF32 (hi rounded to TF32, lo = x − hi exact).
 
 Sequence parallel (when B·H·(E slices) CTAs leave SMs idle, or — generation 2 — would need E slices
 narrower than 64 columns to fill them, and N is long; ops.seq_plan): N is cut into P
@@ -49,7 +50,7 @@ from leetbench import register
 from leetbench import cuda_kernels
 from leetbench.cuda_kernels import ops, segments
 
-_KERNELS = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu")
+_KERNELS = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu")
 SOURCES = tuple(cuda_kernels.KERNEL_DIR / f for f in _KERNELS) + (ops, segments, cuda_kernels)
 
 

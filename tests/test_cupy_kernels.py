@@ -68,6 +68,7 @@ def P(B, H, N, D, E=None, decay="multiscale", dtype="bfloat16", s0=False, mode="
 
 
 HALF = ("bfloat16", "float16")
+ALL = ("float32", "bfloat16", "float16")
 
 # ---- cupy_chunked through the registry (default plans) -----------------------------------------------------
 CHUNKED = (
@@ -265,6 +266,10 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
     for es in (64, 32):
         if E % es:
             continue
+        if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot
+            if lim.blocks_fit(ops.smem_bytes("wg32", D, es, 1, 0), 1):
+                out.append(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2))
+            continue
         for minb in (1, 2):
             fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
             for st in sorted({fits[0], fits[-1]} if fits else set()):
@@ -276,7 +281,7 @@ WG_SHAPES = ((64, 64), (64, 128), (128, 128), (128, 64), (64, 32), (128, 32), (1
 
 
 @needs_wg
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("D, E", WG_SHAPES)
 def test_wg_plans(dtype, D, E):
     """Each generation-2 plan on a chunk tail with an initial state, on λ = 1 and λ = 1e-6 with B, H > 1, and
@@ -298,11 +303,12 @@ def test_wg_plans(dtype, D, E):
 
 @needs_wg
 @pytest.mark.parametrize("es", [64, 32])
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", ALL)
 def test_wg_each_product(dtype, es):
     """The four warpgroup products one at a time, so a wrong layout names itself: Q S_in alone (k = v = 0),
     Q Kᵀ and P V alone (one chunk, no initial state), Kᵀ Ṽ alone (q = 0: only the final state is non-zero)."""
-    B, H, D, E = 1, 2, 128, 128
+    B, H, E = 1, 2, 128
+    D = 64 if dtype == "float32" and es == 64 else 128  # float32 tiles of ES = 64 fit at D = 64 only
     plan = ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=es)
     x = _inputs(B, H, 192, D, E, dtype, "multiscale", True, seed=11)
     zero = torch.zeros_like
@@ -324,10 +330,29 @@ def test_wg_each_product(dtype, es):
 
 
 @needs_wg
+@pytest.mark.parametrize("qs, ks, vs", [(2.0 ** 20, 1.0, 1.0), (1.0, 2.0 ** -20, 2.0 ** 18), (2.0 ** -24, 2.0 ** -24, 1.0),
+                                        (2.0 ** 12, 2.0 ** 12, 2.0 ** 12)])
+def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):
+    """chunk_wg32 splits float32 into float16 pieces: the powers of two it scales tiles and rows by keep them
+    in range, so inputs far outside float16's (2^±24, products up to 2^36; λ = 1 with an offset grows the
+    state) give float32's accuracy. The input scales are powers of two, so the reference is exact for them."""
+    bad = []
+    for decay, offset in (("multiscale", 0.0), (1.0, 0.5)):
+        x = _inputs(1, 2, 700, 128, 64, "float32", decay, True, seed=5)
+        x = Inputs((x.q + offset) * qs, (x.k + offset) * ks, (x.v + offset) * vs, x.decay, x.scale,
+                   x.initial_state * (ks * vs))
+        try:
+            _direct(x, EXPECTED["float32"], plan=ops.chunk_plan(1, 2, 128, 64, "float32", 0, gen=2))
+        except AssertionError as exc:
+            bad.append(f"λ={decay} offset={offset}: {exc}")
+    assert not bad, "; ".join(bad)
+
+
+@needs_wg
 def test_wg_products_are_not_serialised():
     """ptxas serialises wgmma when the accumulators cannot stay in registers across the asynchronous products
     (warning C7511, seen once when P V accumulated into a slice of another product's accumulator)."""
-    names = {ops.chunk_plan(B, 32, D, E, dt, 0).name for B in (1, 8) for (D, E) in WG_SHAPES for dt in HALF}
+    names = {ops.chunk_plan(B, 32, D, E, dt, 0).name for B in (1, 8) for (D, E) in WG_SHAPES for dt in ALL}
     ops.precompile_chunked(names, 0, jobs=8)
     logs = {n: kernel(ops.kernel_files(n), n, 0).log for n in names}
     assert not [n for n, log in logs.items() if "C7511" in log], logs
@@ -354,10 +379,11 @@ def test_wg_cubins_are_loaded_from_the_disk_cache(monkeypatch, tmp_path):
 
 @needs_wg
 def test_wg_is_the_default_on_hopper():
-    """Generation 2 where it applies, generation 1 for the rest (float32, D ∉ {64, 128}, E not a multiple of 32)."""
+    """Generation 2 where it applies, generation 1 for the rest (D ∉ {64, 128}, E not a multiple of 32)."""
     assert ops.chunk_plan(1, 32, 128, 128, "bfloat16", 0).gen == 2
     assert ops.chunk_plan(8, 32, 64, 256, "float16", 0).gen == 2
-    assert ops.chunk_plan(1, 32, 128, 128, "float32", 0).gen == 1
+    assert ops.chunk_plan(1, 32, 128, 128, "float32", 0).name == "chunk_wg32<128,32,4>"
+    assert ops.chunk_plan(1, 32, 16, 64, "float32", 0).gen == 1
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16", 0).gen == 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16", 0).gen == 1
 
@@ -367,14 +393,15 @@ def test_layouts_and_limits():
     assert lim.sm_count > 0 and lim.smem_block >= 48 * 1024 and lim.smem_sm >= lim.smem_block
     # values of the layouts before they were read back (16-bit D = E = 128, ES = 32; float32 D = 64, ES = 32)
     assert ops.smem_bytes("half", 128, 32, 2, 0) == 106240
-    if ops.device_gen(0) == 2:  # tests/test_segments.py plans with this formula (_stub_wg_smem)
+    if ops.device_gen(0) == 2:  # tests/test_segments.py plans with these formulas (_stub_wg_smem, _stub_wg32_smem)
         assert ops.smem_bytes("wg", 128, 64, 2, 0) == 1024 + 2 * (32768 + 8192) + 8192 + 16384 + 64 * 72 * 2 + 1024
+        assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
+            + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 16 + 64 * 36 * 4 + 1024
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
 
 # ---- cupy_recurrent (prefill and decode) -------------------------------------------------------------------
-ALL = ("float32", "bfloat16", "float16")
 RECURRENT = (
     [P(1, 4, 2048, 128, dtype=dt, s0=True) for dt in ALL]
     + [P(2, 3, 97, D, E, decay="alibi", dtype=dt, s0=True)
@@ -444,9 +471,13 @@ _SANITIZE = textwrap.dedent("""
         else:
             run(ops.chunked, 1, 2, 200, 128, 128, dt, True, plan=plan(1, 2, 128, 128, dt, es=64))
             run(ops.chunked, 1, 2, 333, 128, 96, dt, True, plan=plan(1, 2, 128, 96, dt, es=32, stages=2))
+    f32 = torch.float32
     if GEN == 1:
-        run(ops.chunked, 1, 2, 131, 64, 64, torch.float32, True)               # 3xTF32 path
-        run(ops.chunked, 1, 2, 700, 64, 32, torch.float32, True, segments=2)
+        run(ops.chunked, 1, 2, 131, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32))  # 3xTF32 path
+        run(ops.chunked, 1, 2, 700, 64, 32, f32, True, segments=2, gen=1)
+    if GEN == 2:  # float16 pieces (chunk_wg32)
+        run(ops.chunked, 1, 2, 131, 128, 64, f32, True, plan=plan(1, 2, 128, 64, f32))
+        run(ops.chunked, 1, 2, 1100, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32, es=64), segments=3)
     if GEN == 0:  # the kernels without a producer warp: recurrence and decode
         for dt in (torch.float32, torch.bfloat16):
             run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)

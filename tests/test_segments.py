@@ -174,10 +174,18 @@ def _stub_wg_smem(D: int, es: int, stages: int) -> int:
     return 1024 + stages * (2 * (D // 64) * 8192 + vt) + vt + D * 2 * es + 64 * (es + 8) * 2 + 1024
 
 
+def _stub_wg32_smem(D: int, es: int) -> int:
+    """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
+    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four scales, float32 output staging."""
+    tiles = 4 * (D // 64) * 8192 + 4 * 64 * 2 * es + 2 * D * 2 * es
+    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 16 + 64 * (es + 4) * 4 + 1024
+
+
 @pytest.fixture
 def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
-    monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: _stub_wg_smem(D, es, st) if kind == "wg"
+    stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg32": lambda D, es, st: _stub_wg32_smem(D, es)}
+    monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
                         else real(kind, D, es, st, dev))
     monkeypatch.setattr(ops, "device_gen", lambda dev: 2)
     yield
@@ -186,7 +194,11 @@ def h200_gen2(h200, monkeypatch):
 def test_generation_two_plans(h200_gen2):
     """Generation 2 where the device runs it and the shape is one it handles; ES = 64 once the grid fills the
     SMs; two CTAs per SM where they fit; segments only to win the 64-column slice or fill idle SMs."""
-    assert ops.chunk_plan(1, 32, 128, 128, "float32").gen == 1          # float32: generation 1
+    f32 = ops.chunk_plan(1, 32, 128, 128, "float32")                    # float32: float16 pieces, ES = 32
+    assert (f32.gen, f32.es, f32.minb, f32.stages, f32.name) == (2, 32, 1, 1, "chunk_wg32<128,32,4>")
+    assert ops.chunk_plan(8, 32, 128, 128, "float32").es == 32           # ES = 64 does not fit at D = 128
+    assert ops.chunk_plan(8, 32, 64, 128, "float32").es == 64            # it does at D = 64
+    assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
     b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")

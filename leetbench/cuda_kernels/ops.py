@@ -127,7 +127,7 @@ def setup_recurrent(problem) -> None:
 # ---- chunked, tensor cores ---------------------------------------------------------------------------------
 
 _CHUNK_FILES = ("common.cuh", "chunked.cu")
-_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu")  # generation 2 (sm_90a)
+_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu")  # generation 2 (sm_90a)
 OPT_SCALE16 = 1  # chunked.cu OPT bit: float16 state copy scaled by powers of two (never Inf)
 OPT_ONELOOP = 2  # chunked.cu OPT bit: one consumer loop, one bar.sync (compute-sanitizer synccheck passes)
 _LAYOUT_KIND = {"f32": 0, "half": 1, "state16": 2, "state32": 3}  # chunk_layout's KIND
@@ -139,10 +139,11 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
-    chunked_wg.cu), as the compiled module defines it (chunk_layout, chunk_wg_layout)."""
+    chunked_wg.cu, wg32 in chunked_wg32.cu, whose one staging slot makes `stages` 1), as the compiled module
+    defines it (chunk_layout, chunk_wg_layout, chunk_wg32_layout)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind == "wg":
+        if kind in ("wg", "wg32"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -174,11 +175,14 @@ _WG_ES = (64, 32)
 
 
 def _read_wg_layouts(dev: int) -> None:
-    """Every generation-2 layout (D, ES, stages), from chunk_wg_layout."""
-    combos = [(D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES]
-    names = [f"chunk_wg_layout<{D},{es},{st}>" for D, es, st in combos]
-    for (D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
-        _layouts[("wg", D, es, st, dev)] = nbytes
+    """Every generation-2 layout, 16-bit (D, ES, stages) from chunk_wg_layout and float32 (D, ES) from
+    chunk_wg32_layout."""
+    combos = [("wg", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES]
+    combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
+    names = [f"chunk_wg_layout<{D},{es},{st}>" if kind == "wg" else f"chunk_wg32_layout<{D},{es}>"
+             for kind, D, es, st in combos]
+    for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
+        _layouts[(kind, D, es, st, dev)] = nbytes
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,8 +193,8 @@ def device_gen(dev: int) -> int:
 
 
 def wg_supports(D: int, E: int, dtype: str) -> bool:
-    """Shapes and dtypes generation 2 handles (others take generation 1 on every card)."""
-    return dtype != "float32" and D in _WG_D and E % 32 == 0
+    """Shapes generation 2 handles, every dtype (others take generation 1 on every card)."""
+    return D in _WG_D and E % 32 == 0
 
 
 def _es_candidates(D: int, E: int) -> list[int]:
@@ -248,7 +252,9 @@ class ChunkPlan:
 
     @property
     def kind(self) -> str:
-        return "wg" if self.gen == 2 else "f32" if self.f32 else "half"
+        if self.gen == 2:
+            return "wg32" if self.f32 else "wg"
+        return "f32" if self.f32 else "half"
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -256,6 +262,8 @@ class ChunkPlan:
 
     @property
     def name(self) -> str:
+        if self.gen == 2 and self.f32:
+            return f"chunk_wg32<{self.D},{self.es},{self.cl}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
@@ -285,12 +293,18 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
 def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
              minb: int | None) -> ChunkPlan:
     """Generation 2: ES = 64 (Q Kᵀ computed once per 64 columns of E) when that still gives nearly every SM a
-    CTA, else 32; two CTAs per SM when there are more CTAs than SMs and two fit; deepest pipeline that fits."""
+    CTA, else 32; two CTAs per SM when there are more CTAs than SMs and two fit; deepest pipeline that fits.
+    float32 (chunk_wg32, three float16 products per product): one CTA per SM, ES = 64 where its tiles fit."""
     if not wg_supports(D, E, dtype):
-        raise ValueError(f"cupy_chunked generation 2 handles 16-bit D in {_WG_D}, E a multiple of 32 "
+        raise ValueError(f"cupy_chunked generation 2 handles D in {_WG_D}, E a multiple of 32 "
                          f"(got D={D}, E={E}, {dtype})")
     lim = device_limits(dev)
     options = [c for c in _WG_ES if E % c == 0]
+    if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 only where it fits (D = 64)
+        options = [c for c in options if lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)] or options[-1:]
+        es = es or next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
+        return ChunkPlan(es=es, cl=E // es, stages=1, bf16=False, D=D, f32=True, minb=1, gen=2,
+                         smem=smem_bytes("wg32", D, es, 1, dev))
     if es is None:
         es = next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
     ctas = B * H * (E // es)
@@ -459,8 +473,9 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
             segments: int | None = None, scan: str = "cuda", gen: int | None = None):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
-    float16 / bfloat16: warpgroup products (wgmma) on compute capability 9.0 for D ∈ {64, 128}, E a multiple
-    of 32 (generation 2), else mma.m16n8k16, float32 accumulation. float32: 3xTF32 (float32 accuracy).
+    Warpgroup products (wgmma) on compute capability 9.0 for D ∈ {64, 128}, E a multiple of 32 (generation
+    2; float32 as three products of float16 pieces), else mma.m16n8k16 (generation 1; float32 as 3xTF32);
+    float32 accumulation, float32 accuracy for float32 inputs.
     segments: None = sequence parallel when the plan's rule says so (seq_plan), 1 = one pass, P ≥ 2 = P
     segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
     gen: the kernel generation of the default plans (None: the newest the device and shape allow).

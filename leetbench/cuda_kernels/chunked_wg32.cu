@@ -1,0 +1,426 @@
+// Chunked decay attention, second generation, float32 inputs: every product from float16 pieces (sm_90a).
+//
+// The operator, work split and arguments of chunk_wg (chunked_wg.cu), for float32 q, k, v, o. wgmma takes
+// float32 only as tf32 and only from K-major tiles (Kᵀ Ṽ and P V would need transposed copies), so here each
+// operand x is split into two float16 pieces, x = 2^s (hi + lo), hi = fp16(x·2^-s), lo = fp16(x·2^-s − hi):
+// 22 significant bits, and a·b ≈ 2^(s+t) (hi·hi' + hi·lo' + lo·hi') is three 16-bit products of the same tiles
+// and layouts as chunk_wg, with float32 accumulation. scripts/fp32_split_study.py emulates it: the errors of
+// float32 itself (bf16 pieces: 20× larger; scripts/KERNEL_NOTES.md, v9).
+//
+// Scales (powers of two, so exact): one per chunk for each of the Q, K and V tiles and for Ṽ, chosen by the
+// producer warp once the chunk has landed (the largest element becomes 2^13..2^14: no piece overflows, and a
+// lo piece underflows only where it is below 2^-28 of the tile's largest element); one per row of P (the
+// masked scores, in registers); one per CTA for the state copy. The products are scaled back in float32:
+// Q Kᵀ by 2^(sq+sk) with the mask, Q S_in by 2^sq and the copy's scale, P V by its row's scale and 2^sv, and
+// the state is divided by 2^(sk+sw) before Kᵀ Ṽ accumulates into it and multiplied back after.
+//
+// Per chunk: the producer copies Q, K, V rows as float32 into staging rows (cp.async), computes the four
+// scales and arrives on `full`; the consumers split the staging into the pieces' swizzled tiles (each thread a
+// row: conflict-free reads and writes), release the staging to the producer (`empty`: it loads the next chunk
+// while the products run) and issue the products as chunk_wg does, three of each.
+
+template <int D, int ES>
+struct Wg32Smem {
+  static constexpr int DB = D / 64;
+  static constexpr int QKT = 64 * 128;  // a 64-token block of 64 columns of Q or K, float16
+  static constexpr int VRB = ES * 2;    // bytes per row of a V / Ṽ / state-copy tile
+  static constexpr int VT = 64 * VRB;
+  static constexpr int FQ = D + 4;      // float32 staging pitches (floats): rows 16 bytes apart mod 128,
+  static constexpr int FV = ES + 4;     // so eight consecutive rows read conflict-free
+  static constexpr int OP = ES + 4;     // float32 output staging pitch
+  static constexpr int BAR = 0;         // full, empty
+  static constexpr int SCL = SM_SCL;    // state-copy exponents, one per consumer warp
+  static constexpr int TAB = SM_TAB;
+  static constexpr int QH = WG_HEAD;
+  static constexpr int QL = QH + DB * QKT;
+  static constexpr int KH = QL + DB * QKT;
+  static constexpr int KL = KH + DB * QKT;
+  static constexpr int VH = KL + DB * QKT;
+  static constexpr int VL = VH + VT;
+  static constexpr int WH = VL + VT;  // Ṽ
+  static constexpr int WL = WH + VT;
+  static constexpr int SH = WL + VT;  // state copy [D][ES]
+  static constexpr int SL = SH + D * VRB;
+  static constexpr int QF = SL + D * VRB;  // float32 staging
+  static constexpr int KF = QF + 64 * FQ * 4;
+  static constexpr int VF = KF + 64 * FQ * 4;
+  static constexpr int RS = VF + 64 * FV * 4;  // the chunk's scale exponents sq, sk, sv, sw (int)
+  static constexpr int OS = RS + 16;
+  static constexpr int BYTES = OS + 64 * OP * 4;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
+};
+
+// s with m·2^-s in [2^13, 2^14) (0 for m = 0), within the range pow2 builds.
+__device__ __forceinline__ int piece_exp(float m) {
+  const int e = (int)((__float_as_uint(m) >> 23) & 0xFF);
+  return e == 0 ? 0 : max(-126, min(126, e - 127 - 13));
+}
+__device__ __forceinline__ float pow2(int s) { return __uint_as_float((u32)(127 + s) << 23); }  // s in [-126, 127]
+
+// Two floats as float16 pieces: hi = fp16 pair, lo = fp16 pair of the remainders.
+__device__ __forceinline__ void split2(float x, float y, u32& hi, u32& lo) {
+  hi = pack2<false>(x, y);
+  float hx, hy;
+  unpack2<false>(hi, hx, hy);
+  lo = pack2<false>(x - hx, y - hy);
+}
+
+// Eight floats (two 16-byte staging pieces) times f → one 16-byte piece of hi and one of lo.
+__device__ __forceinline__ void split8(const float* src, float f, uint4& hi, uint4& lo) {
+  const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
+  split2(a.x * f, a.y * f, hi.x, lo.x);
+  split2(a.z * f, a.w * f, hi.y, lo.y);
+  split2(b.x * f, b.y * f, hi.z, lo.z);
+  split2(b.z * f, b.w * f, hi.w, lo.w);
+}
+
+__device__ __forceinline__ float abs_max4(float m, float4 a) {
+  return fmaxf(fmaxf(m, fmaxf(fabsf(a.x), fabsf(a.y))), fmaxf(fabsf(a.z), fabsf(a.w)));
+}
+
+// The largest |x| over `rows` staging rows of `cols` floats (pitch p), over the warp.
+template <int cols>
+__device__ __forceinline__ float tile_max(const float* t, int p, int lane) {
+  float m = 0.f;
+#pragma unroll 8
+  for (int idx = lane; idx < 64 * cols / 4; idx += 32) {
+    const int row = idx / (cols / 4), c = idx % (cols / 4);
+    m = abs_max4(m, *reinterpret_cast<const float4*>(t + row * p + 4 * c));
+  }
+  return __uint_as_float(warp_max_u32(__float_as_uint(m)));
+}
+
+template <int D, int ES>
+__device__ __forceinline__ void wg32_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
+                                              int E, int e0, int lane, unsigned char* smem) {
+  using L = Wg32Smem<D, ES>;
+  constexpr int QPC = D / 4, VPC = ES / 4;  // 16-byte pieces per row
+  const u32 sbase = smem_u32(smem);
+  const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+  const int nchunks = (n + CH - 1) / CH;
+  for (int c = 0; c < nchunks; ++c) {
+    if (c > 0) mbar_wait(sbase + L::BAR + 8, (c - 1) & 1);  // the consumers have split chunk c - 1
+    const int nv = min(CH, n - c * CH);
+    const u64 t0 = tok0 + (u64)c * CH;
+#pragma unroll 8
+    for (int idx = lane; idx < CH * QPC; idx += 32) {
+      const int row = idx / QPC, p = idx % QPC;
+      const bool ok = row < nv;
+      const u64 off = (t0 + (ok ? row : 0)) * D + p * 4;
+      const u32 so = (u32)(row * L::FQ + p * 4) * 4;
+      cp_async16(sbase + L::QF + so, q + off, ok ? 16u : 0u);
+      cp_async16(sbase + L::KF + so, k + off, ok ? 16u : 0u);
+    }
+#pragma unroll 4
+    for (int idx = lane; idx < CH * VPC; idx += 32) {
+      const int row = idx / VPC, p = idx % VPC;
+      const bool ok = row < nv;
+      cp_async16(sbase + L::VF + (u32)(row * L::FV + p * 4) * 4, v + (t0 + (ok ? row : 0)) * E + e0 + p * 4,
+                 ok ? 16u : 0u);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncwarp();  // every lane's copies visible to the whole warp
+    const float mq = tile_max<D>(reinterpret_cast<const float*>(smem + L::QF), L::FQ, lane);
+    const float mk = tile_max<D>(reinterpret_cast<const float*>(smem + L::KF), L::FQ, lane);
+    const float mv = tile_max<ES>(reinterpret_cast<const float*>(smem + L::VF), L::FV, lane);
+    // Ṽ_j = λ^(n-1-j) v_j: its largest element, from each row's
+    const float* vf = reinterpret_cast<const float*>(smem + L::VF);
+    float mw = 0.f;
+    for (int row = lane; row < nv; row += 32) {
+      float m = 0.f;
+#pragma unroll
+      for (int cc = 0; cc < VPC; ++cc) m = abs_max4(m, *reinterpret_cast<const float4*>(vf + row * L::FV + 4 * cc));
+      mw = fmaxf(mw, m * tab[nv - 1 - row]);
+    }
+    mw = __uint_as_float(warp_max_u32(__float_as_uint(mw)));
+    if (lane == 0) {
+      int* rs = reinterpret_cast<int*>(smem + L::RS);
+      rs[0] = piece_exp(mq);
+      rs[1] = piece_exp(mk);
+      rs[2] = piece_exp(mv);
+      rs[3] = piece_exp(mw);
+    }
+    __syncwarp();
+    mbar_arrive(sbase + L::BAR);  // count 32: the chunk and its scales are ready
+  }
+}
+
+template <int D, int ES>
+struct Wg32Consumer {
+  using L = Wg32Smem<D, ES>;
+  static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+
+  template <class F>
+  static __device__ __forceinline__ void each_entry(int r0, int c0, F&& f) {
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
+  }
+
+  // The state copy as hi / lo pieces (N-major [D][ES], swizzled) of S·2^-s, one s for the CTA; returns 2^s.
+  static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, int w, int l,
+                                                     int r0) {
+    float m = 0.f;
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int i = 0; i < NA; ++i) m = fmaxf(m, fabsf(S[mb][i]));
+    const u32 wm = warp_max_u32(__float_as_uint(m));
+    u32* scl = reinterpret_cast<u32*>(smem + L::SCL);
+    if (l == 0) scl[w] = wm;
+    consumers_sync();
+    const int s = piece_exp(__uint_as_float(max(max(scl[0], scl[1]), max(scl[2], scl[3]))));
+    const float down = pow2(-s);
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        const int row = 64 * mb + r0;
+        const u32 b = 4 * (l & 3);
+        const float* d = &S[mb][4 * j];
+        u32 h0, l0, h1, l1;
+        split2(d[0] * down, d[1] * down, h0, l0);
+        split2(d[2] * down, d[3] * down, h1, l1);
+        *reinterpret_cast<u32*>(smem + L::SH + swz<VRB>(row, j) + b) = h0;
+        *reinterpret_cast<u32*>(smem + L::SL + swz<VRB>(row, j) + b) = l0;
+        *reinterpret_cast<u32*>(smem + L::SH + swz<VRB>(row + 8, j) + b) = h1;
+        *reinterpret_cast<u32*>(smem + L::SL + swz<VRB>(row + 8, j) + b) = l1;
+      }
+    return pow2(s);
+  }
+
+  // The chunk's staging split into the pieces' tiles: thread t takes row t mod 64, half t / 64 of Q's and K's
+  // 16-byte pieces (Q and K tiles: D/64 blocks of 64 rows × 128 bytes) and of V's, with Ṽ from the same V.
+  static __device__ __forceinline__ void split_chunk(unsigned char* smem, const float* tab, int nv, int tid,
+                                                     const int (&sc)[4]) {
+    const int row = tid & 63, half = tid >> 6;
+    const float fq = pow2(-sc[0]), fk = pow2(-sc[1]), fv = pow2(-sc[2]);
+    const float fw = row < nv ? tab[nv - 1 - row] * pow2(-sc[3]) : 0.f;
+    const float* qf = reinterpret_cast<const float*>(smem + L::QF) + row * L::FQ;
+    const float* kf = reinterpret_cast<const float*>(smem + L::KF) + row * L::FQ;
+    constexpr int QP = D / 8;  // 16-byte float16 pieces per Q / K row
+#pragma unroll
+    for (int i = 0; i < QP / 2; ++i) {
+      const int p = half * (QP / 2) + i;
+      const u32 at = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
+      uint4 hi, lo;
+      split8(qf + 8 * p, fq, hi, lo);
+      *reinterpret_cast<uint4*>(smem + L::QH + at) = hi;
+      *reinterpret_cast<uint4*>(smem + L::QL + at) = lo;
+      split8(kf + 8 * p, fk, hi, lo);
+      *reinterpret_cast<uint4*>(smem + L::KH + at) = hi;
+      *reinterpret_cast<uint4*>(smem + L::KL + at) = lo;
+    }
+    const float* vf = reinterpret_cast<const float*>(smem + L::VF) + row * L::FV;
+    constexpr int VP = ES / 8;
+#pragma unroll
+    for (int i = 0; i < VP / 2; ++i) {
+      const int p = half * (VP / 2) + i;
+      const u32 at = swz<VRB>(row, p);
+      uint4 hi, lo;
+      split8(vf + 8 * p, fv, hi, lo);
+      *reinterpret_cast<uint4*>(smem + L::VH + at) = hi;
+      *reinterpret_cast<uint4*>(smem + L::VL + at) = lo;
+      split8(vf + 8 * p, fw, hi, lo);
+      *reinterpret_cast<uint4*>(smem + L::WH + at) = hi;
+      *reinterpret_cast<uint4*>(smem + L::WL + at) = lo;
+    }
+  }
+
+  static __device__ __forceinline__ void run(unsigned char* smem, float* __restrict__ o, const float* __restrict__ s0,
+                                             float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
+                                             int tid) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = tid >> 5, l = tid & 31;
+    const int r0 = 16 * w + (l >> 2);
+    const int c0 = 2 * (l & 3);
+
+    float S[DB][NA];
+    each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+    });
+    float mask[32];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
+        mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
+      }
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    float up = write_copy(S, smem, w, l, r0);
+    float* os = reinterpret_cast<float*>(smem + L::OS);
+    const int nchunks = (seg.n + CH - 1) / CH;
+    const u32 qh = sbase + L::QH, ql = sbase + L::QL, kh = sbase + L::KH, kl = sbase + L::KL;
+    const u32 vh = sbase + L::VH, vl = sbase + L::VL, wh = sbase + L::WH, wl = sbase + L::WL;
+    const u32 sh = sbase + L::SH, sl = sbase + L::SL;
+
+    for (int c = 0; c < nchunks; ++c) {
+      mbar_wait(sbase + L::BAR, c & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      int sc[4];  // read now: the producer rewrites them for the next chunk once the staging is released
+      const int* rs = reinterpret_cast<const int*>(smem + L::RS);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sc[i] = rs[i];
+      split_chunk(smem, tab, nv, tid, sc);
+      __syncwarp();
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producer may load the next chunk
+      const float dn = tab[nv] * pow2(-sc[1]) * pow2(-sc[3]);
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+      fence_async_smem();
+      consumers_sync();  // the pieces and the state copy written by every consumer thread
+      wg_fence();
+
+      // Q Kᵀ, Q S_in, Kᵀ Ṽ (into S): three products each, the small pieces first
+      float acc_a[32], acc_o[NA];
+#pragma unroll
+      for (int t = 0; t < 3; ++t) {
+        const u32 a = t == 0 ? ql : qh, b = t == 1 ? kl : kh;
+#pragma unroll
+        for (int kb = 0; kb < DB; ++kb)
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            wg_ss<64, false, 0, 0>(acc_a, wg_desc<128>(a + kb * L::QKT + 32 * kk),
+                                   wg_desc<128>(b + kb * L::QKT + 32 * kk), t + kb + kk > 0);
+      }
+      wg_commit();
+#pragma unroll
+      for (int t = 0; t < 3; ++t) {
+        const u32 a = t == 0 ? ql : qh, b = t == 1 ? sl : sh;
+#pragma unroll
+        for (int kb = 0; kb < DB; ++kb)
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            wg_ss<ES, false, 0, 1>(acc_o, wg_desc<128>(a + kb * L::QKT + 32 * kk),
+                                   wg_desc<VRB>(b + (64 * kb + 16 * kk) * VRB), t + kb + kk > 0);
+      }
+      wg_commit();
+#pragma unroll
+      for (int t = 0; t < 3; ++t) {
+        const u32 a = t == 0 ? kl : kh, b = t == 1 ? wl : wh;
+#pragma unroll
+        for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            wg_ss<ES, false, 1, 1>(S[mb], wg_desc<128>(a + mb * L::QKT + 16 * 128 * kk),
+                                   wg_desc<VRB>(b + 16 * VRB * kk), true);
+      }
+      wg_commit();
+
+      // P = scores · mask · 2^(sq+sk), each row scaled by its own power of two into float16 pieces
+      wg_wait<2>();
+      wg_pin(acc_a);
+      const float fa = pow2(sc[0]) * pow2(sc[1]);
+      float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        acc_a[i] *= mask[i] * fa;
+        if (i & 2) m1 = fmaxf(m1, fabsf(acc_a[i]));
+        else m0 = fmaxf(m0, fabsf(acc_a[i]));
+      }
+      m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 1));
+      m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 2));
+      m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 1));
+      m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 2));
+      const int p0 = piece_exp(m0), p1 = piece_exp(m1);
+      const float d0 = pow2(-p0), d1 = pow2(-p1);
+      u32 ph[4][4], pl[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const float dr = (r & 1) ? d1 : d0;  // r = 0, 2: the first row; 1, 3: the second
+          split2(acc_a[8 * kk + 2 * r] * dr, acc_a[8 * kk + 2 * r + 1] * dr, ph[kk][r], pl[kk][r]);
+        }
+      wg_wait<1>();
+      wg_pin(acc_o);
+      // acc_o in units of the row's P V scale 2^(p + sv) until P V is added
+      const float g0 = f0 * up * pow2(sc[0]) * pow2(-p0) * pow2(-sc[2]);
+      const float g1 = f1 * up * pow2(sc[0]) * pow2(-p1) * pow2(-sc[2]);
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        acc_o[4 * j] *= g0; acc_o[4 * j + 1] *= g0;
+        acc_o[4 * j + 2] *= g1; acc_o[4 * j + 3] *= g1;
+      }
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        wg_rs<ES, false, 1>(acc_o, pl[kk], wg_desc<VRB>(vh + 16 * VRB * kk), true);
+        wg_rs<ES, false, 1>(acc_o, ph[kk], wg_desc<VRB>(vl + 16 * VRB * kk), true);
+        wg_rs<ES, false, 1>(acc_o, ph[kk], wg_desc<VRB>(vh + 16 * VRB * kk), true);
+      }
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_o);
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
+
+      const float un = pow2(sc[1]) * pow2(sc[3]);
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[mb][i] *= un;
+      up = write_copy(S, smem, w, l, r0);
+      const float o0 = pow2(p0) * pow2(sc[2]), o1 = pow2(p1) * pow2(sc[2]);
+      float* ow = os + 16 * w * L::OP;
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        *reinterpret_cast<float2*>(ow + (l >> 2) * L::OP + 8 * j + c0) =
+            make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
+        *reinterpret_cast<float2*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
+            make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
+      }
+      __syncwarp();
+      constexpr int CPR = ES / 4;  // 16-byte pieces per output row
+      const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
+#pragma unroll
+      for (int idx = l; idx < 16 * CPR; idx += 32) {
+        const int row = idx / CPR, cc = idx % CPR;
+        if (16 * w + row < nv)
+          st_global_v4(o + (trow + row) * E + e0 + 4 * cc, *reinterpret_cast<const uint4*>(ow + row * L::OP + 4 * cc));
+      }
+      __syncwarp();
+    }
+    if (seg.last && sN != nullptr)
+      each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
+      });
+  }
+};
+
+// Grid: B·H·RUNS·NSL CTAs of 160 threads (one per SM: the staging and the pieces take most of its shared
+// memory); arguments as chunk_fwd's, float32 q, k, v, o.
+template <int D, int ES, int NSL>
+__global__ void __launch_bounds__(160, 1)
+    chunk_wg32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+               float* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
+               const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
+  static_assert(D == 64 || D == 128, "D = 64 or 128");
+  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
+  using LY = Wg32Smem<D, ES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const int tid = threadIdx.x;
+  const int e0 = (blockIdx.x % NSL) * ES;
+  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
+  chunk_prologue<1>(smem_u32(smem) + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
+  if (tid < 128)
+    Wg32Consumer<D, ES>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+  else
+    wg32_producer<D, ES>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, smem);
+}
+
+template <int D, int ES>
+__global__ void chunk_wg32_layout(int* out) {
+  out[0] = Wg32Smem<D, ES>::ALLOC;
+}
