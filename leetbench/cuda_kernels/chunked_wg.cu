@@ -99,6 +99,35 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
   }
 }
 
+// f(mb, i, row, col) for every state entry a consumer thread holds (accumulator layout below, D/64 row blocks
+// mb): S[mb][i] is entry (row, col) of the CTA's D × ES slice of the state (row = 64·mb + r0 or r0 + 8).
+template <int D, int ES, class F>
+__device__ __forceinline__ void wg_each_entry(int r0, int c0, F&& f) {
+#pragma unroll
+  for (int mb = 0; mb < D / 64; ++mb)
+#pragma unroll
+    for (int j = 0; j < ES / 8; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
+}
+
+// A warp's 16 staged output rows (EB-byte elements, pitch OP elements) stored from row `trow` of o with
+// 16-byte writes; rows from `nv` on (past the piece's end) are left alone.
+template <int ES, int EB, int OP>
+__device__ __forceinline__ void wg_store_rows(void* o, const void* staged, u64 trow, int E, int e0, int rows_before,
+                                              int nv, int l) {
+  constexpr int CPR = ES * EB / 16;  // 16-byte pieces per row
+  const unsigned char* src = static_cast<const unsigned char*>(staged);
+  unsigned char* dst = static_cast<unsigned char*>(o);
+#pragma unroll
+  for (int idx = l; idx < 16 * CPR; idx += 32) {
+    const int row = idx / CPR, cc = idx % CPR;
+    if (rows_before + row < nv)
+      st_global_v4(dst + ((trow + row) * E + e0) * EB + 16 * cc,
+                   *reinterpret_cast<const uint4*>(src + row * OP * EB + 16 * cc));
+  }
+}
+
 // The consumer warpgroup. Thread t = 32w + l holds accumulator rows 16w + l/4 and 16w + l/4 + 8, columns
 // 8j + 2(l mod 4) and + 1 of every 8-column group j, at d[4j + x]: x = 0, 1 the first row, 2, 3 the second.
 template <int D, int ES, int STAGES, bool BF16>
@@ -106,18 +135,6 @@ struct WgConsumer {
   using L = WgSmem<D, ES, STAGES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
   static constexpr bool SC = !BF16;  // the float16 state copy is scaled
-
-  // f(mb, i, row, col) for every state entry the thread holds: S[mb][i] is entry (row, col) of the CTA's
-  // D × ES slice of the state (row = 64·mb + r0 or r0 + 8).
-  template <class F>
-  static __device__ __forceinline__ void each_entry(int r0, int c0, F&& f) {
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
-  }
 
   // The 16-bit state copy (N-major [D][ES], swizzled) of S, divided by 2^s for float16; returns 2^s.
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, u32 sb,
@@ -164,7 +181,7 @@ struct WgConsumer {
     const int c0 = 2 * (l & 3);        // first column inside an 8-column group
 
     float S[DB][NA];
-    each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
     float mask[32];  // scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores
@@ -278,18 +295,11 @@ struct WgConsumer {
             pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
       }
       __syncwarp();
-      constexpr int CPR = ES / 8;  // 16-byte pieces per output row
-      const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
-#pragma unroll
-      for (int idx = l; idx < 16 * CPR; idx += 32) {
-        const int row = idx / CPR, cc = idx % CPR;
-        if (16 * w + row < nv)
-          st_global_v4(o + (trow + row) * E + e0 + 8 * cc, *reinterpret_cast<const uint4*>(ow + row * L::OP + 8 * cc));
-      }
+      wg_store_rows<ES, 2, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
       __syncwarp();
     }
     if (seg.last && sN != nullptr)
-      each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
         sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
       });
   }

@@ -152,16 +152,6 @@ struct Wg32Consumer {
   using L = Wg32Smem<D, ES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
 
-  template <class F>
-  static __device__ __forceinline__ void each_entry(int r0, int c0, F&& f) {
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
-  }
-
   // The state copy as hi / lo pieces (N-major [D][ES], swizzled) of S·2^-s, one s for the CTA; returns 2^s.
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, int w, int l,
                                                      int r0) {
@@ -242,7 +232,7 @@ struct Wg32Consumer {
     const int c0 = 2 * (l & 3);
 
     float S[DB][NA];
-    each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
     float mask[32];
@@ -381,18 +371,11 @@ struct Wg32Consumer {
             make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
       }
       __syncwarp();
-      constexpr int CPR = ES / 4;  // 16-byte pieces per output row
-      const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
-#pragma unroll
-      for (int idx = l; idx < 16 * CPR; idx += 32) {
-        const int row = idx / CPR, cc = idx % CPR;
-        if (16 * w + row < nv)
-          st_global_v4(o + (trow + row) * E + e0 + 4 * cc, *reinterpret_cast<const uint4*>(ow + row * L::OP + 4 * cc));
-      }
+      wg_store_rows<ES, 4, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
       __syncwarp();
     }
     if (seg.last && sN != nullptr)
-      each_entry(r0, c0, [&](int mb, int i, int row, int col) {
+      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
         sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
       });
   }
