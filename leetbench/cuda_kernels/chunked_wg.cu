@@ -25,11 +25,12 @@
 // has the measurements, and the designs tried and dropped.
 
 #define WG_HEAD 1024  // first tile: 1024-byte aligned, as the 128-byte swizzle needs
+#define WG_QKT (64 * 128)  // a block of a Q or K tile: 64 tokens × 64 16-bit columns
 
 template <int D, int ES, int STAGES>
 struct WgSmem {
   static constexpr int DB = D / 64;      // 64-column blocks of a Q / K row
-  static constexpr int QKT = 64 * 128;   // one block of a chunk: 64 tokens × 128 bytes
+  static constexpr int QKT = WG_QKT;     // one block of a chunk: 64 tokens × 128 bytes
   static constexpr int VRB = ES * 2;     // bytes per V row slice, per state-copy row (128 or 64)
   static constexpr int VT = 64 * VRB;    // one V tile
   static constexpr int OP = ES + 8;      // output staging pitch (elements)
@@ -97,6 +98,40 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
     fence_async_smem();
     mbar_arrive(sbase + L::BAR + 8 * ((nchunks - 1) % STAGES));
   }
+}
+
+// The products of a chunk, as the consumer warpgroup issues them (asynchronous: commit and wait after). Q and K
+// tiles are D/64 blocks of 64 tokens × 128 bytes (K-major for Q Kᵀ and Q S, M-major for Kᵀ Ṽ); V, Ṽ and the
+// state copy are N-major rows of 2·ES bytes. `acc`: add to d instead of overwriting it.
+// Q Kᵀ (64 × 64, K = D)
+template <int D, bool BF16>
+__device__ __forceinline__ void wg_scores(float (&d)[32], u32 q, u32 k, bool acc) {
+#pragma unroll
+  for (int kb = 0; kb < D / 64; ++kb)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wg_ss<64, BF16, 0, 0>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk), wg_desc<128>(k + kb * WG_QKT + 32 * kk),
+                            acc || kb + kk > 0);
+}
+// Q S_in (64 × ES, K = D), S_in the state copy [D][ES]
+template <int D, int ES, bool BF16>
+__device__ __forceinline__ void wg_query_state(float (&d)[ES / 2], u32 q, u32 s, bool acc) {
+#pragma unroll
+  for (int kb = 0; kb < D / 64; ++kb)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wg_ss<ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
+                            wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES), acc || kb + kk > 0);
+}
+// S += Kᵀ Ṽ (D × ES, K = 64 tokens), into the state registers
+template <int D, int ES, bool BF16>
+__device__ __forceinline__ void wg_state_update(float (&S)[D / 64][ES / 2], u32 k, u32 vd) {
+#pragma unroll
+  for (int mb = 0; mb < D / 64; ++mb)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wg_ss<ES, BF16, 1, 1>(S[mb], wg_desc<128>(k + mb * WG_QKT + 16 * 128 * kk), wg_desc<2 * ES>(vd + 32 * ES * kk),
+                            true);
 }
 
 // f(mb, i, row, col) for every state entry a consumer thread holds (accumulator layout below, D/64 row blocks
@@ -233,26 +268,11 @@ struct WgConsumer {
       wg_fence();
 
       float acc_a[32], acc_o[NA];
-#pragma unroll
-      for (int kb = 0; kb < DB; ++kb)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wg_ss<64, BF16, 0, 0>(acc_a, wg_desc<128>(qs + kb * L::QKT + 32 * kk),
-                                wg_desc<128>(ks + kb * L::QKT + 32 * kk), kb + kk > 0);
+      wg_scores<D, BF16>(acc_a, qs, ks, false);
       wg_commit();
-#pragma unroll
-      for (int kb = 0; kb < DB; ++kb)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wg_ss<ES, BF16, 0, 1>(acc_o, wg_desc<128>(qs + kb * L::QKT + 32 * kk),
-                                wg_desc<VRB>(sb + (64 * kb + 16 * kk) * VRB), kb + kk > 0);
+      wg_query_state<D, ES, BF16>(acc_o, qs, sb, false);
       wg_commit();
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wg_ss<ES, BF16, 1, 1>(S[mb], wg_desc<128>(ks + mb * L::QKT + 16 * 128 * kk),
-                                wg_desc<VRB>(vdt + 16 * VRB * kk), true);
+      wg_state_update<D, ES, BF16>(S, ks, vdt);
       wg_commit();
 
       wg_wait<2>();

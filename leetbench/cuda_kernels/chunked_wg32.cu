@@ -22,7 +22,7 @@
 template <int D, int ES>
 struct Wg32Smem {
   static constexpr int DB = D / 64;
-  static constexpr int QKT = 64 * 128;  // a 64-token block of 64 columns of Q or K, float16
+  static constexpr int QKT = WG_QKT;    // a 64-token block of 64 columns of Q or K, float16
   static constexpr int VRB = ES * 2;    // bytes per row of a V / Ṽ / state-copy tile
   static constexpr int VT = 64 * VRB;
   static constexpr int FQ = D + 4;      // float32 staging pitches (floats): rows 16 bytes apart mod 128,
@@ -273,37 +273,13 @@ struct Wg32Consumer {
       // Q Kᵀ, Q S_in, Kᵀ Ṽ (into S): three products each, the small pieces first
       float acc_a[32], acc_o[NA];
 #pragma unroll
-      for (int t = 0; t < 3; ++t) {
-        const u32 a = t == 0 ? ql : qh, b = t == 1 ? kl : kh;
-#pragma unroll
-        for (int kb = 0; kb < DB; ++kb)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            wg_ss<64, false, 0, 0>(acc_a, wg_desc<128>(a + kb * L::QKT + 32 * kk),
-                                   wg_desc<128>(b + kb * L::QKT + 32 * kk), t + kb + kk > 0);
-      }
+      for (int t = 0; t < 3; ++t) wg_scores<D, false>(acc_a, t == 0 ? ql : qh, t == 1 ? kl : kh, t > 0);
       wg_commit();
 #pragma unroll
-      for (int t = 0; t < 3; ++t) {
-        const u32 a = t == 0 ? ql : qh, b = t == 1 ? sl : sh;
-#pragma unroll
-        for (int kb = 0; kb < DB; ++kb)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            wg_ss<ES, false, 0, 1>(acc_o, wg_desc<128>(a + kb * L::QKT + 32 * kk),
-                                   wg_desc<VRB>(b + (64 * kb + 16 * kk) * VRB), t + kb + kk > 0);
-      }
+      for (int t = 0; t < 3; ++t) wg_query_state<D, ES, false>(acc_o, t == 0 ? ql : qh, t == 1 ? sl : sh, t > 0);
       wg_commit();
 #pragma unroll
-      for (int t = 0; t < 3; ++t) {
-        const u32 a = t == 0 ? kl : kh, b = t == 1 ? wl : wh;
-#pragma unroll
-        for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            wg_ss<ES, false, 1, 1>(S[mb], wg_desc<128>(a + mb * L::QKT + 16 * 128 * kk),
-                                   wg_desc<VRB>(b + 16 * VRB * kk), true);
-      }
+      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(S, t == 0 ? kl : kh, t == 1 ? wl : wh);
       wg_commit();
 
       // P = scores · mask · 2^(sq+sk), each row scaled by its own power of two into float16 pieces
