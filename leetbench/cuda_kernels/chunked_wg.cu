@@ -134,6 +134,32 @@ __device__ __forceinline__ void wg_state_update(float (&S)[D / 64][ES / 2], u32 
                             true);
 }
 
+// The largest |entry| of the state over the consumer warpgroup: each warp's in scl[w], then all four read
+// them after the named barrier (a later call rewrites scl only after the warps have met at another barrier).
+template <int DB, int NA>
+__device__ __forceinline__ float wg_state_max(const float (&S)[DB][NA], u32* scl, int w, int l) {
+  float m = 0.f;
+#pragma unroll
+  for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+    for (int i = 0; i < NA; ++i) m = fmaxf(m, fabsf(S[mb][i]));
+  const u32 wm = warp_max_u32(__float_as_uint(m));
+  if (l == 0) scl[w] = wm;
+  consumers_sync();
+  return __uint_as_float(max(max(scl[0], scl[1]), max(scl[2], scl[3])));
+}
+
+// scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores, 0 above, at the thread's accumulator entries.
+__device__ __forceinline__ void wg_decay_mask(float (&mask)[32], const float* tab, float scale, int r0, int c0) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
+      mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
+    }
+}
+
 // f(mb, i, row, col) for every state entry a consumer thread holds (accumulator layout below, D/64 row blocks
 // mb): S[mb][i] is entry (row, col) of the CTA's D × ES slice of the state (row = 64·mb + r0 or r0 + 8).
 template <int D, int ES, class F>
@@ -176,17 +202,7 @@ struct WgConsumer {
                                                      int w, int l, int r0) {
     float up = 1.f, down = 1.f;
     if (SC) {
-      float m = 0.f;
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) m = fmaxf(m, fabsf(S[mb][i]));
-      const u32 wm = warp_max_u32(__float_as_uint(m));
-      u32* scl = reinterpret_cast<u32*>(smem + L::SCL);
-      if (l == 0) scl[w] = wm;
-      consumers_sync();
-      const u32 mx = max(max(scl[0], scl[1]), max(scl[2], scl[3]));
-      const u32 s = state_scale_exp(__uint_as_float(mx));
+      const u32 s = state_scale_exp(wg_state_max(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
       up = __uint_as_float((127u + s) << 23);
       down = __uint_as_float((127u - s) << 23);
     }
@@ -219,14 +235,8 @@ struct WgConsumer {
     wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
-    float mask[32];  // scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
-        mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
-      }
+    float mask[32];
+    wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
     float up = write_copy(S, smem, sb, w, l, r0);

@@ -155,16 +155,7 @@ struct Wg32Consumer {
   // The state copy as hi / lo pieces (N-major [D][ES], swizzled) of S·2^-s, one s for the CTA; returns 2^s.
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, int w, int l,
                                                      int r0) {
-    float m = 0.f;
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int i = 0; i < NA; ++i) m = fmaxf(m, fabsf(S[mb][i]));
-    const u32 wm = warp_max_u32(__float_as_uint(m));
-    u32* scl = reinterpret_cast<u32*>(smem + L::SCL);
-    if (l == 0) scl[w] = wm;
-    consumers_sync();
-    const int s = piece_exp(__uint_as_float(max(max(scl[0], scl[1]), max(scl[2], scl[3]))));
+    const int s = piece_exp(wg_state_max(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
     const float down = pow2(-s);
 #pragma unroll
     for (int mb = 0; mb < DB; ++mb)
@@ -236,13 +227,7 @@ struct Wg32Consumer {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
     float mask[32];
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
-        mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
-      }
+    wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     float up = write_copy(S, smem, w, l, r0);
     float* os = reinterpret_cast<float*>(smem + L::OS);
