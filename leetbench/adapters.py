@@ -168,21 +168,38 @@ def triton_autotuners(packages: Sequence[str]) -> list[Any]:
     return list(found.values())
 
 
-def forget_autotuning(packages: Sequence[str]) -> int:
-    """Make the Triton autotuners of `packages` (their loaded modules) tune afresh on their next call.
+def forget_autotuning(packages: Sequence[str], shape: tuple | None = None) -> int:
+    """Make the Triton autotuners of `packages` (their loaded modules) choose at `shape` on their next call.
 
     A Triton autotuner keeps one choice per key, and fla's and Mamba-2's keys name head sizes and block shapes,
     not B or N: without this, a worker's first problem would choose the configuration for every later shape
     — by timing microsecond kernels when that problem is short, a choice that was up to 3× slower elsewhere
-    (design §6). Each autotuner's choices are emptied and it stops reading choices from Triton's disk cache
-    (fla 0.6 writes them there by default), so the next call tunes at its own shape, as a model's first call
-    at that shape would. Returns how many autotuners were reset.
+    (design §6). So each autotuner keeps the choices it made at each problem shape it met (on the tuner, for
+    the life of the worker process): at a shape met before they are restored, at a new one (or with `shape`
+    None) it starts empty and tunes at its next call, as a model's first call at that shape would. Problems
+    that differ only in the initial state share a shape, and a kernel whose key the initial state changes
+    (Triton adds the dtypes of the tensor arguments present) tunes for it anyway. Reads of choices from
+    Triton's disk cache are turned off (fla 0.6 writes them there by default). Returns how many autotuners.
     """
     tuners = triton_autotuners(packages)
     for tuner in tuners:
+        seen = tuner.__dict__.setdefault("leetbench_choices", {})
+        made_at = tuner.__dict__.get("leetbench_shape")
+        if made_at is not None:
+            seen[made_at] = dict(tuner.cache)
         tuner.cache.clear()
+        if shape is not None:
+            tuner.cache.update(seen.get(shape, {}))
+        tuner.leetbench_shape = shape
         tuner.cache_results = False
     return len(tuners)
+
+
+def tuning_shape(problem: Any) -> tuple:
+    """What an autotuner's choice may depend on: the call's tensor shapes and dtype (not λ, the initial state's
+    presence, or the seed)."""
+    tokens = problem.tokens if problem.mode == "prefill" else 1
+    return (problem.batch, problem.heads, tokens, problem.dim, problem.E, problem.dtype)
 
 
 def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()) -> Callable[[Any], None]:
@@ -191,12 +208,12 @@ def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()
     JIT peers (Triton) compile and autotune on their first call — fla's autotuning takes tens of seconds per
     (H, D, E, dtype) — so doing that call in `setup` puts it under `setup_timeout_s` and outside the checked
     and timed calls. `get_fn` is called then, so a method can name itself before it is defined. `retune`
-    names packages whose Triton autotuners forget their choices first (`forget_autotuning`), so that every
-    problem is measured with the configuration tuned at its own shape.
+    names packages whose Triton autotuners choose at this problem's shape first (`forget_autotuning`), so that
+    every problem is measured with the configuration tuned at its own shape.
     """
 
     def setup(problem: Any) -> None:
-        forget_autotuning(retune)
+        forget_autotuning(retune, tuning_shape(problem))
         device = torch.device(problem.device)
         gen = torch.Generator(device=device).manual_seed(problem.seed + 1)
         B, H, D, E = problem.batch, problem.heads, problem.dim, problem.E

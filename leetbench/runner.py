@@ -235,11 +235,33 @@ class Runner:
                 progress.start(m, problem.label())
                 out = sup.run(Run(m, self.s.timing, self.s.tolerances), self.s.timeout_s,
                               self.s.setup_timeout_s or self.s.timeout_s)
+                if out.status == Status.OOM and sup.runs_in_worker > 1:
+                    out = self._alone(sup, m, problem, out)
                 if r == 0 and i == 0:
                     out.prepare_s = (out.prepare_s if out.prepare_s == out.prepare_s else 0.0) + prep.reference_s
                 outcomes[m].append(out)
                 if r == rounds - 1:  # a row is written as soon as its last round is measured
                     self._finish(m, problem, outcomes[m], progress)
+
+    def _alone(self, sup: Supervisor, name: str, problem: Problem, first: Outcome) -> Outcome:
+        """A method that ran out of memory in a worker where other methods ran before, run again alone.
+
+        What they left behind (memory a package keeps between calls, a fragmented allocator) may have been the
+        cause, and an `oom` row must be the method's own: a fresh worker prepares the problem again and runs
+        it; that outcome is the row's (the methods after it use the fresh worker too).
+        """
+        t0 = time.monotonic()
+        replay = sup.restart(max(300.0, self.s.reference_timeout_s, self.s.timeout_s))
+        sup.lost_s += time.monotonic() - t0
+        if not isinstance(replay, Prepared):
+            return first
+        again = sup.run(Run(name, self.s.timing, self.s.tolerances), self.s.timeout_s,
+                        self.s.setup_timeout_s or self.s.timeout_s)
+        self._log(name, problem.label(), f"out of memory after other methods in one worker ({first.error}); "
+                                         f"run again alone in a fresh worker: {again.status}")
+        if again.status == Status.OOM:
+            again.error = f"{again.error} (also alone in a fresh worker)"
+        return again
 
     def _finish(self, name: str, problem: Problem, outcomes: list[Outcome], progress: Progress) -> None:
         out = combine(outcomes)

@@ -170,6 +170,7 @@ class Supervisor:
     _pump: _LogPump | None = None
     _prepared: Prepare | None = None
     lost_s: float = 0.0  # waiting on requests that timed out or crashed, and restarting after them
+    runs_in_worker: int = 0  # methods run by the current worker process (0 after every start)
     _phase: str = ""
     _spawned: set[int] = field(default_factory=set)
 
@@ -206,6 +207,7 @@ class Supervisor:
 
     def _spawn(self) -> None:
         self.kill()
+        self.runs_in_worker = 0
         become_subreaper()
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "leetbench.worker"], stdin=subprocess.PIPE,
@@ -246,6 +248,7 @@ class Supervisor:
                 out = _as_outcome(replay)
                 out.error = f"the problem could not be prepared again after a restart: {out.error}"
                 return out
+        self.runs_in_worker += 1
         return _as_outcome(self._call(run, timeout_s, setup_timeout_s))
 
     def _call(self, message: Message, timeout_s: float, first_phase_s: float | None = None) -> Message:

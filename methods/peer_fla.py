@@ -35,7 +35,7 @@ import importlib
 from leetbench import register
 from leetbench.adapters import log_decay_as, per_token_log_decay, prepare_time_major, time_major, warm_up
 
-# fla's autotuners key on head sizes, not on B or N: tune afresh for every problem (adapters.forget_autotuning)
+# fla's autotuners key on head sizes, not on B or N: tune at every problem's shape (adapters.forget_autotuning)
 RETUNE = ("fla",)
 _COMMON = dict(family="peer:fla", devices=("cuda",), dtypes=("float32", "float16", "bfloat16"),
                requires=("fla", "triton"))

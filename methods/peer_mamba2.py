@@ -60,7 +60,7 @@ KERNEL_MODULE = "mamba_ssm.ops.triton.ssd_combined"
 # results/gpu-NVIDIA-H200/mamba/), so it is the default here.
 DEFAULT_CHUNK = 128
 OTHER_CHUNKS = (64, 256)  # measured beside the default, as mamba2_ssd_c64 / _c256
-RETUNE = ("mamba_ssm",)  # its autotuners key on chunk and head sizes, not B or N: tune for every problem
+RETUNE = ("mamba_ssm",)  # its autotuners key on chunk and head sizes, not B or N: tune at every shape
 INT32_ELEMENTS = 2 ** 31  # offsets 0 … 2^31 − 1 fit the kernels' 32-bit pointer arithmetic
 
 

@@ -393,12 +393,19 @@ def test_warm_up_retunes_the_named_packages_autotuners_at_every_problem(monkeypa
 
     for n in (17, 50, 50):
         warm_up(lambda: method, retune=("tunedlib",))(Problem(1, 2, n, 8))
-    assert ours.tuned_at == [17, 50, 50] and ours.cache_results is False  # and never from Triton's disk cache
+    assert ours.tuned_at == [17, 50] and ours.cache_results is False  # and never from Triton's disk cache
     assert theirs.tuned_at == lookalike.tuned_at == [17] and theirs.cache_results is True
+    # a shape met before gets its own choice back (also with an initial state), a new one tunes
+    for n, s0 in ((17, False), (50, True), (80, False)):
+        warm_up(lambda: method, retune=("tunedlib",))(Problem(1, 2, n, 8, initial_state=s0))
+        assert ours.run(torch.zeros(1, 2, n, 8)) == n, f"N={n} ran with the choice made at another N"
+    assert ours.tuned_at == [17, 50, 80]
+    warm_up(lambda: method, retune=("tunedlib",))(Problem(2, 2, 80, 8))  # another batch is another shape
+    assert ours.tuned_at == [17, 50, 80, 80]
     assert forget_autotuning(("tunedlib", "otherlib")) == 2
     for n in (17, 50):
         warm_up(lambda: method)(Problem(1, 2, n, 8))  # without retune= the first shape's choice stays
-    assert ours.tuned_at == [17, 50, 50, 17]
+    assert ours.tuned_at == [17, 50, 80, 80, 17]
 
 
 def test_forget_autotuning_without_triton_does_nothing(monkeypatch) -> None:

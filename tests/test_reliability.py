@@ -310,3 +310,50 @@ def test_a_timeout_kept_from_an_earlier_run_still_rules_out_longer_n(tmp_path: P
     assert again.returncode == 0, again.stderr
     rows = results(out)
     assert (rows[(rows.length == 24)].status == "timeout").all()
+
+
+HOARD = '''
+import torch
+from leetbench import register
+from leetbench.problem import Inputs
+from leetbench.reference import reference
+
+_kept = []  # what a package keeps between calls, for the life of the worker process
+
+def _exact(q, k, v, decay, scale, initial_state):
+    o, s = reference(Inputs(q, k, v, decay, scale, initial_state))
+    return o.to(v.dtype), s.to(torch.float32)
+
+@register(name="a_hoarder", family="mem")
+def a_hoarder(q, k, v, decay, *, scale, initial_state=None):
+    _kept.append(torch.zeros(4))
+    return _exact(q, k, v, decay, scale, initial_state)
+
+@register(name="b_squeezed", family="mem")
+def b_squeezed(q, k, v, decay, *, scale, initial_state=None):
+    if _kept:  # room another method took: the allocator refuses (fits alone)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB (planted)")
+    return _exact(q, k, v, decay, scale, initial_state)
+
+@register(name="c_greedy", family="mem")
+def c_greedy(q, k, v, decay, *, scale, initial_state=None):
+    raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 PiB (planted)")
+'''
+
+
+def test_an_oom_after_other_methods_is_confirmed_alone_in_a_fresh_worker(tmp_path: Path, plugins: Path) -> None:
+    """An `oom` row is the method's own: one that fits alone but ran out of memory after another method kept
+    memory in the same worker is run again in a fresh worker and measured (its row ok); one that never fits
+    stays oom and says it was tried alone. The later problem rules out the greedy one as before."""
+    write_plugin(plugins, "hoard.py", HOARD)
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, f"methods_dirs=[{plugins}]", "methods=[a_hoarder,b_squeezed,c_greedy]", f"out={out}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = results(out)
+    status = df.groupby("method")["status"].agg(list).to_dict()
+    assert status == {"a_hoarder": ["ok", "ok"], "b_squeezed": ["ok", "ok"], "c_greedy": ["oom", "skipped"]}
+    greedy = df[(df["method"] == "c_greedy") & (df["status"] == "oom")]["error"].iloc[0]
+    assert "1.00 PiB (planted)" in greedy and "also alone in a fresh worker" in greedy
+    log = (out / ".leetbench" / "errors.log").read_text()
+    assert "run again alone in a fresh worker: ok" in log and "run again alone in a fresh worker: oom" in log
