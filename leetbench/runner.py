@@ -254,6 +254,7 @@ class Runner:
         replay = sup.restart(max(300.0, self.s.reference_timeout_s, self.s.timeout_s))
         sup.lost_s += time.monotonic() - t0
         if not isinstance(replay, Prepared):
+            first.error = f"{first.error} (not run again alone: the problem could not be prepared again)"
             return first
         again = sup.run(Run(name, self.s.timing, self.s.tolerances), self.s.timeout_s,
                         self.s.setup_timeout_s or self.s.timeout_s)

@@ -68,6 +68,8 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                 out[f"v2x{minb}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, minb=minb)}
             except ValueError as exc:
                 print(f"  v2x{minb}: {exc}")
+        if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
+            out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
     return out
 
 
