@@ -5,7 +5,8 @@
 Per shape (H=32, D=E=128 and D=64/E=256, bf16 by default): the one-pass kernel (`one`), the sequence-parallel
 path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own choice, 1 = one pass), fla's chunk_simple_gla and
 lightning_attn2 when importable; with --ab also the kernel options (`4loops`: four consumer loops, `noscale`:
-unscaled fp16 state copy). `agree` is the worst-head relative difference of each variant's output from the
+unscaled fp16 state copy); with --passes the state pass, scan and output pass of the default plan alone,
+where it cuts the sequence. `agree` is the worst-head relative difference of each variant's output from the
 first one's (a sanity check only: accuracy is tested in tests/test_cupy_kernels.py). Rows go to
 OUT/bench.jsonl; a short table is printed last.
 """
@@ -100,7 +101,7 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, peer: dict,
-               es: bool = False, gen: bool = False) -> dict:
+               es: bool = False, gen: bool = False, passes: bool = False) -> dict:
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -114,6 +115,16 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, 
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
     row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
            "segments_auto": (lambda s: s.seg.count if s else 1)(ops.seq_plan(B, H, N, D, E, dtype))}
+    seq = ops.seq_plan(B, H, N, D, E, dtype)
+    if passes and seq is not None:  # the default sequence-parallel plan's three passes, each alone
+        local = ops._local_states(seq.state, 0, k, v, lam, seq.seg)
+        s_in = ops._scan_cuda(local, lam, seq.seg, None)
+        out_plan = seq.out.sized(0)
+        for name, fn in (("pass1", lambda: ops._local_states(seq.state, 0, k, v, lam, seq.seg)),
+                         ("pass2", lambda: ops._scan_cuda(local, lam, seq.seg, None)),
+                         ("pass3", lambda: ops._outputs(out_plan, 0, q, k, v, lam, D ** -0.5, s_in, seq.seg))):
+            with torch.inference_mode():
+                row[f"pass_ms_{name}"] = measure(fn, "cuda", TIMING).median_ms
     first = None
     for name, fn in calls.items():
         try:
@@ -137,8 +148,9 @@ def line(row: dict) -> str:
     cells = " ".join(f"{k}={v:.3f}{'*' if v == best else ''}({row['floor_bytes'] / v / 1e6 / row['bw_gbps']:.0%})"
                      for k, v in ms.items())
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
+    passes = " ".join(f"{k[8:]}={v:.3f}" for k, v in row.items() if k.startswith("pass_ms_"))
     return (f"{row['dtype']} B{row['B']} N{row['N']:5d} D{row['D']} E{row['E']} P={row['segments_auto']}: {cells}"
-            + (f"  DISAGREE: {bad}" if bad else ""))
+            + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else ""))
 
 
 def main() -> None:
@@ -150,6 +162,8 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true", help="also time the kernel options (four loops, fp16 scale)")
     ap.add_argument("--es", action="store_true", help="also time one pass at every E slice and CTAs per SM")
     ap.add_argument("--gen", action="store_true", help="the kernel generations side by side (instead of P, ES)")
+    ap.add_argument("--passes", action="store_true",
+                    help="also time the default sequence-parallel plan's three passes alone (pass_ms_*)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
@@ -167,7 +181,7 @@ def main() -> None:
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, N, D, E) in shapes:
-        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es, args.gen)
+        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es, args.gen, args.passes)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:
