@@ -349,6 +349,31 @@ def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):
 
 
 @needs_wg
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("D, E", [(128, 128), (64, 32), (128, 96), (64, 256)])
+def test_wg_state_pass(dtype, D, E):
+    """The generation-2 state pass alone: every piece's own end state Σ λ^(end-1-t) k_tᵀ v_t (from zero)
+    against float64, on E slices of 64 and 32 columns (E = 96: 32 only) and both D."""
+    from leetbench.cuda_kernels import segments as sp
+
+    B, H, N = 2, 3, 1500
+    x = _inputs(B, H, N, D, E, dtype, "multiscale", False, seed=D + E)
+    seg = sp.split(N, 3, 2)
+    plan = ops.state_plan(D, E, dtype, 0, gen=2)
+    assert plan.name.startswith("chunk_wg_state<")
+    local = ops._local_states(plan, 0, x.k, x.v, x.decay.double(), seg)
+    torch.cuda.synchronize()
+    lam = x.decay.double().cuda()[None, :, None]
+    want = []
+    for j in range(seg.pieces):
+        a, b = seg.piece_bounds(j)
+        w = lam ** torch.arange(b - a - 1, -1, -1, device="cuda", dtype=torch.float64)  # λ^(end-1-t)
+        k, v = x.k[:, :, a:b].double(), x.v[:, :, a:b].double() * w[..., None]
+        want.append(k.transpose(-1, -2) @ v)
+    assert _worst(local, torch.stack(want, 2)) <= EXPECTED[dtype]
+
+
+@needs_wg
 def test_wg_products_are_not_serialised():
     """ptxas serialises wgmma when the accumulators cannot stay in registers across the asynchronous products
     (warning C7511, seen once when P V accumulated into a slice of another product's accumulator)."""
@@ -397,6 +422,7 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wg", 128, 64, 2, 0) == 1024 + 2 * (32768 + 8192) + 8192 + 16384 + 64 * 72 * 2 + 1024
         assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 16 + 64 * 36 * 4 + 1024
+        assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 

@@ -181,10 +181,17 @@ def _stub_wg32_smem(D: int, es: int) -> int:
     return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 16 + 64 * (es + 4) * 4 + 1024
 
 
+def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
+    """chunked_wg.cu's WgStateSmem::ALLOC: K and V tiles per stage, Ṽ, behind a 1 KB head, plus 1 KB to align."""
+    vt = 64 * 2 * es
+    return 1024 + stages * ((D // 64) * 8192 + vt) + vt + 1024
+
+
 @pytest.fixture
 def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
-    stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg32": lambda D, es, st: _stub_wg32_smem(D, es)}
+    stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
+             "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
                         else real(kind, D, es, st, dev))
     monkeypatch.setattr(ops, "device_gen", lambda dev: 2)
@@ -210,6 +217,9 @@ def test_generation_two_plans(h200_gen2):
     assert narrow.minb == 2                                             # 1024 CTAs, two fit an SM
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
     assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
+    assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
+    assert ops.state_plan(128, 128, "float32").name.startswith("chunk_state<")  # float32: generation 1
+    assert ops.state_plan(64, 48, "bfloat16").gen == 1
     assert ops.seq_plan(1, 32, 65536, 64, 256, "bfloat16") is None      # ES = 64 already fills the SMs
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None
     few = ops.seq_plan(1, 8, 65536, 128, 128, "bfloat16")               # 32 CTAs: most SMs idle

@@ -55,12 +55,12 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-// The producer warp: chunk c into slot c mod STAGES (Q and K as D/64 blocks of 64 × 128 bytes, this CTA's V
-// slice as 64 rows of VRB bytes), then chunk c-1's copies awaited, fenced for the async proxy and announced.
-template <int D, int ES, int STAGES>
+// The producer warp: chunk c into slot c mod STAGES (Q — unless LOADQ is false — and K as D/64 blocks of
+// 64 × 128 bytes, this CTA's V slice as 64 rows of VRB bytes, at layout L's offsets), then chunk c-1's copies
+// awaited, fenced for the async proxy and announced.
+template <class L, int D, int STAGES, bool LOADQ>
 __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u16* v, u64 tok0, int n, int E,
                                             int e0, int lane, u32 sbase) {
-  using L = WgSmem<D, ES, STAGES>;
   constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
   constexpr int VPC = L::VRB / 16;  // per V row slice
   const int nchunks = (n + CH - 1) / CH;
@@ -77,7 +77,7 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
       const bool ok = row < nv;
       const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
       const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
-      cp_async16(qd + so, q + off, ok ? 16u : 0u);
+      if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
       cp_async16(kd + so, k + off, ok ? 16u : 0u);
     }
 #pragma unroll 4
@@ -158,6 +158,28 @@ __device__ __forceinline__ void wg_decay_mask(float (&mask)[32], const float* ta
       const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
       mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
     }
+}
+
+// Ṽ = λ^(n-1-j) v_j (0 past the chunk's n tokens) from a chunk's V tile into vdst, 16-byte piece by piece (the
+// swizzle keeps a piece inside its row), by the 128 consumer threads.
+template <int ES, bool BF16>
+__device__ __forceinline__ void wg_decay_v(const unsigned char* vsrc, unsigned char* vdst, const float* tab, int nv,
+                                           int tid) {
+  constexpr int VRB = 2 * ES, VT = 64 * VRB;
+#pragma unroll
+  for (int idx = tid; idx < VT / 16; idx += 128) {
+    const int row = idx / (VRB / 16);
+    const float wt = row < nv ? tab[nv - 1 - row] : 0.f;
+    uint4 val = *reinterpret_cast<const uint4*>(vsrc + 16 * idx);
+    u32* p = reinterpret_cast<u32*>(&val);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float a, b;
+      unpack2<BF16>(p[i], a, b);
+      p[i] = pack2<BF16>(a * wt, b * wt);
+    }
+    *reinterpret_cast<uint4*>(vdst + 16 * idx) = val;
+  }
 }
 
 // f(mb, i, row, col) for every state entry a consumer thread holds (accumulator layout below, D/64 row blocks
@@ -249,25 +271,7 @@ struct WgConsumer {
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
       const u32 vs = sbase + L::VS + slot * L::VT;
-      // Ṽ = λ^(n-1-j) v_j, piece by piece (the swizzle keeps a piece inside its row)
-      {
-        const unsigned char* vsrc = smem + L::VS + slot * L::VT;
-        unsigned char* vdst = smem + L::VD;
-#pragma unroll
-        for (int idx = tid; idx < L::VT / 16; idx += 128) {
-          const int row = idx / (VRB / 16);
-          const float wt = row < nv ? tab[nv - 1 - row] : 0.f;
-          uint4 val = *reinterpret_cast<const uint4*>(vsrc + 16 * idx);
-          u32* p = reinterpret_cast<u32*>(&val);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            float a, b;
-            unpack2<BF16>(p[i], a, b);
-            p[i] = pack2<BF16>(a * wt, b * wt);
-          }
-          *reinterpret_cast<uint4*>(vdst + 16 * idx) = val;
-        }
-      }
+      wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, tid);
       const float dn = tab[nv];
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb)
@@ -355,10 +359,82 @@ __global__ void __launch_bounds__(160, MINB)
   if (tid < 128)
     WgConsumer<D, ES, STAGES, BF16>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
   else
-    wg_producer<D, ES, STAGES>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
+    wg_producer<LY, D, STAGES, true>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
 }
 
 template <int D, int ES, int STAGES>
 __global__ void chunk_wg_layout(int* out) {
   out[0] = WgSmem<D, ES, STAGES>::ALLOC;
+}
+
+// ---- the state pass of the sequence-parallel path, generation 2 -----------------------------------------------
+// Every piece's own end state Σ_j λ^(n-1-j) k_jᵀ v_j (from zero) into local [B·H·RUNS, D, E], float32, as
+// chunk_state (chunked.cu) computes it: per chunk only S = λ^n S + Kᵀ Ṽ, one warpgroup product into the state
+// registers, fed by the output kernel's producer without Q.
+template <int D, int ES, int STAGES>
+struct WgStateSmem {
+  static constexpr int DB = D / 64, QKT = WG_QKT, VRB = ES * 2, VT = 64 * VRB;
+  static constexpr int BAR = 0, TAB = SM_TAB;
+  static constexpr int KS = WG_HEAD;
+  static constexpr int QS = KS;  // no Q tiles (the producer's LOADQ is false)
+  static constexpr int VS = KS + STAGES * DB * QKT;
+  static constexpr int VD = VS + STAGES * VT;
+  static constexpr int BYTES = VD + VT;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
+};
+
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+__global__ void __launch_bounds__(160, MINB)
+    chunk_wg_state(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
+                   const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
+  static_assert(D == 64 || D == 128, "D = 64 or 128");
+  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
+  using LY = WgStateSmem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const u32 sbase = smem_u32(smem);
+  const int tid = threadIdx.x;
+  const int e0 = (blockIdx.x % NSL) * ES;
+  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
+  const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
+  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
+  if (tid >= 128) {
+    wg_producer<LY, D, STAGES, false>(nullptr, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
+    return;
+  }
+  const int w = tid >> 5, l = tid & 31;
+  const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+  float S[D / 64][ES / 2];
+  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int, int) { S[mb][i] = 0.f; });
+  const int nchunks = (seg.n + CH - 1) / CH;
+  for (int c = 0; c < nchunks; ++c) {
+    const int slot = c % STAGES;
+    mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
+    const int nv = min(CH, seg.n - c * CH);
+    wg_decay_v<ES, BF16>(smem + LY::VS + slot * LY::VT, smem + LY::VD, tab, nv, tid);
+    const float dn = tab[nv];
+#pragma unroll
+    for (int mb = 0; mb < D / 64; ++mb)
+#pragma unroll
+      for (int i = 0; i < ES / 2; ++i) S[mb][i] *= dn;
+    fence_async_smem();
+    consumers_sync();  // Ṽ written by every consumer thread
+    wg_fence();
+    wg_state_update<D, ES, BF16>(S, sbase + LY::KS + slot * LY::DB * LY::QKT, sbase + LY::VD);
+    wg_commit();
+    wg_wait<0>();
+#pragma unroll
+    for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
+    consumers_sync();  // every share of the product done: Ṽ and the slot may be rewritten
+    if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));
+  }
+  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+    local[((u64)seg.idx * D + row) * E + e0 + col] = S[mb][i];
+  });
+}
+
+template <int D, int ES, int STAGES>
+__global__ void chunk_wg_state_layout(int* out) {
+  out[0] = WgStateSmem<D, ES, STAGES>::ALLOC;
 }

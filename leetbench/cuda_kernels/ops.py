@@ -139,11 +139,12 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
-    chunked_wg.cu, wg32 in chunked_wg32.cu, whose one staging slot makes `stages` 1), as the compiled module
-    defines it (chunk_layout, chunk_wg_layout, chunk_wg32_layout)."""
+    chunked_wg.cu with its state pass wgstate, wg32 in chunked_wg32.cu, whose one staging slot makes `stages`
+    1), as the compiled module defines it (chunk_layout, chunk_wg_layout, chunk_wg_state_layout,
+    chunk_wg32_layout)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg32"):
+        if kind in ("wg", "wg32", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -175,12 +176,13 @@ _WG_ES = (64, 32)
 
 
 def _read_wg_layouts(dev: int) -> None:
-    """Every generation-2 layout, 16-bit (D, ES, stages) from chunk_wg_layout and float32 (D, ES) from
-    chunk_wg32_layout."""
-    combos = [("wg", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES]
+    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout and chunk_wg_state_layout, float32
+    (D, ES) from chunk_wg32_layout."""
+    combos = [(kind, D, es, st) for kind in ("wg", "wgstate") for D in _WG_D for es in _WG_ES for st in _STAGES]
     combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
-    names = [f"chunk_wg_layout<{D},{es},{st}>" if kind == "wg" else f"chunk_wg32_layout<{D},{es}>"
-             for kind, D, es, st in combos]
+    template = {"wg": "chunk_wg_layout<{},{},{}>", "wgstate": "chunk_wg_state_layout<{},{},{}>",
+                "wg32": "chunk_wg32_layout<{},{}>"}
+    names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
         _layouts[(kind, D, es, st, dev)] = nbytes
 
@@ -354,7 +356,8 @@ def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | No
 
 @dataclass(frozen=True)
 class StatePlan:
-    """Pass 1 of the sequence-parallel path (chunk_state): every piece's own end state."""
+    """Pass 1 of the sequence-parallel path: every piece's own end state (chunk_state, or chunk_wg_state on
+    generation 2)."""
 
     es: int
     cl: int
@@ -362,17 +365,37 @@ class StatePlan:
     dt: int  # 0 float32, 1 float16, 2 bfloat16
     D: int
     smem: int
+    gen: int = 1
+    minb: int = 2  # CTAs per SM
 
     @property
     def name(self) -> str:
+        if self.gen == 2:
+            bf16 = "true" if self.dt == _DT[torch.bfloat16] else "false"
+            return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
         return f"chunk_state<{self.D},{self.es},{self.cl},{self.stages},{self.dt}>"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return _WG_FILES if self.gen == 2 else _CHUNK_FILES
 
 
 @functools.lru_cache(maxsize=None)
-def state_plan(D: int, E: int, dtype: str, dev: int = 0) -> StatePlan:
-    """The widest E slice whose state stays ≤ 64 floats per consumer lane (D·ES ≤ 8192; ≤ 168 registers
-    at D = E = 128), two CTAs per SM, deepest pipeline that fits them."""
+def state_plan(D: int, E: int, dtype: str, dev: int = 0, gen: int | None = None) -> StatePlan:
+    """Generation 1: the widest E slice whose state stays ≤ 64 floats per consumer lane (D·ES ≤ 8192; ≤ 168
+    registers at D = E = 128), two CTAs per SM, deepest pipeline that fits them. Generation 2 (16-bit, the
+    shapes wg_supports): one warpgroup product per chunk, ES = 64 where E allows, two CTAs per SM where they
+    fit, deepest pipeline that fits. gen None: 2 where the device runs it and the shape and dtype allow."""
     lim = device_limits(dev)
+    if gen is None:
+        gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) and dtype != "float32" else 1
+    if gen == 2:
+        es = 64 if E % 64 == 0 else 32
+        minb = 2 if lim.blocks_fit(smem_bytes("wgstate", D, es, 2, dev), 2) else 1
+        fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wgstate", D, es, s, dev), minb)]
+        st = max(fits) if fits else 2
+        return StatePlan(es=es, cl=E // es, stages=st, dt=_DT[_DT_NAMES[dtype]], D=D,
+                         smem=smem_bytes("wgstate", D, es, st, dev), gen=2, minb=minb)
     kind = "state32" if dtype == "float32" else "state16"
     for es in _ES_ALL:
         if E % es or D * es > 8192:
@@ -420,7 +443,7 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
     if count < 2:
         return None
     state = state_plan(D, E, dtype, dev)
-    seg = sp.split(N, count, sp.choose_sub(count, B * H * state.cl, lim.sm_count, 2))
+    seg = sp.split(N, count, sp.choose_sub(count, B * H * state.cl, lim.sm_count, state.minb))
     if seg.count < 2:
         return None
     out = out or chunk_plan(B, H * seg.count, D, E, dtype, dev, es=big.es, gen=gen)
@@ -444,7 +467,7 @@ def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> t
         i32 = np.int32
         args = (_ptr(k), _ptr(v), _ptr(local), _ptr(decay), i32(H), i32(N), i32(E), i32(seg.piece),
                 i32(seg.pieces))
-        kernel(_CHUNK_FILES, plan.name, dev)(B * H * seg.pieces * plan.cl, 160, args, plan.smem)
+        kernel(plan.files, plan.name, dev)(B * H * seg.pieces * plan.cl, 160, args, plan.smem)
     return local
 
 
