@@ -233,8 +233,7 @@ class Runner:
                 return
             for i, m in enumerate(runnable):
                 progress.start(m, problem.label())
-                out = sup.run(Run(m, self.s.timing, self.s.tolerances), self.s.timeout_s,
-                              self.s.setup_timeout_s or self.s.timeout_s)
+                out = self._measure(sup, m)
                 if out.status == Status.OOM and sup.runs_in_worker > 1:
                     out = self._alone(sup, m, problem, out)
                 if r == 0 and i == 0:
@@ -242,6 +241,11 @@ class Runner:
                 outcomes[m].append(out)
                 if r == rounds - 1:  # a row is written as soon as its last round is measured
                     self._finish(m, problem, outcomes[m], progress)
+
+    def _measure(self, sup: Supervisor, name: str) -> Outcome:
+        """One run of method `name` on the prepared problem, under the run's time limits."""
+        return sup.run(Run(name, self.s.timing, self.s.tolerances), self.s.timeout_s,
+                       self.s.setup_timeout_s or self.s.timeout_s)
 
     def _alone(self, sup: Supervisor, name: str, problem: Problem, first: Outcome) -> Outcome:
         """A method that ran out of memory in a worker where other methods ran before, run again alone.
@@ -256,8 +260,7 @@ class Runner:
         if not isinstance(replay, Prepared):
             first.error = f"{first.error} (not run again alone: the problem could not be prepared again)"
             return first
-        again = sup.run(Run(name, self.s.timing, self.s.tolerances), self.s.timeout_s,
-                        self.s.setup_timeout_s or self.s.timeout_s)
+        again = self._measure(sup, name)
         self._log(name, problem.label(), f"out of memory after other methods in one worker ({first.error}); "
                                          f"run again alone in a fresh worker: {again.status}")
         if again.status == Status.OOM:

@@ -113,9 +113,9 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, 
     qt = tuple(x.transpose(1, 2).contiguous() for x in (q, k, v)) if "fla" in peer else None
     calls.update({name: (lambda fn=fn: fn(q, k, v, lam, qt)) for name, fn in peer.items()})
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
-    row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
-           "segments_auto": (lambda s: s.seg.count if s else 1)(ops.seq_plan(B, H, N, D, E, dtype))}
     seq = ops.seq_plan(B, H, N, D, E, dtype)
+    row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
+           "segments_auto": seq.seg.count if seq else 1}
     if passes and seq is not None:  # the default sequence-parallel plan's three passes, each alone
         local = ops._local_states(seq.state, 0, k, v, lam, seq.seg)
         s_in = ops._scan_cuda(local, lam, seq.seg, None)
