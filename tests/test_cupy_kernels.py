@@ -35,7 +35,9 @@ from leetbench.reference import reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # What our kernels reach (well inside the tolerances of docs/design.md §4, which `verify` applies as well).
-EXPECTED = {"float32": 2e-6, "float16": 2e-3, "bfloat16": 1.2e-2}
+# float32: generation 2 sums float16 pieces in wgmma's float32 accumulators, 1.7-3.2e-6 on an H200 (generation 1,
+# 3xTF32: below 2e-6); the harness's tolerance for the class is 1e-5
+EXPECTED = {"float32": 5e-6, "float16": 2e-3, "bfloat16": 1.2e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

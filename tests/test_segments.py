@@ -205,6 +205,8 @@ def test_generation_two_plans(h200_gen2):
     assert (f32.gen, f32.es, f32.minb, f32.stages, f32.name) == (2, 32, 1, 1, "chunk_wg32<128,32,4>")
     assert ops.chunk_plan(8, 32, 128, 128, "float32").es == 32           # ES = 64 does not fit at D = 128
     assert ops.chunk_plan(8, 32, 64, 128, "float32").es == 64            # it does at D = 64
+    with pytest.raises(ValueError, match=r"ES=64 does not fit D=128"):    # nor when asked for
+        ops.chunk_plan(1, 32, 128, 128, "float32", es=64, gen=2)
     assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32

@@ -12,7 +12,7 @@
 // lo piece underflows only where it is below 2^-28 of the tile's largest element); one per row of P (the
 // masked scores, in registers); one per CTA for the state copy. The products are scaled back in float32:
 // Q Kᵀ by 2^(sq+sk) with the mask, Q S_in by 2^sq and the copy's scale, P V by its row's scale and 2^sv, and
-// the state is divided by 2^(sk+sw) before Kᵀ Ṽ accumulates into it and multiplied back after.
+// Kᵀ Ṽ is summed into its own accumulator, multiplied by 2^(sk+sw) and added to the decayed state in float32.
 //
 // Per chunk: the producer copies Q, K, V rows as float32 into staging rows (cp.async), computes the four
 // scales and arrives on `full`; the consumers split the staging into the pieces' swizzled tiles (each thread a
@@ -246,17 +246,12 @@ struct Wg32Consumer {
       split_chunk(smem, tab, nv, tid, sc);
       __syncwarp();
       if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producer may load the next chunk
-      const float dn = tab[nv] * pow2(-sc[1]) * pow2(-sc[3]);
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
       fence_async_smem();
       consumers_sync();  // the pieces and the state copy written by every consumer thread
       wg_fence();
 
-      // Q Kᵀ, Q S_in, Kᵀ Ṽ (into S): three products each, the small pieces first
-      float acc_a[32], acc_o[NA];
+      // Q Kᵀ, Q S_in, Kᵀ Ṽ (into U, added to the state below): three products each, the small pieces first
+      float acc_a[32], acc_o[NA], U[DB][NA];
 #pragma unroll
       for (int t = 0; t < 3; ++t) wg_scores<D, false>(acc_a, t == 0 ? ql : qh, t == 1 ? kl : kh, t > 0);
       wg_commit();
@@ -264,7 +259,7 @@ struct Wg32Consumer {
       for (int t = 0; t < 3; ++t) wg_query_state<D, ES, false>(acc_o, t == 0 ? ql : qh, t == 1 ? sl : sh, t > 0);
       wg_commit();
 #pragma unroll
-      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(S, t == 0 ? kl : kh, t == 1 ? wl : wh);
+      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
       wg_commit();
 
       // P = scores · mask · 2^(sq+sk), each row scaled by its own power of two into float16 pieces
@@ -313,14 +308,16 @@ struct Wg32Consumer {
       wg_wait<0>();
       wg_pin(acc_o);
 #pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
       consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
 
-      const float un = pow2(sc[1]) * pow2(sc[3]);
+      // S = λ^n S + Kᵀ Ṽ with IEEE float32 operations: tensor cores add into their accumulator with truncation
+      // (Fasi et al. 2021, on earlier cards), which over thousands of chunks at λ = 1 would bias the state
+      const float dk = tab[nv], un = pow2(sc[1]) * pow2(sc[3]);
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb)
 #pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= un;
+        for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
       up = write_copy(S, smem, w, l, r0);
       const float o0 = pow2(p0) * pow2(sc[2]), o1 = pow2(p1) * pow2(sc[2]);
       float* ow = os + 16 * w * L::OP;

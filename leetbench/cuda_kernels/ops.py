@@ -305,6 +305,9 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
     if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 only where it fits (D = 64)
         options = [c for c in options if lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)] or options[-1:]
         es = es or next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
+        if es not in options:
+            raise ValueError(f"cupy_chunked generation 2, float32: ES={es} does not fit D={D}, E={E} in shared "
+                             f"memory (valid: {options})")
         return ChunkPlan(es=es, cl=E // es, stages=1, bf16=False, D=D, f32=True, minb=1, gen=2,
                          smem=smem_bytes("wg32", D, es, 1, dev))
     if es is None:
