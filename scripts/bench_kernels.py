@@ -61,14 +61,13 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2}})
-        for c in (64, 32):
-            if E % c == 0:
-                out[f"v2es{c}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=c, gen=2)}
-        for minb in (1, 2):  # the default E slice at one and at two CTAs per SM
+        plans = {f"v2es{c}": dict(es=c) for c in (64, 32) if E % c == 0}  # each E slice, and the default slice
+        plans.update({f"v2x{minb}": dict(minb=minb) for minb in (1, 2)})  # at one and at two CTAs per SM
+        for name, kw in plans.items():
             try:
-                out[f"v2x{minb}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, minb=minb)}
-            except ValueError as exc:
-                print(f"  v2x{minb}: {exc}")
+                out[name] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, **kw)}
+            except ValueError as exc:  # a variant the shape cannot take is left out
+                print(f"  {name}: {exc}")
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
     return out
