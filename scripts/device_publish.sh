@@ -36,18 +36,31 @@ stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
     *) return 1 ;;
   esac
 }
-one_commit() {  # a publication comes from one commit: a stage folder holding rows of another is measured afresh
+one_commit() {  # a publication comes from one commit: rows of another in a stage folder are measured afresh
+  # (a job folder holding them goes; the stage's merged files of an earlier publication, which the tree the
+  # device receives carries, go with their plots, while job folders of this commit stay to be resumed)
   python3 - "$1" <<'PY'
 import shutil, sys
 from pathlib import Path
 from leetbench.provenance import git_sha
 from leetbench.store import read_results
 stage, sha = Path(sys.argv[1]), git_sha()
-files = sorted(stage.rglob("results.csv"))
-others = sorted(set(read_results(files)["git_sha"].astype(str)) - {sha}) if files else []
+others = set()
+for csv in sorted(stage.rglob("results.csv")):
+    if not csv.exists():  # went with the stage's merged files
+        continue
+    foreign = set(read_results([csv])["git_sha"].astype(str)) - {sha}
+    if not foreign:
+        continue
+    others |= foreign
+    if csv.parent == stage:  # the merged files: everything at the stage's top but the job folders
+        for item in stage.iterdir():
+            if item.is_file() or item.name == "plots":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    else:
+        shutil.rmtree(csv.parent)
 if others:
-    shutil.rmtree(stage)
-    print(f"{stage}: rows of commit(s) {', '.join(others)} set aside; measuring afresh at {sha}")
+    print(f"{stage}: rows of commit(s) {', '.join(sorted(others))} set aside; measuring afresh at {sha}")
 PY
 }
 t0=$(date +%s)

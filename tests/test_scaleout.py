@@ -88,7 +88,16 @@ def test_publishing_measures_a_stage_of_another_commit_afresh_and_resumes_its_ow
     pd.DataFrame(rows).to_csv(stage / "1" / "results.csv", index=False)
     same = _one_commit(stage, "aaaa")
     assert same.returncode == 0 and (stage / "1" / "results.csv").exists(), same.stderr
+    # the tree carries the last publication's merged stage files: they go, this commit's job folder stays
+    pd.DataFrame([{**r, "git_sha": "old0"} for r in rows]).to_csv(stage / "results.csv", index=False)
+    (stage / "plots").mkdir()
+    (stage / "plots" / "winners.png").write_bytes(b"png")
+    (stage / "leaderboard.md").write_text("old")
+    resumed = _one_commit(stage, "aaaa")
+    assert resumed.returncode == 0 and (stage / "1" / "results.csv").exists(), resumed.stderr
+    assert sorted(p.name for p in stage.iterdir()) == ["1"]
+    assert "rows of commit(s) old0 set aside; measuring afresh at aaaa" in resumed.stdout
     other = _one_commit(stage, "bbbb")
-    assert other.returncode == 0 and not stage.exists(), other.stderr
+    assert other.returncode == 0 and not any(stage.iterdir()), other.stderr
     assert "rows of commit(s) aaaa set aside; measuring afresh at bbbb" in other.stdout
     assert _one_commit(tmp_path / "none", "bbbb").returncode == 0  # nothing there yet: nothing to do
