@@ -31,7 +31,10 @@ Limits: mamba-ssm 2.3.2's kernels compute pointer offsets in 32 bits (program id
 state-spaces/mamba#1015, open, reports silently wrong outputs or illegal memory accesses past 2^31), so a
 problem is refused when a buffer exceeds 2^31 elements: the largest are the scores, B·⌈N/C⌉·H·C², or the
 chunk states, B·⌈N/C⌉·H·E·D (B=8, H=32, N=65536, D=E=128: C=128 fits exactly, C=64 and 256 do not). Any D,
-E and N otherwise (masked tiles; the last chunk may be partial). Prefill only.
+E and N otherwise (masked tiles; the last chunk may be partial). Prefill only. Memory: the chunk states in
+float32 and the passed states in the input dtype are alive together, B·⌈N/C⌉·H·E·D·(4 + itemsize) bytes —
+128 GiB in float32 at B=8, H=32, N=65536, D=E=128, more than an H200 holds beside the inputs: that `oom`
+row is the method's own.
 
 Install: `pip install wheel` then `MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install
 --no-build-isolation --no-deps mamba-ssm==2.3.2.post1` (no compiled extensions; needs torch, triton, einops).
