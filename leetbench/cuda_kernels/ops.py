@@ -173,6 +173,7 @@ def _read_layouts(dev: int) -> None:
 
 _WG_D = (64, 128)
 _WG_ES = (64, 32)
+_WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its maxima split four ways
 
 
 def _read_wg_layouts(dev: int) -> None:
@@ -243,14 +244,20 @@ class ChunkPlan:
     bf16: bool
     D: int
     f32: bool = False
-    minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (160 · minb))
+    minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (threads · minb))
     opt: int | None = None  # chunked.cu OPT bits; None: default_opt
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
     gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, one warpgroup)
+    producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
 
     @property
     def opts(self) -> int:
         return default_opt(self.f32, self.bf16) if self.opt is None else self.opt
+
+    @property
+    def threads(self) -> int:
+        """Threads per CTA: four consumer warps and the producer warps."""
+        return 128 + 32 * self.producers
 
     @property
     def kind(self) -> str:
@@ -265,7 +272,7 @@ class ChunkPlan:
     @property
     def name(self) -> str:
         if self.gen == 2 and self.f32:
-            return f"chunk_wg32<{self.D},{self.es},{self.cl}>"
+            return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
@@ -309,7 +316,7 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
             raise ValueError(f"cupy_chunked generation 2, float32: ES={es} does not fit D={D}, E={E} in shared "
                              f"memory (valid: {options})")
         return ChunkPlan(es=es, cl=E // es, stages=1, bf16=False, D=D, f32=True, minb=1, gen=2,
-                         smem=smem_bytes("wg32", D, es, 1, dev))
+                         smem=smem_bytes("wg32", D, es, 1, dev), producers=_WG32_PRODUCERS)
     if es is None:
         es = next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
     ctas = B * H * (E // es)
@@ -458,7 +465,7 @@ def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: f
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
-    kernel(plan.files, plan.name, dev)(B * H * runs * plan.cl, 160, args, plan.smem)
+    kernel(plan.files, plan.name, dev)(B * H * runs * plan.cl, plan.threads, args, plan.smem)
 
 
 def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> torch.Tensor:
