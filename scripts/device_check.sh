@@ -2,7 +2,7 @@
 # One device call that checks a commit on a GPU before anything is published: the GPU tests, the harness's
 # throughput targets (issue 17), the kernel variants beside the peers, Mamba-2's adapter, dispatch overhead.
 #   bash scripts/device_check.sh [stage ...]      stages: tests sync harness big kernels mamba dispatch (default: all),
-#   memory (on demand)
+#   memory and profile (on demand)
 # Each stage has its own time limit; logs go to $OUT/check/ and are packed into $OUT/check.tgz at the end.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -41,6 +41,16 @@ for stage in $stages; do
     memory)  # what holds the memory where a row ends oom (float32, B=8, N=16k then 64k, the kernel stage's order)
       TAIL=60 run memory 300 python3 scripts/device_memory_probe.py ;;
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
+    profile)  # Nsight Compute on one warm launch of the default plans at B=1, N=16384 (bf16, fp32): speed of
+              # light, warp states, tensor-pipe activity, and the SASS lines where warps stalled most
+      for dt in bf16 fp32; do
+        ncu -k regex:chunk_ --launch-skip 1 --launch-count 1 --section SpeedOfLight --section WarpStateStats \
+          --section Occupancy --section SourceCounters --section ComputeWorkloadAnalysis \
+          -o "$log/$dt" -f python3 scripts/kernel_call.py --dtype $dt > "$log/ncu-$dt.log" 2>&1
+        ncu -i "$log/$dt.ncu-rep" --print-summary none > "$log/ncu-$dt.txt" 2>&1
+        ncu -i "$log/$dt.ncu-rep" --page source --print-source sass --csv > "$log/sass-$dt.csv" 2>&1
+        echo "== profile $dt"; grep -E "Duration|DRAM Throughput|Memory Throughput|Issue Slots|Warp Cycles Per Issued|Achieved Occupancy|Pipe" "$log/ncu-$dt.txt"
+      done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done
