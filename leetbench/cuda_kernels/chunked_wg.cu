@@ -194,6 +194,19 @@ __device__ __forceinline__ void wg_each_entry(int r0, int c0, F&& f) {
       for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
 }
 
+// Where a CTA works: its shared memory from the first 1024-byte boundary (the swizzle acts on absolute address
+// bits, so the tiles must start on one), its E slice's first column and its piece of the sequence.
+struct WgCta {
+  unsigned char* smem;
+  int e0;
+  Seg seg;
+};
+template <int ES, int NSL>
+__device__ __forceinline__ WgCta wg_cta(unsigned char* smem_raw, int RUNS, int L, int N) {
+  return {smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u), (int)(blockIdx.x % NSL) * ES,
+          seg_of(blockIdx.x / NSL, RUNS, L, N)};
+}
+
 // A warp's 16 staged output rows (EB-byte elements, pitch OP elements) stored from row `trow` of o with
 // 16-byte writes; rows from `nv` on (past the piece's end) are left alone.
 template <int ES, int EB, int OP>
@@ -349,12 +362,12 @@ __global__ void __launch_bounds__(160, MINB)
   static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
   using LY = WgSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // The swizzle acts on absolute address bits: the tiles must start on a 1024-byte boundary.
-  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const WgCta cta = wg_cta<ES, NSL>(smem_raw, RUNS, L, N);
+  unsigned char* smem = cta.smem;
   const u32 sbase = smem_u32(smem);
   const int tid = threadIdx.x;
-  const int e0 = (blockIdx.x % NSL) * ES;
-  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
+  const int e0 = cta.e0;
+  const Seg seg = cta.seg;
   chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
   if (tid < 128)
     WgConsumer<D, ES, STAGES, BF16>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
@@ -392,11 +405,12 @@ __global__ void __launch_bounds__(160, MINB)
   static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
   using LY = WgStateSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const WgCta cta = wg_cta<ES, NSL>(smem_raw, RUNS, L, N);
+  unsigned char* smem = cta.smem;
   const u32 sbase = smem_u32(smem);
   const int tid = threadIdx.x;
-  const int e0 = (blockIdx.x % NSL) * ES;
-  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
+  const int e0 = cta.e0;
+  const Seg seg = cta.seg;
   const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
   chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
   if (tid >= 128) {

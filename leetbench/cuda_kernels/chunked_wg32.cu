@@ -355,10 +355,11 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
   static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
   using LY = Wg32Smem<D, ES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const WgCta cta = wg_cta<ES, NSL>(smem_raw, RUNS, L, N);
+  unsigned char* smem = cta.smem;
   const int tid = threadIdx.x;
-  const int e0 = (blockIdx.x % NSL) * ES;
-  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
+  const int e0 = cta.e0;
+  const Seg seg = cta.seg;
   chunk_prologue<1>(smem_u32(smem) + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid,
                     32 * NPW);
   if (tid < 128)
