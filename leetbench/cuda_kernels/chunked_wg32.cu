@@ -31,7 +31,6 @@ struct Wg32Smem {
   static constexpr int VT = 64 * VRB;
   static constexpr int FQ = D + 4;      // float32 staging pitches (floats): rows 16 bytes apart mod 128,
   static constexpr int FV = ES + 4;     // so eight consecutive rows read conflict-free
-  static constexpr int OP = ES + 4;     // float32 output staging pitch
   static constexpr int BAR = 0;         // full, empty
   static constexpr int SCL = SM_SCL;    // state-copy exponents, one per consumer warp
   static constexpr int TAB = SM_TAB;
@@ -49,8 +48,7 @@ struct Wg32Smem {
   static constexpr int KF = QF + 64 * FQ * 4;
   static constexpr int VF = KF + 64 * FQ * 4;
   static constexpr int RS = VF + 64 * FV * 4;  // each producer warp's largest |Q|, |K|, |V|, |Ṽ| of the chunk
-  static constexpr int OS = RS + 16 * WG32_MAX_PRODUCERS;
-  static constexpr int BYTES = OS + 64 * OP * 4;
+  static constexpr int BYTES = RS + 16 * WG32_MAX_PRODUCERS;  // (outputs go straight from the registers)
   static constexpr int ALLOC = BYTES + 1024;
   static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
 };
@@ -229,7 +227,6 @@ struct Wg32Consumer {
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     float up = write_copy(S, smem, w, l, r0);
-    float* os = reinterpret_cast<float*>(smem + L::OS);
     const int nchunks = (seg.n + CH - 1) / CH;
     const u32 qh = sbase + L::QH, ql = sbase + L::QL, kh = sbase + L::KH, kl = sbase + L::KL;
     const u32 vh = sbase + L::VH, vl = sbase + L::VL, wh = sbase + L::WH, wl = sbase + L::WL;
@@ -323,18 +320,16 @@ struct Wg32Consumer {
 #pragma unroll
         for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
       up = write_copy(S, smem, w, l, r0);
+      // outputs straight from the accumulator: each 8-column group of a row is 32 contiguous bytes from four
+      // lanes (whole sectors), so no staging tile — its shared memory lets ES = 64 fit at D = 128
       const float o0 = pow2(p0) * pow2(sc[2]), o1 = pow2(p1) * pow2(sc[2]);
-      float* ow = os + 16 * w * L::OP;
+      float* out0 = o + (seg.tok0 + (u64)c * CH + r0) * E + e0 + c0;
 #pragma unroll
       for (int j = 0; j < ES / 8; ++j) {
-        *reinterpret_cast<float2*>(ow + (l >> 2) * L::OP + 8 * j + c0) =
-            make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
-        *reinterpret_cast<float2*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
-            make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
+        if (r0 < nv) *reinterpret_cast<float2*>(out0 + 8 * j) = make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
+        if (r0 + 8 < nv)
+          *reinterpret_cast<float2*>(out0 + 8 * E + 8 * j) = make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
       }
-      __syncwarp();
-      wg_store_rows<ES, 4, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
-      __syncwarp();
     }
     if (seg.last && sN != nullptr)
       wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {

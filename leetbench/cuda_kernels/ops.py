@@ -309,12 +309,12 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                          f"(got D={D}, E={E}, {dtype})")
     lim = device_limits(dev)
     options = [c for c in _WG_ES if E % c == 0]
-    if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 only where it fits (D = 64)
+    if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 where its tiles fit
         options = [c for c in options if lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)] or options[-1:]
         es = es or next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
         if es not in options:
-            raise ValueError(f"cupy_chunked generation 2, float32: ES={es} does not fit D={D}, E={E} in shared "
-                             f"memory (valid: {options})")
+            raise ValueError(f"cupy_chunked generation 2, float32: ES={es} is not a slice of E={E} whose tiles fit "
+                             f"shared memory at D={D} (valid: {options})")
         return ChunkPlan(es=es, cl=E // es, stages=1, bf16=False, D=D, f32=True, minb=1, gen=2,
                          smem=smem_bytes("wg32", D, es, 1, dev), producers=_WG32_PRODUCERS)
     if es is None:
