@@ -24,7 +24,9 @@ The 16-bit copy of the state that Q·S_in reads is scaled by a power of two for 
 it never overflows. float32 inputs keep float32 accuracy (≈ 1e-6 and below) on the tensor cores: generation
 2 splits every operand into two float16 pieces, x = 2^s (hi + lo) with powers of two chosen per tile (per
 row for P) so that no piece overflows, and forms a·b ≈ hi·hi' + hi·lo' + lo·hi' (22 significant bits;
-scripts/fp32_split_study.py); generation 1 uses 3xTF32 (hi rounded to TF32, lo = x − hi exact).
+scripts/fp32_split_study.py); generation 1 uses 3xTF32 (hi rounded to TF32, lo = x − hi exact). In float32
+each chunk's Kᵀ Ṽ goes into a fresh accumulator and is added to the state with IEEE float32 operations: the
+tensor cores' own accumulation truncates, which over thousands of chunks at λ = 1 would bias the state.
 
 Sequence parallel (when B·H·(E slices) CTAs leave SMs idle, or — generation 2 — would need E slices
 narrower than 64 columns to fill them, and N is long; ops.seq_plan): N is cut into P
