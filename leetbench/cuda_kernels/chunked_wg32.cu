@@ -148,6 +148,9 @@ template <int D, int ES, int NPW>
 struct Wg32Consumer {
   using L = Wg32Smem<D, ES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+  // 64-row blocks of the state per Kᵀ Ṽ accumulator: D = 128 with ES = 64 takes them one at a time (one more
+  // wait a chunk), which keeps it within 255 registers without spilling
+  static constexpr int UB = (DB == 2 && ES == 64) ? 1 : DB;
 
   // The state copy as hi / lo pieces (N-major [D][ES], swizzled) of S·2^-s, one s for the CTA; returns 2^s.
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, int w, int l,
@@ -223,8 +226,6 @@ struct Wg32Consumer {
     wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
-    float mask[32];
-    wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     float up = write_copy(S, smem, w, l, r0);
     const int nchunks = (seg.n + CH - 1) / CH;
@@ -252,7 +253,7 @@ struct Wg32Consumer {
       wg_fence();
 
       // Q Kᵀ, Q S_in, Kᵀ Ṽ (into U, added to the state below): three products each, the small pieces first
-      float acc_a[32], acc_o[NA], U[DB][NA];
+      float acc_a[32], acc_o[NA], U[UB][NA];
 #pragma unroll
       for (int t = 0; t < 3; ++t) wg_scores<D, false>(acc_a, t == 0 ? ql : qh, t == 1 ? kl : kh, t > 0);
       wg_commit();
@@ -260,12 +261,14 @@ struct Wg32Consumer {
       for (int t = 0; t < 3; ++t) wg_query_state<D, ES, false>(acc_o, t == 0 ? ql : qh, t == 1 ? sl : sh, t > 0);
       wg_commit();
 #pragma unroll
-      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false, 0, UB>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
       wg_commit();
 
       // P = scores · mask · 2^(sq+sk), each row scaled by its own power of two into float16 pieces
       wg_wait<2>();
       wg_pin(acc_a);
+      float mask[32];  // formed here each chunk (32 reads of the λ table), not held across it: registers
+      wg_decay_mask(mask, tab, scale, r0, c0);
       const float fa = pow2(sc[0]) * pow2(sc[1]);
       float m0 = 0.f, m1 = 0.f;
 #pragma unroll
@@ -309,16 +312,28 @@ struct Wg32Consumer {
       wg_wait<0>();
       wg_pin(acc_o);
 #pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
-      consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
+      for (int mb = 0; mb < UB; ++mb) wg_pin(U[mb]);
 
       // S = λ^n S + Kᵀ Ṽ with IEEE float32 operations: tensor cores add into their accumulator with truncation
       // (Fasi et al. 2021, on earlier cards), which over thousands of chunks at λ = 1 would bias the state
       const float dk = tab[nv], un = pow2(sc[1]) * pow2(sc[3]);
 #pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
+      for (int mb = 0; mb < UB; ++mb)
 #pragma unroll
         for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+      if constexpr (UB < DB) {  // the state's second 64-row block, through the same accumulator
+        wg_fence();
+#pragma unroll
+        for (int t = 0; t < 3; ++t)
+          wg_state_update<D, ES, false, UB, UB>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+        wg_commit();
+        wg_wait<0>();
+#pragma unroll
+        for (int mb = 0; mb < UB; ++mb) wg_pin(U[mb]);
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[UB][i] = fmaf(S[UB][i], dk, U[0][i] * un);
+      }
+      consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
       up = write_copy(S, smem, w, l, r0);
       // outputs straight from the accumulator: each 8-column group of a row is 32 contiguous bytes from four
       // lanes (whole sectors), so no staging tile — its shared memory lets ES = 64 fit at D = 128
