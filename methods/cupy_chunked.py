@@ -52,8 +52,7 @@ from leetbench import register
 from leetbench import cuda_kernels
 from leetbench.cuda_kernels import ops, segments
 
-_KERNELS = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu")
-SOURCES = tuple(cuda_kernels.KERNEL_DIR / f for f in _KERNELS) + (ops, segments, cuda_kernels)
+SOURCES = tuple(cuda_kernels.KERNEL_DIR / f for f in ops.CHUNKED_FILES) + (ops, segments, cuda_kernels)
 
 
 def _supports(problem) -> str | None:

@@ -202,8 +202,10 @@ struct WgCta {
   int e0;
   Seg seg;
 };
-template <int ES, int NSL>
+template <int D, int ES, int NSL>
 __device__ __forceinline__ WgCta wg_cta(unsigned char* smem_raw, int RUNS, int L, int N) {
+  static_assert(D == 64 || D == 128, "D = 64 or 128");
+  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
   return {smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u), (int)(blockIdx.x % NSL) * ES,
           seg_of(blockIdx.x / NSL, RUNS, L, N)};
 }
@@ -359,11 +361,9 @@ __global__ void __launch_bounds__(160, MINB)
     chunk_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
              int E, float scale, int L, int RUNS) {
-  static_assert(D == 64 || D == 128, "D = 64 or 128");
-  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
   using LY = WgSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<ES, NSL>(smem_raw, RUNS, L, N);
+  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
   unsigned char* smem = cta.smem;
   const u32 sbase = smem_u32(smem);
   const int tid = threadIdx.x;
@@ -402,11 +402,9 @@ template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
 __global__ void __launch_bounds__(160, MINB)
     chunk_wg_state(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
                    const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
-  static_assert(D == 64 || D == 128, "D = 64 or 128");
-  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
   using LY = WgStateSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<ES, NSL>(smem_raw, RUNS, L, N);
+  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
   unsigned char* smem = cta.smem;
   const u32 sbase = smem_u32(smem);
   const int tid = threadIdx.x;

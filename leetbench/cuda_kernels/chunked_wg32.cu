@@ -360,12 +360,10 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
     chunk_wg32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                float* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
                const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
-  static_assert(D == 64 || D == 128, "D = 64 or 128");
-  static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
   static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
   using LY = Wg32Smem<D, ES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<ES, NSL>(smem_raw, RUNS, L, N);
+  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
   unsigned char* smem = cta.smem;
   const int tid = threadIdx.x;
   const int e0 = cta.e0;

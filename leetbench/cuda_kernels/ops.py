@@ -128,6 +128,7 @@ def setup_recurrent(problem) -> None:
 
 _CHUNK_FILES = ("common.cuh", "chunked.cu")
 _WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu")  # generation 2 (sm_90a)
+CHUNKED_FILES = tuple(dict.fromkeys(_CHUNK_FILES + _WG_FILES))  # every source a chunked kernel compiles from
 OPT_SCALE16 = 1  # chunked.cu OPT bit: float16 state copy scaled by powers of two (never Inf)
 OPT_ONELOOP = 2  # chunked.cu OPT bit: one consumer loop, one bar.sync (compute-sanitizer synccheck passes)
 _LAYOUT_KIND = {"f32": 0, "half": 1, "state16": 2, "state32": 3}  # chunk_layout's KIND
@@ -310,7 +311,9 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
     lim = device_limits(dev)
     options = [c for c in _WG_ES if E % c == 0]
     if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 where its tiles fit
-        options = [c for c in options if lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)] or options[-1:]
+        options = [c for c in options if lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)]
+        if not options:
+            raise ValueError(f"cupy_chunked generation 2, float32: no E slice of E={E} fits shared memory at D={D}")
         es = es or next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
         if es not in options:
             raise ValueError(f"cupy_chunked generation 2, float32: ES={es} is not a slice of E={E} whose tiles fit "
