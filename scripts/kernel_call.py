@@ -5,7 +5,7 @@
 
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
 warps). It compiles before the first call and synchronises after the last, so under
-`ncu -k regex:chunk_ --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints the plan
+`ncu -k "regex:^chunk_wg(32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints the plan
 and the median ms of the calls (CUDA events, so not the harness's figure).
 """
 

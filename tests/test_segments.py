@@ -222,6 +222,8 @@ def test_generation_two_plans(h200_gen2):
     assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
     assert ops.state_plan(128, 128, "float32").name.startswith("chunk_state<")  # float32: generation 1
+    assert ops.seq_plan(1, 32, 65536, 128, 128, "float32") is None      # float32: ES = 32 fills the SMs
+    assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count >= 2  # 32 CTAs: most SMs idle
     assert ops.state_plan(64, 48, "bfloat16").gen == 1
     assert ops.seq_plan(1, 32, 65536, 64, 256, "bfloat16") is None      # ES = 64 already fills the SMs
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None

@@ -447,7 +447,9 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
         # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
         # half of the SMs. H200, B=1, H=32, N=65536: D=E=128 one pass at ES = 32 1.41 ms, P = 2 at ES = 64
         # 1.33 ms; D=64, E=256 one pass at ES = 64 1.32 ms, P = 2 1.72 ms (pass 1 re-reads k and v).
-        if (one.es == 64 or E % 64) and B * H * one.cl >= lim.sm_count // 2:
+        # float32 (chunk_wg32, one CTA per SM; its state pass is generation 1): only for idle SMs. H200, B=1,
+        # H=32, N=65536: one pass at ES = 32 4.66 ms, P = 2 at ES = 64 5.85 ms.
+        if (one.es == 64 or E % 64 or one.f32) and B * H * one.cl >= lim.sm_count // 2:
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
         return None  # one pass already has a CTA for every SM (or two)
