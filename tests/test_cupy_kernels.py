@@ -262,15 +262,16 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
-    CTAs per SM where two fit."""
+    CTAs per SM where two fit (float32: each count of producer warps)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
         if E % es:
             continue
-        if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot
+        if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; one, two or four producer warps
             if lim.blocks_fit(ops.smem_bytes("wg32", D, es, 1, 0), 1):
-                out.append(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2))
+                plan = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
+                out += [replace(plan, producers=p) for p in (1, 2, 4)]
             continue
         for minb in (1, 2):
             fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
@@ -409,7 +410,7 @@ def test_wg_is_the_default_on_hopper():
     """Generation 2 where it applies, generation 1 for the rest (D ∉ {64, 128}, E not a multiple of 32)."""
     assert ops.chunk_plan(1, 32, 128, 128, "bfloat16", 0).gen == 2
     assert ops.chunk_plan(8, 32, 64, 256, "float16", 0).gen == 2
-    assert ops.chunk_plan(1, 32, 128, 128, "float32", 0).name == "chunk_wg32<128,32,4>"
+    assert ops.chunk_plan(1, 32, 128, 128, "float32", 0).name == "chunk_wg32<128,32,4,4>"
     assert ops.chunk_plan(1, 32, 16, 64, "float32", 0).gen == 1
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16", 0).gen == 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16", 0).gen == 1
@@ -423,7 +424,7 @@ def test_layouts_and_limits():
     if ops.device_gen(0) == 2:  # tests/test_segments.py plans with these formulas (_stub_wg_smem, _stub_wg32_smem)
         assert ops.smem_bytes("wg", 128, 64, 2, 0) == 1024 + 2 * (32768 + 8192) + 8192 + 16384 + 64 * 72 * 2 + 1024
         assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
-            + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 16 + 64 * 36 * 4 + 1024
+            + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 4 * 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4

@@ -176,9 +176,10 @@ def _stub_wg_smem(D: int, es: int, stages: int) -> int:
 
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
-    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four scales, float32 output staging."""
+    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four); no
+    output staging."""
     tiles = 4 * (D // 64) * 8192 + 4 * 64 * 2 * es + 2 * D * 2 * es
-    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 16 + 64 * (es + 4) * 4 + 1024
+    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 64 + 1024
 
 
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
@@ -202,11 +203,11 @@ def test_generation_two_plans(h200_gen2):
     """Generation 2 where the device runs it and the shape is one it handles; ES = 64 once the grid fills the
     SMs; two CTAs per SM where they fit; segments only to win the 64-column slice or fill idle SMs."""
     f32 = ops.chunk_plan(1, 32, 128, 128, "float32")                    # float32: float16 pieces, ES = 32
-    assert (f32.gen, f32.es, f32.minb, f32.stages, f32.name) == (2, 32, 1, 1, "chunk_wg32<128,32,4>")
-    assert ops.chunk_plan(8, 32, 128, 128, "float32").es == 32           # ES = 64 does not fit at D = 128
-    assert ops.chunk_plan(8, 32, 64, 128, "float32").es == 64            # it does at D = 64
-    with pytest.raises(ValueError, match=r"ES=64 does not fit D=128"):    # nor when asked for
-        ops.chunk_plan(1, 32, 128, 128, "float32", es=64, gen=2)
+    assert (f32.gen, f32.es, f32.minb, f32.stages, f32.name) == (2, 32, 1, 1, "chunk_wg32<128,32,4,4>")
+    assert ops.chunk_plan(8, 32, 128, 128, "float32").es == 64           # ES = 64 fits without output staging
+    assert ops.chunk_plan(8, 32, 64, 128, "float32").es == 64
+    with pytest.raises(ValueError, match=r"ES=16 is not a slice of E=128"):    # an ES it cannot take, by name
+        ops.chunk_plan(1, 32, 128, 128, "float32", es=16, gen=2)
     assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
@@ -221,6 +222,8 @@ def test_generation_two_plans(h200_gen2):
     assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
     assert ops.state_plan(128, 128, "float32").name.startswith("chunk_state<")  # float32: generation 1
+    assert ops.seq_plan(1, 32, 65536, 128, 128, "float32") is None      # float32: ES = 32 fills the SMs
+    assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count >= 2  # 32 CTAs: most SMs idle
     assert ops.state_plan(64, 48, "bfloat16").gen == 1
     assert ops.seq_plan(1, 32, 65536, 64, 256, "bfloat16") is None      # ES = 64 already fills the SMs
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None

@@ -123,15 +123,16 @@ __device__ __forceinline__ void wg_query_state(float (&d)[ES / 2], u32 q, u32 s,
       wg_ss<ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
                             wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES), acc || kb + kk > 0);
 }
-// S += Kᵀ Ṽ (D × ES, K = 64 tokens), into the state registers (acc = false: S = Kᵀ Ṽ)
-template <int D, int ES, bool BF16>
-__device__ __forceinline__ void wg_state_update(float (&S)[D / 64][ES / 2], u32 k, u32 vd, bool acc = true) {
+// S += Kᵀ Ṽ (D × ES, K = 64 tokens), into the state registers (acc = false: S = Kᵀ Ṽ); NMB 64-row blocks of
+// it from block MB0 on (S then holds those blocks only)
+template <int D, int ES, bool BF16, int MB0 = 0, int NMB = D / 64>
+__device__ __forceinline__ void wg_state_update(float (&S)[NMB][ES / 2], u32 k, u32 vd, bool acc = true) {
 #pragma unroll
-  for (int mb = 0; mb < D / 64; ++mb)
+  for (int mb = 0; mb < NMB; ++mb)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      wg_ss<ES, BF16, 1, 1>(S[mb], wg_desc<128>(k + mb * WG_QKT + 16 * 128 * kk), wg_desc<2 * ES>(vd + 32 * ES * kk),
-                            acc || kk > 0);
+      wg_ss<ES, BF16, 1, 1>(S[mb], wg_desc<128>(k + (MB0 + mb) * WG_QKT + 16 * 128 * kk),
+                            wg_desc<2 * ES>(vd + 32 * ES * kk), acc || kk > 0);
 }
 
 // The largest |entry| of the state over the consumer warpgroup: each warp's in scl[w], then all four read

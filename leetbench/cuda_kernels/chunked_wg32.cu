@@ -7,17 +7,21 @@
 // and layouts as chunk_wg, with float32 accumulation. scripts/fp32_split_study.py emulates it: the errors of
 // float32 itself (bf16 pieces: 20× larger; scripts/KERNEL_NOTES.md, v9).
 //
-// Scales (powers of two, so exact): one per chunk for each of the Q, K and V tiles and for Ṽ, chosen by the
-// producer warp once the chunk has landed (the largest element becomes 2^13..2^14: no piece overflows, and a
-// lo piece underflows only where it is below 2^-28 of the tile's largest element); one per row of P (the
-// masked scores, in registers); one per CTA for the state copy. The products are scaled back in float32:
-// Q Kᵀ by 2^(sq+sk) with the mask, Q S_in by 2^sq and the copy's scale, P V by its row's scale and 2^sv, and
-// Kᵀ Ṽ is summed into its own accumulator, multiplied by 2^(sk+sw) and added to the decayed state in float32.
+// Scales (powers of two, so exact): one per chunk for each of the Q, K and V tiles and for Ṽ, from the
+// maxima the producer warps take once the chunk has landed (the largest element becomes 2^13..2^14: no piece
+// overflows, and a lo piece underflows only where it is below 2^-28 of the tile's largest element); one per
+// row of P (the masked scores, in registers); one per CTA for the state copy. The products are scaled back in
+// float32: Q Kᵀ by 2^(sq+sk) with the mask, Q S_in by 2^sq and the copy's scale, P V by its row's scale and
+// 2^sv, and Kᵀ Ṽ is summed into its own accumulator, multiplied by 2^(sk+sw) and added to the decayed state
+// in float32.
 //
-// Per chunk: the producer copies Q, K, V rows as float32 into staging rows (cp.async), computes the four
-// scales and arrives on `full`; the consumers split the staging into the pieces' swizzled tiles (each thread a
-// row: conflict-free reads and writes), release the staging to the producer (`empty`: it loads the next chunk
-// while the products run) and issue the products as chunk_wg does, three of each.
+// Per chunk: the NPW producer warps copy Q, K, V rows as float32 into staging rows (cp.async), each takes the
+// largest |x| of the pieces it copied and arrives on `full`; the consumers take the four scales from those
+// maxima, split the staging into the pieces' swizzled tiles (each thread a row: conflict-free reads and
+// writes), release the staging to the producers (`empty`: they load the next chunk while the products run)
+// and issue the products as chunk_wg does, three of each.
+
+constexpr int WG32_MAX_PRODUCERS = 4;  // producer warps (NPW): the copies and the chunk's maxima split NPW ways
 
 template <int D, int ES>
 struct Wg32Smem {
@@ -27,7 +31,6 @@ struct Wg32Smem {
   static constexpr int VT = 64 * VRB;
   static constexpr int FQ = D + 4;      // float32 staging pitches (floats): rows 16 bytes apart mod 128,
   static constexpr int FV = ES + 4;     // so eight consecutive rows read conflict-free
-  static constexpr int OP = ES + 4;     // float32 output staging pitch
   static constexpr int BAR = 0;         // full, empty
   static constexpr int SCL = SM_SCL;    // state-copy exponents, one per consumer warp
   static constexpr int TAB = SM_TAB;
@@ -44,9 +47,8 @@ struct Wg32Smem {
   static constexpr int QF = SL + D * VRB;  // float32 staging
   static constexpr int KF = QF + 64 * FQ * 4;
   static constexpr int VF = KF + 64 * FQ * 4;
-  static constexpr int RS = VF + 64 * FV * 4;  // the chunk's scale exponents sq, sk, sv, sw (int)
-  static constexpr int OS = RS + 16;
-  static constexpr int BYTES = OS + 64 * OP * 4;
+  static constexpr int RS = VF + 64 * FV * 4;  // each producer warp's largest |Q|, |K|, |V|, |Ṽ| of the chunk
+  static constexpr int BYTES = RS + 16 * WG32_MAX_PRODUCERS;  // (outputs go straight from the registers)
   static constexpr int ALLOC = BYTES + 1024;
   static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
 };
@@ -79,32 +81,36 @@ __device__ __forceinline__ float abs_max4(float m, float4 a) {
   return fmaxf(fmaxf(m, fmaxf(fabsf(a.x), fabsf(a.y))), fmaxf(fabsf(a.z), fabsf(a.w)));
 }
 
-// The largest |x| over `rows` staging rows of `cols` floats (pitch p), over the warp.
-template <int cols>
-__device__ __forceinline__ float tile_max(const float* t, int p, int lane) {
+// The largest |x| of the 16-byte staging pieces idx = t, t + NT, … of a tile of `cols` floats per row (pitch p):
+// the pieces this thread copied itself, so the wait for its own copies makes them visible to it.
+template <int cols, int NT>
+__device__ __forceinline__ float own_max(const float* tile, int p, int t) {
   float m = 0.f;
 #pragma unroll 8
-  for (int idx = lane; idx < 64 * cols / 4; idx += 32) {
-    const int row = idx / (cols / 4), c = idx % (cols / 4);
-    m = abs_max4(m, *reinterpret_cast<const float4*>(t + row * p + 4 * c));
-  }
-  return __uint_as_float(warp_max_u32(__float_as_uint(m)));
+  for (int idx = t; idx < 64 * cols / 4; idx += NT)
+    m = abs_max4(m, *reinterpret_cast<const float4*>(tile + (idx / (cols / 4)) * p + 4 * (idx % (cols / 4))));
+  return m;
 }
 
-template <int D, int ES>
+// Producer warp pw of NPW: per chunk, its share of the copies of Q, K, V rows into the staging
+// (cp.async, pieces t, t + NT, …), then the largest |Q|, |K|, |V| and |Ṽ_j| = λ^(n-1-j) |v_j| over those
+// pieces into its slot of RS; the consumers take the maximum over the slots.
+template <int D, int ES, int NPW>
 __device__ __forceinline__ void wg32_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
-                                              int E, int e0, int lane, unsigned char* smem) {
+                                              int E, int e0, int pw, int lane, unsigned char* smem) {
   using L = Wg32Smem<D, ES>;
-  constexpr int QPC = D / 4, VPC = ES / 4;  // 16-byte pieces per row
+  constexpr int QPC = D / 4, VPC = ES / 4, NT = 32 * NPW;  // 16-byte pieces per row; threads
+  const int t = 32 * pw + lane;
   const u32 sbase = smem_u32(smem);
   const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+  const float* vf = reinterpret_cast<const float*>(smem + L::VF);
   const int nchunks = (n + CH - 1) / CH;
   for (int c = 0; c < nchunks; ++c) {
     if (c > 0) mbar_wait(sbase + L::BAR + 8, (c - 1) & 1);  // the consumers have split chunk c - 1
     const int nv = min(CH, n - c * CH);
     const u64 t0 = tok0 + (u64)c * CH;
-#pragma unroll 8
-    for (int idx = lane; idx < CH * QPC; idx += 32) {
+#pragma unroll 4
+    for (int idx = t; idx < CH * QPC; idx += NT) {
       const int row = idx / QPC, p = idx % QPC;
       const bool ok = row < nv;
       const u64 off = (t0 + (ok ? row : 0)) * D + p * 4;
@@ -112,8 +118,8 @@ __device__ __forceinline__ void wg32_producer(const float* q, const float* k, co
       cp_async16(sbase + L::QF + so, q + off, ok ? 16u : 0u);
       cp_async16(sbase + L::KF + so, k + off, ok ? 16u : 0u);
     }
-#pragma unroll 4
-    for (int idx = lane; idx < CH * VPC; idx += 32) {
+#pragma unroll 2
+    for (int idx = t; idx < CH * VPC; idx += NT) {
       const int row = idx / VPC, p = idx % VPC;
       const bool ok = row < nv;
       cp_async16(sbase + L::VF + (u32)(row * L::FV + p * 4) * 4, v + (t0 + (ok ? row : 0)) * E + e0 + p * 4,
@@ -121,36 +127,30 @@ __device__ __forceinline__ void wg32_producer(const float* q, const float* k, co
     }
     cp_async_commit();
     cp_async_wait<0>();
-    __syncwarp();  // every lane's copies visible to the whole warp
-    const float mq = tile_max<D>(reinterpret_cast<const float*>(smem + L::QF), L::FQ, lane);
-    const float mk = tile_max<D>(reinterpret_cast<const float*>(smem + L::KF), L::FQ, lane);
-    const float mv = tile_max<ES>(reinterpret_cast<const float*>(smem + L::VF), L::FV, lane);
-    // Ṽ_j = λ^(n-1-j) v_j: its largest element, from each row's
-    const float* vf = reinterpret_cast<const float*>(smem + L::VF);
-    float mw = 0.f;
-    for (int row = lane; row < nv; row += 32) {
-      float m = 0.f;
+    float m[4] = {own_max<D, NT>(reinterpret_cast<const float*>(smem + L::QF), L::FQ, t),
+                  own_max<D, NT>(reinterpret_cast<const float*>(smem + L::KF), L::FQ, t), 0.f, 0.f};
+    for (int idx = t; idx < CH * VPC; idx += NT) {
+      const int row = idx / VPC;
+      const float x = abs_max4(0.f, *reinterpret_cast<const float4*>(vf + row * L::FV + 4 * (idx % VPC)));
+      m[2] = fmaxf(m[2], x);
+      if (row < nv) m[3] = fmaxf(m[3], x * tab[nv - 1 - row]);
+    }
 #pragma unroll
-      for (int cc = 0; cc < VPC; ++cc) m = abs_max4(m, *reinterpret_cast<const float4*>(vf + row * L::FV + 4 * cc));
-      mw = fmaxf(mw, m * tab[nv - 1 - row]);
-    }
-    mw = __uint_as_float(warp_max_u32(__float_as_uint(mw)));
-    if (lane == 0) {
-      int* rs = reinterpret_cast<int*>(smem + L::RS);
-      rs[0] = piece_exp(mq);
-      rs[1] = piece_exp(mk);
-      rs[2] = piece_exp(mv);
-      rs[3] = piece_exp(mw);
-    }
+    for (int i = 0; i < 4; ++i) m[i] = __uint_as_float(warp_max_u32(__float_as_uint(m[i])));
+    if (lane == 0)
+      *reinterpret_cast<float4*>(smem + L::RS + 16 * pw) = make_float4(m[0], m[1], m[2], m[3]);
     __syncwarp();
-    mbar_arrive(sbase + L::BAR);  // count 32: the chunk and its scales are ready
+    mbar_arrive(sbase + L::BAR);  // count NT: the chunk and every warp's maxima are ready
   }
 }
 
-template <int D, int ES>
+template <int D, int ES, int NPW>
 struct Wg32Consumer {
   using L = Wg32Smem<D, ES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+  // 64-row blocks of the state per Kᵀ Ṽ accumulator: D = 128 with ES = 64 takes them one at a time (one more
+  // wait a chunk), which keeps it within 255 registers without spilling
+  static constexpr int UB = (DB == 2 && ES == 64) ? 1 : DB;
 
   // The state copy as hi / lo pieces (N-major [D][ES], swizzled) of S·2^-s, one s for the CTA; returns 2^s.
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, int w, int l,
@@ -226,11 +226,8 @@ struct Wg32Consumer {
     wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
-    float mask[32];
-    wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     float up = write_copy(S, smem, w, l, r0);
-    float* os = reinterpret_cast<float*>(smem + L::OS);
     const int nchunks = (seg.n + CH - 1) / CH;
     const u32 qh = sbase + L::QH, ql = sbase + L::QL, kh = sbase + L::KH, kl = sbase + L::KL;
     const u32 vh = sbase + L::VH, vl = sbase + L::VL, wh = sbase + L::WH, wl = sbase + L::WL;
@@ -239,10 +236,15 @@ struct Wg32Consumer {
     for (int c = 0; c < nchunks; ++c) {
       mbar_wait(sbase + L::BAR, c & 1);
       const int nv = min(CH, seg.n - c * CH);
-      int sc[4];  // read now: the producer rewrites them for the next chunk once the staging is released
-      const int* rs = reinterpret_cast<const int*>(smem + L::RS);
+      int sc[4];  // read now: the producers rewrite their maxima for the next chunk once the staging is released
 #pragma unroll
-      for (int i = 0; i < 4; ++i) sc[i] = rs[i];
+      for (int i = 0; i < 4; ++i) {
+        float m = 0.f;
+#pragma unroll
+        for (int pw = 0; pw < NPW; ++pw)
+          m = fmaxf(m, reinterpret_cast<const float*>(smem + L::RS)[4 * pw + i]);
+        sc[i] = piece_exp(m);
+      }
       split_chunk(smem, tab, nv, tid, sc);
       __syncwarp();
       if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producer may load the next chunk
@@ -251,7 +253,7 @@ struct Wg32Consumer {
       wg_fence();
 
       // Q Kᵀ, Q S_in, Kᵀ Ṽ (into U, added to the state below): three products each, the small pieces first
-      float acc_a[32], acc_o[NA], U[DB][NA];
+      float acc_a[32], acc_o[NA], U[UB][NA];
 #pragma unroll
       for (int t = 0; t < 3; ++t) wg_scores<D, false>(acc_a, t == 0 ? ql : qh, t == 1 ? kl : kh, t > 0);
       wg_commit();
@@ -259,12 +261,14 @@ struct Wg32Consumer {
       for (int t = 0; t < 3; ++t) wg_query_state<D, ES, false>(acc_o, t == 0 ? ql : qh, t == 1 ? sl : sh, t > 0);
       wg_commit();
 #pragma unroll
-      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+      for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false, 0, UB>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
       wg_commit();
 
       // P = scores · mask · 2^(sq+sk), each row scaled by its own power of two into float16 pieces
       wg_wait<2>();
       wg_pin(acc_a);
+      float mask[32];  // formed here each chunk (32 reads of the λ table), not held across it: registers
+      wg_decay_mask(mask, tab, scale, r0, c0);
       const float fa = pow2(sc[0]) * pow2(sc[1]);
       float m0 = 0.f, m1 = 0.f;
 #pragma unroll
@@ -308,29 +312,39 @@ struct Wg32Consumer {
       wg_wait<0>();
       wg_pin(acc_o);
 #pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
-      consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
+      for (int mb = 0; mb < UB; ++mb) wg_pin(U[mb]);
 
       // S = λ^n S + Kᵀ Ṽ with IEEE float32 operations: tensor cores add into their accumulator with truncation
       // (Fasi et al. 2021, on earlier cards), which over thousands of chunks at λ = 1 would bias the state
       const float dk = tab[nv], un = pow2(sc[1]) * pow2(sc[3]);
 #pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
+      for (int mb = 0; mb < UB; ++mb)
 #pragma unroll
         for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+      if constexpr (UB < DB) {  // the state's second 64-row block, through the same accumulator
+        wg_fence();
+#pragma unroll
+        for (int t = 0; t < 3; ++t)
+          wg_state_update<D, ES, false, UB, UB>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+        wg_commit();
+        wg_wait<0>();
+#pragma unroll
+        for (int mb = 0; mb < UB; ++mb) wg_pin(U[mb]);
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[UB][i] = fmaf(S[UB][i], dk, U[0][i] * un);
+      }
+      consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
       up = write_copy(S, smem, w, l, r0);
+      // outputs straight from the accumulator: each 8-column group of a row is 32 contiguous bytes from four
+      // lanes (whole sectors), so no staging tile — its shared memory lets ES = 64 fit at D = 128
       const float o0 = pow2(p0) * pow2(sc[2]), o1 = pow2(p1) * pow2(sc[2]);
-      float* ow = os + 16 * w * L::OP;
+      float* out0 = o + (seg.tok0 + (u64)c * CH + r0) * E + e0 + c0;
 #pragma unroll
       for (int j = 0; j < ES / 8; ++j) {
-        *reinterpret_cast<float2*>(ow + (l >> 2) * L::OP + 8 * j + c0) =
-            make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
-        *reinterpret_cast<float2*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
-            make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
+        if (r0 < nv) *reinterpret_cast<float2*>(out0 + 8 * j) = make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
+        if (r0 + 8 < nv)
+          *reinterpret_cast<float2*>(out0 + 8 * E + 8 * j) = make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
       }
-      __syncwarp();
-      wg_store_rows<ES, 4, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
-      __syncwarp();
     }
     if (seg.last && sN != nullptr)
       wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
@@ -339,13 +353,14 @@ struct Wg32Consumer {
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 160 threads (one per SM: the staging and the pieces take most of its shared
+// Grid: B·H·RUNS·NSL CTAs of 128 + 32·NPW threads (one per SM: the staging and the pieces take most of its shared
 // memory); arguments as chunk_fwd's, float32 q, k, v, o.
-template <int D, int ES, int NSL>
-__global__ void __launch_bounds__(160, 1)
+template <int D, int ES, int NSL, int NPW>
+__global__ void __launch_bounds__(128 + 32 * NPW, 1)
     chunk_wg32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                float* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
                const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
+  static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
   using LY = Wg32Smem<D, ES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
@@ -353,11 +368,12 @@ __global__ void __launch_bounds__(160, 1)
   const int tid = threadIdx.x;
   const int e0 = cta.e0;
   const Seg seg = cta.seg;
-  chunk_prologue<1>(smem_u32(smem) + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
+  chunk_prologue<1>(smem_u32(smem) + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid,
+                    32 * NPW);
   if (tid < 128)
-    Wg32Consumer<D, ES>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+    Wg32Consumer<D, ES, NPW>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
   else
-    wg32_producer<D, ES>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, smem);
+    wg32_producer<D, ES, NPW>(q, k, v, seg.tok0, seg.n, E, e0, (tid - 128) >> 5, tid & 31, smem);
 }
 
 template <int D, int ES>

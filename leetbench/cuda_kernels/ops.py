@@ -174,6 +174,7 @@ def _read_layouts(dev: int) -> None:
 
 _WG_D = (64, 128)
 _WG_ES = (64, 32)
+_WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its maxima split four ways
 
 
 def _read_wg_layouts(dev: int) -> None:
@@ -244,14 +245,20 @@ class ChunkPlan:
     bf16: bool
     D: int
     f32: bool = False
-    minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (160 · minb))
+    minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (threads · minb))
     opt: int | None = None  # chunked.cu OPT bits; None: default_opt
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
     gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, one warpgroup)
+    producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
 
     @property
     def opts(self) -> int:
         return default_opt(self.f32, self.bf16) if self.opt is None else self.opt
+
+    @property
+    def threads(self) -> int:
+        """Threads per CTA: four consumer warps and the producer warps."""
+        return 128 + 32 * self.producers
 
     @property
     def kind(self) -> str:
@@ -266,7 +273,7 @@ class ChunkPlan:
     @property
     def name(self) -> str:
         if self.gen == 2 and self.f32:
-            return f"chunk_wg32<{self.D},{self.es},{self.cl}>"
+            return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
@@ -303,16 +310,16 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                          f"(got D={D}, E={E}, {dtype})")
     lim = device_limits(dev)
     options = [c for c in _WG_ES if E % c == 0]
-    if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 only where it fits (D = 64)
+    if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; ES = 64 where its tiles fit
         options = [c for c in options if lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)]
         if not options:
             raise ValueError(f"cupy_chunked generation 2, float32: no E slice of E={E} fits shared memory at D={D}")
         es = es or next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
         if es not in options:
-            raise ValueError(f"cupy_chunked generation 2, float32: ES={es} does not fit D={D}, E={E} in shared "
-                             f"memory (valid: {options})")
+            raise ValueError(f"cupy_chunked generation 2, float32: ES={es} is not a slice of E={E} whose tiles fit "
+                             f"shared memory at D={D} (valid: {options})")
         return ChunkPlan(es=es, cl=E // es, stages=1, bf16=False, D=D, f32=True, minb=1, gen=2,
-                         smem=smem_bytes("wg32", D, es, 1, dev))
+                         smem=smem_bytes("wg32", D, es, 1, dev), producers=_WG32_PRODUCERS)
     if es is None:
         es = next((c for c in options if B * H * (E // c) >= 0.9 * lim.sm_count), options[-1])
     ctas = B * H * (E // es)
@@ -440,7 +447,9 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
         # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
         # half of the SMs. H200, B=1, H=32, N=65536: D=E=128 one pass at ES = 32 1.41 ms, P = 2 at ES = 64
         # 1.33 ms; D=64, E=256 one pass at ES = 64 1.32 ms, P = 2 1.72 ms (pass 1 re-reads k and v).
-        if (one.es == 64 or E % 64) and B * H * one.cl >= lim.sm_count // 2:
+        # float32 (chunk_wg32, one CTA per SM; its state pass is generation 1): only for idle SMs. H200, B=1,
+        # H=32, N=65536: one pass at ES = 32 4.66 ms, P = 2 at ES = 64 5.85 ms.
+        if (one.es == 64 or E % 64 or one.f32) and B * H * one.cl >= lim.sm_count // 2:
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
         return None  # one pass already has a CTA for every SM (or two)
@@ -461,7 +470,7 @@ def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: f
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
-    kernel(plan.files, plan.name, dev)(B * H * runs * plan.cl, 160, args, plan.smem)
+    kernel(plan.files, plan.name, dev)(B * H * runs * plan.cl, plan.threads, args, plan.smem)
 
 
 def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> torch.Tensor:

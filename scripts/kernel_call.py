@@ -1,0 +1,70 @@
+"""Call cupy_chunked's kernels on one shape a few times and nothing else: the process to put under a profiler.
+
+    python3 scripts/kernel_call.py [--dtype bf16|fp16|fp32] [--batch 1] [--heads 32] [--length 16384]
+                                   [--dims 128x128] [--segments P] [--producers NPW] [--calls 3]
+
+Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
+warps). It compiles before the first call and synchronises after the last, so under
+`ncu -k "regex:^chunk_wg(32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints the plan
+and the median ms of the calls (CUDA events, so not the harness's figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from leetbench.cuda_kernels import ops  # noqa: E402
+from leetbench.problem import decay_profile  # noqa: E402
+
+DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", choices=sorted(DT), default="bf16")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--length", type=int, default=16384)
+    ap.add_argument("--dims", default="128x128", help="DxE")
+    ap.add_argument("--segments", type=int, default=None)
+    ap.add_argument("--producers", type=int, default=None, help="chunk_wg32's producer warps (float32 only)")
+    ap.add_argument("--calls", type=int, default=3)
+    args = ap.parse_args()
+    B, H, N = args.batch, args.heads, args.length
+    D, E = map(int, args.dims.split("x"))
+    dt = DT[args.dtype]
+    dtype = str(dt).removeprefix("torch.")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
+    v = torch.randn(B, H, N, E, device="cuda", generator=g).to(dt)
+    lam = decay_profile("multiscale", H).cuda()
+    kw: dict = {"segments": args.segments}
+    if args.producers is not None:
+        plan = ops.chunk_plan(B, H, D, E, dtype)
+        if not plan.f32 or plan.gen != 2:
+            sys.exit(f"kernel_call: --producers applies to chunk_wg32 only (the plan here is {plan.name})")
+        kw = {"plan": replace(plan, producers=args.producers)}
+    names = [kw["plan"].name] if "plan" in kw else ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)
+    ops.precompile_chunked(names, 0, jobs=4)
+    times = []
+    for _ in range(args.calls):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        ops.chunked(q, k, v, lam, scale=D ** -0.5, **kw)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    print(f"{' + '.join(names)}: B{B} H{H} N{N} D{D} E{E} {dtype}, median {statistics.median(times):.3f} ms "
+          f"over {args.calls} calls (CUDA events)")
+
+
+if __name__ == "__main__":
+    main()
