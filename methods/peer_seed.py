@@ -53,6 +53,7 @@ import torch
 
 from leetbench import register
 from leetbench.adapters import decay_as, prepare_prescaled, prescaled, rate_as, warm_up
+from leetbench.extension_builds import exclusive_builds
 
 ALL = ("float64", "float32", "float16", "bfloat16")
 HALF_AND_SINGLE = ("float32", "float16", "bfloat16")
@@ -91,19 +92,29 @@ def _build_side_by_side(module: str = "causal_dot_product", extensions: dict[str
     builds = {name: subprocess.Popen([sys.executable, "-c", _BUILD_ONE, name, str(path)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
               for name, path in sources.items()}
-    for name, build in builds.items():
-        _, err = build.communicate()
-        if build.returncode:
-            raise RuntimeError(f"building the seed's CUDA extension {name} failed: {err.strip()[-2000:]}")
+    try:
+        for name, build in builds.items():
+            _, err = build.communicate()
+            if build.returncode:
+                raise RuntimeError(f"building the seed's CUDA extension {name} failed: {err.strip()[-2000:]}")
+    finally:  # one failed (or this process is being stopped): the others' results would be thrown away
+        for build in builds.values():
+            if build.poll() is None:
+                build.kill()
+                build.wait()
 
 
 def _setup_for(name: str, builds_cuda: bool = False):
     """A setup that imports the seed module `name`; `builds_cuda`: it imports causal_dot_product (itself,
     BlockBased and Recursion do), whose CUDA extensions are then built side by side first."""
     def setup(problem) -> None:
-        if builds_cuda:
+        if not builds_cuda:
+            _module(name)
+            return
+        # builds and the import's own load() calls under leetbench's build lock, torch's stale locks cleared
+        with exclusive_builds(_CDP_EXTENSIONS):
             _build_side_by_side()
-        _module(name)  # compiles what is not built yet, outside the timed calls
+            _module(name)  # compiles what is not built yet, outside the timed calls
 
     return setup
 

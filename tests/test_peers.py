@@ -8,14 +8,17 @@ swaps a layout, a sign of the decay, the heads or the scale is off by O(1).
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import fake_module
 
-from leetbench import Problem, load_methods
+from leetbench import Problem, extension_builds, load_methods
 from leetbench.adapters import cached, fingerprint, prescaled, time_major
 from leetbench.execute import verify
 from leetbench.inputs import make_inputs
@@ -267,7 +270,17 @@ def test_seed_cuda_extensions_build_side_by_side_and_a_failed_build_names_its_ex
     # nvcc): setup starts the three builds and reports the failure by extension name, before any import.
     # BlockBased and Recursion import causal_dot_product: their setup must build it side by side too (one by
     # one, at import, the builds took 2.5 minutes on an H200 box and stalled a paper sweep).
-    methods = tmp_path / "leetDecoding" / "methods"
+    _seed_package_that_does_not_compile(tmp_path)
+    for name in [m for m in sys.modules if m.startswith("leetDecoding")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    with pytest.raises(RuntimeError, match="building the seed's CUDA extension causal_product_cuda_with_decay"):
+        registry[route].setup(Problem(batch=2, heads=2, length=16, dim=8, dtype="float32"))
+
+
+def _seed_package_that_does_not_compile(root: Path) -> None:
+    methods = root / "leetDecoding" / "methods"
     methods.mkdir(parents=True)
     for init in (methods.parent / "__init__.py", methods / "__init__.py"):
         init.write_text("")
@@ -276,12 +289,70 @@ def test_seed_cuda_extensions_build_side_by_side_and_a_failed_build_names_its_ex
     for source in ("causal_product_cuda_with_decay_fp32.cu", "causal_product_cuda_with_decay_fp16.cu",
                    "causal_product_cuda.cu"):
         (methods / source).write_text("this is not CUDA\n")
+
+
+def test_seed_setup_clears_the_lock_of_a_killed_build(registry, tmp_path, monkeypatch):
+    # A build killed midway (a worker killed at its setup timeout, an interrupted sweep) leaves torch's lock
+    # file in the extension's folder, and every later load() of it polls forever: the next run's setup must
+    # clear it and reach the build (here: its failure) instead of waiting out setup_timeout_s.
+    _seed_package_that_does_not_compile(tmp_path)
     for name in [m for m in sys.modules if m.startswith("leetDecoding")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
-    with pytest.raises(RuntimeError, match="building the seed's CUDA extension causal_product_cuda_with_decay"):
-        registry[route].setup(Problem(batch=2, heads=2, length=16, dim=8, dtype="float32"))
+    extensions = tmp_path / "extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    for name in ("causal_product_cuda_with_decay_fp32_cuda", "causal_product_cuda_with_decay_fp16_cuda",
+                 "causal_dot_product_cuda"):
+        (extensions / name).mkdir(parents=True)
+        (extensions / name / "lock").write_text("")
+    (extensions / "someone_elses_extension").mkdir()
+    (extensions / "someone_elses_extension" / "lock").write_text("")
+
+    def stuck(signum, frame):
+        raise TimeoutError("setup waited on a dead build's lock")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(120)  # without the clearing the builds would wait forever: fail instead of hanging CI
+    try:
+        with pytest.raises(RuntimeError, match="building the seed's CUDA extension"):
+            registry["seed_block_based"].setup(Problem(batch=2, heads=2, length=16, dim=8, dtype="float32"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (extensions / "someone_elses_extension" / "lock").exists()  # only the seed's extensions are touched
+
+
+def test_exclusive_builds_waits_for_a_live_builder_and_clears_only_stale_locks(tmp_path):
+    # One torch version folder down (the default cache layout) and directly under $TORCH_EXTENSIONS_DIR.
+    deep = tmp_path / "py312_cu130" / "ext_a" / "lock"
+    flat = tmp_path / "ext_b" / "lock"
+    for lock in (deep, flat):
+        lock.parent.mkdir(parents=True)
+        lock.write_text("")
+    released = tmp_path / "released"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; from pathlib import Path\n"
+        f"h = open({str(tmp_path / extension_builds.LOCK_NAME)!r}, 'a'); fcntl.flock(h, fcntl.LOCK_EX)\n"
+        "print('held', flush=True); time.sleep(1.0)\n"
+        f"Path({str(released)!r}).write_text('done'); h.close()\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with extension_builds.exclusive_builds(["ext_a", "ext_b", "ext_c"], root=tmp_path) as cleared:
+            assert released.exists()  # entered only once the live builder let go
+            assert sorted(cleared) == sorted([deep, flat])
+            assert not deep.exists() and not flat.exists()
+    finally:
+        holder.wait(timeout=30)
+    # a builder that dies holding it does not block the next one (the OS drops a dead process's flock)
+    killed = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, time\n"
+        f"h = open({str(tmp_path / extension_builds.LOCK_NAME)!r}, 'a'); fcntl.flock(h, fcntl.LOCK_EX)\n"
+        "print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "held"
+    killed.kill()
+    killed.wait()
+    with extension_builds.exclusive_builds(["ext_a"], root=tmp_path) as cleared:
+        assert cleared == []
 
 
 def test_seed_lightning_torch_runs_for_real_on_cpu_shapes(registry, fake_seed):
