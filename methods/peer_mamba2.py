@@ -33,8 +33,7 @@ problem is refused when a buffer exceeds 2^31 elements: the largest are the scor
 chunk states, B·⌈N/C⌉·H·E·D (B=8, H=32, N=65536, D=E=128: C=128 fits exactly, C=64 and 256 do not). Any D,
 E and N otherwise (masked tiles; the last chunk may be partial). Prefill only. Memory: the chunk states in
 float32 and the passed states in the input dtype are alive together, B·⌈N/C⌉·H·E·D·(4 + itemsize) bytes —
-128 GiB in float32 at B=8, H=32, N=65536, D=E=128, more than an H200 holds beside the inputs: that `oom`
-row is the method's own.
+16 GiB in float32 at B=8, H=32, N=65536, D=E=128 (that row's peak on an H200, inputs included: 25.9 GB).
 
 Install: `pip install wheel` then `MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install
 --no-build-isolation --no-deps mamba-ssm==2.3.2.post1` (no compiled extensions; needs torch, triton, einops).

@@ -10,10 +10,10 @@ every allocation. It prints the memory allocated after each prepare, after each 
 fails for memory, the allocator's state at the moment of the failure (torch's out-of-memory observer) is
 summarised: the live blocks of ≥ 64 MiB, grouped by the innermost frames outside torch, largest first.
 
-Written for issue 21: `mamba2_ssd` float32 at B=8, N=65536 ends `oom` with 128 GiB allocated. (Answered from
-its source since: `_mamba_chunk_scan_combined_fwd` keeps every chunk's state, [B, N/C, H, E, D] in float32,
-and the passed states in the input dtype at once: 2 × 64 GiB there. The other methods' runs left 0.06 GiB
-allocated on an H200, 2026-11-30.)
+Written for issue 21: `mamba2_ssd` float32 at B=8, N=65536 ended `oom` with 128 GiB allocated (commit
+90e51cd). The other methods' runs left 0.06 GiB allocated on an H200 (2026-11-30), and Mamba-2's own chunk
+and passed states there are 2 × 8 GiB: measured again at 99464e7 the row runs, peak 25.9 GB. What held the
+rest in that worker was not found.
 """
 
 from __future__ import annotations
