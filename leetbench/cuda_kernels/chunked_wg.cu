@@ -381,6 +381,185 @@ __global__ void chunk_wg_layout(int* out) {
   out[0] = WgSmem<D, ES, STAGES>::ALLOC;
 }
 
+// ---- two consumer warpgroups (KERNEL_NOTES v14) ------------------------------------------------------------------
+// One consumer warpgroup issued in 35% of its slots, every warp stalled on its own results (v13's profile). Here a
+// second warpgroup takes the half of a chunk's work that does not depend on the state:
+//   warps 0-3, outputs: P = (Q Kᵀ) ⊙ M from registers, O = P V + X[c], the outputs stored — no chain from chunk
+//                       to chunk;
+//   warps 4-7, state:   Ṽ, X[c] = c·diag(λ^(i+1))·Q S_in (float32 into shared memory, in the accumulator's order),
+//                       S = λ^n S + Kᵀ Ṽ, the 16-bit state copy — the serial chain, now with nothing else on it;
+//   warp 8: the producer, as in chunk_wg.
+// X is double-buffered (chunk c in X[c mod 2], full and empty barriers of 128 arrivals each), so the state warps
+// run up to two chunks ahead of the outputs. Both warpgroups read a slot's tiles: it is released after eight warp
+// arrivals, each after the warp's own share of its last product (every share reads all of B, so the slot is free
+// only once all eight have arrived).
+template <int D, int ES, int STAGES>
+struct Wg2Smem : WgSmem<D, ES, STAGES> {
+  using Base = WgSmem<D, ES, STAGES>;
+  static constexpr int XBAR = SM_HEAD;  // X full [2], X empty [2]: in the head, behind the λ table
+  static constexpr int XT = 64 * ES * 4;  // one X tile
+  static constexpr int XS = Base::BYTES;
+  static constexpr int BYTES = XS + 2 * XT;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(XBAR + 4 * 8 <= WG_HEAD, "X barriers overlap the tiles");
+};
+
+template <int D, int ES, int STAGES, bool BF16>
+struct WgSplit {
+  using L = Wg2Smem<D, ES, STAGES>;
+  using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy: the same state copy at the same offset
+  static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+
+  // Thread t of either warpgroup holds the same accumulator entries: its NA floats of X sit as NA/4 16-byte
+  // pieces 128 pieces apart, so the 128 threads' accesses are consecutive.
+  static __device__ __forceinline__ float4* x_piece(unsigned char* smem, int buf, int t, int j) {
+    return reinterpret_cast<float4*>(smem + L::XS + buf * L::XT) + j * 128 + t;
+  }
+
+  static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
+                                                 int E, float scale, int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    u16* ow = reinterpret_cast<u16*>(smem + L::OS) + 16 * w * L::OP;
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES, buf = c & 1;
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
+      const u32 vs = sbase + L::VS + slot * L::VT;
+      wg_fence();
+      float acc_a[32], acc_o[NA];
+      wg_scores<D, BF16>(acc_a, qs, ks, false);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_a);
+      float mask[32];
+      wg_decay_mask(mask, tab, scale, r0, c0);
+      u32 pa[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          pa[kk][r] = pack2<BF16>(acc_a[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
+                                  acc_a[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), kk > 0);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_o);
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+      mbar_wait(sbase + L::XBAR + 8 * buf, (c >> 1) & 1);             // X[c] from the state warps
+#pragma unroll
+      for (int j = 0; j < NA / 4; ++j) {
+        const float4 x = *x_piece(smem, buf, t, j);
+        acc_o[4 * j] += x.x; acc_o[4 * j + 1] += x.y; acc_o[4 * j + 2] += x.z; acc_o[4 * j + 3] += x.w;
+      }
+      mbar_arrive(sbase + L::XBAR + 8 * (2 + buf));  // X[c mod 2] may be rewritten
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
+        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
+            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
+      }
+      __syncwarp();
+      wg_store_rows<ES, 2, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
+      __syncwarp();
+    }
+  }
+
+  static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
+                                               float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
+                                               int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    float S[DB][NA];
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+    });
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
+    float up = C1::write_copy(S, smem, sb, w, l, r0);
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES, buf = c & 1;
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
+      wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, t);
+      const float dn = tab[nv];
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+      fence_async_smem();
+      consumers_sync();  // Ṽ and the state copy written by every state thread (named barrier 1: these 128 only)
+      wg_fence();
+      float acc_x[NA];
+      wg_query_state<D, ES, BF16>(acc_x, qs, sb, false);
+      wg_commit();
+      wg_state_update<D, ES, BF16>(S, ks, vdt);
+      wg_commit();
+      wg_wait<1>();
+      wg_pin(acc_x);
+      const float g0 = f0 * up, g1 = f1 * up;
+      if (c >= 2) mbar_wait(sbase + L::XBAR + 8 * (2 + buf), ((c >> 1) + 1) & 1);  // chunk c-2's X read
+#pragma unroll
+      for (int j = 0; j < NA / 4; ++j)
+        *x_piece(smem, buf, t, j) = make_float4(acc_x[4 * j] * g0, acc_x[4 * j + 1] * g0,
+                                                acc_x[4 * j + 2] * g1, acc_x[4 * j + 3] * g1);
+      mbar_arrive(sbase + L::XBAR + 8 * buf);
+      wg_wait<0>();
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      // every state warp's share of Kᵀ Ṽ done before Ṽ and the state copy are rewritten
+      consumers_sync();
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
+      up = C1::write_copy(S, smem, sb, w, l, r0);
+    }
+    if (seg.last && sN != nullptr)
+      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
+      });
+  }
+};
+
+// Grid: B·H·RUNS·NSL CTAs of 288 threads (one per SM); arguments as chunk_wg's.
+template <int D, int ES, int NSL, int STAGES, bool BF16>
+__global__ void __launch_bounds__(288, 1)
+    chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
+              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
+              int E, float scale, int L, int RUNS) {
+  using LY = Wg2Smem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
+  unsigned char* smem = cta.smem;
+  const u32 sbase = smem_u32(smem);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(sbase + LY::XBAR + 8 * b, 128);  // X full [2], X empty [2]
+  }
+  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[cta.seg.bh % H], tid, 32,
+                         8);
+  if (tid < 128)
+    WgSplit<D, ES, STAGES, BF16>::outputs(smem, o, cta.seg, cta.e0, E, scale, tid);
+  else if (tid < 256)
+    WgSplit<D, ES, STAGES, BF16>::state(smem, s0, sN, cta.seg, cta.e0, E, scale, tid - 128);
+  else
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, sbase);
+}
+
+template <int D, int ES, int STAGES>
+__global__ void chunk_wg2_layout(int* out) {
+  out[0] = Wg2Smem<D, ES, STAGES>::ALLOC;
+}
+
 // ---- the state pass of the sequence-parallel path, generation 2 -----------------------------------------------
 // Every piece's own end state Σ_j λ^(n-1-j) k_jᵀ v_j (from zero) into local [B·H·RUNS, D, E], float32, as
 // chunk_state (chunked.cu) computes it: per chunk only S = λ^n S + Kᵀ Ṽ, one warpgroup product into the state
