@@ -97,7 +97,7 @@ def _build_side_by_side(module: str = "causal_dot_product", extensions: dict[str
             _, err = build.communicate()
             if build.returncode:
                 raise RuntimeError(f"building the seed's CUDA extension {name} failed: {err.strip()[-2000:]}")
-    finally:  # one failed (or this process is being stopped): the others' results would be thrown away
+    finally:  # one failed, or this process is being stopped: the others stop too instead of running on unowned
         for build in builds.values():
             if build.poll() is None:
                 build.kill()
