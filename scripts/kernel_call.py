@@ -55,7 +55,8 @@ def main() -> None:
         kw = {"plan": replace(plan, producers=args.producers)}
     if args.split:
         try:
-            kw = {"plan": ops.split_plan(ops.chunk_plan(B, H, D, E, dtype)), "segments": args.segments}
+            one = ops.chunk_plan(B, H, D, E, dtype)
+            kw = {"plan": ops.split_plan(one, ctas=B * H * one.cl), "segments": args.segments}
         except ValueError as exc:
             sys.exit(f"kernel_call: --split: {exc}")
     names = [kw["plan"].name] if "plan" in kw else ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)

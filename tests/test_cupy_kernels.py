@@ -280,9 +280,10 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
             fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
             for st in sorted({fits[0], fits[-1]} if fits else set()):
                 out.append(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, stages=st, minb=minb, gen=2))
-        # two consumer warpgroups (chunk_wg2) at their deepest pipeline and at two stages
-        split = ops.split_plan(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2), 0)
-        out += [split, replace(split, stages=2, smem=0)]
+        # two consumer warpgroups (chunk_wg2) at their deepest pipeline and at two stages, and two CTAs per SM
+        base = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
+        split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
+        out += [split, replace(split, stages=2, smem=0)] + ([crowded] if crowded.minb == 2 else [])
     return out
 
 

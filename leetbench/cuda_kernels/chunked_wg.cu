@@ -530,9 +530,9 @@ struct WgSplit {
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads (one per SM); arguments as chunk_wg's.
-template <int D, int ES, int NSL, int STAGES, bool BF16>
-__global__ void __launch_bounds__(288, 1)
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+__global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
               int E, float scale, int L, int RUNS) {

@@ -279,7 +279,7 @@ class ChunkPlan:
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             if self.wgs == 2:
-                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
+                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
         if self.f32:
             return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
@@ -336,16 +336,25 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                      smem=smem_bytes("wg", D, es, stages, dev))
 
 
-def split_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: outputs and the state chain apart,
-    one CTA per SM of 288 threads) at the deepest pipeline whose tiles and double-buffered X fit."""
+    CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs and two
+    fit (≤ 113 registers a thread: D = 64, or ES = 32), else one; the deepest pipeline whose tiles and
+    double-buffered X fit that."""
     if plan.gen != 2 or plan.f32:
         raise ValueError(f"two consumer warpgroups are a generation-2 16-bit plan (got {plan.name})")
     lim = device_limits(dev)
-    fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), 1)]
+
+    def depths(per_sm: int) -> list[int]:
+        return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
+
+    small = plan.D == 64 or plan.es == 32  # 91-108 registers compiled (sm_90a), under 65536 / (2 · 288)
+    minb = 2 if small and ctas is not None and ctas > lim.sm_count and depths(2) else 1
+    fits = depths(minb)
     if not fits:
         raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
-    return replace(plan, wgs=2, minb=1, stages=max(fits), smem=smem_bytes("wg2", plan.D, plan.es, max(fits), dev))
+    st = max(fits)
+    return replace(plan, wgs=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
