@@ -249,7 +249,7 @@ class ChunkPlan:
     minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (threads · minb))
     opt: int | None = None  # chunked.cu OPT bits; None: default_opt
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
-    gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, one warpgroup)
+    gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, warpgroups)
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
     wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
 
@@ -339,7 +339,7 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
 def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: outputs and the state chain apart,
     CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs and two
-    fit (≤ 113 registers a thread: D = 64, or ES = 32), else one; the deepest pipeline whose tiles and
+    fit (≤ 112 registers a thread: D = 64, or ES = 32), else one; the deepest pipeline whose tiles and
     double-buffered X fit that."""
     if plan.gen != 2 or plan.f32:
         raise ValueError(f"two consumer warpgroups are a generation-2 16-bit plan (got {plan.name})")
