@@ -260,6 +260,35 @@ struct WgConsumer {
     return up;
   }
 
+  // The CTA's D × ES slice of the initial state (0 without one) into the accumulator layout, and back out.
+  static __device__ __forceinline__ void load_state(float (&S)[DB][NA], const float* __restrict__ s0, const Seg& seg,
+                                                    int e0, int E, int r0, int c0) {
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+    });
+  }
+  static __device__ __forceinline__ void store_state(const float (&S)[DB][NA], float* __restrict__ sN, const Seg& seg,
+                                                     int e0, int E, int r0, int c0) {
+    if (seg.last && sN != nullptr)
+      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
+      });
+  }
+  // A chunk's start for the warpgroup holding the state: Ṽ from the slot's V tile, S decayed by λ^n, both
+  // made visible to the tensor cores, and the warpgroup met (named barrier 1).
+  static __device__ __forceinline__ void begin_chunk(float (&S)[DB][NA], unsigned char* smem, const float* tab,
+                                                     int slot, int nv, int t) {
+    wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, t);
+    const float dn = tab[nv];
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+    fence_async_smem();
+    consumers_sync();  // Ṽ and the state copy written by every thread of the warpgroup
+    wg_fence();
+  }
+
   static __device__ __forceinline__ void run(unsigned char* smem, u16* __restrict__ o, const float* __restrict__ s0,
                                              float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
                                              int tid) {
@@ -270,9 +299,7 @@ struct WgConsumer {
     const int c0 = 2 * (l & 3);        // first column inside an 8-column group
 
     float S[DB][NA];
-    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
-    });
+    load_state(S, s0, seg, e0, E, r0, c0);
     float mask[32];
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
@@ -287,15 +314,7 @@ struct WgConsumer {
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
       const u32 vs = sbase + L::VS + slot * L::VT;
-      wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, tid);
-      const float dn = tab[nv];
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
-      fence_async_smem();
-      consumers_sync();  // Ṽ and the state copy written by every consumer thread
-      wg_fence();
+      begin_chunk(S, smem, tab, slot, nv, tid);
 
       float acc_a[32], acc_o[NA];
       wg_scores<D, BF16>(acc_a, qs, ks, false);
@@ -348,10 +367,7 @@ struct WgConsumer {
       wg_store_rows<ES, 2, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
       __syncwarp();
     }
-    if (seg.last && sN != nullptr)
-      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
-      });
+    store_state(S, sN, seg, e0, E, r0, c0);
   }
 };
 
@@ -480,9 +496,7 @@ struct WgSplit {
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     float S[DB][NA];
-    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
-    });
+    C1::load_state(S, s0, seg, e0, E, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
     float up = C1::write_copy(S, smem, sb, w, l, r0);
@@ -492,15 +506,7 @@ struct WgSplit {
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
-      wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, t);
-      const float dn = tab[nv];
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
-      fence_async_smem();
-      consumers_sync();  // Ṽ and the state copy written by every state thread (named barrier 1: these 128 only)
-      wg_fence();
+      C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
       float acc_x[NA];
       wg_query_state<D, ES, BF16>(acc_x, qs, sb, false);
       wg_commit();
@@ -523,10 +529,7 @@ struct WgSplit {
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
       up = C1::write_copy(S, smem, sb, w, l, r0);
     }
-    if (seg.last && sN != nullptr)
-      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
-      });
+    C1::store_state(S, sN, seg, e0, E, r0, c0);
   }
 };
 
