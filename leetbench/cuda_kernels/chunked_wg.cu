@@ -195,6 +195,22 @@ __device__ __forceinline__ void wg_each_entry(int r0, int c0, F&& f) {
       for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
 }
 
+// f(byte offset, x, y) for each pair of state entries a consumer thread holds, at the pair's place in a swizzled
+// N-major [D][ES] 16-bit tile (rows of VRB bytes): how write_copy lays the state copy out, whatever the pieces.
+template <int DB, int NA, int VRB, class F>
+__device__ __forceinline__ void wg_copy_pairs(const float (&S)[DB][NA], int l, int r0, F&& f) {
+#pragma unroll
+  for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+    for (int j = 0; j < NA / 4; ++j) {
+      const int row = 64 * mb + r0;
+      const u32 b = 4 * (l & 3);
+      const float* d = &S[mb][4 * j];
+      f(swz<VRB>(row, j) + b, d[0], d[1]);
+      f(swz<VRB>(row + 8, j) + b, d[2], d[3]);
+    }
+}
+
 // Where a CTA works: its shared memory from the first 1024-byte boundary (the swizzle acts on absolute address
 // bits, so the tiles must start on one), its E slice's first column and its piece of the sequence.
 struct WgCta {
@@ -245,18 +261,9 @@ struct WgConsumer {
       down = __uint_as_float((127u - s) << 23);
     }
     unsigned char* base = smem + (sb - smem_u32(smem));
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        const int row = 64 * mb + r0;
-        const u32 b = 4 * (l & 3);
-        const float* d = &S[mb][4 * j];
-        const u32 lo = SC ? pack2_f16_sat(d[0] * down, d[1] * down) : pack2<BF16>(d[0], d[1]);
-        const u32 hi = SC ? pack2_f16_sat(d[2] * down, d[3] * down) : pack2<BF16>(d[2], d[3]);
-        *reinterpret_cast<u32*>(base + swz<VRB>(row, j) + b) = lo;
-        *reinterpret_cast<u32*>(base + swz<VRB>(row + 8, j) + b) = hi;
-      }
+    wg_copy_pairs<DB, NA, VRB>(S, l, r0, [&](u32 at, float x, float y) {
+      *reinterpret_cast<u32*>(base + at) = SC ? pack2_f16_sat(x * down, y * down) : pack2<BF16>(x, y);
+    });
     return up;
   }
 

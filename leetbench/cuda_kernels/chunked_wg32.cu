@@ -157,21 +157,12 @@ struct Wg32Consumer {
                                                      int r0) {
     const int s = piece_exp(wg_state_max(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
     const float down = pow2(-s);
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        const int row = 64 * mb + r0;
-        const u32 b = 4 * (l & 3);
-        const float* d = &S[mb][4 * j];
-        u32 h0, l0, h1, l1;
-        split2(d[0] * down, d[1] * down, h0, l0);
-        split2(d[2] * down, d[3] * down, h1, l1);
-        *reinterpret_cast<u32*>(smem + L::SH + swz<VRB>(row, j) + b) = h0;
-        *reinterpret_cast<u32*>(smem + L::SL + swz<VRB>(row, j) + b) = l0;
-        *reinterpret_cast<u32*>(smem + L::SH + swz<VRB>(row + 8, j) + b) = h1;
-        *reinterpret_cast<u32*>(smem + L::SL + swz<VRB>(row + 8, j) + b) = l1;
-      }
+    wg_copy_pairs<DB, NA, VRB>(S, l, r0, [&](u32 at, float x, float y) {
+      u32 hi, lo;
+      split2(x * down, y * down, hi, lo);
+      *reinterpret_cast<u32*>(smem + L::SH + at) = hi;
+      *reinterpret_cast<u32*>(smem + L::SL + at) = lo;
+    });
     return pow2(s);
   }
 
