@@ -212,18 +212,26 @@ __device__ __forceinline__ void wg_copy_pairs(const float (&S)[DB][NA], int l, i
 }
 
 // Where a CTA works: its shared memory from the first 1024-byte boundary (the swizzle acts on absolute address
-// bits, so the tiles must start on one), its E slice's first column and its piece of the sequence.
+// bits, so the tiles must start on one) and that address as the shared window sees it, its E slice's first
+// column and its piece of the sequence.
 struct WgCta {
   unsigned char* smem;
+  u32 sbase;
   int e0;
   Seg seg;
 };
-template <int D, int ES, int NSL>
-__device__ __forceinline__ WgCta wg_cta(unsigned char* smem_raw, int RUNS, int L, int N) {
+// The CTA's place, and its barriers (layout LY, STAGES slots, `producers` arrivals to fill one, one per consumer
+// warp to release it) and λ table set up by chunk_prologue.
+template <int D, int ES, int NSL, int STAGES, class LY>
+__device__ __forceinline__ WgCta wg_cta(unsigned char* smem_raw, int RUNS, int L, int N, const double* lam, int H,
+                                        u32 producers = 32, u32 consumer_warps = 4) {
   static_assert(D == 64 || D == 128, "D = 64 or 128");
   static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
-  return {smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u), (int)(blockIdx.x % NSL) * ES,
-          seg_of(blockIdx.x / NSL, RUNS, L, N)};
+  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const WgCta cta{smem, smem_u32(smem), (int)(blockIdx.x % NSL) * ES, seg_of(blockIdx.x / NSL, RUNS, L, N)};
+  chunk_prologue<STAGES>(cta.sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[cta.seg.bh % H],
+                         (int)threadIdx.x, producers, consumer_warps);
+  return cta;
 }
 
 // A warp's 16 staged output rows (EB-byte elements, pitch OP elements) stored from row `trow` of o with
@@ -296,6 +304,22 @@ struct WgConsumer {
     wg_fence();
   }
 
+  // A warp's 16 output rows of the chunk: staged in its slice of the output tile `ow`, then stored from row
+  // `trow` of o with 16-byte writes (rows from `nv` on, past the piece's end, left alone).
+  static __device__ __forceinline__ void store_outputs(const float (&acc_o)[NA], u16* ow, u16* __restrict__ o,
+                                                       u64 trow, int E, int e0, int rows_before, int nv, int l,
+                                                       int c0) {
+#pragma unroll
+    for (int j = 0; j < ES / 8; ++j) {
+      *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
+      *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
+          pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
+    }
+    __syncwarp();
+    wg_store_rows<ES, 2, L::OP>(o, ow, trow, E, e0, rows_before, nv, l);
+    __syncwarp();
+  }
+
   static __device__ __forceinline__ void run(unsigned char* smem, u16* __restrict__ o, const float* __restrict__ s0,
                                              float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
                                              int tid) {
@@ -364,15 +388,7 @@ struct WgConsumer {
       up = write_copy(S, smem, sb, w, l, r0);
       // outputs: each warp stages its 16 rows, then stores them with 16-byte writes
       u16* ow = os + 16 * w * L::OP;
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
-        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
-            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
-      }
-      __syncwarp();
-      wg_store_rows<ES, 2, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
-      __syncwarp();
+      store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
     }
     store_state(S, sN, seg, e0, E, r0, c0);
   }
@@ -386,17 +402,12 @@ __global__ void __launch_bounds__(160, MINB)
              int E, float scale, int L, int RUNS) {
   using LY = WgSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
-  unsigned char* smem = cta.smem;
-  const u32 sbase = smem_u32(smem);
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  const int e0 = cta.e0;
-  const Seg seg = cta.seg;
-  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
   if (tid < 128)
-    WgConsumer<D, ES, STAGES, BF16>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+    WgConsumer<D, ES, STAGES, BF16>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
-    wg_producer<LY, D, STAGES, true>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
 }
 
 template <int D, int ES, int STAGES>
@@ -483,15 +494,7 @@ struct WgSplit {
         acc_o[4 * j] += x.x; acc_o[4 * j + 1] += x.y; acc_o[4 * j + 2] += x.z; acc_o[4 * j + 3] += x.w;
       }
       mbar_arrive(sbase + L::XBAR + 8 * (2 + buf));  // X[c mod 2] may be rewritten
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
-        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
-            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
-      }
-      __syncwarp();
-      wg_store_rows<ES, 2, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
-      __syncwarp();
+      C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
     }
   }
 
@@ -548,21 +551,19 @@ __global__ void __launch_bounds__(288, MINB)
               int E, float scale, int L, int RUNS) {
   using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
-  unsigned char* smem = cta.smem;
-  const u32 sbase = smem_u32(smem);
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
   const int tid = threadIdx.x;
   if (tid == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(sbase + LY::XBAR + 8 * b, 128);  // X full [2], X empty [2]
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::XBAR + 8 * b, 128);  // X full [2], X empty [2]
+    fence_mbar_init();
   }
-  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[cta.seg.bh % H], tid, 32,
-                         8);
+  __syncthreads();
   if (tid < 128)
-    WgSplit<D, ES, STAGES, BF16>::outputs(smem, o, cta.seg, cta.e0, E, scale, tid);
+    WgSplit<D, ES, STAGES, BF16>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
   else if (tid < 256)
-    WgSplit<D, ES, STAGES, BF16>::state(smem, s0, sN, cta.seg, cta.e0, E, scale, tid - 128);
+    WgSplit<D, ES, STAGES, BF16>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, scale, tid - 128);
   else
-    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, sbase);
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
 }
 
 template <int D, int ES, int STAGES>
@@ -593,14 +594,13 @@ __global__ void __launch_bounds__(160, MINB)
                    const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
   using LY = WgStateSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   unsigned char* smem = cta.smem;
-  const u32 sbase = smem_u32(smem);
+  const u32 sbase = cta.sbase;
   const int tid = threadIdx.x;
   const int e0 = cta.e0;
   const Seg seg = cta.seg;
   const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
-  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
   if (tid >= 128) {
     wg_producer<LY, D, STAGES, false>(nullptr, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
     return;

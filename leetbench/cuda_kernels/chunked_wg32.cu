@@ -354,17 +354,12 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
   static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
   using LY = Wg32Smem<D, ES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
-  unsigned char* smem = cta.smem;
+  const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);
   const int tid = threadIdx.x;
-  const int e0 = cta.e0;
-  const Seg seg = cta.seg;
-  chunk_prologue<1>(smem_u32(smem) + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid,
-                    32 * NPW);
   if (tid < 128)
-    Wg32Consumer<D, ES, NPW>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+    Wg32Consumer<D, ES, NPW>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
-    wg32_producer<D, ES, NPW>(q, k, v, seg.tok0, seg.n, E, e0, (tid - 128) >> 5, tid & 31, smem);
+    wg32_producer<D, ES, NPW>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31, cta.smem);
 }
 
 template <int D, int ES>
