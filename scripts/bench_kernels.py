@@ -73,6 +73,14 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             out.update({f"v2pw{p}": {"plan": replace(base, producers=p)} for p in (1, 2) if p != base.producers})
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
+        if dtype != "float32":  # two consumer warpgroups (chunk_wg2): one pass at the rule's ES, and at P = 2
+            try:                # in 64-column slices
+                one = ops.chunk_plan(B, H, D, E, dtype, gen=2)
+                out["v2wg2"] = {"plan": ops.split_plan(one, ctas=B * H * one.cl)}
+                wide = ops.chunk_plan(B, H, D, E, dtype, es=64 if E % 64 == 0 else 32, gen=2)
+                out["v2P2wg2"] = {"plan": ops.split_plan(wide, ctas=2 * B * H * wide.cl), "segments": 2}
+            except ValueError as exc:
+                print(f"  v2wg2: {exc}")
     return out
 
 

@@ -1,12 +1,12 @@
 """Call cupy_chunked's kernels on one shape a few times and nothing else: the process to put under a profiler.
 
     python3 scripts/kernel_call.py [--dtype bf16|fp16|fp32] [--batch 1] [--heads 32] [--length 16384]
-                                   [--dims 128x128] [--segments P] [--producers NPW] [--calls 3]
+                                   [--dims 128x128] [--segments P] [--producers NPW] [--split] [--calls 3]
 
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
-warps). It compiles before the first call and synchronises after the last, so under
-`ncu -k "regex:^chunk_wg(32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints the plan
-and the median ms of the calls (CUDA events, so not the harness's figure).
+warps; `--split` takes two consumer warpgroups, chunk_wg2). It compiles before the first call and synchronises
+after the last, so under `ncu -k "regex:^chunk_wg(2|32)?$" --launch-skip 1 --launch-count 1 …` the profiled
+launch is a warm one. Prints the plan and the median ms of the calls (CUDA events, not the harness's figure).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--dims", default="128x128", help="DxE")
     ap.add_argument("--segments", type=int, default=None)
     ap.add_argument("--producers", type=int, default=None, help="chunk_wg32's producer warps (float32 only)")
+    ap.add_argument("--split", action="store_true", help="two consumer warpgroups (chunk_wg2; 16-bit only)")
     ap.add_argument("--calls", type=int, default=3)
     args = ap.parse_args()
     B, H, N = args.batch, args.heads, args.length
@@ -52,7 +53,15 @@ def main() -> None:
         if not plan.f32 or plan.gen != 2:
             sys.exit(f"kernel_call: --producers applies to chunk_wg32 only (the plan here is {plan.name})")
         kw = {"plan": replace(plan, producers=args.producers)}
+    if args.split:
+        try:
+            one = ops.chunk_plan(B, H, D, E, dtype)
+            kw = {"plan": ops.split_plan(one, ctas=B * H * one.cl), "segments": args.segments}
+        except ValueError as exc:
+            sys.exit(f"kernel_call: --split: {exc}")
     names = [kw["plan"].name] if "plan" in kw else ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)
+    if kw.get("segments"):  # the split plan as the output pass of P segments: the state pass and scan too
+        names = [kw["plan"].name] + ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)[1:]
     ops.precompile_chunked(names, 0, jobs=4)
     times = []
     for _ in range(args.calls):

@@ -248,6 +248,9 @@ def test_fp16_state_beyond_65504(segments):
     assert ref_s.abs().max() > 65504 and ref_o.abs().max() < 30000
     o, s = _direct(x, EXPECTED["float16"], segments=segments)
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    if ops.device_gen(0) == 2:  # two consumer warpgroups: the state warps scale their copy the same way
+        split = ops.split_plan(ops.chunk_plan(B, H, D, E, "float16", 0, gen=2), 0)
+        _direct(x, EXPECTED["float16"], plan=split, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
         o_old, _ = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale,
@@ -262,7 +265,7 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
-    CTAs per SM where two fit (float32: each count of producer warps)."""
+    CTAs per SM where two fit, and with two consumer warpgroups (float32: each count of producer warps)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -277,6 +280,10 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
             fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
             for st in sorted({fits[0], fits[-1]} if fits else set()):
                 out.append(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, stages=st, minb=minb, gen=2))
+        # two consumer warpgroups (chunk_wg2) at their deepest pipeline and at two stages, and two CTAs per SM
+        base = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
+        split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
+        out += [split, replace(split, stages=2, smem=0)] + ([crowded] if crowded.minb == 2 else [])
     return out
 
 
@@ -426,6 +433,7 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 4 * 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
+        assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 2 * 64 * 64 * 4
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
@@ -500,6 +508,10 @@ _SANITIZE = textwrap.dedent("""
         else:
             run(ops.chunked, 1, 2, 200, 128, 128, dt, True, plan=plan(1, 2, 128, 128, dt, es=64))
             run(ops.chunked, 1, 2, 333, 128, 96, dt, True, plan=plan(1, 2, 128, 96, dt, es=32, stages=2))
+            # two consumer warpgroups (chunk_wg2): X double buffer, eight warps releasing a slot, segments
+            split = ops.split_plan(plan(1, 2, 128, 128, dt, es=64))
+            run(ops.chunked, 1, 2, 333, 128, 128, dt, True, plan=split)
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)
     f32 = torch.float32
     if GEN == 1:
         run(ops.chunked, 1, 2, 131, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32))  # 3xTF32 path
@@ -536,7 +548,7 @@ _RACE_FP = pytest.mark.xfail(reason="racecheck does not model mbarrier ordering 
     pytest.param(1, "synccheck", marks=pytest.mark.xfail(reason="four consumer loops, kept for speed", strict=True)),
     (2, "memcheck"),
     pytest.param(2, "racecheck", marks=_RACE_FP),
-    (2, "synccheck"),  # one consumer warpgroup: its warps meet at each barrier through one instruction
+    (2, "synccheck"),  # each consumer warpgroup's warps meet at each barrier through one instruction
 ])
 def test_compute_sanitizer(gen, tool):
     """memcheck is clean on each generation's plans and the sequence-parallel path, synccheck on generation 2,

@@ -174,6 +174,11 @@ def _stub_wg_smem(D: int, es: int, stages: int) -> int:
     return 1024 + stages * (2 * (D // 64) * 8192 + vt) + vt + D * 2 * es + 64 * (es + 8) * 2 + 1024
 
 
+def _stub_wg2_smem(D: int, es: int, stages: int) -> int:
+    """chunked_wg.cu's Wg2Smem::ALLOC: WgSmem's, then the double-buffered float32 X tile (64 × ES)."""
+    return _stub_wg_smem(D, es, stages) + 2 * 64 * es * 4
+
+
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
     staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four); no
@@ -191,7 +196,8 @@ def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
 @pytest.fixture
 def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
-    stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
+    stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg2": lambda D, es, st: _stub_wg2_smem(D, es, st),
+             "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
                         else real(kind, D, es, st, dev))
@@ -231,6 +237,23 @@ def test_generation_two_plans(h200_gen2):
     assert few is not None and few.seg.count >= 4
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg<")
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16", gen=1)[0].startswith("chunk_fwd<")
+
+
+def test_split_plan(h200_gen2):
+    """Two consumer warpgroups: one CTA per SM of 288 threads, the deepest pipeline whose tiles and X fit (at
+    D=128, ES=64 four stages take exactly the H200's 227 KB); 16-bit generation 2 only, refused by name else."""
+    split = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"), ctas=512)
+    assert (split.name, split.threads, split.minb, split.kind) == ("chunk_wg2<128,64,2,4,true,1>", 288, 1, "wg2")
+    assert split.smem == _stub_wg2_smem(128, 64, 4) == 232448                  # 150 registers: one per SM
+    assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16")).name == "chunk_wg2<64,64,4,4,false,1>"
+    two = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512)  # D=64: ≤ 112 registers
+    assert (two.minb, two.stages) == (2, 2) and 2 * (two.smem + 1024) <= 233472
+    assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16"), ctas=128).minb == 1  # no second wave"
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").threads == 160     # the default stays one warpgroup
+    with pytest.raises(ValueError, match=r"generation-2 16-bit plan \(got chunk_wg32"):
+        ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
+    with pytest.raises(ValueError, match=r"got chunk_fwd"):
+        ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
 
 
 def test_seq_plan_rule(h200):

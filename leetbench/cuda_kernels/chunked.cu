@@ -213,12 +213,13 @@ struct EvenSplit {
 // Then the table λ^j, j = 0..C, formed in float64 from log λ, and at +TAB_LO floats the float64 remainder of
 // each power.
 template <int STAGES>
-__device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam, int tid, u32 producers = 32) {
+__device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam, int tid, u32 producers = 32,
+                                               u32 consumer_warps = 4) {
   static_assert(2 * STAGES * 8 <= SM_SCL, "barriers overlap the fp16 scales");
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(bars + 8 * s, producers);      // one arrive from each producer lane
-      mbar_init(bars + 8 * (STAGES + s), 4);   // one arrive per consumer warp
+      mbar_init(bars + 8 * s, producers);                   // one arrive from each producer lane
+      mbar_init(bars + 8 * (STAGES + s), consumer_warps);   // one arrive per consumer warp
     }
     fence_mbar_init();
   }

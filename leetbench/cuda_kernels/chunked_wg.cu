@@ -195,19 +195,43 @@ __device__ __forceinline__ void wg_each_entry(int r0, int c0, F&& f) {
       for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
 }
 
+// f(byte offset, x, y) for each pair of state entries a consumer thread holds, at the pair's place in a swizzled
+// N-major [D][ES] 16-bit tile (rows of VRB bytes): how write_copy lays the state copy out, whatever the pieces.
+template <int DB, int NA, int VRB, class F>
+__device__ __forceinline__ void wg_copy_pairs(const float (&S)[DB][NA], int l, int r0, F&& f) {
+#pragma unroll
+  for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+    for (int j = 0; j < NA / 4; ++j) {
+      const int row = 64 * mb + r0;
+      const u32 b = 4 * (l & 3);
+      const float* d = &S[mb][4 * j];
+      f(swz<VRB>(row, j) + b, d[0], d[1]);
+      f(swz<VRB>(row + 8, j) + b, d[2], d[3]);
+    }
+}
+
 // Where a CTA works: its shared memory from the first 1024-byte boundary (the swizzle acts on absolute address
-// bits, so the tiles must start on one), its E slice's first column and its piece of the sequence.
+// bits, so the tiles must start on one) and that address as the shared window sees it, its E slice's first
+// column and its piece of the sequence.
 struct WgCta {
   unsigned char* smem;
+  u32 sbase;
   int e0;
   Seg seg;
 };
-template <int D, int ES, int NSL>
-__device__ __forceinline__ WgCta wg_cta(unsigned char* smem_raw, int RUNS, int L, int N) {
+// The CTA's place, and its barriers (layout LY, STAGES slots, `producers` arrivals to fill one, one per consumer
+// warp to release it) and λ table set up by chunk_prologue.
+template <int D, int ES, int NSL, int STAGES, class LY>
+__device__ __forceinline__ WgCta wg_cta(unsigned char* smem_raw, int RUNS, int L, int N, const double* lam, int H,
+                                        u32 producers = 32, u32 consumer_warps = 4) {
   static_assert(D == 64 || D == 128, "D = 64 or 128");
   static_assert(ES == 32 || ES == 64, "ES = 32 or 64");
-  return {smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u), (int)(blockIdx.x % NSL) * ES,
-          seg_of(blockIdx.x / NSL, RUNS, L, N)};
+  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const WgCta cta{smem, smem_u32(smem), (int)(blockIdx.x % NSL) * ES, seg_of(blockIdx.x / NSL, RUNS, L, N)};
+  chunk_prologue<STAGES>(cta.sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[cta.seg.bh % H],
+                         (int)threadIdx.x, producers, consumer_warps);
+  return cta;
 }
 
 // A warp's 16 staged output rows (EB-byte elements, pitch OP elements) stored from row `trow` of o with
@@ -245,19 +269,55 @@ struct WgConsumer {
       down = __uint_as_float((127u - s) << 23);
     }
     unsigned char* base = smem + (sb - smem_u32(smem));
+    wg_copy_pairs<DB, NA, VRB>(S, l, r0, [&](u32 at, float x, float y) {
+      *reinterpret_cast<u32*>(base + at) = SC ? pack2_f16_sat(x * down, y * down) : pack2<BF16>(x, y);
+    });
+    return up;
+  }
+
+  // The CTA's D × ES slice of the initial state (0 without one) into the accumulator layout, and back out.
+  static __device__ __forceinline__ void load_state(float (&S)[DB][NA], const float* __restrict__ s0, const Seg& seg,
+                                                    int e0, int E, int r0, int c0) {
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+    });
+  }
+  static __device__ __forceinline__ void store_state(const float (&S)[DB][NA], float* __restrict__ sN, const Seg& seg,
+                                                     int e0, int E, int r0, int c0) {
+    if (seg.last && sN != nullptr)
+      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
+      });
+  }
+  // A chunk's start for the warpgroup holding the state: Ṽ from the slot's V tile, S decayed by λ^n, both
+  // made visible to the tensor cores, and the warpgroup met (named barrier 1).
+  static __device__ __forceinline__ void begin_chunk(float (&S)[DB][NA], unsigned char* smem, const float* tab,
+                                                     int slot, int nv, int t) {
+    wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, t);
+    const float dn = tab[nv];
 #pragma unroll
     for (int mb = 0; mb < DB; ++mb)
 #pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        const int row = 64 * mb + r0;
-        const u32 b = 4 * (l & 3);
-        const float* d = &S[mb][4 * j];
-        const u32 lo = SC ? pack2_f16_sat(d[0] * down, d[1] * down) : pack2<BF16>(d[0], d[1]);
-        const u32 hi = SC ? pack2_f16_sat(d[2] * down, d[3] * down) : pack2<BF16>(d[2], d[3]);
-        *reinterpret_cast<u32*>(base + swz<VRB>(row, j) + b) = lo;
-        *reinterpret_cast<u32*>(base + swz<VRB>(row + 8, j) + b) = hi;
-      }
-    return up;
+      for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+    fence_async_smem();
+    consumers_sync();  // Ṽ and the state copy written by every thread of the warpgroup
+    wg_fence();
+  }
+
+  // A warp's 16 output rows of the chunk: staged in its slice of the output tile `ow`, then stored from row
+  // `trow` of o with 16-byte writes (rows from `nv` on, past the piece's end, left alone).
+  static __device__ __forceinline__ void store_outputs(const float (&acc_o)[NA], u16* ow, u16* __restrict__ o,
+                                                       u64 trow, int E, int e0, int rows_before, int nv, int l,
+                                                       int c0) {
+#pragma unroll
+    for (int j = 0; j < ES / 8; ++j) {
+      *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
+      *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
+          pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
+    }
+    __syncwarp();
+    wg_store_rows<ES, 2, L::OP>(o, ow, trow, E, e0, rows_before, nv, l);
+    __syncwarp();
   }
 
   static __device__ __forceinline__ void run(unsigned char* smem, u16* __restrict__ o, const float* __restrict__ s0,
@@ -270,9 +330,7 @@ struct WgConsumer {
     const int c0 = 2 * (l & 3);        // first column inside an 8-column group
 
     float S[DB][NA];
-    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
-    });
+    load_state(S, s0, seg, e0, E, r0, c0);
     float mask[32];
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
@@ -287,15 +345,7 @@ struct WgConsumer {
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
       const u32 vs = sbase + L::VS + slot * L::VT;
-      wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, smem + L::VD, tab, nv, tid);
-      const float dn = tab[nv];
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
-      fence_async_smem();
-      consumers_sync();  // Ṽ and the state copy written by every consumer thread
-      wg_fence();
+      begin_chunk(S, smem, tab, slot, nv, tid);
 
       float acc_a[32], acc_o[NA];
       wg_scores<D, BF16>(acc_a, qs, ks, false);
@@ -338,20 +388,9 @@ struct WgConsumer {
       up = write_copy(S, smem, sb, w, l, r0);
       // outputs: each warp stages its 16 rows, then stores them with 16-byte writes
       u16* ow = os + 16 * w * L::OP;
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
-        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
-            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
-      }
-      __syncwarp();
-      wg_store_rows<ES, 2, L::OP>(o, ow, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l);
-      __syncwarp();
+      store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
     }
-    if (seg.last && sN != nullptr)
-      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
-      });
+    store_state(S, sN, seg, e0, E, r0, c0);
   }
 };
 
@@ -363,22 +402,173 @@ __global__ void __launch_bounds__(160, MINB)
              int E, float scale, int L, int RUNS) {
   using LY = WgSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
-  unsigned char* smem = cta.smem;
-  const u32 sbase = smem_u32(smem);
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  const int e0 = cta.e0;
-  const Seg seg = cta.seg;
-  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
   if (tid < 128)
-    WgConsumer<D, ES, STAGES, BF16>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+    WgConsumer<D, ES, STAGES, BF16>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
-    wg_producer<LY, D, STAGES, true>(q, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
 }
 
 template <int D, int ES, int STAGES>
 __global__ void chunk_wg_layout(int* out) {
   out[0] = WgSmem<D, ES, STAGES>::ALLOC;
+}
+
+// ---- two consumer warpgroups (KERNEL_NOTES v14) ------------------------------------------------------------------
+// One consumer warpgroup issued in 35% of its slots, every warp stalled on its own results (v13's profile). Here a
+// second warpgroup takes the half of a chunk's work that does not depend on the state:
+//   warps 0-3, outputs: P = (Q Kᵀ) ⊙ M from registers, O = P V + X[c], the outputs stored — no chain from chunk
+//                       to chunk;
+//   warps 4-7, state:   Ṽ, X[c] = c·diag(λ^(i+1))·Q S_in (float32 into shared memory, in the accumulator's order),
+//                       S = λ^n S + Kᵀ Ṽ, the 16-bit state copy — the serial chain, now with nothing else on it;
+//   warp 8: the producer, as in chunk_wg.
+// X is double-buffered (chunk c in X[c mod 2], full and empty barriers of 128 arrivals each), so the state warps
+// run up to two chunks ahead of the outputs. Both warpgroups read a slot's tiles: it is released after eight warp
+// arrivals, each after the warp's own share of its last product (every share reads all of B, so the slot is free
+// only once all eight have arrived).
+template <int D, int ES, int STAGES>
+struct Wg2Smem : WgSmem<D, ES, STAGES> {
+  using Base = WgSmem<D, ES, STAGES>;
+  static constexpr int XBAR = SM_HEAD;  // X full [2], X empty [2]: in the head, behind the λ table
+  static constexpr int XT = 64 * ES * 4;  // one X tile
+  static constexpr int XS = Base::BYTES;
+  static constexpr int BYTES = XS + 2 * XT;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(XBAR + 4 * 8 <= WG_HEAD, "X barriers overlap the tiles");
+};
+
+template <int D, int ES, int STAGES, bool BF16>
+struct WgSplit {
+  using L = Wg2Smem<D, ES, STAGES>;
+  using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy: the same state copy at the same offset
+  static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+
+  // Thread t of either warpgroup holds the same accumulator entries: its NA floats of X sit as NA/4 16-byte
+  // pieces 128 pieces apart, so the 128 threads' accesses are consecutive.
+  static __device__ __forceinline__ float4* x_piece(unsigned char* smem, int buf, int t, int j) {
+    return reinterpret_cast<float4*>(smem + L::XS + buf * L::XT) + j * 128 + t;
+  }
+
+  static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
+                                                 int E, float scale, int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    u16* ow = reinterpret_cast<u16*>(smem + L::OS) + 16 * w * L::OP;
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES, buf = c & 1;
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
+      const u32 vs = sbase + L::VS + slot * L::VT;
+      wg_fence();
+      float acc_a[32], acc_o[NA];
+      wg_scores<D, BF16>(acc_a, qs, ks, false);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_a);
+      float mask[32];
+      wg_decay_mask(mask, tab, scale, r0, c0);
+      u32 pa[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          pa[kk][r] = pack2<BF16>(acc_a[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
+                                  acc_a[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), kk > 0);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_o);
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+      mbar_wait(sbase + L::XBAR + 8 * buf, (c >> 1) & 1);             // X[c] from the state warps
+#pragma unroll
+      for (int j = 0; j < NA / 4; ++j) {
+        const float4 x = *x_piece(smem, buf, t, j);
+        acc_o[4 * j] += x.x; acc_o[4 * j + 1] += x.y; acc_o[4 * j + 2] += x.z; acc_o[4 * j + 3] += x.w;
+      }
+      mbar_arrive(sbase + L::XBAR + 8 * (2 + buf));  // X[c mod 2] may be rewritten
+      C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
+    }
+  }
+
+  static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
+                                               float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
+                                               int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    float S[DB][NA];
+    C1::load_state(S, s0, seg, e0, E, r0, c0);
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
+    float up = C1::write_copy(S, smem, sb, w, l, r0);
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES, buf = c & 1;
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
+      C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
+      float acc_x[NA];
+      wg_query_state<D, ES, BF16>(acc_x, qs, sb, false);
+      wg_commit();
+      wg_state_update<D, ES, BF16>(S, ks, vdt);
+      wg_commit();
+      wg_wait<1>();
+      wg_pin(acc_x);
+      const float g0 = f0 * up, g1 = f1 * up;
+      if (c >= 2) mbar_wait(sbase + L::XBAR + 8 * (2 + buf), ((c >> 1) + 1) & 1);  // chunk c-2's X read
+#pragma unroll
+      for (int j = 0; j < NA / 4; ++j)
+        *x_piece(smem, buf, t, j) = make_float4(acc_x[4 * j] * g0, acc_x[4 * j + 1] * g0,
+                                                acc_x[4 * j + 2] * g1, acc_x[4 * j + 3] * g1);
+      mbar_arrive(sbase + L::XBAR + 8 * buf);
+      wg_wait<0>();
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      // every state warp's share of Kᵀ Ṽ done before Ṽ and the state copy are rewritten
+      consumers_sync();
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
+      up = C1::write_copy(S, smem, sb, w, l, r0);
+    }
+    C1::store_state(S, sN, seg, e0, E, r0, c0);
+  }
+};
+
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+__global__ void __launch_bounds__(288, MINB)
+    chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
+              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
+              int E, float scale, int L, int RUNS) {
+  using LY = Wg2Smem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::XBAR + 8 * b, 128);  // X full [2], X empty [2]
+    fence_mbar_init();
+  }
+  __syncthreads();
+  if (tid < 128)
+    WgSplit<D, ES, STAGES, BF16>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+  else if (tid < 256)
+    WgSplit<D, ES, STAGES, BF16>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, scale, tid - 128);
+  else
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
+}
+
+template <int D, int ES, int STAGES>
+__global__ void chunk_wg2_layout(int* out) {
+  out[0] = Wg2Smem<D, ES, STAGES>::ALLOC;
 }
 
 // ---- the state pass of the sequence-parallel path, generation 2 -----------------------------------------------
@@ -404,14 +594,13 @@ __global__ void __launch_bounds__(160, MINB)
                    const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
   using LY = WgStateSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   unsigned char* smem = cta.smem;
-  const u32 sbase = smem_u32(smem);
+  const u32 sbase = cta.sbase;
   const int tid = threadIdx.x;
   const int e0 = cta.e0;
   const Seg seg = cta.seg;
   const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
-  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
   if (tid >= 128) {
     wg_producer<LY, D, STAGES, false>(nullptr, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
     return;

@@ -157,21 +157,12 @@ struct Wg32Consumer {
                                                      int r0) {
     const int s = piece_exp(wg_state_max(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
     const float down = pow2(-s);
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        const int row = 64 * mb + r0;
-        const u32 b = 4 * (l & 3);
-        const float* d = &S[mb][4 * j];
-        u32 h0, l0, h1, l1;
-        split2(d[0] * down, d[1] * down, h0, l0);
-        split2(d[2] * down, d[3] * down, h1, l1);
-        *reinterpret_cast<u32*>(smem + L::SH + swz<VRB>(row, j) + b) = h0;
-        *reinterpret_cast<u32*>(smem + L::SL + swz<VRB>(row, j) + b) = l0;
-        *reinterpret_cast<u32*>(smem + L::SH + swz<VRB>(row + 8, j) + b) = h1;
-        *reinterpret_cast<u32*>(smem + L::SL + swz<VRB>(row + 8, j) + b) = l1;
-      }
+    wg_copy_pairs<DB, NA, VRB>(S, l, r0, [&](u32 at, float x, float y) {
+      u32 hi, lo;
+      split2(x * down, y * down, hi, lo);
+      *reinterpret_cast<u32*>(smem + L::SH + at) = hi;
+      *reinterpret_cast<u32*>(smem + L::SL + at) = lo;
+    });
     return pow2(s);
   }
 
@@ -363,17 +354,12 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
   static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
   using LY = Wg32Smem<D, ES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL>(smem_raw, RUNS, L, N);
-  unsigned char* smem = cta.smem;
+  const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);
   const int tid = threadIdx.x;
-  const int e0 = cta.e0;
-  const Seg seg = cta.seg;
-  chunk_prologue<1>(smem_u32(smem) + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid,
-                    32 * NPW);
   if (tid < 128)
-    Wg32Consumer<D, ES, NPW>::run(smem, o, s0, sN, seg, e0, E, scale, tid);
+    Wg32Consumer<D, ES, NPW>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
-    wg32_producer<D, ES, NPW>(q, k, v, seg.tok0, seg.n, E, e0, (tid - 128) >> 5, tid & 31, smem);
+    wg32_producer<D, ES, NPW>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31, cta.smem);
 }
 
 template <int D, int ES>

@@ -140,12 +140,12 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
-    chunked_wg.cu with its state pass wgstate, wg32 in chunked_wg32.cu, whose one staging slot makes `stages`
-    1), as the compiled module defines it (chunk_layout, chunk_wg_layout, chunk_wg_state_layout,
-    chunk_wg32_layout)."""
+    chunked_wg.cu with its two-warpgroup form wg2 and its state pass wgstate, wg32 in chunked_wg32.cu, whose one
+    staging slot makes `stages` 1), as the compiled module defines it (chunk_layout, chunk_wg_layout,
+    chunk_wg2_layout, chunk_wg_state_layout, chunk_wg32_layout)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg32", "wgstate"):
+        if kind in ("wg", "wg2", "wg32", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -178,12 +178,13 @@ _WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its m
 
 
 def _read_wg_layouts(dev: int) -> None:
-    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout and chunk_wg_state_layout, float32
-    (D, ES) from chunk_wg32_layout."""
-    combos = [(kind, D, es, st) for kind in ("wg", "wgstate") for D in _WG_D for es in _WG_ES for st in _STAGES]
+    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout and
+    chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout."""
+    combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wgstate") for D in _WG_D for es in _WG_ES
+              for st in _STAGES]
     combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
-    template = {"wg": "chunk_wg_layout<{},{},{}>", "wgstate": "chunk_wg_state_layout<{},{},{}>",
-                "wg32": "chunk_wg32_layout<{},{}>"}
+    template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
+                "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
         _layouts[(kind, D, es, st, dev)] = nbytes
@@ -248,8 +249,9 @@ class ChunkPlan:
     minb: int = 1  # CTAs per SM the kernel is compiled for (registers ≤ 64K / (threads · minb))
     opt: int | None = None  # chunked.cu OPT bits; None: default_opt
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
-    gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, one warpgroup)
+    gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, warpgroups)
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
+    wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
 
     @property
     def opts(self) -> int:
@@ -257,13 +259,13 @@ class ChunkPlan:
 
     @property
     def threads(self) -> int:
-        """Threads per CTA: four consumer warps and the producer warps."""
-        return 128 + 32 * self.producers
+        """Threads per CTA: the consumer warpgroups and the producer warps."""
+        return 128 * self.wgs + 32 * self.producers
 
     @property
     def kind(self) -> str:
         if self.gen == 2:
-            return "wg32" if self.f32 else "wg"
+            return "wg32" if self.f32 else ("wg2" if self.wgs == 2 else "wg")
         return "f32" if self.f32 else "half"
 
     @property
@@ -276,6 +278,8 @@ class ChunkPlan:
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
+            if self.wgs == 2:
+                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
         if self.f32:
             return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
@@ -330,6 +334,27 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
         stages = max(fits) if fits else 2
     return ChunkPlan(es=es, cl=E // es, stages=stages, bf16=dtype == "bfloat16", D=D, minb=minb, gen=2,
                      smem=smem_bytes("wg", D, es, stages, dev))
+
+
+def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
+    """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: outputs and the state chain apart,
+    CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs and two
+    fit (≤ 112 registers a thread: D = 64, or ES = 32), else one; the deepest pipeline whose tiles and
+    double-buffered X fit that."""
+    if plan.gen != 2 or plan.f32:
+        raise ValueError(f"two consumer warpgroups are a generation-2 16-bit plan (got {plan.name})")
+    lim = device_limits(dev)
+
+    def depths(per_sm: int) -> list[int]:
+        return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
+
+    small = plan.D == 64 or plan.es == 32  # 91-108 registers compiled (sm_90a), under 65536 / (2 · 288)
+    minb = 2 if small and ctas is not None and ctas > lim.sm_count and depths(2) else 1
+    fits = depths(minb)
+    if not fits:
+        raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
+    st = max(fits)
+    return replace(plan, wgs=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
