@@ -433,7 +433,7 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 4 * 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
-        assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 2 * 64 * 64 * 4
+        assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
@@ -508,7 +508,7 @@ _SANITIZE = textwrap.dedent("""
         else:
             run(ops.chunked, 1, 2, 200, 128, 128, dt, True, plan=plan(1, 2, 128, 128, dt, es=64))
             run(ops.chunked, 1, 2, 333, 128, 96, dt, True, plan=plan(1, 2, 128, 96, dt, es=32, stages=2))
-            # two consumer warpgroups (chunk_wg2): X double buffer, eight warps releasing a slot, segments
+            # two consumer warpgroups (chunk_wg2): the state copy's double buffer, eight warps releasing a slot
             split = ops.split_plan(plan(1, 2, 128, 128, dt, es=64))
             run(ops.chunked, 1, 2, 333, 128, 128, dt, True, plan=split)
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)

@@ -175,8 +175,8 @@ def _stub_wg_smem(D: int, es: int, stages: int) -> int:
 
 
 def _stub_wg2_smem(D: int, es: int, stages: int) -> int:
-    """chunked_wg.cu's Wg2Smem::ALLOC: WgSmem's, then the double-buffered float32 X tile (64 × ES)."""
-    return _stub_wg_smem(D, es, stages) + 2 * 64 * es * 4
+    """chunked_wg.cu's Wg2Smem::ALLOC: WgSmem's, then a second 16-bit state copy (D × ES)."""
+    return _stub_wg_smem(D, es, stages) + D * 2 * es
 
 
 def _stub_wg32_smem(D: int, es: int) -> int:
@@ -240,14 +240,15 @@ def test_generation_two_plans(h200_gen2):
 
 
 def test_split_plan(h200_gen2):
-    """Two consumer warpgroups: one CTA per SM of 288 threads, the deepest pipeline whose tiles and X fit (at
-    D=128, ES=64 four stages take exactly the H200's 227 KB); 16-bit generation 2 only, refused by name else."""
+    """Two consumer warpgroups: one CTA per SM of 288 threads, the deepest pipeline whose tiles and both state
+    copies fit; two per SM where the grid has a second wave and both fit; 16-bit generation 2 only, refused by
+    name else."""
     split = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"), ctas=512)
     assert (split.name, split.threads, split.minb, split.kind) == ("chunk_wg2<128,64,2,4,true,1>", 288, 1, "wg2")
-    assert split.smem == _stub_wg2_smem(128, 64, 4) == 232448                  # 150 registers: one per SM
+    assert split.smem == _stub_wg2_smem(128, 64, 4) == 216064                  # 156 registers: one per SM
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16")).name == "chunk_wg2<64,64,4,4,false,1>"
     two = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512)  # D=64: ≤ 112 registers
-    assert (two.minb, two.stages) == (2, 2) and 2 * (two.smem + 1024) <= 233472
+    assert (two.minb, two.stages) == (2, 3) and 2 * (two.smem + 1024) <= 233472
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16"), ctas=128).minb == 1  # no second wave"
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").threads == 160     # the default stays one warpgroup
     with pytest.raises(ValueError, match=r"generation-2 16-bit plan \(got chunk_wg32"):

@@ -337,10 +337,10 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
 
 
 def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
-    """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: outputs and the state chain apart,
-    CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs and two
-    fit (≤ 112 registers a thread: D = 64, or ES = 32), else one; the deepest pipeline whose tiles and
-    double-buffered X fit that."""
+    """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
+    outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
+    and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: D = 64, or
+    ES = 32), else one; the deepest pipeline whose tiles and two state copies fit that."""
     if plan.gen != 2 or plan.f32:
         raise ValueError(f"two consumer warpgroups are a generation-2 16-bit plan (got {plan.name})")
     lim = device_limits(dev)
@@ -348,7 +348,7 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     def depths(per_sm: int) -> list[int]:
         return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
 
-    small = plan.D == 64 or plan.es == 32  # 91-108 registers compiled (sm_90a), under 65536 / (2 · 288)
+    small = plan.D == 64 or plan.es == 32  # 94-96 registers compiled at the bound (sm_90a), at most one spill
     minb = 2 if small and ctas is not None and ctas > lim.sm_count and depths(2) else 1
     fits = depths(minb)
     if not fits:
