@@ -57,7 +57,7 @@ def peers() -> dict[str, Callable]:
 
 def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
-    E slice in one pass and at P = 2."""
+    E slice in one pass and at P = 2, and its variants (two consumer warpgroups, two state copies)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2}})
@@ -81,6 +81,10 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                 out["v2P2wg2"] = {"plan": ops.split_plan(wide, ctas=2 * B * H * wide.cl), "segments": 2}
             except ValueError as exc:
                 print(f"  v2wg2: {exc}")
+            # chunk_wg with two state copies, beside v2one and v2P2
+            out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2))}
+            wide = ops.chunk_plan(B, H, D, E, dtype, es=64 if E % 64 == 0 else 32, gen=2)
+            out["v2P2c2"] = {"plan": ops.two_copy_plan(wide), "segments": 2}
     return out
 
 

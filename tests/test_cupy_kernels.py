@@ -248,9 +248,10 @@ def test_fp16_state_beyond_65504(segments):
     assert ref_s.abs().max() > 65504 and ref_o.abs().max() < 30000
     o, s = _direct(x, EXPECTED["float16"], segments=segments)
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
-    if ops.device_gen(0) == 2:  # two consumer warpgroups: the state warps scale their copy the same way
-        split = ops.split_plan(ops.chunk_plan(B, H, D, E, "float16", 0, gen=2), 0)
-        _direct(x, EXPECTED["float16"], plan=split, **({"segments": segments} if segments > 1 else {}))
+    if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies: each copy scaled the same way
+        base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2)
+        for other in (ops.split_plan(base, 0), ops.two_copy_plan(base, 0)):
+            _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
         o_old, _ = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale,
@@ -265,7 +266,8 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
-    CTAs per SM where two fit, and with two consumer warpgroups (float32: each count of producer warps)."""
+    CTAs per SM where two fit, with two consumer warpgroups and with two state copies (float32: each count of
+    producer warps)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -284,6 +286,10 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         base = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
         split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
         out += [split, replace(split, stages=2, smem=0)] + ([crowded] if crowded.minb == 2 else [])
+        # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
+        for minb in (1, 2):
+            copies = ops.two_copy_plan(replace(base, minb=minb), 0)
+            out += [copies] if copies not in out else []
     return out
 
 
@@ -512,6 +518,8 @@ _SANITIZE = textwrap.dedent("""
             split = ops.split_plan(plan(1, 2, 128, 128, dt, es=64))
             run(ops.chunked, 1, 2, 333, 128, 128, dt, True, plan=split)
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)
+            copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64))  # chunk_wg, two state copies
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)
     f32 = torch.float32
     if GEN == 1:
         run(ops.chunked, 1, 2, 131, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32))  # 3xTF32 path

@@ -257,6 +257,21 @@ def test_split_plan(h200_gen2):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
 
 
+def test_two_copy_plan(h200_gen2):
+    """chunk_wg with two state copies: its layout is chunk_wg2's (the second copy behind the tiles), the CTAs per
+    SM kept where the larger layout still fits them, the deepest pipeline that fits; one warpgroup, 16-bit."""
+    b8 = ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
+    assert (b8.name, b8.threads, b8.kind, b8.stages) == ("chunk_wg<128,64,2,4,true,1,2>", 160, "wg2", 4)
+    assert b8.smem == _stub_wg2_smem(128, 64, 4)
+    d64 = ops.two_copy_plan(ops.chunk_plan(4, 32, 64, 256, "float16"))       # two CTAs per SM still fit
+    assert (d64.minb, d64.stages, d64.name) == (2, 3, "chunk_wg<64,64,4,3,false,2,2>")
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").name == "chunk_wg<128,64,2,4,true,1>"  # the default: one
+    with pytest.raises(ValueError, match=r"two state copies are a generation-2 16-bit plan \(got chunk_wg32"):
+        ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
+    with pytest.raises(ValueError, match=r"two state copies are chunk_wg's \(got chunk_wg2"):
+        ops.two_copy_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16")))
+
+
 def test_seq_plan_rule(h200):
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")
     assert sq is not None and sq.seg.count == 2 and sq.out.minb == 2 and sq.out.es == 32

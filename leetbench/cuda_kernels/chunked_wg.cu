@@ -49,6 +49,19 @@ struct WgSmem {
   static_assert(2 * STAGES * 8 <= SM_SCL, "barriers overlap the scales");
 };
 
+// Two state copies (chunk_wg2, and chunk_wg with COPIES = 2): WgSmem's tiles, then a second 16-bit state copy;
+// the barriers and float16 scales by which chunk_wg2's warpgroups hand the copies over, in the head.
+template <int D, int ES, int STAGES>
+struct Wg2Smem : WgSmem<D, ES, STAGES> {
+  using Base = WgSmem<D, ES, STAGES>;
+  static constexpr int CBAR = SM_HEAD;      // copy full [2], copy empty [2]: in the head, behind the λ table
+  static constexpr int UP = CBAR + 4 * 8;   // the copies' float16 scales 2^s [2]
+  static constexpr int SB2 = Base::BYTES;   // the second state copy (the first at Base::SB)
+  static constexpr int BYTES = SB2 + D * Base::VRB;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(UP + 2 * 4 <= WG_HEAD, "copy barriers overlap the tiles");
+};
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -253,7 +266,10 @@ __device__ __forceinline__ void wg_store_rows(void* o, const void* staged, u64 t
 
 // The consumer warpgroup. Thread t = 32w + l holds accumulator rows 16w + l/4 and 16w + l/4 + 8, columns
 // 8j + 2(l mod 4) and + 1 of every 8-column group j, at d[4j + x]: x = 0, 1 the first row, 2, 3 the second.
-template <int D, int ES, int STAGES, bool BF16>
+// COPIES = 2 (chunk_wg only, KERNEL_NOTES v15): the state copy alternates between two buffers, so the copy for
+// chunk c + 1 is written while chunk c's Q Kᵀ and Q S_in still run on the tensor pipe (Kᵀ Ṽ issued first),
+// instead of after the chunk's last product.
+template <int D, int ES, int STAGES, bool BF16, int COPIES = 1>
 struct WgConsumer {
   using L = WgSmem<D, ES, STAGES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
@@ -334,8 +350,9 @@ struct WgConsumer {
     float mask[32];
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
-    const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
-    float up = write_copy(S, smem, sb, w, l, r0);
+    static_assert(COPIES == 1 || COPIES == 2, "one or two state copies");
+    const u32 vdt = sbase + L::VD;
+    float up = write_copy(S, smem, sbase + L::SB, w, l, r0);
     u16* os = reinterpret_cast<u16*>(smem + L::OS);
     const int nchunks = (seg.n + CH - 1) / CH;
 
@@ -345,17 +362,32 @@ struct WgConsumer {
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
       const u32 vs = sbase + L::VS + slot * L::VT;
+      const u32 sb = sbase + (COPIES == 2 && (c & 1) ? Wg2Smem<D, ES, STAGES>::SB2 : L::SB);  // chunk c's copy
       begin_chunk(S, smem, tab, slot, nv, tid);
 
       float acc_a[32], acc_o[NA];
+      float up_next = up;
+      if (COPIES == 2) {
+        wg_state_update<D, ES, BF16>(S, ks, vdt);
+        wg_commit();
+      }
       wg_scores<D, BF16>(acc_a, qs, ks, false);
       wg_commit();
       wg_query_state<D, ES, BF16>(acc_o, qs, sb, false);
       wg_commit();
-      wg_state_update<D, ES, BF16>(S, ks, vdt);
-      wg_commit();
-
-      wg_wait<2>();
+      if (COPIES == 2) {
+        wg_wait<2>();
+#pragma unroll
+        for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+        // chunk c + 1's copy into the other buffer, which chunk c - 1's Q S_in (all warps, before the last
+        // barrier) no longer reads
+        up_next = write_copy(S, smem, sbase + ((c & 1) ? L::SB : Wg2Smem<D, ES, STAGES>::SB2), w, l, r0);
+        wg_wait<1>();
+      } else {
+        wg_state_update<D, ES, BF16>(S, ks, vdt);
+        wg_commit();
+        wg_wait<2>();
+      }
       wg_pin(acc_a);
       u32 pa[4][4];
 #pragma unroll
@@ -364,7 +396,8 @@ struct WgConsumer {
         for (int r = 0; r < 4; ++r)
           pa[kk][r] = pack2<BF16>(acc_a[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
                                   acc_a[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
-      wg_wait<1>();
+      if (COPIES == 2) wg_wait<0>();
+      else wg_wait<1>();
       wg_pin(acc_o);
       const float g0 = f0 * up, g1 = f1 * up;
 #pragma unroll
@@ -385,7 +418,7 @@ struct WgConsumer {
       consumers_sync();
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // the slot's tiles are no longer read
 
-      up = write_copy(S, smem, sb, w, l, r0);
+      up = COPIES == 2 ? up_next : write_copy(S, smem, sb, w, l, r0);
       // outputs: each warp stages its 16 rows, then stores them with 16-byte writes
       u16* ow = os + 16 * w * L::OP;
       store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
@@ -394,8 +427,9 @@ struct WgConsumer {
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 160 threads; arguments as chunk_fwd's.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+// Grid: B·H·RUNS·NSL CTAs of 160 threads; arguments as chunk_fwd's. Shared memory: WgSmem's, Wg2Smem's with
+// COPIES = 2.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, int COPIES = 1>
 __global__ void __launch_bounds__(160, MINB)
     chunk_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -405,7 +439,7 @@ __global__ void __launch_bounds__(160, MINB)
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
   if (tid < 128)
-    WgConsumer<D, ES, STAGES, BF16>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
+    WgConsumer<D, ES, STAGES, BF16, COPIES>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
 }
@@ -428,19 +462,8 @@ __global__ void chunk_wg_layout(int* out) {
 // empty one of four (each output warp after its own share of Q S_in: every share reads the whole copy), so the
 // chain may run two chunks ahead of the outputs. Both warpgroups read a slot's tiles: it is released after eight
 // warp arrivals, each after the warp's own share of its last product.
-template <int D, int ES, int STAGES>
-struct Wg2Smem : WgSmem<D, ES, STAGES> {
-  using Base = WgSmem<D, ES, STAGES>;
-  static constexpr int CBAR = SM_HEAD;      // copy full [2], copy empty [2]: in the head, behind the λ table
-  static constexpr int UP = CBAR + 4 * 8;   // the copies' float16 scales 2^s [2]
-  static constexpr int SB2 = Base::BYTES;   // the second state copy (the first at Base::SB)
-  static constexpr int BYTES = SB2 + D * Base::VRB;
-  static constexpr int ALLOC = BYTES + 1024;
-  static_assert(UP + 2 * 4 <= WG_HEAD, "copy barriers overlap the tiles");
-};
-
 // KEEP_MASK: the output warps hold the decay mask (32 registers) from chunk to chunk, else form it every chunk
-// (two CTAs per SM: ≤ 112 registers a thread).
+// (two CTAs per SM: ≤ 96 registers a thread).
 template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK>
 struct WgSplit {
   using L = Wg2Smem<D, ES, STAGES>;

@@ -252,6 +252,7 @@ class ChunkPlan:
     gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, warpgroups)
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
     wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
+    copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
 
     @property
     def opts(self) -> int:
@@ -264,8 +265,10 @@ class ChunkPlan:
 
     @property
     def kind(self) -> str:
+        """Its shared-memory layout: wg2 is chunked_wg.cu's with two state copies (chunk_wg2's, and chunk_wg's
+        at two copies)."""
         if self.gen == 2:
-            return "wg32" if self.f32 else ("wg2" if self.wgs == 2 else "wg")
+            return "wg32" if self.f32 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
     @property
@@ -280,7 +283,8 @@ class ChunkPlan:
             bf16 = "true" if self.bf16 else "false"
             if self.wgs == 2:
                 return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
-            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
+            copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
+            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
             return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
         return (f"chunk_fwd<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},"
@@ -336,25 +340,47 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                      smem=smem_bytes("wg", D, es, stages, dev))
 
 
+def _wg2_depths(plan: ChunkPlan, dev: int, per_sm: int) -> list[int]:
+    """Pipeline depths at which `plan`'s tiles and two state copies (layout wg2) fit `per_sm` CTAs on an SM."""
+    lim = device_limits(dev)
+    return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
+
+
+def _wg16(plan: ChunkPlan, what: str) -> None:
+    if plan.gen != 2 or plan.f32:
+        raise ValueError(f"{what} are a generation-2 16-bit plan (got {plan.name})")
+
+
+def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+    """`plan` (generation 2, 16-bit, one consumer warpgroup) with its state copy in two buffers (chunk_wg's
+    COPIES = 2: chunk c + 1's copy written while chunk c's Q Kᵀ and Q S_in run): as many CTAs per SM where
+    the second copy still fits two, the deepest pipeline that fits."""
+    _wg16(plan, "two state copies")
+    if plan.wgs != 1:
+        raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
+    minb = plan.minb if _wg2_depths(plan, dev, plan.minb) else 1
+    fits = _wg2_depths(plan, dev, minb)
+    if not fits:
+        raise ValueError(f"chunk_wg with two state copies: no pipeline depth of D={plan.D}, ES={plan.es} fits "
+                         f"shared memory")
+    st = max(fits)
+    return replace(plan, copies=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+
+
 def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
     outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
     and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: D = 64, or
     ES = 32), else one; the deepest pipeline whose tiles and two state copies fit that."""
-    if plan.gen != 2 or plan.f32:
-        raise ValueError(f"two consumer warpgroups are a generation-2 16-bit plan (got {plan.name})")
-    lim = device_limits(dev)
-
-    def depths(per_sm: int) -> list[int]:
-        return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
-
+    _wg16(plan, "two consumer warpgroups")
     small = plan.D == 64 or plan.es == 32  # 94-96 registers compiled at the bound (sm_90a), at most one spill
-    minb = 2 if small and ctas is not None and ctas > lim.sm_count and depths(2) else 1
-    fits = depths(minb)
+    minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _wg2_depths(plan, dev, 2) \
+        else 1
+    fits = _wg2_depths(plan, dev, minb)
     if not fits:
         raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
     st = max(fits)
-    return replace(plan, wgs=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+    return replace(plan, wgs=2, copies=1, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
