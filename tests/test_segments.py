@@ -247,8 +247,9 @@ def test_split_plan(h200_gen2):
     assert (split.name, split.threads, split.minb, split.kind) == ("chunk_wg2<128,64,2,4,true,1>", 288, 1, "wg2")
     assert split.smem == _stub_wg2_smem(128, 64, 4) == 216064                  # 156 registers: one per SM
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16")).name == "chunk_wg2<64,64,4,4,false,1>"
-    two = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512)  # D=64: ≤ 112 registers
-    assert (two.minb, two.stages) == (2, 3) and 2 * (two.smem + 1024) <= 233472
+    two = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)  # ES=32: ≤ 96 registers
+    assert (two.minb, two.stages) == (2, 4) and 2 * (two.smem + 1024) <= 233472
+    assert ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512).minb == 1  # ES=64: would spill
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16"), ctas=128).minb == 1  # no second wave"
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").threads == 160     # the default stays one warpgroup
     with pytest.raises(ValueError, match=r"generation-2 16-bit plan \(got chunk_wg32"):

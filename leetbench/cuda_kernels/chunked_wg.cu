@@ -491,16 +491,16 @@ struct WgSplit {
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
+      mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
       wg_fence();
       float acc_a[32], acc_o[NA];
       wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
       wg_commit();
-      mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
       wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
       wg_commit();
-      if (!KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);
       wg_wait<1>();
       wg_pin(acc_a);
+      if (!KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);  // after the wait: not beside both accumulators
       u32 pa[4][4];
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)

@@ -370,10 +370,10 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
 def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
     outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
-    and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: D = 64, or
-    ES = 32), else one; the deepest pipeline whose tiles and two state copies fit that."""
+    and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: ES = 32), else
+    one; the deepest pipeline whose tiles and two state copies fit that."""
     _wg16(plan, "two consumer warpgroups")
-    small = plan.D == 64 or plan.es == 32  # 94-96 registers compiled at the bound (sm_90a), at most one spill
+    small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _wg2_depths(plan, dev, 2) \
         else 1
     fits = _wg2_depths(plan, dev, minb)
