@@ -7,7 +7,8 @@
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
 warps; `--split` takes two consumer warpgroups, chunk_wg2; `--two-copies` chunk_wg with two state copies). It
 compiles before the first call and synchronises after the last, so under
-`ncu -k "regex:^chunk_wg(2|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints the plan and the median ms of the calls (CUDA events, not the harness's figure).
+`ncu -k "regex:^chunk_wg(2|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints
+the plan and the median ms of the calls (CUDA events, not the harness's figure).
 """
 
 from __future__ import annotations
