@@ -68,9 +68,10 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                 out[name] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, **kw)}
             except ValueError as exc:  # a variant the shape cannot take is left out
                 print(f"  {name}: {exc}")
-        if dtype == "float32":  # chunk_wg32 with fewer producer warps than the default
+        if dtype == "float32":  # chunk_wg32 with fewer producer warps than the default, and with their split
             base = ops.chunk_plan(B, H, D, E, dtype, gen=2)
             out.update({f"v2pw{p}": {"plan": replace(base, producers=p)} for p in (1, 2) if p != base.producers})
+            out["v2ps"] = {"plan": ops.producer_split_plan(base)}
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
         if dtype != "float32":  # two consumer warpgroups (chunk_wg2): one pass at the rule's ES, and at P = 2

@@ -2,13 +2,14 @@
 
     python3 scripts/kernel_call.py [--dtype bf16|fp16|fp32] [--batch 1] [--heads 32] [--length 16384]
                                    [--dims 128x128] [--segments P] [--producers NPW] [--split] [--two-copies]
-                                   [--calls 3]
+                                   [--producer-split] [--calls 3]
 
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
-warps; `--split` takes two consumer warpgroups, chunk_wg2; `--two-copies` chunk_wg with two state copies). It
-compiles before the first call and synchronises after the last, so under
-`ncu -k "regex:^chunk_wg(2|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one. Prints
-the plan and the median ms of the calls (CUDA events, not the harness's figure).
+warps; `--split` takes two consumer warpgroups, chunk_wg2; `--two-copies` chunk_wg with two state copies;
+`--producer-split` has chunk_wg32's producers split the chunk). It compiles before the first call and
+synchronises after the last, so under `ncu -k "regex:^chunk_wg(2|32)?$" --launch-skip 1 --launch-count 1 …` the
+profiled launch is a warm one. Prints the plan and the median ms of the calls (CUDA events, not the harness's
+figure).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=None, help="chunk_wg32's producer warps (float32 only)")
     ap.add_argument("--split", action="store_true", help="two consumer warpgroups (chunk_wg2; 16-bit only)")
     ap.add_argument("--two-copies", action="store_true", help="chunk_wg with two state copies (16-bit only)")
+    ap.add_argument("--producer-split", action="store_true", help="chunk_wg32's producers split the chunk (fp32)")
     ap.add_argument("--calls", type=int, default=3)
     args = ap.parse_args()
     B, H, N = args.batch, args.heads, args.length
@@ -68,6 +70,12 @@ def main() -> None:
                   "segments": args.segments}
         except ValueError as exc:
             sys.exit(f"kernel_call: --two-copies: {exc}")
+    if args.producer_split:
+        try:
+            kw = {"plan": ops.producer_split_plan(kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype)),
+                  "segments": args.segments}
+        except ValueError as exc:
+            sys.exit(f"kernel_call: --producer-split: {exc}")
     names = [kw["plan"].name] if "plan" in kw else ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)
     if kw.get("segments"):  # the split plan as the output pass of P segments: the state pass and scan too
         names = [kw["plan"].name] + ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)[1:]

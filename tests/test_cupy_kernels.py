@@ -267,16 +267,16 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups and with two state copies (float32: each count of
-    producer warps)."""
+    producer warps, with and without their split of the chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
         if E % es:
             continue
-        if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; one, two or four producer warps
-            if lim.blocks_fit(ops.smem_bytes("wg32", D, es, 1, 0), 1):
+        if dtype == "float32":  # chunk_wg32: one CTA per SM, one staging slot; one, two or four producer warps,
+            if lim.blocks_fit(ops.smem_bytes("wg32", D, es, 1, 0), 1):  # splitting the chunk or not
                 plan = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
-                out += [replace(plan, producers=p) for p in (1, 2, 4)]
+                out += [replace(plan, producers=p, psplit=ps) for p in (1, 2, 4) for ps in (False, True)]
             continue
         for minb in (1, 2):
             fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
@@ -453,7 +453,7 @@ def test_layouts_and_limits():
     if ops.device_gen(0) == 2:  # tests/test_segments.py plans with these formulas (_stub_wg_smem, _stub_wg32_smem)
         assert ops.smem_bytes("wg", 128, 64, 2, 0) == 1024 + 2 * (32768 + 8192) + 8192 + 16384 + 64 * 72 * 2 + 1024
         assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
-            + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 4 * 16 + 1024
+            + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 2 * 4 * 16 + 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
@@ -543,6 +543,8 @@ _SANITIZE = textwrap.dedent("""
     if GEN == 2:  # float16 pieces (chunk_wg32)
         run(ops.chunked, 1, 2, 131, 128, 64, f32, True, plan=plan(1, 2, 128, 64, f32))
         run(ops.chunked, 1, 2, 1100, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32, es=64), segments=3)
+        run(ops.chunked, 1, 2, 1100, 128, 64, f32, True, plan=ops.producer_split_plan(plan(1, 2, 128, 64, f32)),
+            segments=3)  # the producers split the chunk (PSPLIT)
     if GEN == 0:  # the kernels without a producer warp: recurrence and decode
         for dt in (torch.float32, torch.bfloat16):
             run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)

@@ -181,10 +181,10 @@ def _stub_wg2_smem(D: int, es: int, stages: int) -> int:
 
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
-    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four); no
-    output staging."""
+    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice,
+    four scale exponents; no output staging."""
     tiles = 4 * (D // 64) * 8192 + 4 * 64 * 2 * es + 2 * D * 2 * es
-    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 64 + 1024
+    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 2 * 64 + 16 + 1024
 
 
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
@@ -271,6 +271,17 @@ def test_two_copy_plan(h200_gen2):
         ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"two state copies are chunk_wg's \(got chunk_wg2"):
         ops.two_copy_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16")))
+
+
+def test_producer_split_plan(h200_gen2):
+    """chunk_wg32 with the producers splitting the chunk: the same plan and shared memory, named by PSPLIT;
+    refused by name for anything but chunk_wg32."""
+    f32 = ops.chunk_plan(1, 32, 128, 128, "float32")
+    ps = ops.producer_split_plan(f32)
+    assert (ps.name, ps.smem, ps.threads) == ("chunk_wg32<128,32,4,4,true>", f32.smem, f32.threads)
+    assert f32.name == "chunk_wg32<128,32,4,4>"                        # the default: the consumers split
+    with pytest.raises(ValueError, match=r"chunk_wg32's, a generation-2 float32 plan \(got chunk_wg<"):
+        ops.producer_split_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16"))
 
 
 def test_seq_plan_rule(h200):

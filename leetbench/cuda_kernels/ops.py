@@ -253,6 +253,7 @@ class ChunkPlan:
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
     wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
     copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
+    psplit: bool = False  # chunk_wg32: the producer warps split the chunk into pieces (producer_split_plan)
 
     @property
     def opts(self) -> int:
@@ -278,7 +279,8 @@ class ChunkPlan:
     @property
     def name(self) -> str:
         if self.gen == 2 and self.f32:
-            return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}>"
+            psplit = ",true" if self.psplit else ""  # the kernel's PSPLIT, false by default
+            return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             if self.wgs == 2:
@@ -365,6 +367,14 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
                          f"shared memory")
     st = max(fits)
     return replace(plan, copies=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+
+
+def producer_split_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (generation 2, float32: chunk_wg32) with the producer warps splitting each chunk into its float16
+    pieces, off the consumers' chain (PSPLIT; same shared memory)."""
+    if plan.gen != 2 or not plan.f32:
+        raise ValueError(f"the producers' split is chunk_wg32's, a generation-2 float32 plan (got {plan.name})")
+    return replace(plan, psplit=True)
 
 
 def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
