@@ -64,18 +64,13 @@ def main() -> None:
             kw = {"plan": ops.split_plan(one, ctas=B * H * one.cl), "segments": args.segments}
         except ValueError as exc:
             sys.exit(f"kernel_call: --split: {exc}")
-    if args.two_copies:
-        try:
-            kw = {"plan": ops.two_copy_plan(kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype)),
-                  "segments": args.segments}
-        except ValueError as exc:
-            sys.exit(f"kernel_call: --two-copies: {exc}")
-    if args.producer_split:
-        try:
-            kw = {"plan": ops.producer_split_plan(kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype)),
-                  "segments": args.segments}
-        except ValueError as exc:
-            sys.exit(f"kernel_call: --producer-split: {exc}")
+    for on, flag, variant in ((args.two_copies, "--two-copies", ops.two_copy_plan),
+                              (args.producer_split, "--producer-split", ops.producer_split_plan)):
+        if on:  # the variant of the plan so far (or of the default)
+            try:
+                kw = {"plan": variant(kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype)), "segments": args.segments}
+            except ValueError as exc:
+                sys.exit(f"kernel_call: {flag}: {exc}")
     names = [kw["plan"].name] if "plan" in kw else ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)
     if kw.get("segments"):  # the split plan as the output pass of P segments: the state pass and scan too
         names = [kw["plan"].name] + ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)[1:]

@@ -95,6 +95,37 @@ __device__ __forceinline__ float own_max(const float* tile, int p, int t) {
   return m;
 }
 
+// Thread t of NT's share of a chunk's copies into the staging (cp.async; rows from nv on, past the piece's end,
+// zero-filled): units of UF floats of Q, K and V rows (UF = 4: one 16-byte copy, 8: two), units t, t + NT, ….
+template <int D, int ES, int NT, int UF>
+__device__ __forceinline__ void wg32_copy_chunk(const float* q, const float* k, const float* v, u64 t0, int nv,
+                                                int E, int e0, int t, u32 sbase) {
+  using L = Wg32Smem<D, ES>;
+  constexpr int QU = D / UF, VU = ES / UF;  // units per row
+#pragma unroll 4
+  for (int idx = t; idx < CH * QU; idx += NT) {
+    const int row = idx / QU, u = idx % QU;
+    const bool ok = row < nv;
+    const u64 off = (t0 + (ok ? row : 0)) * D + u * UF;
+    const u32 so = (u32)(row * L::FQ + u * UF) * 4;
+#pragma unroll
+    for (int h = 0; h < UF / 4; ++h) {
+      cp_async16(sbase + L::QF + so + 16 * h, q + off + 4 * h, ok ? 16u : 0u);
+      cp_async16(sbase + L::KF + so + 16 * h, k + off + 4 * h, ok ? 16u : 0u);
+    }
+  }
+#pragma unroll 2
+  for (int idx = t; idx < CH * VU; idx += NT) {
+    const int row = idx / VU, u = idx % VU;
+    const bool ok = row < nv;
+    const u64 off = (t0 + (ok ? row : 0)) * E + e0 + u * UF;
+#pragma unroll
+    for (int h = 0; h < UF / 4; ++h)
+      cp_async16(sbase + L::VF + (u32)(row * L::FV + u * UF + 4 * h) * 4, v + off + 4 * h, ok ? 16u : 0u);
+  }
+  cp_async_commit();
+}
+
 // Producer warp pw of NPW: per chunk, its share of the copies of Q, K, V rows into the staging
 // (cp.async, pieces t, t + NT, …), then the largest |Q|, |K|, |V| and |Ṽ_j| = λ^(n-1-j) |v_j| over those
 // pieces into its slot of RS; the consumers take the maximum over the slots.
@@ -102,7 +133,7 @@ template <int D, int ES, int NPW>
 __device__ __forceinline__ void wg32_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
                                               int E, int e0, int pw, int lane, unsigned char* smem) {
   using L = Wg32Smem<D, ES>;
-  constexpr int QPC = D / 4, VPC = ES / 4, NT = 32 * NPW;  // 16-byte pieces per row; threads
+  constexpr int VPC = ES / 4, NT = 32 * NPW;  // 16-byte pieces per V row; threads
   const int t = 32 * pw + lane;
   const u32 sbase = smem_u32(smem);
   const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
@@ -111,24 +142,7 @@ __device__ __forceinline__ void wg32_producer(const float* q, const float* k, co
   for (int c = 0; c < nchunks; ++c) {
     if (c > 0) mbar_wait(sbase + L::BAR + 8, (c - 1) & 1);  // the consumers have split chunk c - 1
     const int nv = min(CH, n - c * CH);
-    const u64 t0 = tok0 + (u64)c * CH;
-#pragma unroll 4
-    for (int idx = t; idx < CH * QPC; idx += NT) {
-      const int row = idx / QPC, p = idx % QPC;
-      const bool ok = row < nv;
-      const u64 off = (t0 + (ok ? row : 0)) * D + p * 4;
-      const u32 so = (u32)(row * L::FQ + p * 4) * 4;
-      cp_async16(sbase + L::QF + so, q + off, ok ? 16u : 0u);
-      cp_async16(sbase + L::KF + so, k + off, ok ? 16u : 0u);
-    }
-#pragma unroll 2
-    for (int idx = t; idx < CH * VPC; idx += NT) {
-      const int row = idx / VPC, p = idx % VPC;
-      const bool ok = row < nv;
-      cp_async16(sbase + L::VF + (u32)(row * L::FV + p * 4) * 4, v + (t0 + (ok ? row : 0)) * E + e0 + p * 4,
-                 ok ? 16u : 0u);
-    }
-    cp_async_commit();
+    wg32_copy_chunk<D, ES, NT, 4>(q, k, v, tok0 + (u64)c * CH, nv, E, e0, t, sbase);
     cp_async_wait<0>();
     float m[4] = {own_max<D, NT>(reinterpret_cast<const float*>(smem + L::QF), L::FQ, t),
                   own_max<D, NT>(reinterpret_cast<const float*>(smem + L::KF), L::FQ, t), 0.f, 0.f};
@@ -173,31 +187,8 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
   const float* kf = reinterpret_cast<const float*>(smem + L::KF);
   const float* vf = reinterpret_cast<const float*>(smem + L::VF);
   const int nchunks = (n + CH - 1) / CH;
-  auto load = [&](int c) {  // this thread's units of chunk c into the staging (rows past the piece's end: zeros)
-    const int nv = min(CH, n - c * CH);
-    const u64 t0 = tok0 + (u64)c * CH;
-#pragma unroll 4
-    for (int idx = t; idx < CH * QU; idx += NT) {
-      const int row = idx / QU, u = idx % QU;
-      const bool ok = row < nv;
-      const u64 off = (t0 + (ok ? row : 0)) * D + u * 8;
-      const u32 so = (u32)(row * L::FQ + u * 8) * 4;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        cp_async16(sbase + L::QF + so + 16 * h, q + off + 4 * h, ok ? 16u : 0u);
-        cp_async16(sbase + L::KF + so + 16 * h, k + off + 4 * h, ok ? 16u : 0u);
-      }
-    }
-#pragma unroll 2
-    for (int idx = t; idx < CH * VU; idx += NT) {
-      const int row = idx / VU, u = idx % VU;
-      const bool ok = row < nv;
-      const u64 off = (t0 + (ok ? row : 0)) * E + e0 + u * 8;
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        cp_async16(sbase + L::VF + (u32)(row * L::FV + u * 8 + 4 * h) * 4, v + off + 4 * h, ok ? 16u : 0u);
-    }
-    cp_async_commit();
+  auto load = [&](int c) {  // this thread's units of chunk c into the staging
+    wg32_copy_chunk<D, ES, NT, 8>(q, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t, sbase);
   };
   auto unit_max = [](float m, const float* x) {
     return abs_max4(abs_max4(m, *reinterpret_cast<const float4*>(x)), *reinterpret_cast<const float4*>(x + 4));
