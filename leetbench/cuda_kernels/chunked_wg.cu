@@ -438,7 +438,7 @@ __global__ void __launch_bounds__(160, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  if (tid < 128)
+  if (warp_index() < 4)
     WgConsumer<D, ES, STAGES, BF16, COPIES>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
@@ -584,9 +584,10 @@ __global__ void __launch_bounds__(288, MINB)
     fence_mbar_init();
   }
   __syncthreads();
-  if (tid < 128)
+  const int warp = warp_index();
+  if (warp < 4)
     WgSplit<D, ES, STAGES, BF16, MINB == 1>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
-  else if (tid < 256)
+  else if (warp < 8)
     WgSplit<D, ES, STAGES, BF16, MINB == 1>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
   else
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
@@ -627,7 +628,7 @@ __global__ void __launch_bounds__(160, MINB)
   const int e0 = cta.e0;
   const Seg seg = cta.seg;
   const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
-  if (tid >= 128) {
+  if (warp_index() >= 4) {
     wg_producer<LY, D, STAGES, false>(nullptr, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
     return;
   }

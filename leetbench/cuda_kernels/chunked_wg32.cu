@@ -478,7 +478,7 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);
   const int tid = threadIdx.x;
-  if (tid < 128)
+  if (warp_index() < 4)
     Wg32Consumer<D, ES, NPW, PSPLIT>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else if constexpr (PSPLIT)
     wg32_split_producer<D, ES, NPW>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31,
