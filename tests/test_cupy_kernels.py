@@ -303,7 +303,7 @@ def test_wg_products_not_serialized():
     but the overlap the kernel is built for is gone (KERNEL_NOTES v15). The compiler's log is kept with each
     kernel, also when its cubin comes from the cache."""
     names = {p.name for D, E in WG_SHAPES for dt in ALL for p in _wg_plans(2, 3, D, E, dt)}
-    names |= {ops.state_plan(D, E, dt, 0).name for D, E in WG_SHAPES for dt in ("bfloat16", "float16")}
+    names |= {ops.state_plan(D, E, dt, 0).name for D, E in WG_SHAPES for dt in ALL}
     drew = {}
     for name in sorted(n for n in names if n.startswith("chunk_wg")):
         log = kernel(ops.kernel_files(name), name, 0).log
@@ -381,18 +381,19 @@ def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):
 
 
 @needs_wg
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("D, E", [(128, 128), (64, 32), (128, 96), (64, 256)])
 def test_wg_state_pass(dtype, D, E):
-    """The generation-2 state pass alone: every piece's own end state Σ λ^(end-1-t) k_tᵀ v_t (from zero)
-    against float64, on E slices of 64 and 32 columns (E = 96: 32 only) and both D."""
+    """The generation-2 state pass alone (chunk_wg_state; chunk_wg32_state in float32): every piece's own end
+    state Σ λ^(end-1-t) k_tᵀ v_t (from zero) against float64, on E slices of 64 and 32 columns (E = 96: 32
+    only) and both D."""
     from leetbench.cuda_kernels import segments as sp
 
     B, H, N = 2, 3, 1500
     x = _inputs(B, H, N, D, E, dtype, "multiscale", False, seed=D + E)
     seg = sp.split(N, 3, 2)
     plan = ops.state_plan(D, E, dtype, 0, gen=2)
-    assert plan.name.startswith("chunk_wg_state<")
+    assert plan.name.startswith("chunk_wg32_state<" if dtype == "float32" else "chunk_wg_state<")
     local = ops._local_states(plan, 0, x.k, x.v, x.decay.double(), seg)
     torch.cuda.synchronize()
     lam = x.decay.double().cuda()[None, :, None]

@@ -227,7 +227,9 @@ def test_generation_two_plans(h200_gen2):
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
     assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
-    assert ops.state_plan(128, 128, "float32").name.startswith("chunk_state<")  # float32: generation 1
+    f32_state = ops.state_plan(128, 128, "float32")                    # float32: chunk_wg32's layout, NPW = 4
+    assert (f32_state.name, f32_state.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
+    assert ops.state_plan(128, 128, "float32", gen=1).name.startswith("chunk_state<")
     assert ops.seq_plan(1, 32, 65536, 128, 128, "float32") is None      # float32: ES = 32 fills the SMs
     assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count >= 2  # 32 CTAs: most SMs idle
     assert ops.state_plan(64, 48, "bfloat16").gen == 1

@@ -96,8 +96,9 @@ __device__ __forceinline__ float own_max(const float* tile, int p, int t) {
 }
 
 // Thread t of NT's share of a chunk's copies into the staging (cp.async; rows from nv on, past the piece's end,
-// zero-filled): units of UF floats of Q, K and V rows (UF = 4: one 16-byte copy, 8: two), units t, t + NT, ….
-template <int D, int ES, int NT, int UF>
+// zero-filled): units of UF floats of Q (unless WITHQ is false), K and V rows (UF = 4: one 16-byte copy, 8: two),
+// units t, t + NT, ….
+template <int D, int ES, int NT, int UF, bool WITHQ = true>
 __device__ __forceinline__ void wg32_copy_chunk(const float* q, const float* k, const float* v, u64 t0, int nv,
                                                 int E, int e0, int t, u32 sbase) {
   using L = Wg32Smem<D, ES>;
@@ -110,7 +111,7 @@ __device__ __forceinline__ void wg32_copy_chunk(const float* q, const float* k, 
     const u32 so = (u32)(row * L::FQ + u * UF) * 4;
 #pragma unroll
     for (int h = 0; h < UF / 4; ++h) {
-      cp_async16(sbase + L::QF + so + 16 * h, q + off + 4 * h, ok ? 16u : 0u);
+      if constexpr (WITHQ) cp_async16(sbase + L::QF + so + 16 * h, q + off + 4 * h, ok ? 16u : 0u);
       cp_async16(sbase + L::KF + so + 16 * h, k + off + 4 * h, ok ? 16u : 0u);
     }
   }
@@ -175,7 +176,8 @@ __device__ __forceinline__ void producers_sync() {
   asm volatile("bar.sync 2, %0;" ::"n"(32 * NPW) : "memory");
 }
 
-template <int D, int ES, int NPW>
+// STATE (the state pass, chunk_wg32_state): K and Ṽ only — no Q, and V's own pieces are not written.
+template <int D, int ES, int NPW, bool STATE = false>
 __device__ __forceinline__ void wg32_split_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
                                                     int E, int e0, int pw, int lane, unsigned char* smem) {
   using L = Wg32Smem<D, ES>;
@@ -188,7 +190,7 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
   const float* vf = reinterpret_cast<const float*>(smem + L::VF);
   const int nchunks = (n + CH - 1) / CH;
   auto load = [&](int c) {  // this thread's units of chunk c into the staging
-    wg32_copy_chunk<D, ES, NT, 8>(q, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t, sbase);
+    wg32_copy_chunk<D, ES, NT, 8, !STATE>(q, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t, sbase);
   };
   auto unit_max = [](float m, const float* x) {
     return abs_max4(abs_max4(m, *reinterpret_cast<const float4*>(x)), *reinterpret_cast<const float4*>(x + 4));
@@ -201,7 +203,7 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
 #pragma unroll 4
     for (int idx = t; idx < CH * QU; idx += NT) {
       const int at = (idx / QU) * L::FQ + 8 * (idx % QU);
-      m[0] = unit_max(m[0], qf + at);
+      if constexpr (!STATE) m[0] = unit_max(m[0], qf + at);
       m[1] = unit_max(m[1], kf + at);
     }
     for (int idx = t; idx < CH * VU; idx += NT) {
@@ -231,9 +233,11 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
       const int row = idx / QU, u = idx % QU;
       const u32 at = (u32)((u >> 3) * L::QKT) + swz<128>(row, u & 7);
       uint4 hi, lo;
-      split8(qf + row * L::FQ + 8 * u, fq, hi, lo);
-      *reinterpret_cast<uint4*>(smem + L::QH + at) = hi;
-      *reinterpret_cast<uint4*>(smem + L::QL + at) = lo;
+      if constexpr (!STATE) {
+        split8(qf + row * L::FQ + 8 * u, fq, hi, lo);
+        *reinterpret_cast<uint4*>(smem + L::QH + at) = hi;
+        *reinterpret_cast<uint4*>(smem + L::QL + at) = lo;
+      }
       split8(kf + row * L::FQ + 8 * u, fk, hi, lo);
       *reinterpret_cast<uint4*>(smem + L::KH + at) = hi;
       *reinterpret_cast<uint4*>(smem + L::KL + at) = lo;
@@ -244,9 +248,11 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
       const u32 at = swz<L::VRB>(row, u);
       const float fw = row < nv ? tab[nv - 1 - row] * pow2(-sc[3]) : 0.f;
       uint4 hi, lo;
-      split8(vf + row * L::FV + 8 * u, fv, hi, lo);
-      *reinterpret_cast<uint4*>(smem + L::VH + at) = hi;
-      *reinterpret_cast<uint4*>(smem + L::VL + at) = lo;
+      if constexpr (!STATE) {
+        split8(vf + row * L::FV + 8 * u, fv, hi, lo);
+        *reinterpret_cast<uint4*>(smem + L::VH + at) = hi;
+        *reinterpret_cast<uint4*>(smem + L::VL + at) = lo;
+      }
       split8(vf + row * L::FV + 8 * u, fw, hi, lo);
       *reinterpret_cast<uint4*>(smem + L::WH + at) = hi;
       *reinterpret_cast<uint4*>(smem + L::WL + at) = lo;
@@ -490,4 +496,59 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
 template <int D, int ES>
 __global__ void chunk_wg32_layout(int* out) {
   out[0] = Wg32Smem<D, ES>::ALLOC;
+}
+
+// ---- the state pass of the sequence-parallel path, float32 on generation 2 (KERNEL_NOTES v18) -------------------
+// Every piece's own end state Σ_j λ^(n-1-j) k_jᵀ v_j (from zero) into local [B·H·RUNS, D, E], float32, as
+// chunk_state (chunked.cu) computes it: per chunk S = λ^n S + 2^(sk+sw) Kᵀ Ṽ, Kᵀ Ṽ as three float16 products of
+// the pieces into its own accumulator, added in IEEE float32 as in chunk_wg32. The producer warps copy K and V and
+// split K and Ṽ (wg32_split_producer, STATE); the consumers only multiply and add. Shared memory: chunk_wg32's
+// layout (its Q and V tiles unused).
+template <int D, int ES, int NSL, int NPW>
+__global__ void __launch_bounds__(128 + 32 * NPW, 1)
+    chunk_wg32_state(const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ local,
+                     const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
+  static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
+  using LY = Wg32Smem<D, ES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);
+  const int tid = threadIdx.x;
+  const Seg seg = cta.seg;
+  if (warp_index() >= 4) {
+    wg32_split_producer<D, ES, NPW, true>(nullptr, k, v, seg.tok0, seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31,
+                                          cta.smem);
+    return;
+  }
+  constexpr int DB = LY::DB, NA = ES / 2;
+  unsigned char* smem = cta.smem;
+  const u32 sbase = cta.sbase;
+  const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
+  const int w = tid >> 5, l = tid & 31;
+  const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+  const u32 kh = sbase + LY::KH, kl = sbase + LY::KL, wh = sbase + LY::WH, wl = sbase + LY::WL;
+  float S[DB][NA];
+  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int, int) { S[mb][i] = 0.f; });
+  const int nchunks = (seg.n + CH - 1) / CH;
+  for (int c = 0; c < nchunks; ++c) {
+    mbar_wait(sbase + LY::BAR, c & 1);  // the chunk's pieces and scales
+    const int nv = min(CH, seg.n - c * CH);
+    const int4 e = *reinterpret_cast<const int4*>(smem + LY::PSC);
+    wg_fence();
+    float U[DB][NA];
+#pragma unroll
+    for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+    wg_commit();
+    wg_wait<0>();
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
+    if (l == 0) mbar_arrive(sbase + LY::BAR + 8);  // this warp's share of the products read the pieces
+    const float dk = tab[nv], un = pow2(e.y) * pow2(e.w);
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+  }
+  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+    local[((u64)seg.idx * D + row) * E + cta.e0 + col] = S[mb][i];
+  });
 }

@@ -430,8 +430,8 @@ def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | No
 
 @dataclass(frozen=True)
 class StatePlan:
-    """Pass 1 of the sequence-parallel path: every piece's own end state (chunk_state, or chunk_wg_state on
-    generation 2)."""
+    """Pass 1 of the sequence-parallel path: every piece's own end state (chunk_state, or on generation 2
+    chunk_wg_state, and chunk_wg32_state in float32)."""
 
     es: int
     cl: int
@@ -441,9 +441,16 @@ class StatePlan:
     smem: int
     gen: int = 1
     minb: int = 2  # CTAs per SM
+    producers: int = 1  # producer warps (chunk_wg32_state's NPW; one in the others)
+
+    @property
+    def threads(self) -> int:
+        return 128 + 32 * self.producers
 
     @property
     def name(self) -> str:
+        if self.gen == 2 and self.dt == _DT[torch.float32]:
+            return f"chunk_wg32_state<{self.D},{self.es},{self.cl},{self.producers}>"
         if self.gen == 2:
             bf16 = "true" if self.dt == _DT[torch.bfloat16] else "false"
             return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
@@ -457,12 +464,20 @@ class StatePlan:
 @functools.lru_cache(maxsize=None)
 def state_plan(D: int, E: int, dtype: str, dev: int = 0, gen: int | None = None) -> StatePlan:
     """Generation 1: the widest E slice whose state stays ≤ 64 floats per consumer lane (D·ES ≤ 8192; ≤ 168
-    registers at D = E = 128), two CTAs per SM, deepest pipeline that fits them. Generation 2 (16-bit, the
-    shapes wg_supports): one warpgroup product per chunk, ES = 64 where E allows, two CTAs per SM where they
-    fit, deepest pipeline that fits. gen None: 2 where the device runs it and the shape and dtype allow."""
+    registers at D = E = 128), two CTAs per SM, deepest pipeline that fits them. Generation 2 (the shapes
+    wg_supports): 16-bit, one warpgroup product per chunk, ES = 64 where E allows, two CTAs per SM where they
+    fit, deepest pipeline that fits; float32 (chunk_wg32_state: three float16 products, split by the producer
+    warps), chunk_wg32's layout, one CTA per SM, ES = 64 where it fits. gen None: 2 where the device runs it and
+    the shape allows."""
     lim = device_limits(dev)
     if gen is None:
-        gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) and dtype != "float32" else 1
+        gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
+    if gen == 2 and dtype == "float32":
+        options = [c for c in _WG_ES if E % c == 0 and lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)]
+        if not options:
+            raise ValueError(f"cupy_chunked generation 2, float32: no state-pass slice of E={E} fits at D={D}")
+        return StatePlan(es=options[0], cl=E // options[0], stages=1, dt=_DT[torch.float32], D=D,
+                         smem=smem_bytes("wg32", D, options[0], 1, dev), gen=2, minb=1, producers=_WG32_PRODUCERS)
     if gen == 2:
         es = 64 if E % 64 == 0 else 32
         minb = 2 if lim.blocks_fit(smem_bytes("wgstate", D, es, 2, dev), 2) else 1
@@ -508,8 +523,8 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
         # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
         # half of the SMs. H200, B=1, H=32, N=65536: D=E=128 one pass at ES = 32 1.41 ms, P = 2 at ES = 64
         # 1.33 ms; D=64, E=256 one pass at ES = 64 1.32 ms, P = 2 1.72 ms (pass 1 re-reads k and v).
-        # float32 (chunk_wg32, one CTA per SM; its state pass is generation 1): only for idle SMs. H200, B=1,
-        # H=32, N=65536: one pass at ES = 32 4.66 ms, P = 2 at ES = 64 5.85 ms.
+        # float32 (chunk_wg32, one CTA per SM): only for idle SMs. H200, B=1, H=32, N=65536: one pass at ES = 32
+        # 4.66 ms, P = 2 at ES = 64 5.85 ms with generation 1's state pass (chunk_wg32_state not yet timed).
         if (one.es == 64 or E % 64 or one.f32) and B * H * one.cl >= lim.sm_count // 2:
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
@@ -543,7 +558,7 @@ def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> t
         i32 = np.int32
         args = (_ptr(k), _ptr(v), _ptr(local), _ptr(decay), i32(H), i32(N), i32(E), i32(seg.piece),
                 i32(seg.pieces))
-        kernel(plan.files, plan.name, dev)(B * H * seg.pieces * plan.cl, 160, args, plan.smem)
+        kernel(plan.files, plan.name, dev)(B * H * seg.pieces * plan.cl, plan.threads, args, plan.smem)
     return local
 
 
