@@ -174,6 +174,28 @@ __device__ __forceinline__ void wg_decay_mask(float (&mask)[32], const float* ta
     }
 }
 
+// P = (Q Kᵀ) ⊙ M, the A operand of P V from registers: the thread's scores times its mask entries, packed into
+// 16-bit pairs per 16-token k step.
+template <bool BF16>
+__device__ __forceinline__ void wg_masked_scores(const float (&acc)[32], const float (&mask)[32], u32 (&pa)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      pa[kk][r] = pack2<BF16>(acc[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
+                              acc[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
+}
+
+// Each of the thread's two accumulator rows times its own factor (g0 the first row, g1 the second).
+template <int NA>
+__device__ __forceinline__ void wg_scale_rows(float (&d)[NA], float g0, float g1) {
+#pragma unroll
+  for (int j = 0; j < NA / 4; ++j) {
+    d[4 * j] *= g0; d[4 * j + 1] *= g0;
+    d[4 * j + 2] *= g1; d[4 * j + 3] *= g1;
+  }
+}
+
 // Ṽ = λ^(n-1-j) v_j (0 past the chunk's n tokens) from a chunk's V tile into vdst, 16-byte piece by piece (the
 // swizzle keeps a piece inside its row), by the 128 consumer threads.
 template <int ES, bool BF16>
@@ -390,21 +412,11 @@ struct WgConsumer {
       }
       wg_pin(acc_a);
       u32 pa[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          pa[kk][r] = pack2<BF16>(acc_a[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
-                                  acc_a[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
+      wg_masked_scores<BF16>(acc_a, mask, pa);
       if (COPIES == 2) wg_wait<0>();
       else wg_wait<1>();
       wg_pin(acc_o);
-      const float g0 = f0 * up, g1 = f1 * up;
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        acc_o[4 * j] *= g0; acc_o[4 * j + 1] *= g0;
-        acc_o[4 * j + 2] *= g1; acc_o[4 * j + 3] *= g1;
-      }
+      wg_scale_rows(acc_o, f0 * up, f1 * up);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
@@ -502,22 +514,12 @@ struct WgSplit {
       wg_pin(acc_a);
       if (!KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);  // after the wait: not beside both accumulators
       u32 pa[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          pa[kk][r] = pack2<BF16>(acc_a[8 * kk + 2 * r] * mask[8 * kk + 2 * r],
-                                  acc_a[8 * kk + 2 * r + 1] * mask[8 * kk + 2 * r + 1]);
+      wg_masked_scores<BF16>(acc_a, mask, pa);
       wg_wait<0>();
       wg_pin(acc_o);
       const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
       if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
-      const float g0 = f0 * up, g1 = f1 * up;
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        acc_o[4 * j] *= g0; acc_o[4 * j + 1] *= g0;
-        acc_o[4 * j + 2] *= g1; acc_o[4 * j + 3] *= g1;
-      }
+      wg_scale_rows(acc_o, f0 * up, f1 * up);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
