@@ -11,6 +11,7 @@ tested on the CPU in test_segments.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -249,7 +250,7 @@ def test_fp16_state_beyond_65504(segments):
     o, s = _direct(x, EXPECTED["float16"], segments=segments)
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
     if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies: each copy scaled the same way
-        base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2)
+        base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
         for other in (ops.split_plan(base, 0), ops.two_copy_plan(base, 0)):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
@@ -283,7 +284,7 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
             for st in sorted({fits[0], fits[-1]} if fits else set()):
                 out.append(ops.chunk_plan(B, H, D, E, dtype, 0, es=es, stages=st, minb=minb, gen=2))
         # two consumer warpgroups (chunk_wg2) at their deepest pipeline and at two stages, and two CTAs per SM
-        base = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
+        base = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2, wgs=1)
         split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
         out += [split, replace(split, stages=2, smem=0)] + ([crowded] if crowded.minb == 2 else [])
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
@@ -294,22 +295,6 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
 
 
 WG_SHAPES = ((64, 64), (64, 128), (128, 128), (128, 64), (64, 32), (128, 32), (128, 96), (64, 256), (128, 256))
-
-
-@needs_wg
-def test_wg_products_not_serialized():
-    """No generation-2 kernel draws ptxas's C7519: an asynchronous product issued after a wait on a divergent
-    path (an mbarrier spin between two products) makes ptxas serialize every wgmma of the kernel — correct,
-    but the overlap the kernel is built for is gone (KERNEL_NOTES v15). The compiler's log is kept with each
-    kernel, also when its cubin comes from the cache."""
-    names = {p.name for D, E in WG_SHAPES for dt in ALL for p in _wg_plans(2, 3, D, E, dt)}
-    names |= {ops.state_plan(D, E, dt, 0).name for D, E in WG_SHAPES for dt in ALL}
-    drew = {}
-    for name in sorted(n for n in names if n.startswith("chunk_wg")):
-        log = kernel(ops.kernel_files(name), name, 0).log
-        if "C7519" in log or "serialized" in log:
-            drew[name] = log.strip()[:300]
-    assert not drew, drew
 
 
 @needs_wg
@@ -341,7 +326,8 @@ def test_wg_each_product(dtype, es):
     Q Kᵀ and P V alone (one chunk, no initial state), Kᵀ Ṽ alone (q = 0: only the final state is non-zero)."""
     B, H, E = 1, 2, 128
     D = 64 if dtype == "float32" and es == 64 else 128  # float32 tiles of ES = 64 fit at D = 64 only
-    plan = ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=es)
+    forms = (1,) if dtype == "float32" else (1, 2)  # 16-bit: chunk_wg and chunk_wg2
+    plans = [ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=es, wgs=w) for w in forms]
     x = _inputs(B, H, 192, D, E, dtype, "multiscale", True, seed=11)
     zero = torch.zeros_like
     cases = {
@@ -350,14 +336,14 @@ def test_wg_each_product(dtype, es):
         "Kᵀ Ṽ": Inputs(zero(x.q), x.k, x.v, x.decay, x.scale, None),
     }
     bad = []
-    for what, xi in cases.items():
+    for plan, (what, xi) in itertools.product(plans, cases.items()):
         ref_o, ref_s = reference(xi)
         o, s = ops.chunked(xi.q, xi.k, xi.v, xi.decay, scale=xi.scale, initial_state=xi.initial_state, plan=plan)
         torch.cuda.synchronize()
         err_o = _worst(o, ref_o) if ref_o.abs().max() > 0 else float(o.abs().max())
         err_s = _worst(s, ref_s) if ref_s.abs().max() > 0 else float(s.abs().max())
         if not (err_o <= EXPECTED[dtype] and err_s <= EXPECTED[dtype]):
-            bad.append(f"{what}: o_err {err_o:.3g}, state_err {err_s:.3g}")
+            bad.append(f"{plan.name} {what}: o_err {err_o:.3g}, state_err {err_s:.3g}")
     assert not bad, "; ".join(bad)
 
 
@@ -408,12 +394,19 @@ def test_wg_state_pass(dtype, D, E):
 
 @needs_wg
 def test_wg_products_are_not_serialised():
-    """ptxas serialises wgmma when the accumulators cannot stay in registers across the asynchronous products
-    (warning C7511, seen once when P V accumulated into a slice of another product's accumulator)."""
+    """ptxas serialises every wgmma of a kernel, correct but without the overlap the kernel is built for, when
+    the accumulators cannot stay in registers across the asynchronous products (C7511, seen once when P V
+    accumulated into a slice of another product's accumulator) or when a product is issued after a wait on a
+    divergent path (C7519: an mbarrier spin between two products, KERNEL_NOTES v15). Every generation-2 plan
+    the tests run and every default is read from the compiler's log each kernel keeps (also from the cache)."""
     names = {ops.chunk_plan(B, 32, D, E, dt, 0).name for B in (1, 8) for (D, E) in WG_SHAPES for dt in ALL}
+    names |= {p.name for D, E in WG_SHAPES for dt in ALL for p in _wg_plans(2, 3, D, E, dt)}
+    names |= {ops.state_plan(D, E, dt, 0).name for D, E in WG_SHAPES for dt in ALL}
+    names = {n for n in names if n.startswith("chunk_wg")}
     ops.precompile_chunked(names, 0, jobs=8)
-    logs = {n: kernel(ops.kernel_files(n), n, 0).log for n in names}
-    assert not [n for n, log in logs.items() if "C7511" in log], logs
+    logs = {n: kernel(ops.kernel_files(n), n, 0).log for n in sorted(names)}
+    drew = {n: log.strip()[:300] for n, log in logs.items() if any(w in log for w in ("C7511", "C7519", "serializ"))}
+    assert not drew, drew
 
 
 @needs_wg

@@ -217,27 +217,36 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
-    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
-    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg<128,64,2,4,true,1>"
-    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").minb == 2          # D = 64: two CTAs fit an SM
+    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")                    # one CTA per SM: two warpgroups
+    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg2<128,64,2,4,true,1>"
+    one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
+    assert one.name == "chunk_wg<128,64,2,4,true,1>" and ops.split_plan(one, ctas=512) == b8
+    d64 = ops.chunk_plan(8, 32, 64, 256, "bfloat16")                   # D = 64: two CTAs fit an SM, one warpgroup
+    assert (d64.minb, d64.wgs) == (2, 1)
+    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1>"  # 128 CTAs: one per SM
+    pinned = ops.chunk_plan(8, 32, 128, 128, "bfloat16", stages=2)     # a pinned chunk_wg shape stays chunk_wg
+    assert (pinned.wgs, pinned.stages) == (1, 2) and ops.chunk_plan(1, 32, 128, 128, "bfloat16", minb=1).wgs == 1
     b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
-    assert (b1.es, b1.cl) == (32, 4)                                    # 128 CTAs: nearly every SM
+    assert (b1.es, b1.cl, b1.wgs) == (32, 4, 2)                         # 128 CTAs: nearly every SM
     narrow = ops.chunk_plan(4, 32, 64, 128, "float16", es=32)
     assert narrow.minb == 2                                             # 1024 CTAs, two fit an SM
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
-    assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
+    assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2 and sq.out.wgs == 2
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
     f32_state = ops.state_plan(128, 128, "float32")                    # float32: chunk_wg32's layout, NPW = 4
     assert (f32_state.name, f32_state.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
     assert ops.state_plan(128, 128, "float32", gen=1).name.startswith("chunk_state<")
-    assert ops.seq_plan(1, 32, 65536, 128, 128, "float32") is None      # float32: ES = 32 fills the SMs
+    f32_seq = ops.seq_plan(1, 32, 65536, 128, 128, "float32")            # float32 alike: P = 2 buys ES = 64
+    assert f32_seq.seg.count == 2 and f32_seq.out.name == "chunk_wg32<128,64,2,4>"
+    assert f32_seq.state.name == "chunk_wg32_state<128,64,2,4>"
+    assert ops.seq_plan(8, 32, 65536, 128, 128, "float32") is None
     assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count >= 2  # 32 CTAs: most SMs idle
     assert ops.state_plan(64, 48, "bfloat16").gen == 1
     assert ops.seq_plan(1, 32, 65536, 64, 256, "bfloat16") is None      # ES = 64 already fills the SMs
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None
     few = ops.seq_plan(1, 8, 65536, 128, 128, "bfloat16")               # 32 CTAs: most SMs idle
     assert few is not None and few.seg.count >= 4
-    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg<")
+    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg2<")
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16", gen=1)[0].startswith("chunk_fwd<")
 
 
@@ -253,7 +262,7 @@ def test_split_plan(h200_gen2):
     assert (two.minb, two.stages) == (2, 4) and 2 * (two.smem + 1024) <= 233472
     assert ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512).minb == 1  # ES=64: would spill
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16"), ctas=128).minb == 1  # no second wave"
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").threads == 160     # the default stays one warpgroup
+    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").threads == 160      # two chunk_wg per SM: one warpgroup
     with pytest.raises(ValueError, match=r"generation-2 16-bit plan \(got chunk_wg32"):
         ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"got chunk_fwd"):
@@ -263,12 +272,12 @@ def test_split_plan(h200_gen2):
 def test_two_copy_plan(h200_gen2):
     """chunk_wg with two state copies: its layout is chunk_wg2's (the second copy behind the tiles), the CTAs per
     SM kept where the larger layout still fits them, the deepest pipeline that fits; one warpgroup, 16-bit."""
-    b8 = ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
+    b8 = ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1))
     assert (b8.name, b8.threads, b8.kind, b8.stages) == ("chunk_wg<128,64,2,4,true,1,2>", 160, "wg2", 4)
     assert b8.smem == _stub_wg2_smem(128, 64, 4)
     d64 = ops.two_copy_plan(ops.chunk_plan(4, 32, 64, 256, "float16"))       # two CTAs per SM still fit
     assert (d64.minb, d64.stages, d64.name) == (2, 3, "chunk_wg<64,64,4,3,false,2,2>")
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").name == "chunk_wg<128,64,2,4,true,1>"  # the default: one
+    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").copies == 1     # the default: one copy
     with pytest.raises(ValueError, match=r"two state copies are a generation-2 16-bit plan \(got chunk_wg32"):
         ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"two state copies are chunk_wg's \(got chunk_wg2"):
@@ -282,7 +291,7 @@ def test_producer_split_plan(h200_gen2):
     ps = ops.producer_split_plan(f32)
     assert (ps.name, ps.smem, ps.threads) == ("chunk_wg32<128,32,4,4,true>", f32.smem, f32.threads)
     assert f32.name == "chunk_wg32<128,32,4,4>"                        # the default: the consumers split
-    with pytest.raises(ValueError, match=r"chunk_wg32's, a generation-2 float32 plan \(got chunk_wg<"):
+    with pytest.raises(ValueError, match=r"chunk_wg32's, a generation-2 float32 plan \(got chunk_wg2<"):
         ops.producer_split_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16"))
 
 

@@ -299,15 +299,28 @@ class ChunkPlan:
 @functools.lru_cache(maxsize=None)
 def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int | None = None,
                stages: int | None = None, minb: int | None = None, opt: int | None = None,
-               gen: int | None = None) -> ChunkPlan:
+               gen: int | None = None, wgs: int | None = None) -> ChunkPlan:
     """The one-pass launch plan (B·H·E/ES CTAs): kernel generation, columns per CTA (ES), pipeline depth,
     CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
+    wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
+    minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1 or 2 (split_plan).
     """
+    if wgs not in (None, 1, 2):
+        raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2 or None for the rule)")
     if gen is None:
         gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
     if gen == 2:
-        return _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
-    return _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+        plan = _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
+        if wgs is None and minb is None and stages is None and not plan.f32:
+            # Two consumer warpgroups where chunk_wg would run one CTA per SM: the SM then has the output warps'
+            # and the state chain's instructions to interleave. H200, bf16, H=32 (KERNEL_NOTES v19): D=E=128 at
+            # B=8 1.821 → 1.776 ms (N=16384), 7.327 → 7.088 (65536), B=1 through P=2 0.308 → 0.284, 1.127 →
+            # 1.059; D=64, E=256, B=1 0.328 → 0.315, 1.311 → 1.241. Where chunk_wg runs two CTAs per SM (D=64,
+            # E=256, B=8) chunk_wg2 at one was 17% slower.
+            wgs = 2 if plan.minb == 1 else 1
+    else:
+        plan = _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+    return split_plan(plan, dev, B * H * plan.cl) if wgs == 2 else plan  # refused by name but for 16-bit gen 2
 
 
 def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
@@ -511,8 +524,8 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
 
     Rule: only when the one-pass plan has no more CTAs than SMs (generation 2: when it narrowed the E slice
     below 64 columns to fill the SMs, or leaves half of them idle); then (segments.choose_count), with G CTAs
-    per segment at the ES used for large grids and `per_sm` of them resident per SM (2 for 16-bit, 1 for
-    float32), P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
+    per segment at the ES used for large grids and `per_sm` of them resident per SM (that plan's minb),
+    P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
     P < 2 → one pass.
     """
     if segments is not None and segments <= 1:
@@ -523,9 +536,9 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
         # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
         # half of the SMs. H200, B=1, H=32, N=65536: D=E=128 one pass at ES = 32 1.41 ms, P = 2 at ES = 64
         # 1.33 ms; D=64, E=256 one pass at ES = 64 1.32 ms, P = 2 1.72 ms (pass 1 re-reads k and v).
-        # float32 (chunk_wg32, one CTA per SM): only for idle SMs. H200, B=1, H=32, N=65536: one pass at ES = 32
-        # 4.66 ms, P = 2 at ES = 64 5.85 ms with generation 1's state pass (chunk_wg32_state not yet timed).
-        if (one.es == 64 or E % 64 or one.f32) and B * H * one.cl >= lim.sm_count // 2:
+        # float32 alike since its state pass is chunk_wg32_state: D=E=128, B=1, one pass at ES = 32 1.17 ms
+        # (N=16384) and 4.67 (65536), P = 2 at ES = 64 0.96 and 3.77 (KERNEL_NOTES v19).
+        if (one.es == 64 or E % 64) and B * H * one.cl >= lim.sm_count // 2:
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
         return None  # one pass already has a CTA for every SM (or two)
