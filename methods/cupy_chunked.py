@@ -14,8 +14,10 @@ in flight (16-byte cp.async into shared tiles, mbarrier pipeline) while the cons
 generations, chosen per device and shape (ops.chunk_plan):
 
 - generation 2 (chunked_wg.cu, chunked_wg32.cu; compute capability 9.0, D ∈ {64, 128}, E a multiple of 32):
-  one consumer warpgroup issues Hopper's warpgroup products (wgmma) on swizzled shared tiles — Q Kᵀ, Q S_in,
-  Kᵀ Ṽ into the float32 state registers, and P V with the masked scores P taken from registers;
+  consumer warpgroups issue Hopper's warpgroup products (wgmma) on swizzled shared tiles — Q Kᵀ, Q S_in,
+  Kᵀ Ṽ into the float32 state registers, and P V with the masked scores P taken from registers; where one
+  CTA holds an SM, two warpgroups split the work (one keeps the state chain S = λ^C S + Kᵀ Ṽ and hands a
+  16-bit copy of each S_in over, the other forms the outputs), else one does all of it;
 - generation 1 (chunked.cu; any card since sm_80, every supported shape): four consumer warps, each compiled
   for its own rows (causal bounds at compile time), run `mma.sync.m16n8k16`; two CTAs share an SM when the
   grid is large enough.

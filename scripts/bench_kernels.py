@@ -57,7 +57,7 @@ def peers() -> dict[str, Callable]:
 
 def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
-    E slice in one pass and at P = 2."""
+    E slice in one pass and at P = 2, and its variants (two consumer warpgroups, two state copies)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2}})
@@ -68,19 +68,24 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                 out[name] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, **kw)}
             except ValueError as exc:  # a variant the shape cannot take is left out
                 print(f"  {name}: {exc}")
-        if dtype == "float32":  # chunk_wg32 with fewer producer warps than the default
+        if dtype == "float32":  # chunk_wg32 with fewer producer warps than the default, and with their split
             base = ops.chunk_plan(B, H, D, E, dtype, gen=2)
             out.update({f"v2pw{p}": {"plan": replace(base, producers=p)} for p in (1, 2) if p != base.producers})
+            out["v2ps"] = {"plan": ops.producer_split_plan(base)}
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
-        if dtype != "float32":  # two consumer warpgroups (chunk_wg2): one pass at the rule's ES, and at P = 2
-            try:                # in 64-column slices
-                one = ops.chunk_plan(B, H, D, E, dtype, gen=2)
-                out["v2wg2"] = {"plan": ops.split_plan(one, ctas=B * H * one.cl)}
-                wide = ops.chunk_plan(B, H, D, E, dtype, es=64 if E % 64 == 0 else 32, gen=2)
-                out["v2P2wg2"] = {"plan": ops.split_plan(wide, ctas=2 * B * H * wide.cl), "segments": 2}
-            except ValueError as exc:
-                print(f"  v2wg2: {exc}")
+        if dtype != "float32":  # each consumer form in one pass and at P = 2 in 64-column slices: chunk_wg
+            wide = 64 if E % 64 == 0 else 32  # (wg1), chunk_wg2 (wg2), chunk_wg with two state copies (c2)
+            for w in (1, 2):
+                try:
+                    out[f"v2wg{w}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=w)}
+                    out[f"v2P2wg{w}"] = {"plan": ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=w),
+                                         "segments": 2}
+                except ValueError as exc:
+                    print(f"  v2wg{w}: {exc}")
+            out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}
+            out["v2P2c2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1)),
+                             "segments": 2}
     return out
 
 

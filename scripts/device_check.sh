@@ -41,13 +41,13 @@ for stage in $stages; do
     memory)  # what holds the memory where a row ends oom (float32, B=8, N=16k then 64k, the kernel stage's order)
       TAIL=60 run memory 300 python3 scripts/device_memory_probe.py ;;
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
-    profile)  # Nsight Compute on one warm launch of the default plan's output pass (chunk_wg, chunk_wg32) at
-              # N=16384, B=1 and B=8 (bf16, fp32), and of two consumer warpgroups (chunk_wg2, bf16, B=8): speed
+    profile)  # Nsight Compute on one warm launch of the default plan's output pass (chunk_wg2, chunk_wg32) at
+              # N=16384, B=1 and B=8 (bf16, fp32), and of one consumer warpgroup (chunk_wg, bf16, B=8): speed
               # of light, warp states, tensor-pipe activity, and the SASS lines where warps stalled most
-      for run in bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:split; do
-        IFS=: read -r dt b split <<< "$run"
-        name=$dt-b$b${split:+-$split}
-        call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" ${split:+--split})
+      for run in bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:1; do
+        IFS=: read -r dt b wgs <<< "$run"
+        name=$dt-b$b${wgs:+-wg$wgs}
+        call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" ${wgs:+--wgs $wgs})
         ncu -k 'regex:^chunk_wg(2|32)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
           --section WarpStateStats --section Occupancy --section SourceCounters --section ComputeWorkloadAnalysis \
           -o "$log/$name" -f "${call[@]}" > "$log/ncu-$name.log" 2>&1

@@ -175,16 +175,16 @@ def _stub_wg_smem(D: int, es: int, stages: int) -> int:
 
 
 def _stub_wg2_smem(D: int, es: int, stages: int) -> int:
-    """chunked_wg.cu's Wg2Smem::ALLOC: WgSmem's, then the double-buffered float32 X tile (64 × ES)."""
-    return _stub_wg_smem(D, es, stages) + 2 * 64 * es * 4
+    """chunked_wg.cu's Wg2Smem::ALLOC: WgSmem's, then a second 16-bit state copy (D × ES)."""
+    return _stub_wg_smem(D, es, stages) + D * 2 * es
 
 
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
-    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four); no
-    output staging."""
+    staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice,
+    four scale exponents; no output staging."""
     tiles = 4 * (D // 64) * 8192 + 4 * 64 * 2 * es + 2 * D * 2 * es
-    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 64 + 1024
+    return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 2 * 64 + 16 + 1024
 
 
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
@@ -217,43 +217,82 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
-    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
-    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg<128,64,2,4,true,1>"
-    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").minb == 2          # D = 64: two CTAs fit an SM
+    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")                    # one CTA per SM: two warpgroups
+    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg2<128,64,2,4,true,1>"
+    one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
+    assert one.name == "chunk_wg<128,64,2,4,true,1>" and ops.split_plan(one, ctas=512) == b8
+    d64 = ops.chunk_plan(8, 32, 64, 256, "bfloat16")                   # D = 64: two CTAs fit an SM, one warpgroup
+    assert (d64.minb, d64.wgs) == (2, 1)
+    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1>"  # 128 CTAs: one per SM
+    pinned = ops.chunk_plan(8, 32, 128, 128, "bfloat16", stages=2)     # a pinned chunk_wg shape stays chunk_wg
+    assert (pinned.wgs, pinned.stages) == (1, 2) and ops.chunk_plan(1, 32, 128, 128, "bfloat16", minb=1).wgs == 1
     b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
-    assert (b1.es, b1.cl) == (32, 4)                                    # 128 CTAs: nearly every SM
+    assert (b1.es, b1.cl, b1.wgs) == (32, 4, 2)                         # 128 CTAs: nearly every SM
     narrow = ops.chunk_plan(4, 32, 64, 128, "float16", es=32)
     assert narrow.minb == 2                                             # 1024 CTAs, two fit an SM
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
-    assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2
+    assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2 and sq.out.wgs == 2
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
-    assert ops.state_plan(128, 128, "float32").name.startswith("chunk_state<")  # float32: generation 1
-    assert ops.seq_plan(1, 32, 65536, 128, 128, "float32") is None      # float32: ES = 32 fills the SMs
+    f32_state = ops.state_plan(128, 128, "float32")                    # float32: chunk_wg32's layout, NPW = 4
+    assert (f32_state.name, f32_state.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
+    assert ops.state_plan(128, 128, "float32", gen=1).name.startswith("chunk_state<")
+    f32_seq = ops.seq_plan(1, 32, 65536, 128, 128, "float32")            # float32 alike: P = 2 buys ES = 64
+    assert f32_seq.seg.count == 2 and f32_seq.out.name == "chunk_wg32<128,64,2,4>"
+    assert f32_seq.state.name == "chunk_wg32_state<128,64,2,4>"
+    assert ops.seq_plan(8, 32, 65536, 128, 128, "float32") is None
     assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count >= 2  # 32 CTAs: most SMs idle
     assert ops.state_plan(64, 48, "bfloat16").gen == 1
     assert ops.seq_plan(1, 32, 65536, 64, 256, "bfloat16") is None      # ES = 64 already fills the SMs
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None
     few = ops.seq_plan(1, 8, 65536, 128, 128, "bfloat16")               # 32 CTAs: most SMs idle
     assert few is not None and few.seg.count >= 4
-    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg<")
+    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg2<")
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16", gen=1)[0].startswith("chunk_fwd<")
 
 
 def test_split_plan(h200_gen2):
-    """Two consumer warpgroups: one CTA per SM of 288 threads, the deepest pipeline whose tiles and X fit (at
-    D=128, ES=64 four stages take exactly the H200's 227 KB); 16-bit generation 2 only, refused by name else."""
+    """Two consumer warpgroups: one CTA per SM of 288 threads, the deepest pipeline whose tiles and both state
+    copies fit; two per SM where the grid has a second wave and both fit; 16-bit generation 2 only, refused by
+    name else."""
     split = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"), ctas=512)
     assert (split.name, split.threads, split.minb, split.kind) == ("chunk_wg2<128,64,2,4,true,1>", 288, 1, "wg2")
-    assert split.smem == _stub_wg2_smem(128, 64, 4) == 232448                  # 150 registers: one per SM
+    assert split.smem == _stub_wg2_smem(128, 64, 4) == 216064                  # 156 registers: one per SM
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16")).name == "chunk_wg2<64,64,4,4,false,1>"
-    two = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512)  # D=64: ≤ 112 registers
-    assert (two.minb, two.stages) == (2, 2) and 2 * (two.smem + 1024) <= 233472
+    two = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)  # ES=32: ≤ 96 registers
+    assert (two.minb, two.stages) == (2, 4) and 2 * (two.smem + 1024) <= 233472
+    assert ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16"), ctas=512).minb == 1  # ES=64: would spill
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16"), ctas=128).minb == 1  # no second wave"
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").threads == 160     # the default stays one warpgroup
+    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").threads == 160      # two chunk_wg per SM: one warpgroup
     with pytest.raises(ValueError, match=r"generation-2 16-bit plan \(got chunk_wg32"):
         ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"got chunk_fwd"):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
+
+
+def test_two_copy_plan(h200_gen2):
+    """chunk_wg with two state copies: its layout is chunk_wg2's (the second copy behind the tiles), the CTAs per
+    SM kept where the larger layout still fits them, the deepest pipeline that fits; one warpgroup, 16-bit."""
+    b8 = ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1))
+    assert (b8.name, b8.threads, b8.kind, b8.stages) == ("chunk_wg<128,64,2,4,true,1,2>", 160, "wg2", 4)
+    assert b8.smem == _stub_wg2_smem(128, 64, 4)
+    d64 = ops.two_copy_plan(ops.chunk_plan(4, 32, 64, 256, "float16"))       # two CTAs per SM still fit
+    assert (d64.minb, d64.stages, d64.name) == (2, 3, "chunk_wg<64,64,4,3,false,2,2>")
+    assert ops.chunk_plan(8, 32, 64, 256, "bfloat16").copies == 1     # the default: one copy
+    with pytest.raises(ValueError, match=r"two state copies are a generation-2 16-bit plan \(got chunk_wg32"):
+        ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
+    with pytest.raises(ValueError, match=r"two state copies are chunk_wg's \(got chunk_wg2"):
+        ops.two_copy_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16")))
+
+
+def test_producer_split_plan(h200_gen2):
+    """chunk_wg32 with the producers splitting the chunk: the same plan and shared memory, named by PSPLIT;
+    refused by name for anything but chunk_wg32."""
+    f32 = ops.chunk_plan(1, 32, 128, 128, "float32")
+    ps = ops.producer_split_plan(f32)
+    assert (ps.name, ps.smem, ps.threads) == ("chunk_wg32<128,32,4,4,true>", f32.smem, f32.threads)
+    assert f32.name == "chunk_wg32<128,32,4,4>"                        # the default: the consumers split
+    with pytest.raises(ValueError, match=r"chunk_wg32's, a generation-2 float32 plan \(got chunk_wg2<"):
+        ops.producer_split_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16"))
 
 
 def test_seq_plan_rule(h200):

@@ -49,6 +49,19 @@ struct WgSmem {
   static_assert(2 * STAGES * 8 <= SM_SCL, "barriers overlap the scales");
 };
 
+// Two state copies (chunk_wg2, and chunk_wg with COPIES = 2): WgSmem's tiles, then a second 16-bit state copy;
+// the barriers and float16 scales by which chunk_wg2's warpgroups hand the copies over, in the head.
+template <int D, int ES, int STAGES>
+struct Wg2Smem : WgSmem<D, ES, STAGES> {
+  using Base = WgSmem<D, ES, STAGES>;
+  static constexpr int CBAR = SM_HEAD;      // copy full [2], copy empty [2]: in the head, behind the λ table
+  static constexpr int UP = CBAR + 4 * 8;   // the copies' float16 scales 2^s [2]
+  static constexpr int SB2 = Base::BYTES;   // the second state copy (the first at Base::SB)
+  static constexpr int BYTES = SB2 + D * Base::VRB;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(UP + 2 * 4 <= WG_HEAD, "copy barriers overlap the tiles");
+};
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -275,7 +288,10 @@ __device__ __forceinline__ void wg_store_rows(void* o, const void* staged, u64 t
 
 // The consumer warpgroup. Thread t = 32w + l holds accumulator rows 16w + l/4 and 16w + l/4 + 8, columns
 // 8j + 2(l mod 4) and + 1 of every 8-column group j, at d[4j + x]: x = 0, 1 the first row, 2, 3 the second.
-template <int D, int ES, int STAGES, bool BF16>
+// COPIES = 2 (chunk_wg only, KERNEL_NOTES v15): the state copy alternates between two buffers, so the copy for
+// chunk c + 1 is written while chunk c's Q Kᵀ and Q S_in still run on the tensor pipe (Kᵀ Ṽ issued first),
+// instead of after the chunk's last product.
+template <int D, int ES, int STAGES, bool BF16, int COPIES = 1>
 struct WgConsumer {
   using L = WgSmem<D, ES, STAGES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
@@ -356,8 +372,9 @@ struct WgConsumer {
     float mask[32];
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
-    const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
-    float up = write_copy(S, smem, sb, w, l, r0);
+    static_assert(COPIES == 1 || COPIES == 2, "one or two state copies");
+    const u32 vdt = sbase + L::VD;
+    float up = write_copy(S, smem, sbase + L::SB, w, l, r0);
     u16* os = reinterpret_cast<u16*>(smem + L::OS);
     const int nchunks = (seg.n + CH - 1) / CH;
 
@@ -367,24 +384,39 @@ struct WgConsumer {
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
       const u32 vs = sbase + L::VS + slot * L::VT;
+      const u32 sb = sbase + (COPIES == 2 && (c & 1) ? Wg2Smem<D, ES, STAGES>::SB2 : L::SB);  // chunk c's copy
       begin_chunk(S, smem, tab, slot, nv, tid);
 
       float acc_a[32], acc_o[NA];
+      float up_next = up;
+      if (COPIES == 2) {
+        wg_state_update<D, ES, BF16>(S, ks, vdt);
+        wg_commit();
+      }
       wg_scores<D, BF16>(acc_a, qs, ks, false);
       wg_commit();
       wg_query_state<D, ES, BF16>(acc_o, qs, sb, false);
       wg_commit();
-      wg_state_update<D, ES, BF16>(S, ks, vdt);
-      wg_commit();
-
-      wg_wait<2>();
+      if (COPIES == 2) {
+        wg_wait<2>();
+#pragma unroll
+        for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+        // chunk c + 1's copy into the other buffer, which chunk c - 1's Q S_in (all warps, before the last
+        // barrier) no longer reads
+        up_next = write_copy(S, smem, sbase + ((c & 1) ? L::SB : Wg2Smem<D, ES, STAGES>::SB2), w, l, r0);
+        wg_wait<1>();
+      } else {
+        wg_state_update<D, ES, BF16>(S, ks, vdt);
+        wg_commit();
+        wg_wait<2>();
+      }
       wg_pin(acc_a);
       u32 pa[4][4];
       wg_masked_scores<BF16>(acc_a, mask, pa);
-      wg_wait<1>();
+      if (COPIES == 2) wg_wait<0>();
+      else wg_wait<1>();
       wg_pin(acc_o);
-      const float g0 = f0 * up, g1 = f1 * up;
-      wg_scale_rows(acc_o, g0, g1);
+      wg_scale_rows(acc_o, f0 * up, f1 * up);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
@@ -398,7 +430,7 @@ struct WgConsumer {
       consumers_sync();
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // the slot's tiles are no longer read
 
-      up = write_copy(S, smem, sb, w, l, r0);
+      up = COPIES == 2 ? up_next : write_copy(S, smem, sb, w, l, r0);
       // outputs: each warp stages its 16 rows, then stores them with 16-byte writes
       u16* ow = os + 16 * w * L::OP;
       store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
@@ -407,8 +439,9 @@ struct WgConsumer {
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 160 threads; arguments as chunk_fwd's.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+// Grid: B·H·RUNS·NSL CTAs of 160 threads; arguments as chunk_fwd's. Shared memory: WgSmem's, Wg2Smem's with
+// COPIES = 2.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, int COPIES = 1>
 __global__ void __launch_bounds__(160, MINB)
     chunk_wg(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -417,8 +450,8 @@ __global__ void __launch_bounds__(160, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  if (tid < 128)
-    WgConsumer<D, ES, STAGES, BF16>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
+  if (warp_index() < 4)
+    WgConsumer<D, ES, STAGES, BF16, COPIES>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
   else
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
 }
@@ -428,39 +461,30 @@ __global__ void chunk_wg_layout(int* out) {
   out[0] = WgSmem<D, ES, STAGES>::ALLOC;
 }
 
-// ---- two consumer warpgroups (KERNEL_NOTES v14) ------------------------------------------------------------------
-// One consumer warpgroup issued in 35% of its slots, every warp stalled on its own results (v13's profile). Here a
-// second warpgroup takes the half of a chunk's work that does not depend on the state:
-//   warps 0-3, outputs: P = (Q Kᵀ) ⊙ M from registers, O = P V + X[c], the outputs stored — no chain from chunk
-//                       to chunk;
-//   warps 4-7, state:   Ṽ, X[c] = c·diag(λ^(i+1))·Q S_in (float32 into shared memory, in the accumulator's order),
-//                       S = λ^n S + Kᵀ Ṽ, the 16-bit state copy — the serial chain, now with nothing else on it;
+// ---- two consumer warpgroups (KERNEL_NOTES v14, v15) ---------------------------------------------------------------
+// One consumer warpgroup issued in 35% of its slots, every warp stalled on its own results (v13's profile), and
+// handing Q Kᵀ, the mask and P V to a second warpgroup gained nothing (v14: chunk_wg's time is its chain's). Here
+// the chain keeps only what it must:
+//   warps 4-7, state:   Ṽ, S = λ^n S + Kᵀ Ṽ (one product a chunk), the 16-bit copy of the new S for the next chunk;
+//   warps 0-3, outputs: Q Kᵀ and Q S_in (from the copy the state warps wrote) issued together, P = (Q Kᵀ) ⊙ M,
+//                       O = c·diag(λ^(i+1)) Q S_in + P V, the outputs stored — no chain from chunk to chunk;
 //   warp 8: the producer, as in chunk_wg.
-// X is double-buffered (chunk c in X[c mod 2], full and empty barriers of 128 arrivals each), so the state warps
-// run up to two chunks ahead of the outputs. Both warpgroups read a slot's tiles: it is released after eight warp
-// arrivals, each after the warp's own share of its last product (every share reads all of B, so the slot is free
-// only once all eight have arrived).
-template <int D, int ES, int STAGES>
-struct Wg2Smem : WgSmem<D, ES, STAGES> {
-  using Base = WgSmem<D, ES, STAGES>;
-  static constexpr int XBAR = SM_HEAD;  // X full [2], X empty [2]: in the head, behind the λ table
-  static constexpr int XT = 64 * ES * 4;  // one X tile
-  static constexpr int XS = Base::BYTES;
-  static constexpr int BYTES = XS + 2 * XT;
-  static constexpr int ALLOC = BYTES + 1024;
-  static_assert(XBAR + 4 * 8 <= WG_HEAD, "X barriers overlap the tiles");
-};
-
-template <int D, int ES, int STAGES, bool BF16>
+// The state copy is double-buffered: copy c (S_in of chunk c, and its float16 scale 2^s) in buffer c mod 2 behind
+// a full barrier of 128 arrivals (each state thread after fencing its own writes for the tensor cores) and an
+// empty one of four (each output warp after its own share of Q S_in: every share reads the whole copy), so the
+// chain may run two chunks ahead of the outputs. Both warpgroups read a slot's tiles: it is released after eight
+// warp arrivals, each after the warp's own share of its last product.
+// KEEP_MASK: the output warps hold the decay mask (32 registers) from chunk to chunk, else form it every chunk
+// (two CTAs per SM: ≤ 96 registers a thread).
+template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK>
 struct WgSplit {
   using L = Wg2Smem<D, ES, STAGES>;
-  using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy: the same state copy at the same offset
+  using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy, state load and store, chunk start, output store
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
 
-  // Thread t of either warpgroup holds the same accumulator entries: its NA floats of X sit as NA/4 16-byte
-  // pieces 128 pieces apart, so the 128 threads' accesses are consecutive.
-  static __device__ __forceinline__ float4* x_piece(unsigned char* smem, int buf, int t, int j) {
-    return reinterpret_cast<float4*>(smem + L::XS + buf * L::XT) + j * 128 + t;
+  static __device__ __forceinline__ u32 copy_at(int buf) { return buf ? L::SB2 : L::SB; }
+  static __device__ __forceinline__ float* scales(unsigned char* smem) {
+    return reinterpret_cast<float*>(smem + L::UP);
   }
 
   static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
@@ -469,83 +493,79 @@ struct WgSplit {
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    float mask[32];
+    if (KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     u16* ow = reinterpret_cast<u16*>(smem + L::OS) + 16 * w * L::OP;
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = 0; c < nchunks; ++c) {
       const int slot = c % STAGES, buf = c & 1;
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
-      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
-      const u32 vs = sbase + L::VS + slot * L::VT;
+      const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
+      mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
       wg_fence();
       float acc_a[32], acc_o[NA];
-      wg_scores<D, BF16>(acc_a, qs, ks, false);
+      wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
       wg_commit();
-      wg_wait<0>();
+      wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
+      wg_commit();
+      wg_wait<1>();
       wg_pin(acc_a);
-      float mask[32];
-      wg_decay_mask(mask, tab, scale, r0, c0);
+      if (!KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);  // after the wait: not beside both accumulators
       u32 pa[4][4];
       wg_masked_scores<BF16>(acc_a, mask, pa);
+      wg_wait<0>();
+      wg_pin(acc_o);
+      const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
+      if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
+      wg_scale_rows(acc_o, f0 * up, f1 * up);
       wg_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), kk > 0);
+      for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
       wg_commit();
       wg_wait<0>();
       wg_pin(acc_o);
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
-      mbar_wait(sbase + L::XBAR + 8 * buf, (c >> 1) & 1);             // X[c] from the state warps
-#pragma unroll
-      for (int j = 0; j < NA / 4; ++j) {
-        const float4 x = *x_piece(smem, buf, t, j);
-        acc_o[4 * j] += x.x; acc_o[4 * j + 1] += x.y; acc_o[4 * j + 2] += x.z; acc_o[4 * j + 3] += x.w;
-      }
-      mbar_arrive(sbase + L::XBAR + 8 * (2 + buf));  // X[c mod 2] may be rewritten
       C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
     }
   }
 
+  // Copy j of the state (S_in of chunk j) into buffer j mod 2 once the output warps have read copy j - 2 from it.
+  static __device__ __forceinline__ void publish(const float (&S)[DB][NA], unsigned char* smem, int j, int w, int l,
+                                                 int r0, int t) {
+    const u32 sbase = smem_u32(smem);
+    const int buf = j & 1;
+    if (j >= 2) mbar_wait(sbase + L::CBAR + 8 * (2 + buf), ((j >> 1) + 1) & 1);
+    const float up = C1::write_copy(S, smem, sbase + copy_at(buf), w, l, r0);
+    if (t == 0) scales(smem)[buf] = up;
+    fence_async_smem();
+    mbar_arrive(sbase + L::CBAR + 8 * buf);
+  }
+
   static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
-                                               float* __restrict__ sN, const Seg& seg, int e0, int E, float scale,
-                                               int t) {
+                                               float* __restrict__ sN, const Seg& seg, int e0, int E, int t) {
     const u32 sbase = smem_u32(smem);
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     float S[DB][NA];
     C1::load_state(S, s0, seg, e0, E, r0, c0);
-    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
-    const u32 sb = sbase + L::SB, vdt = sbase + L::VD;
-    float up = C1::write_copy(S, smem, sb, w, l, r0);
+    publish(S, smem, 0, w, l, r0, t);
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES, buf = c & 1;
+      const int slot = c % STAGES;
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
-      const u32 qs = sbase + L::QS + slot * DB * L::QKT, ks = sbase + L::KS + slot * DB * L::QKT;
       C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
-      float acc_x[NA];
-      wg_query_state<D, ES, BF16>(acc_x, qs, sb, false);
+      wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
       wg_commit();
-      wg_state_update<D, ES, BF16>(S, ks, vdt);
-      wg_commit();
-      wg_wait<1>();
-      wg_pin(acc_x);
-      const float g0 = f0 * up, g1 = f1 * up;
-      if (c >= 2) mbar_wait(sbase + L::XBAR + 8 * (2 + buf), ((c >> 1) + 1) & 1);  // chunk c-2's X read
-#pragma unroll
-      for (int j = 0; j < NA / 4; ++j)
-        *x_piece(smem, buf, t, j) = make_float4(acc_x[4 * j] * g0, acc_x[4 * j + 1] * g0,
-                                                acc_x[4 * j + 2] * g1, acc_x[4 * j + 3] * g1);
-      mbar_arrive(sbase + L::XBAR + 8 * buf);
       wg_wait<0>();
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-      // every state warp's share of Kᵀ Ṽ done before Ṽ and the state copy are rewritten
-      consumers_sync();
+      consumers_sync();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
-      up = C1::write_copy(S, smem, sb, w, l, r0);
+      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }
     C1::store_state(S, sN, seg, e0, E, r0, c0);
   }
@@ -562,14 +582,15 @@ __global__ void __launch_bounds__(288, MINB)
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
   const int tid = threadIdx.x;
   if (tid == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::XBAR + 8 * b, 128);  // X full [2], X empty [2]
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
     fence_mbar_init();
   }
   __syncthreads();
-  if (tid < 128)
-    WgSplit<D, ES, STAGES, BF16>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
-  else if (tid < 256)
-    WgSplit<D, ES, STAGES, BF16>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, scale, tid - 128);
+  const int warp = warp_index();
+  if (warp < 4)
+    WgSplit<D, ES, STAGES, BF16, MINB == 1>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+  else if (warp < 8)
+    WgSplit<D, ES, STAGES, BF16, MINB == 1>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
   else
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
 }
@@ -609,7 +630,7 @@ __global__ void __launch_bounds__(160, MINB)
   const int e0 = cta.e0;
   const Seg seg = cta.seg;
   const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
-  if (tid >= 128) {
+  if (warp_index() >= 4) {
     wg_producer<LY, D, STAGES, false>(nullptr, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
     return;
   }

@@ -48,7 +48,10 @@ struct Wg32Smem {
   static constexpr int KF = QF + 64 * FQ * 4;
   static constexpr int VF = KF + 64 * FQ * 4;
   static constexpr int RS = VF + 64 * FV * 4;  // each producer warp's largest |Q|, |K|, |V|, |Ṽ| of the chunk
-  static constexpr int BYTES = RS + 16 * WG32_MAX_PRODUCERS;  // (outputs go straight from the registers)
+  // PSPLIT: the maxima double-buffered (a fast producer warp writes chunk c + 1's while a slow one reads chunk
+  // c's), and the chunk's four scale exponents for the consumers
+  static constexpr int PSC = RS + 2 * 16 * WG32_MAX_PRODUCERS;
+  static constexpr int BYTES = PSC + 16;  // (outputs go straight from the registers)
   static constexpr int ALLOC = BYTES + 1024;
   static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
 };
@@ -92,6 +95,38 @@ __device__ __forceinline__ float own_max(const float* tile, int p, int t) {
   return m;
 }
 
+// Thread t of NT's share of a chunk's copies into the staging (cp.async; rows from nv on, past the piece's end,
+// zero-filled): units of UF floats of Q (unless WITHQ is false), K and V rows (UF = 4: one 16-byte copy, 8: two),
+// units t, t + NT, ….
+template <int D, int ES, int NT, int UF, bool WITHQ = true>
+__device__ __forceinline__ void wg32_copy_chunk(const float* q, const float* k, const float* v, u64 t0, int nv,
+                                                int E, int e0, int t, u32 sbase) {
+  using L = Wg32Smem<D, ES>;
+  constexpr int QU = D / UF, VU = ES / UF;  // units per row
+#pragma unroll 4
+  for (int idx = t; idx < CH * QU; idx += NT) {
+    const int row = idx / QU, u = idx % QU;
+    const bool ok = row < nv;
+    const u64 off = (t0 + (ok ? row : 0)) * D + u * UF;
+    const u32 so = (u32)(row * L::FQ + u * UF) * 4;
+#pragma unroll
+    for (int h = 0; h < UF / 4; ++h) {
+      if constexpr (WITHQ) cp_async16(sbase + L::QF + so + 16 * h, q + off + 4 * h, ok ? 16u : 0u);
+      cp_async16(sbase + L::KF + so + 16 * h, k + off + 4 * h, ok ? 16u : 0u);
+    }
+  }
+#pragma unroll 2
+  for (int idx = t; idx < CH * VU; idx += NT) {
+    const int row = idx / VU, u = idx % VU;
+    const bool ok = row < nv;
+    const u64 off = (t0 + (ok ? row : 0)) * E + e0 + u * UF;
+#pragma unroll
+    for (int h = 0; h < UF / 4; ++h)
+      cp_async16(sbase + L::VF + (u32)(row * L::FV + u * UF + 4 * h) * 4, v + off + 4 * h, ok ? 16u : 0u);
+  }
+  cp_async_commit();
+}
+
 // Producer warp pw of NPW: per chunk, its share of the copies of Q, K, V rows into the staging
 // (cp.async, pieces t, t + NT, …), then the largest |Q|, |K|, |V| and |Ṽ_j| = λ^(n-1-j) |v_j| over those
 // pieces into its slot of RS; the consumers take the maximum over the slots.
@@ -99,7 +134,7 @@ template <int D, int ES, int NPW>
 __device__ __forceinline__ void wg32_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
                                               int E, int e0, int pw, int lane, unsigned char* smem) {
   using L = Wg32Smem<D, ES>;
-  constexpr int QPC = D / 4, VPC = ES / 4, NT = 32 * NPW;  // 16-byte pieces per row; threads
+  constexpr int VPC = ES / 4, NT = 32 * NPW;  // 16-byte pieces per V row; threads
   const int t = 32 * pw + lane;
   const u32 sbase = smem_u32(smem);
   const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
@@ -108,24 +143,7 @@ __device__ __forceinline__ void wg32_producer(const float* q, const float* k, co
   for (int c = 0; c < nchunks; ++c) {
     if (c > 0) mbar_wait(sbase + L::BAR + 8, (c - 1) & 1);  // the consumers have split chunk c - 1
     const int nv = min(CH, n - c * CH);
-    const u64 t0 = tok0 + (u64)c * CH;
-#pragma unroll 4
-    for (int idx = t; idx < CH * QPC; idx += NT) {
-      const int row = idx / QPC, p = idx % QPC;
-      const bool ok = row < nv;
-      const u64 off = (t0 + (ok ? row : 0)) * D + p * 4;
-      const u32 so = (u32)(row * L::FQ + p * 4) * 4;
-      cp_async16(sbase + L::QF + so, q + off, ok ? 16u : 0u);
-      cp_async16(sbase + L::KF + so, k + off, ok ? 16u : 0u);
-    }
-#pragma unroll 2
-    for (int idx = t; idx < CH * VPC; idx += NT) {
-      const int row = idx / VPC, p = idx % VPC;
-      const bool ok = row < nv;
-      cp_async16(sbase + L::VF + (u32)(row * L::FV + p * 4) * 4, v + (t0 + (ok ? row : 0)) * E + e0 + p * 4,
-                 ok ? 16u : 0u);
-    }
-    cp_async_commit();
+    wg32_copy_chunk<D, ES, NT, 4>(q, k, v, tok0 + (u64)c * CH, nv, E, e0, t, sbase);
     cp_async_wait<0>();
     float m[4] = {own_max<D, NT>(reinterpret_cast<const float*>(smem + L::QF), L::FQ, t),
                   own_max<D, NT>(reinterpret_cast<const float*>(smem + L::KF), L::FQ, t), 0.f, 0.f};
@@ -144,7 +162,108 @@ __device__ __forceinline__ void wg32_producer(const float* q, const float* k, co
   }
 }
 
-template <int D, int ES, int NPW>
+// ---- PSPLIT (KERNEL_NOTES v16): the producer warps split the chunk too -----------------------------------------
+// Above, the consumers split each chunk into the pieces' tiles before its products: the split is on their chain.
+// With PSPLIT the producers split it, so the consumers go from one chunk's products to the next's, and the split
+// of chunk c + 1 overlaps the consumers' state update, state copy and output stores of chunk c. The pieces' tiles
+// stay single: the producers write chunk c + 1's once the consumers' products of chunk c are done (`empty`,
+// one arrival per consumer warp), then announce them (`full`, one arrival per producer thread, each after fencing
+// its own writes for the tensor cores) with the chunk's scale exponents beside them. Each producer thread copies
+// and splits its own 32-byte units (eight floats of a row: one 16-byte piece of hi and one of lo), so its
+// staging needs no barrier beyond its own copies; the maxima meet at named barrier 2 (producer warps only).
+template <int NPW>
+__device__ __forceinline__ void producers_sync() {
+  asm volatile("bar.sync 2, %0;" ::"n"(32 * NPW) : "memory");
+}
+
+// STATE (the state pass, chunk_wg32_state): K and Ṽ only — no Q, and V's own pieces are not written.
+template <int D, int ES, int NPW, bool STATE = false>
+__device__ __forceinline__ void wg32_split_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
+                                                    int E, int e0, int pw, int lane, unsigned char* smem) {
+  using L = Wg32Smem<D, ES>;
+  constexpr int QU = D / 8, VU = ES / 8, NT = 32 * NPW;  // 32-byte units per row; threads
+  const int t = 32 * pw + lane;
+  const u32 sbase = smem_u32(smem);
+  const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+  const float* qf = reinterpret_cast<const float*>(smem + L::QF);
+  const float* kf = reinterpret_cast<const float*>(smem + L::KF);
+  const float* vf = reinterpret_cast<const float*>(smem + L::VF);
+  const int nchunks = (n + CH - 1) / CH;
+  auto load = [&](int c) {  // this thread's units of chunk c into the staging
+    wg32_copy_chunk<D, ES, NT, 8, !STATE>(q, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t, sbase);
+  };
+  auto unit_max = [](float m, const float* x) {
+    return abs_max4(abs_max4(m, *reinterpret_cast<const float4*>(x)), *reinterpret_cast<const float4*>(x + 4));
+  };
+  if (nchunks > 0) load(0);
+  for (int c = 0; c < nchunks; ++c) {
+    const int nv = min(CH, n - c * CH);
+    cp_async_wait<0>();  // this thread's units of chunk c
+    float m[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int idx = t; idx < CH * QU; idx += NT) {
+      const int at = (idx / QU) * L::FQ + 8 * (idx % QU);
+      if constexpr (!STATE) m[0] = unit_max(m[0], qf + at);
+      m[1] = unit_max(m[1], kf + at);
+    }
+    for (int idx = t; idx < CH * VU; idx += NT) {
+      const int row = idx / VU;
+      const float x = unit_max(0.f, vf + row * L::FV + 8 * (idx % VU));
+      m[2] = fmaxf(m[2], x);
+      if (row < nv) m[3] = fmaxf(m[3], x * tab[nv - 1 - row]);
+    }
+    float* rs = reinterpret_cast<float*>(smem + L::RS) + 4 * NPW * (c & 1);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = __uint_as_float(warp_max_u32(__float_as_uint(m[i])));
+    if (lane == 0) *reinterpret_cast<float4*>(rs + 4 * pw) = make_float4(m[0], m[1], m[2], m[3]);
+    producers_sync<NPW>();
+    int sc[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float mm = 0.f;
+#pragma unroll
+      for (int w = 0; w < NPW; ++w) mm = fmaxf(mm, rs[4 * w + i]);
+      sc[i] = piece_exp(mm);
+    }
+    if (c > 0) mbar_wait(sbase + L::BAR + 8, (c - 1) & 1);  // the consumers' products of chunk c - 1 are done
+    if (t == 0) *reinterpret_cast<int4*>(smem + L::PSC) = make_int4(sc[0], sc[1], sc[2], sc[3]);
+    const float fq = pow2(-sc[0]), fk = pow2(-sc[1]), fv = pow2(-sc[2]);
+#pragma unroll 4
+    for (int idx = t; idx < CH * QU; idx += NT) {
+      const int row = idx / QU, u = idx % QU;
+      const u32 at = (u32)((u >> 3) * L::QKT) + swz<128>(row, u & 7);
+      uint4 hi, lo;
+      if constexpr (!STATE) {
+        split8(qf + row * L::FQ + 8 * u, fq, hi, lo);
+        *reinterpret_cast<uint4*>(smem + L::QH + at) = hi;
+        *reinterpret_cast<uint4*>(smem + L::QL + at) = lo;
+      }
+      split8(kf + row * L::FQ + 8 * u, fk, hi, lo);
+      *reinterpret_cast<uint4*>(smem + L::KH + at) = hi;
+      *reinterpret_cast<uint4*>(smem + L::KL + at) = lo;
+    }
+#pragma unroll 2
+    for (int idx = t; idx < CH * VU; idx += NT) {
+      const int row = idx / VU, u = idx % VU;
+      const u32 at = swz<L::VRB>(row, u);
+      const float fw = row < nv ? tab[nv - 1 - row] * pow2(-sc[3]) : 0.f;
+      uint4 hi, lo;
+      if constexpr (!STATE) {
+        split8(vf + row * L::FV + 8 * u, fv, hi, lo);
+        *reinterpret_cast<uint4*>(smem + L::VH + at) = hi;
+        *reinterpret_cast<uint4*>(smem + L::VL + at) = lo;
+      }
+      split8(vf + row * L::FV + 8 * u, fw, hi, lo);
+      *reinterpret_cast<uint4*>(smem + L::WH + at) = hi;
+      *reinterpret_cast<uint4*>(smem + L::WL + at) = lo;
+    }
+    fence_async_smem();
+    mbar_arrive(sbase + L::BAR);  // count NT: chunk c's pieces and scales
+    if (c + 1 < nchunks) load(c + 1);  // this thread's staging units are split: free for the next chunk
+  }
+}
+
+template <int D, int ES, int NPW, bool PSPLIT>
 struct Wg32Consumer {
   using L = Wg32Smem<D, ES>;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
@@ -227,18 +346,23 @@ struct Wg32Consumer {
     for (int c = 0; c < nchunks; ++c) {
       mbar_wait(sbase + L::BAR, c & 1);
       const int nv = min(CH, seg.n - c * CH);
-      int sc[4];  // read now: the producers rewrite their maxima for the next chunk once the staging is released
+      int sc[4];  // read now: the producers rewrite their maxima (PSPLIT: the scales) for the next chunk
+      if constexpr (PSPLIT) {  // the producers split the chunk and left its scales
+        const int4 e = *reinterpret_cast<const int4*>(smem + L::PSC);
+        sc[0] = e.x; sc[1] = e.y; sc[2] = e.z; sc[3] = e.w;
+      } else {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float m = 0.f;
+        for (int i = 0; i < 4; ++i) {
+          float m = 0.f;
 #pragma unroll
-        for (int pw = 0; pw < NPW; ++pw)
-          m = fmaxf(m, reinterpret_cast<const float*>(smem + L::RS)[4 * pw + i]);
-        sc[i] = piece_exp(m);
+          for (int pw = 0; pw < NPW; ++pw)
+            m = fmaxf(m, reinterpret_cast<const float*>(smem + L::RS)[4 * pw + i]);
+          sc[i] = piece_exp(m);
+        }
+        split_chunk(smem, tab, nv, tid, sc);
+        __syncwarp();
+        if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producer may load the next chunk
       }
-      split_chunk(smem, tab, nv, tid, sc);
-      __syncwarp();
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producer may load the next chunk
       fence_async_smem();
       consumers_sync();  // the pieces and the state copy written by every consumer thread
       wg_fence();
@@ -304,6 +428,9 @@ struct Wg32Consumer {
       wg_pin(acc_o);
 #pragma unroll
       for (int mb = 0; mb < UB; ++mb) wg_pin(U[mb]);
+      // PSPLIT: this warp's shares of the products are done (each read all of its B tiles): once all four have
+      // arrived, the producers may split the next chunk into the pieces
+      if constexpr (PSPLIT && UB == DB) if (l == 0) mbar_arrive(sbase + L::BAR + 8);
 
       // S = λ^n S + Kᵀ Ṽ with IEEE float32 operations: tensor cores add into their accumulator with truncation
       // (Fasi et al. 2021, on earlier cards), which over thousands of chunks at λ = 1 would bias the state
@@ -321,6 +448,7 @@ struct Wg32Consumer {
         wg_wait<0>();
 #pragma unroll
         for (int mb = 0; mb < UB; ++mb) wg_pin(U[mb]);
+        if constexpr (PSPLIT) if (l == 0) mbar_arrive(sbase + L::BAR + 8);
 #pragma unroll
         for (int i = 0; i < NA; ++i) S[UB][i] = fmaf(S[UB][i], dk, U[0][i] * un);
       }
@@ -346,7 +474,7 @@ struct Wg32Consumer {
 
 // Grid: B·H·RUNS·NSL CTAs of 128 + 32·NPW threads (one per SM: the staging and the pieces take most of its shared
 // memory); arguments as chunk_fwd's, float32 q, k, v, o.
-template <int D, int ES, int NSL, int NPW>
+template <int D, int ES, int NSL, int NPW, bool PSPLIT = false>
 __global__ void __launch_bounds__(128 + 32 * NPW, 1)
     chunk_wg32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                float* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
@@ -356,8 +484,11 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);
   const int tid = threadIdx.x;
-  if (tid < 128)
-    Wg32Consumer<D, ES, NPW>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
+  if (warp_index() < 4)
+    Wg32Consumer<D, ES, NPW, PSPLIT>::run(cta.smem, o, s0, sN, cta.seg, cta.e0, E, scale, tid);
+  else if constexpr (PSPLIT)
+    wg32_split_producer<D, ES, NPW>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31,
+                                    cta.smem);
   else
     wg32_producer<D, ES, NPW>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31, cta.smem);
 }
@@ -365,4 +496,59 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
 template <int D, int ES>
 __global__ void chunk_wg32_layout(int* out) {
   out[0] = Wg32Smem<D, ES>::ALLOC;
+}
+
+// ---- the state pass of the sequence-parallel path, float32 on generation 2 (KERNEL_NOTES v18) -------------------
+// Every piece's own end state Σ_j λ^(n-1-j) k_jᵀ v_j (from zero) into local [B·H·RUNS, D, E], float32, as
+// chunk_state (chunked.cu) computes it: per chunk S = λ^n S + 2^(sk+sw) Kᵀ Ṽ, Kᵀ Ṽ as three float16 products of
+// the pieces into its own accumulator, added in IEEE float32 as in chunk_wg32. The producer warps copy K and V and
+// split K and Ṽ (wg32_split_producer, STATE); the consumers only multiply and add. Shared memory: chunk_wg32's
+// layout (its Q and V tiles unused).
+template <int D, int ES, int NSL, int NPW>
+__global__ void __launch_bounds__(128 + 32 * NPW, 1)
+    chunk_wg32_state(const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ local,
+                     const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
+  static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
+  using LY = Wg32Smem<D, ES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);
+  const int tid = threadIdx.x;
+  const Seg seg = cta.seg;
+  if (warp_index() >= 4) {
+    wg32_split_producer<D, ES, NPW, true>(nullptr, k, v, seg.tok0, seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31,
+                                          cta.smem);
+    return;
+  }
+  constexpr int DB = LY::DB, NA = ES / 2;
+  unsigned char* smem = cta.smem;
+  const u32 sbase = cta.sbase;
+  const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
+  const int w = tid >> 5, l = tid & 31;
+  const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+  const u32 kh = sbase + LY::KH, kl = sbase + LY::KL, wh = sbase + LY::WH, wl = sbase + LY::WL;
+  float S[DB][NA];
+  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int, int) { S[mb][i] = 0.f; });
+  const int nchunks = (seg.n + CH - 1) / CH;
+  for (int c = 0; c < nchunks; ++c) {
+    mbar_wait(sbase + LY::BAR, c & 1);  // the chunk's pieces and scales
+    const int nv = min(CH, seg.n - c * CH);
+    const int4 e = *reinterpret_cast<const int4*>(smem + LY::PSC);
+    wg_fence();
+    float U[DB][NA];
+#pragma unroll
+    for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+    wg_commit();
+    wg_wait<0>();
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
+    if (l == 0) mbar_arrive(sbase + LY::BAR + 8);  // this warp's share of the products read the pieces
+    const float dk = tab[nv], un = pow2(e.y) * pow2(e.w);
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+      for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+  }
+  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+    local[((u64)seg.idx * D + row) * E + cta.e0 + col] = S[mb][i];
+  });
 }

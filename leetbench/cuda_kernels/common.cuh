@@ -61,6 +61,11 @@ __device__ __forceinline__ u32 mul_f16x2(u32 a, u32 h) {
   asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(h));
   return r;
 }
+// The thread's warp in its CTA, as a value the compiler can prove the same on every lane (CUTLASS's
+// canonical_warp_idx_sync): a role branch on it is warp-uniform, so the role's loop counters, tile addresses and
+// wgmma descriptors live in uniform registers (threadIdx.x < 128 left them per lane: 101 R2UR moves in chunk_wg).
+// All 32 lanes must call it.
+__device__ __forceinline__ int warp_index() { return __shfl_sync(0xffffffffu, (int)threadIdx.x >> 5, 0); }
 // The largest value of x over the warp (all 32 lanes must call it).
 __device__ __forceinline__ u32 warp_max_u32(u32 x) {
   u32 r;

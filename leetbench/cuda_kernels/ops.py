@@ -252,6 +252,8 @@ class ChunkPlan:
     gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, warpgroups)
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
     wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
+    copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
+    psplit: bool = False  # chunk_wg32: the producer warps split the chunk into pieces (producer_split_plan)
 
     @property
     def opts(self) -> int:
@@ -264,8 +266,10 @@ class ChunkPlan:
 
     @property
     def kind(self) -> str:
+        """Its shared-memory layout: wg2 is chunked_wg.cu's with two state copies (chunk_wg2's, and chunk_wg's
+        at two copies)."""
         if self.gen == 2:
-            return "wg32" if self.f32 else ("wg2" if self.wgs == 2 else "wg")
+            return "wg32" if self.f32 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
     @property
@@ -275,12 +279,14 @@ class ChunkPlan:
     @property
     def name(self) -> str:
         if self.gen == 2 and self.f32:
-            return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}>"
+            psplit = ",true" if self.psplit else ""  # the kernel's PSPLIT, false by default
+            return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             if self.wgs == 2:
                 return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
-            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
+            copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
+            return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
             return f"chunk_f32<{self.D},{self.es},{self.cl},{self.stages},{self.opts}>"
         return (f"chunk_fwd<{self.D},{self.es},{self.cl},{self.stages},{'true' if self.bf16 else 'false'},"
@@ -293,15 +299,28 @@ class ChunkPlan:
 @functools.lru_cache(maxsize=None)
 def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int | None = None,
                stages: int | None = None, minb: int | None = None, opt: int | None = None,
-               gen: int | None = None) -> ChunkPlan:
+               gen: int | None = None, wgs: int | None = None) -> ChunkPlan:
     """The one-pass launch plan (B·H·E/ES CTAs): kernel generation, columns per CTA (ES), pipeline depth,
     CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
+    wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
+    minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1 or 2 (split_plan).
     """
+    if wgs not in (None, 1, 2):
+        raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2 or None for the rule)")
     if gen is None:
         gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
     if gen == 2:
-        return _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
-    return _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+        plan = _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
+        if wgs is None and minb is None and stages is None and not plan.f32:
+            # Two consumer warpgroups where chunk_wg would run one CTA per SM: the SM then has the output warps'
+            # and the state chain's instructions to interleave. H200, bf16, H=32 (KERNEL_NOTES v19): D=E=128 at
+            # B=8 1.821 → 1.776 ms (N=16384), 7.327 → 7.088 (65536), B=1 through P=2 0.308 → 0.284, 1.127 →
+            # 1.059; D=64, E=256, B=1 0.328 → 0.315, 1.311 → 1.241. Where chunk_wg runs two CTAs per SM (D=64,
+            # E=256, B=8) chunk_wg2 at one was 17% slower.
+            wgs = 2 if plan.minb == 1 else 1
+    else:
+        plan = _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+    return split_plan(plan, dev, B * H * plan.cl) if wgs == 2 else plan  # refused by name but for 16-bit gen 2
 
 
 def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
@@ -336,25 +355,55 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                      smem=smem_bytes("wg", D, es, stages, dev))
 
 
-def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
-    """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: outputs and the state chain apart,
-    CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs and two
-    fit (≤ 112 registers a thread: D = 64, or ES = 32), else one; the deepest pipeline whose tiles and
-    double-buffered X fit that."""
-    if plan.gen != 2 or plan.f32:
-        raise ValueError(f"two consumer warpgroups are a generation-2 16-bit plan (got {plan.name})")
+def _wg2_depths(plan: ChunkPlan, dev: int, per_sm: int) -> list[int]:
+    """Pipeline depths at which `plan`'s tiles and two state copies (layout wg2) fit `per_sm` CTAs on an SM."""
     lim = device_limits(dev)
+    return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
 
-    def depths(per_sm: int) -> list[int]:
-        return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
 
-    small = plan.D == 64 or plan.es == 32  # 91-108 registers compiled (sm_90a), under 65536 / (2 · 288)
-    minb = 2 if small and ctas is not None and ctas > lim.sm_count and depths(2) else 1
-    fits = depths(minb)
+def _wg16(plan: ChunkPlan, what: str) -> None:
+    if plan.gen != 2 or plan.f32:
+        raise ValueError(f"{what} are a generation-2 16-bit plan (got {plan.name})")
+
+
+def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+    """`plan` (generation 2, 16-bit, one consumer warpgroup) with its state copy in two buffers (chunk_wg's
+    COPIES = 2: chunk c + 1's copy written while chunk c's Q Kᵀ and Q S_in run): as many CTAs per SM where
+    the second copy still fits two, the deepest pipeline that fits."""
+    _wg16(plan, "two state copies")
+    if plan.wgs != 1:
+        raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
+    minb = plan.minb if _wg2_depths(plan, dev, plan.minb) else 1
+    fits = _wg2_depths(plan, dev, minb)
+    if not fits:
+        raise ValueError(f"chunk_wg with two state copies: no pipeline depth of D={plan.D}, ES={plan.es} fits "
+                         f"shared memory")
+    st = max(fits)
+    return replace(plan, copies=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+
+
+def producer_split_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (generation 2, float32: chunk_wg32) with the producer warps splitting each chunk into its float16
+    pieces, off the consumers' chain (PSPLIT; same shared memory)."""
+    if plan.gen != 2 or not plan.f32:
+        raise ValueError(f"the producers' split is chunk_wg32's, a generation-2 float32 plan (got {plan.name})")
+    return replace(plan, psplit=True)
+
+
+def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
+    """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
+    outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
+    and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: ES = 32), else
+    one; the deepest pipeline whose tiles and two state copies fit that."""
+    _wg16(plan, "two consumer warpgroups")
+    small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
+    minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _wg2_depths(plan, dev, 2) \
+        else 1
+    fits = _wg2_depths(plan, dev, minb)
     if not fits:
         raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
     st = max(fits)
-    return replace(plan, wgs=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+    return replace(plan, wgs=2, copies=1, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
@@ -394,8 +443,8 @@ def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | No
 
 @dataclass(frozen=True)
 class StatePlan:
-    """Pass 1 of the sequence-parallel path: every piece's own end state (chunk_state, or chunk_wg_state on
-    generation 2)."""
+    """Pass 1 of the sequence-parallel path: every piece's own end state (chunk_state, or on generation 2
+    chunk_wg_state, and chunk_wg32_state in float32)."""
 
     es: int
     cl: int
@@ -405,9 +454,16 @@ class StatePlan:
     smem: int
     gen: int = 1
     minb: int = 2  # CTAs per SM
+    producers: int = 1  # producer warps (chunk_wg32_state's NPW; one in the others)
+
+    @property
+    def threads(self) -> int:
+        return 128 + 32 * self.producers
 
     @property
     def name(self) -> str:
+        if self.gen == 2 and self.dt == _DT[torch.float32]:
+            return f"chunk_wg32_state<{self.D},{self.es},{self.cl},{self.producers}>"
         if self.gen == 2:
             bf16 = "true" if self.dt == _DT[torch.bfloat16] else "false"
             return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
@@ -421,12 +477,20 @@ class StatePlan:
 @functools.lru_cache(maxsize=None)
 def state_plan(D: int, E: int, dtype: str, dev: int = 0, gen: int | None = None) -> StatePlan:
     """Generation 1: the widest E slice whose state stays ≤ 64 floats per consumer lane (D·ES ≤ 8192; ≤ 168
-    registers at D = E = 128), two CTAs per SM, deepest pipeline that fits them. Generation 2 (16-bit, the
-    shapes wg_supports): one warpgroup product per chunk, ES = 64 where E allows, two CTAs per SM where they
-    fit, deepest pipeline that fits. gen None: 2 where the device runs it and the shape and dtype allow."""
+    registers at D = E = 128), two CTAs per SM, deepest pipeline that fits them. Generation 2 (the shapes
+    wg_supports): 16-bit, one warpgroup product per chunk, ES = 64 where E allows, two CTAs per SM where they
+    fit, deepest pipeline that fits; float32 (chunk_wg32_state: three float16 products, split by the producer
+    warps), chunk_wg32's layout, one CTA per SM, ES = 64 where it fits. gen None: 2 where the device runs it and
+    the shape allows."""
     lim = device_limits(dev)
     if gen is None:
-        gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) and dtype != "float32" else 1
+        gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
+    if gen == 2 and dtype == "float32":
+        options = [c for c in _WG_ES if E % c == 0 and lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)]
+        if not options:
+            raise ValueError(f"cupy_chunked generation 2, float32: no state-pass slice of E={E} fits at D={D}")
+        return StatePlan(es=options[0], cl=E // options[0], stages=1, dt=_DT[torch.float32], D=D,
+                         smem=smem_bytes("wg32", D, options[0], 1, dev), gen=2, minb=1, producers=_WG32_PRODUCERS)
     if gen == 2:
         es = 64 if E % 64 == 0 else 32
         minb = 2 if lim.blocks_fit(smem_bytes("wgstate", D, es, 2, dev), 2) else 1
@@ -460,8 +524,8 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
 
     Rule: only when the one-pass plan has no more CTAs than SMs (generation 2: when it narrowed the E slice
     below 64 columns to fill the SMs, or leaves half of them idle); then (segments.choose_count), with G CTAs
-    per segment at the ES used for large grids and `per_sm` of them resident per SM (2 for 16-bit, 1 for
-    float32), P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
+    per segment at the ES used for large grids and `per_sm` of them resident per SM (that plan's minb),
+    P = ⌊per_sm·SMs / G⌋ capped at N / MIN_SEGMENT, so the P·G CTAs of pass 3 run in one wave;
     P < 2 → one pass.
     """
     if segments is not None and segments <= 1:
@@ -472,9 +536,9 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
         # Generation 2: segments buy the 64-column E slice (Q Kᵀ once per 64 columns), or a CTA for the idle
         # half of the SMs. H200, B=1, H=32, N=65536: D=E=128 one pass at ES = 32 1.41 ms, P = 2 at ES = 64
         # 1.33 ms; D=64, E=256 one pass at ES = 64 1.32 ms, P = 2 1.72 ms (pass 1 re-reads k and v).
-        # float32 (chunk_wg32, one CTA per SM; its state pass is generation 1): only for idle SMs. H200, B=1,
-        # H=32, N=65536: one pass at ES = 32 4.66 ms, P = 2 at ES = 64 5.85 ms.
-        if (one.es == 64 or E % 64 or one.f32) and B * H * one.cl >= lim.sm_count // 2:
+        # float32 alike since its state pass is chunk_wg32_state: D=E=128, B=1, one pass at ES = 32 1.17 ms
+        # (N=16384) and 4.67 (65536), P = 2 at ES = 64 0.96 and 3.77 (KERNEL_NOTES v19).
+        if (one.es == 64 or E % 64) and B * H * one.cl >= lim.sm_count // 2:
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
         return None  # one pass already has a CTA for every SM (or two)
@@ -507,7 +571,7 @@ def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> t
         i32 = np.int32
         args = (_ptr(k), _ptr(v), _ptr(local), _ptr(decay), i32(H), i32(N), i32(E), i32(seg.piece),
                 i32(seg.pieces))
-        kernel(plan.files, plan.name, dev)(B * H * seg.pieces * plan.cl, 160, args, plan.smem)
+        kernel(plan.files, plan.name, dev)(B * H * seg.pieces * plan.cl, plan.threads, args, plan.smem)
     return local
 
 
