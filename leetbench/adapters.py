@@ -131,6 +131,11 @@ def is_power_of_two(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
 
+# Peers whose Triton kernels index with 32-bit integers (program ids times int arguments) fault past this
+# offset instead of failing cleanly; their `supports=` refuse such sizes beforehand.
+INT32_MAX = 2 ** 31 - 1
+
+
 # ---- prepare: the conversions a user of the library holds already, made before each call, untimed -----
 
 def prepare_prescaled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, *, scale: float,

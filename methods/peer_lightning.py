@@ -17,7 +17,10 @@ Sizes: the kernel indexes D with `tl.arange(0, d)` and has no mask on E, so D mu
 [16, 128] (the library's `lightning_attn_func` splits D > 128 into 64-wide slices) and E a multiple of the
 32-wide slice or a power of two ≥ 16. (That wrapper's own check, `assert 16 % d`, refuses D or E dividing
 16 and pads E to a power of two; the adapter calls `lightning_attn2` directly.) The sequence length is a
-compile-time constant of the kernel: each new N compiles once, in the untimed first call.
+compile-time constant of the kernel: each new N compiles once, in the untimed first call. A program's base
+offsets are 32-bit (`off_bh * n * e`, program_id times int arguments), so (B·H − 1)·N·max(D, E) must stay
+below 2^31: at B=8, H=32, N=65536, D=64, E=256 the kernel ended in an illegal address on an H200, which
+poisons the process's CUDA context, hence refused beforehand.
 
 Complexity: O(N · (C·D + D·E)), C = 64.
 Source: https://github.com/OpenNLPLab/lightning-attention (lightning_attn/ops/triton/lightning_attn2.py);
@@ -31,7 +34,7 @@ import importlib
 import torch
 
 from leetbench import register
-from leetbench.adapters import is_power_of_two, prepare_prescaled, prescaled, rate_as, warm_up
+from leetbench.adapters import INT32_MAX, is_power_of_two, prepare_prescaled, prescaled, rate_as, warm_up
 
 
 def _supports(problem) -> str | None:
@@ -42,6 +45,15 @@ def _supports(problem) -> str | None:
         return f"D must be a power of two in [16, 128] (lightning_attn2 indexes D with tl.arange), got {D}"
     if not (E >= 16 and (E % 32 == 0 or is_power_of_two(E))):
         return f"E must be a multiple of 32 or a power of two ≥ 16 (no mask on E), got {E}"
+    return offsets_over_int32(problem.batch, problem.heads, problem.length, D, E)
+
+
+def offsets_over_int32(B: int, H: int, N: int, D: int, E: int) -> str | None:
+    """Why the kernel's 32-bit base offsets would overflow at this size, or None."""
+    top = (B * H - 1) * N * max(D, E)
+    if top > INT32_MAX:
+        return (f"its 32-bit offsets overflow: (B·H − 1)·N·max(D, E) = {top} > 2^31 − 1 "
+                f"(B={B}, H={H}, N={N}, D={D}, E={E})")
     return None
 
 

@@ -53,7 +53,7 @@ from typing import Any, Callable
 import torch
 
 from leetbench import register
-from leetbench.adapters import cached, log_decay_as, time_major, warm_up
+from leetbench.adapters import INT32_MAX, cached, log_decay_as, time_major, warm_up
 
 KERNEL_MODULE = "mamba_ssm.ops.triton.ssd_combined"
 # mamba_chunk_scan_combined has no default and Mamba2 modules use chunk_size=256, but 128 was the fastest of
@@ -63,7 +63,7 @@ KERNEL_MODULE = "mamba_ssm.ops.triton.ssd_combined"
 DEFAULT_CHUNK = 128
 OTHER_CHUNKS = (64, 256)  # measured beside the default, as mamba2_ssd_c64 / _c256
 RETUNE = ("mamba_ssm",)  # its autotuners key on chunk and head sizes, not B or N: tune at every shape
-INT32_ELEMENTS = 2 ** 31  # offsets 0 … 2^31 − 1 fit the kernels' 32-bit pointer arithmetic
+INT32_ELEMENTS = INT32_MAX + 1  # offsets 0 … 2^31 − 1 fit the kernels' 32-bit pointer arithmetic
 
 
 # ---- the Triton module, without mamba_ssm/__init__.py --------------------------------------------------
