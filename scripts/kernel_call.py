@@ -69,7 +69,8 @@ def main() -> None:
                               (args.producer_split, "--producer-split", ops.producer_split_plan)):
         if on:  # the variant of the plan so far (or of the default)
             try:
-                kw = {"plan": variant(kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype)), "segments": args.segments}
+                base = kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype, wgs=1 if args.two_copies else None)
+                kw = {"plan": variant(base), "segments": args.segments}
             except ValueError as exc:
                 sys.exit(f"kernel_call: {flag}: {exc}")
     names = [kw["plan"].name] if "plan" in kw else ops.chunk_kernel_names(B, H, N, D, E, dtype, 0, args.segments)

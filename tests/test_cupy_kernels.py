@@ -522,13 +522,13 @@ _SANITIZE = textwrap.dedent("""
         if GEN == 1:
             run(ops.chunked, 1, 1, 40, 16, 16, dt, True, plan=plan(1, 1, 16, 16, dt))  # idle state warps
         else:
-            run(ops.chunked, 1, 2, 200, 128, 128, dt, True, plan=plan(1, 2, 128, 128, dt, es=64))
+            run(ops.chunked, 1, 2, 200, 128, 128, dt, True, plan=plan(1, 2, 128, 128, dt, es=64, wgs=1))
             run(ops.chunked, 1, 2, 333, 128, 96, dt, True, plan=plan(1, 2, 128, 96, dt, es=32, stages=2))
             # two consumer warpgroups (chunk_wg2): the state copy's double buffer, eight warps releasing a slot
-            split = ops.split_plan(plan(1, 2, 128, 128, dt, es=64))
+            split = plan(1, 2, 128, 128, dt, es=64, wgs=2)
             run(ops.chunked, 1, 2, 333, 128, 128, dt, True, plan=split)
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)
-            copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64))  # chunk_wg, two state copies
+            copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)
     f32 = torch.float32
     if GEN == 1:
