@@ -82,6 +82,10 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                     out[f"v2wg{w}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=w)}
                     out[f"v2P2wg{w}"] = {"plan": ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=w),
                                          "segments": 2}
+                    for key in (f"v2wg{w}", f"v2P2wg{w}"):  # chunk_wg2 at one per SM: output warps pipelined
+                        plan = out[key]["plan"]
+                        if plan.wgs == 2 and plan.minb == 1:
+                            out[key + "p"] = {**out[key], "plan": ops.pipe_plan(plan)}
                 except ValueError as exc:
                     print(f"  v2wg{w}: {exc}")
             out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}

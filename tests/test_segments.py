@@ -269,6 +269,20 @@ def test_split_plan(h200_gen2):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
 
 
+def test_pipe_plan(h200_gen2):
+    """chunk_wg2 with pipelined output warps: the same plan and shared memory, named by PIPE; refused by name
+    for anything but chunk_wg2 at one CTA per SM."""
+    split = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
+    piped = ops.pipe_plan(split)
+    assert (piped.name, piped.smem, piped.threads) == ("chunk_wg2<128,64,2,4,true,1,true>", split.smem, 288)
+    assert split.name == "chunk_wg2<128,64,2,4,true,1>"                  # the default: not pipelined
+    with pytest.raises(ValueError, match=r"chunk_wg2's at one CTA per SM \(got chunk_wg<"):
+        ops.pipe_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16"))
+    two = ops.chunk_plan(4, 32, 64, 256, "float16", es=32, wgs=2)            # ES = 32, two per SM
+    with pytest.raises(ValueError, match=r"got chunk_wg2<64,32,8,4,false,2>"):
+        ops.pipe_plan(two)
+
+
 def test_two_copy_plan(h200_gen2):
     """chunk_wg with two state copies: its layout is chunk_wg2's (the second copy behind the tiles), the CTAs per
     SM kept where the larger layout still fits them, the deepest pipeline that fits; one warpgroup, 16-bit."""

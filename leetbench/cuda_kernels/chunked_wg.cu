@@ -476,7 +476,10 @@ __global__ void chunk_wg_layout(int* out) {
 // warp arrivals, each after the warp's own share of its last product.
 // KEEP_MASK: the output warps hold the decay mask (32 registers) from chunk to chunk, else form it every chunk
 // (two CTAs per SM: ≤ 96 registers a thread).
-template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK>
+// PIPE (KERNEL_NOTES v20; one CTA per SM): the output warps issue chunk c + 1's Q Kᵀ and Q S_in before they store
+// chunk c's outputs, so the stores overlap the tensor pipe; chunk c's outputs and chunk c + 1's Q S_in are two
+// register arrays, taken in turn (the loop unrolled by two, so each is a compile-time array).
+template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false>
 struct WgSplit {
   using L = Wg2Smem<D, ES, STAGES>;
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy, state load and store, chunk start, output store
@@ -531,6 +534,67 @@ struct WgSplit {
     }
   }
 
+  // PIPE: chunk c's products, with the previous chunk's outputs (in prev) stored while its Q Kᵀ and Q S_in run:
+  // tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into cur) issued, chunk c - 1 stored, P formed,
+  // P V added into cur. No product stays in flight across the loop's back edge (ptxas then serializes them all).
+  static __device__ __forceinline__ void pipe_chunk(unsigned char* smem, u16* __restrict__ o, const Seg& seg,
+                                                    int e0, int E, float scale, int c, float (&acc_a)[32],
+                                                    float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
+                                                    float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
+    const u32 sbase = smem_u32(smem);
+    const int slot = c % STAGES, buf = c & 1;
+    const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
+    mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+    mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
+    wg_fence();
+    wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
+    wg_commit();
+    wg_query_state<D, ES, BF16>(cur, qs, sbase + copy_at(buf), false);
+    wg_commit();
+    if (c > 0) C1::store_outputs(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
+    wg_wait<1>();
+    wg_pin(acc_a);
+    u32 pa[4][4];
+    wg_masked_scores<BF16>(acc_a, mask, pa);
+    wg_wait<0>();
+    wg_pin(cur);
+    const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
+    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
+    wg_scale_rows(cur, f0 * up, f1 * up);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(cur, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
+    wg_commit();
+    wg_wait<0>();
+    wg_pin(cur);
+    if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+  }
+
+  static __device__ __forceinline__ void outputs_pipelined(unsigned char* smem, u16* __restrict__ o, const Seg& seg,
+                                                           int e0, int E, float scale, int t) {
+    static_assert(KEEP_MASK, "the pipelined output warps are compiled for one CTA per SM");
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    float mask[32];
+    wg_decay_mask(mask, tab, scale, r0, c0);
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    u16* ow = reinterpret_cast<u16*>(smem + L::OS) + 16 * w * L::OP;
+    const int nchunks = (seg.n + CH - 1) / CH;
+    float acc_a[32], o0[NA], o1[NA];
+    for (int c = 0; c < nchunks; c += 2) {  // chunk c into o0, c + 1 into o1: each a compile-time array
+      pipe_chunk(smem, o, seg, e0, E, scale, c, acc_a, o0, o1, mask, f0, f1, ow, w, l, r0, c0);
+      if (c + 1 < nchunks)
+        pipe_chunk(smem, o, seg, e0, E, scale, c + 1, acc_a, o1, o0, mask, f0, f1, ow, w, l, r0, c0);
+    }
+    if (nchunks > 0) {  // the last chunk's outputs (rows from its n tokens on left alone)
+      const int c = nchunks - 1, nv = seg.n - c * CH;
+      const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
+      if (c & 1) C1::store_outputs(o1, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // branches, not a pointer:
+      else C1::store_outputs(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);        // both stay in registers
+    }
+  }
+
   // Copy j of the state (S_in of chunk j) into buffer j mod 2 once the output warps have read copy j - 2 from it.
   static __device__ __forceinline__ void publish(const float (&S)[DB][NA], unsigned char* smem, int j, int w, int l,
                                                  int r0, int t) {
@@ -571,8 +635,8 @@ struct WgSplit {
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -586,13 +650,16 @@ __global__ void __launch_bounds__(288, MINB)
     fence_mbar_init();
   }
   __syncthreads();
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE>;
   const int warp = warp_index();
-  if (warp < 4)
-    WgSplit<D, ES, STAGES, BF16, MINB == 1>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
-  else if (warp < 8)
-    WgSplit<D, ES, STAGES, BF16, MINB == 1>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
-  else
+  if (warp < 4) {
+    if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    else SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+  } else if (warp < 8) {
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
+  } else {
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
+  }
 }
 
 template <int D, int ES, int STAGES>

@@ -254,6 +254,7 @@ class ChunkPlan:
     wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
     copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
     psplit: bool = False  # chunk_wg32: the producer warps split the chunk into pieces (producer_split_plan)
+    pipe: bool = False  # chunk_wg2: the output warps issue chunk c + 1's products before storing c's (pipe_plan)
 
     @property
     def opts(self) -> int:
@@ -284,7 +285,8 @@ class ChunkPlan:
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             if self.wgs == 2:
-                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
+                pipe = ",true" if self.pipe else ""  # the kernel's PIPE, false by default
+                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{pipe}>"
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -404,6 +406,14 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
         raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
     st = max(fits)
     return replace(plan, wgs=2, copies=1, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+
+
+def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2 at one CTA per SM) with its output warps pipelined: chunk c + 1's Q Kᵀ and Q S_in issued
+    before chunk c's outputs are stored (PIPE; the same shared memory, a second output accumulator)."""
+    if plan.wgs != 2 or plan.minb != 1:
+        raise ValueError(f"the pipelined output warps are chunk_wg2's at one CTA per SM (got {plan.name})")
+    return replace(plan, pipe=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
