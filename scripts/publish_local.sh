@@ -28,7 +28,9 @@ for tgz in "$@"; do
   rm -rf "$dest/$stage" && mkdir -p "$dest/$stage" && tar xzf "$tgz" -C "$dest/$stage"
   if [ -f "$dest/$stage/results.csv" ]; then
     echo "$dest/$stage: $(($(wc -l < "$dest/$stage/results.csv") - 1)) rows, complete (from $tgz)"
-  else  # a stage cut short comes as its job folders
+  else  # a stage cut short comes as its job folders, packed whole for resuming: the reader gets their rows and
+    # reports, not the device's files (Hydra's multirun.yaml names machine paths; the runs' lock folders, logs)
+    find "$dest/$stage" \( -name multirun.yaml -o -name .leetbench -o -name "*.log" \) -prune -exec rm -rf {} +
     echo "$dest/$stage: job folders only, the stage was cut short: its rows are merged, resume it on the device"
   fi
 done

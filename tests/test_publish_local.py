@@ -53,14 +53,33 @@ def _stage_tgz(tmp_path: Path, name: str) -> Path:
     return tgz
 
 
+def _cut_short_tgz(tmp_path: Path, name: str) -> Path:
+    """A stage stopped before its merge, as device_publish.sh packs it to resume from: the job folders whole,
+    with Hydra's multirun.yaml (a machine path in it) and a run's lock folder."""
+    complete = _stage_tgz(tmp_path, f"{name}-rows")
+    folder = tmp_path / name
+    (folder / "0" / ".leetbench").mkdir(parents=True)
+    with tarfile.open(complete) as tar:
+        tar.extractall(folder / "0", filter="data")
+    (folder / "0" / ".leetbench" / "lock").write_text("")
+    (folder / "multirun.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {tmp_path}/device\n")
+    tgz = tmp_path / f"{name}.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    return tgz
+
+
 @pytest.mark.slow
 def test_a_stage_archive_is_merged_with_since_the_previous_publication(tmp_path: Path) -> None:
     repo = _clone(tmp_path)
     prev = subprocess.run(["git", "log", "-1", "--format=%H", "--", f"{CARD}/results.csv"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.strip()
-    proc = _run(repo, prev, str(_stage_tgz(tmp_path, "decode")))
+    proc = _run(repo, prev, str(_stage_tgz(tmp_path, "decode")), str(_cut_short_tgz(tmp_path, "wide")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows, complete" in proc.stdout and "| B | N |" in proc.stdout  # README's tables printed
+    assert "wide: job folders only" in proc.stdout and (repo / CARD / "wide" / "0" / "results.csv").exists()
+    device_files = [p.name for p in (repo / CARD / "wide").rglob("*") if p.name in ("multirun.yaml", ".leetbench")]
+    assert not device_files, device_files                                   # the reader's files only
     merged = pd.read_csv(repo / CARD / "results.csv")
     assert ("f" * 40) in set(merged["git_sha"].astype(str))                # the archive's rows are in
     board = (repo / CARD / "leaderboard.md").read_text()
