@@ -42,12 +42,18 @@ for stage in $stages; do
       TAIL=60 run memory 300 python3 scripts/device_memory_probe.py ;;
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
     profile)  # Nsight Compute on one warm launch of the default plan's output pass (chunk_wg2, chunk_wg32) at
-              # N=16384, B=1 and B=8 (bf16, fp32), and of one consumer warpgroup (chunk_wg, bf16, B=8): speed
-              # of light, warp states, tensor-pipe activity, and the SASS lines where warps stalled most
-      for run in bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:1; do
-        IFS=: read -r dt b wgs <<< "$run"
-        name=$dt-b$b${wgs:+-wg$wgs}
-        call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" ${wgs:+--wgs $wgs})
+              # N=16384, B=1 and B=8 (bf16, fp32), of one consumer warpgroup (chunk_wg, bf16, B=8) and of the
+              # pipelined output warps (PIPE, bf16, B=8): speed of light, warp states, tensor-pipe activity, and
+              # the SASS lines where warps stalled most. PROFILE="bf16:8 bf16:8:pipe" picks some of them.
+      for run in ${PROFILE:-bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:wg1 bf16:8:pipe}; do
+        IFS=: read -r dt b variant <<< "$run"
+        name=$dt-b$b${variant:+-$variant}
+        case $variant in
+          wg1) flags=(--wgs 1) ;;
+          pipe) flags=(--pipe) ;;
+          *) flags=() ;;
+        esac
+        call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" "${flags[@]}")
         ncu -k 'regex:^chunk_wg(2|32)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
           --section WarpStateStats --section Occupancy --section SourceCounters --section ComputeWorkloadAnalysis \
           -o "$log/$name" -f "${call[@]}" > "$log/ncu-$name.log" 2>&1
