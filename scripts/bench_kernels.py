@@ -75,9 +75,9 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             out["v2ps"] = {"plan": ops.producer_split_plan(base)}
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
-        if dtype != "float32":  # each consumer form in one pass and at P = 2 in 64-column slices: chunk_wg
-            wide = 64 if E % 64 == 0 else 32  # (wg1), chunk_wg2 (wg2), chunk_wg with two state copies (c2)
-            for w in (1, 2):
+        if dtype != "float32":  # each consumer form in one pass and at P = 2 in 64-column slices: chunk_wg (wg1),
+            wide = 64 if E % 64 == 0 else 32  # chunk_wg2 (wg2), chunk_wg3 (wg3), chunk_wg with two copies (c2)
+            for w in (1, 2, 3):
                 try:
                     out[f"v2wg{w}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=w)}
                     out[f"v2P2wg{w}"] = {"plan": ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=w),
@@ -200,6 +200,9 @@ def main() -> None:
     names = {n for (d, B, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
              if g != 2 or ops.wg_supports(D, E, str(DT[d]).removeprefix("torch."))
              for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs, g)}
+    names |= {kw["plan"].name for (d, B, N, D, E) in shapes  # the variants' own instances, compiled alongside
+              for kw in variants(B, N, D, E, str(DT[d]).removeprefix("torch."), args.ab, args.es, args.gen).values()
+              if "plan" in kw}
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []

@@ -251,7 +251,8 @@ def test_fp16_state_beyond_65504(segments):
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
     if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies: each copy scaled the same way
         base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
-        for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_copy_plan(base, 0)):
+        for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_output_plan(base, 0),
+                      ops.two_copy_plan(base, 0)):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -267,8 +268,9 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
-    CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined) and with two
-    state copies (float32: each count of producer warps, with and without their split of the chunk)."""
+    CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
+    warpgroups and with two state copies (float32: each count of producer warps, with and without their split
+    of the chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -288,6 +290,8 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
         shallow = replace(split, stages=2, smem=0)
         out += [split, shallow, ops.pipe_plan(split), ops.pipe_plan(shallow)]  # and its output warps pipelined
+        three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
+        out += [three, replace(three, stages=2, smem=0)]
         out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
@@ -328,9 +332,9 @@ def test_wg_each_product(dtype, es):
     Q Kᵀ and P V alone (one chunk, no initial state), Kᵀ Ṽ alone (q = 0: only the final state is non-zero)."""
     B, H, E = 1, 2, 128
     D = 64 if dtype == "float32" and es == 64 else 128  # float32 tiles of ES = 64 fit at D = 64 only
-    forms = (1,) if dtype == "float32" else (1, 2)  # 16-bit: chunk_wg and chunk_wg2
+    forms = (1,) if dtype == "float32" else (1, 2, 3)  # 16-bit: chunk_wg, chunk_wg2, chunk_wg3
     plans = [ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=es, wgs=w) for w in forms]
-    plans += [ops.pipe_plan(plans[-1])] if dtype != "float32" else []  # chunk_wg2 with pipelined output warps
+    plans += [ops.pipe_plan(plans[1])] if dtype != "float32" else []  # chunk_wg2 with pipelined output warps
     x = _inputs(B, H, 192, D, E, dtype, "multiscale", True, seed=11)
     zero = torch.zeros_like
     cases = {
@@ -455,6 +459,7 @@ def test_layouts_and_limits():
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 2 * 4 * 16 + 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
+        assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
@@ -535,6 +540,9 @@ _SANITIZE = textwrap.dedent("""
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=ops.pipe_plan(split), segments=3)  # PIPE, tails
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
+            three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)
+            run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt, wgs=3))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)
     f32 = torch.float32

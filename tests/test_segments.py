@@ -179,6 +179,11 @@ def _stub_wg2_smem(D: int, es: int, stages: int) -> int:
     return _stub_wg_smem(D, es, stages) + D * 2 * es
 
 
+def _stub_wg3_smem(D: int, es: int, stages: int) -> int:
+    """chunked_wg.cu's Wg3Smem::ALLOC: Wg2Smem's, then the odd chunks' output staging (64 rows of ES + 8)."""
+    return _stub_wg2_smem(D, es, stages) + 64 * (es + 8) * 2
+
+
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
     staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice,
@@ -197,6 +202,7 @@ def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
 def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
     stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg2": lambda D, es, st: _stub_wg2_smem(D, es, st),
+             "wg3": lambda D, es, st: _stub_wg3_smem(D, es, st),
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
@@ -267,6 +273,20 @@ def test_split_plan(h200_gen2):
         ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"got chunk_fwd"):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
+
+
+def test_two_output_plan(h200_gen2):
+    """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
+    whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""
+    three = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=3)
+    assert (three.name, three.threads, three.minb, three.kind) == ("chunk_wg3<128,64,2,4,true>", 416, 1, "wg3")
+    assert three.smem == _stub_wg3_smem(128, 64, 4) == 225280 and three.smem + 1024 <= 233472
+    assert ops.two_output_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32)).name == "chunk_wg3<64,32,8,4,false>"
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").wgs == 2                  # not the rule's
+    with pytest.raises(ValueError, match=r"two output warpgroups are a generation-2 16-bit plan \(got chunk_wg32"):
+        ops.chunk_plan(8, 32, 128, 128, "float32", wgs=3)
+    with pytest.raises(ValueError, match=r"wgs=4 consumer warpgroups \(valid: 1, 2, 3 or None"):
+        ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=4)
 
 
 def test_pipe_plan(h200_gen2):

@@ -62,6 +62,15 @@ struct Wg2Smem : WgSmem<D, ES, STAGES> {
   static_assert(UP + 2 * 4 <= WG_HEAD, "copy barriers overlap the tiles");
 };
 
+// Two output warpgroups (chunk_wg3): Wg2Smem's, then the odd chunks' output staging.
+template <int D, int ES, int STAGES>
+struct Wg3Smem : Wg2Smem<D, ES, STAGES> {
+  using Base = Wg2Smem<D, ES, STAGES>;
+  static constexpr int OS2 = Base::BYTES;  // output staging [64][OP] of the warpgroup taking the odd chunks
+  static constexpr int BYTES = OS2 + 64 * Base::OP * 2;
+  static constexpr int ALLOC = BYTES + 1024;
+};
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -490,8 +499,11 @@ struct WgSplit {
     return reinterpret_cast<float*>(smem + L::UP);
   }
 
+  // The output warps' loop over chunks first, first + step, … (chunk_wg3's two output warpgroups take the even and
+  // the odd ones), staging their outputs at `os`.
   static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
-                                                 int E, float scale, int t) {
+                                                 int E, float scale, int t, int first = 0, int step = 1,
+                                                 int os = L::OS) {
     const u32 sbase = smem_u32(smem);
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
@@ -499,9 +511,9 @@ struct WgSplit {
     float mask[32];
     if (KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
-    u16* ow = reinterpret_cast<u16*>(smem + L::OS) + 16 * w * L::OP;
+    u16* ow = reinterpret_cast<u16*>(smem + os) + 16 * w * L::OP;
     const int nchunks = (seg.n + CH - 1) / CH;
-    for (int c = 0; c < nchunks; ++c) {
+    for (int c = first; c < nchunks; c += step) {
       const int slot = c % STAGES, buf = c & 1;
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
@@ -665,6 +677,44 @@ __global__ void __launch_bounds__(288, MINB)
 template <int D, int ES, int STAGES>
 __global__ void chunk_wg2_layout(int* out) {
   out[0] = Wg2Smem<D, ES, STAGES>::ALLOC;
+}
+
+// ---- two output warpgroups (KERNEL_NOTES v21) ----------------------------------------------------------------------
+// chunk_wg2's roles with the outputs split by chunk parity: warps 0-3 take the even chunks, warps 4-7 the odd ones
+// (each reads the state copy of its parity and stages its outputs apart), warps 8-11 the state chain, warp 12 the
+// producer. While one output warpgroup forms P, scales and stores, the other's products can run: every scheduler
+// has three consumer warps to issue from instead of two. The barriers are chunk_wg2's: a slot is released by the
+// four warps of the warpgroup whose chunk it holds and the four state warps; a state copy by the four warps of
+// its parity. Grid: B·H·RUNS·NSL CTAs of 416 threads, one per SM (≤ 152 registers a thread).
+template <int D, int ES, int NSL, int STAGES, bool BF16>
+__global__ void __launch_bounds__(416, 1)
+    chunk_wg3(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
+              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
+              int E, float scale, int L, int RUNS) {
+  using LY = Wg3Smem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+    fence_mbar_init();
+  }
+  __syncthreads();
+  using SP = WgSplit<D, ES, STAGES, BF16, true>;  // one CTA per SM: registers to hold the mask
+  const int warp = warp_index();
+  if (warp < 8) {
+    const int half = warp >> 2;  // 0: the even chunks, 1: the odd ones
+    SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid & 127, half, 2, half ? LY::OS2 : LY::OS);
+  } else if (warp < 12) {
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 256);
+  } else {
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
+  }
+}
+
+template <int D, int ES, int STAGES>
+__global__ void chunk_wg3_layout(int* out) {
+  out[0] = Wg3Smem<D, ES, STAGES>::ALLOC;
 }
 
 // ---- the state pass of the sequence-parallel path, generation 2 -----------------------------------------------
