@@ -499,12 +499,51 @@ struct WgSplit {
     return reinterpret_cast<float*>(smem + L::UP);
   }
 
+  // Chunk c on the output warps: its tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into acc_o)
+  // issued, `meanwhile()` run while they do, P = (Q Kᵀ) ⊙ M formed, O = c·diag(λ^(i+1)) 2^s Q S_in + P V into
+  // acc_o, the copy and the slot released. Returns the chunk's token count.
+  template <class F>
+  static __device__ __forceinline__ int chunk_products(unsigned char* smem, int seg_n, int c, float (&acc_a)[32],
+                                                        float (&acc_o)[NA], float (&mask)[32], float scale, float f0,
+                                                        float f1, int l, int r0, int c0, F&& meanwhile) {
+    const u32 sbase = smem_u32(smem);
+    const int slot = c % STAGES, buf = c & 1;
+    mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+    const int nv = min(CH, seg_n - c * CH);
+    const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
+    mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
+    wg_fence();
+    wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
+    wg_commit();
+    wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
+    wg_commit();
+    meanwhile();
+    wg_wait<1>();
+    wg_pin(acc_a);
+    if (!KEEP_MASK)  // after the wait: not beside both accumulators
+      wg_decay_mask(mask, reinterpret_cast<const float*>(smem + L::TAB), scale, r0, c0);
+    u32 pa[4][4];
+    wg_masked_scores<BF16>(acc_a, mask, pa);
+    wg_wait<0>();
+    wg_pin(acc_o);
+    const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
+    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
+    wg_scale_rows(acc_o, f0 * up, f1 * up);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
+    wg_commit();
+    wg_wait<0>();
+    wg_pin(acc_o);
+    if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+    return nv;
+  }
+
   // The output warps' loop over chunks first, first + step, … (chunk_wg3's two output warpgroups take the even and
   // the odd ones), staging their outputs at `os`.
   static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
                                                  int E, float scale, int t, int first = 0, int step = 1,
                                                  int os = L::OS) {
-    const u32 sbase = smem_u32(smem);
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
@@ -514,72 +553,21 @@ struct WgSplit {
     u16* ow = reinterpret_cast<u16*>(smem + os) + 16 * w * L::OP;
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = first; c < nchunks; c += step) {
-      const int slot = c % STAGES, buf = c & 1;
-      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-      const int nv = min(CH, seg.n - c * CH);
-      const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
-      mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
-      wg_fence();
       float acc_a[32], acc_o[NA];
-      wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
-      wg_commit();
-      wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
-      wg_commit();
-      wg_wait<1>();
-      wg_pin(acc_a);
-      if (!KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);  // after the wait: not beside both accumulators
-      u32 pa[4][4];
-      wg_masked_scores<BF16>(acc_a, mask, pa);
-      wg_wait<0>();
-      wg_pin(acc_o);
-      const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
-      if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
-      wg_scale_rows(acc_o, f0 * up, f1 * up);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
-      wg_commit();
-      wg_wait<0>();
-      wg_pin(acc_o);
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+      const int nv = chunk_products(smem, seg.n, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
       C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
     }
   }
 
-  // PIPE: chunk c's products, with the previous chunk's outputs (in prev) stored while its Q Kᵀ and Q S_in run:
-  // tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into cur) issued, chunk c - 1 stored, P formed,
-  // P V added into cur. No product stays in flight across the loop's back edge (ptxas then serializes them all).
+  // PIPE: chunk c into cur, chunk c - 1's outputs (in prev) stored while chunk c's Q Kᵀ and Q S_in run. No product
+  // stays in flight across the loop's back edge (ptxas then serializes them all, C7514).
   static __device__ __forceinline__ void pipe_chunk(unsigned char* smem, u16* __restrict__ o, const Seg& seg,
                                                     int e0, int E, float scale, int c, float (&acc_a)[32],
                                                     float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
                                                     float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
-    const u32 sbase = smem_u32(smem);
-    const int slot = c % STAGES, buf = c & 1;
-    const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
-    mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-    mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
-    wg_fence();
-    wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
-    wg_commit();
-    wg_query_state<D, ES, BF16>(cur, qs, sbase + copy_at(buf), false);
-    wg_commit();
-    if (c > 0) C1::store_outputs(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
-    wg_wait<1>();
-    wg_pin(acc_a);
-    u32 pa[4][4];
-    wg_masked_scores<BF16>(acc_a, mask, pa);
-    wg_wait<0>();
-    wg_pin(cur);
-    const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
-    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
-    wg_scale_rows(cur, f0 * up, f1 * up);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(cur, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
-    wg_commit();
-    wg_wait<0>();
-    wg_pin(cur);
-    if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+    chunk_products(smem, seg.n, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
+      if (c > 0) C1::store_outputs(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
+    });
   }
 
   static __device__ __forceinline__ void outputs_pipelined(unsigned char* smem, u16* __restrict__ o, const Seg& seg,
@@ -647,6 +635,20 @@ struct WgSplit {
   }
 };
 
+// wg_cta for the kernels with a state warpgroup apart (layout LY: Wg2Smem's head): a slot released by eight warps,
+// and the state copies' full (128 arrivals) and empty (4) barriers.
+template <int D, int ES, int NSL, int STAGES, class LY>
+__device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS, int L, int N, const double* lam,
+                                              int H) {
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  if (threadIdx.x == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+    fence_mbar_init();
+  }
+  __syncthreads();
+  return cta;
+}
+
 // Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's.
 template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false>
 __global__ void __launch_bounds__(288, MINB)
@@ -655,13 +657,8 @@ __global__ void __launch_bounds__(288, MINB)
               int E, float scale, int L, int RUNS) {
   using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
-    fence_mbar_init();
-  }
-  __syncthreads();
   using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE>;
   const int warp = warp_index();
   if (warp < 4) {
@@ -693,13 +690,8 @@ __global__ void __launch_bounds__(416, 1)
               int E, float scale, int L, int RUNS) {
   using LY = Wg3Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
-    fence_mbar_init();
-  }
-  __syncthreads();
   using SP = WgSplit<D, ES, STAGES, BF16, true>;  // one CTA per SM: registers to hold the mask
   const int warp = warp_index();
   if (warp < 8) {
