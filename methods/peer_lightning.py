@@ -18,8 +18,8 @@ Sizes: the kernel indexes D with `tl.arange(0, d)` and has no mask on E, so D mu
 32-wide slice or a power of two ≥ 16. (That wrapper's own check, `assert 16 % d`, refuses D or E dividing
 16 and pads E to a power of two; the adapter calls `lightning_attn2` directly.) The sequence length is a
 compile-time constant of the kernel: each new N compiles once, in the untimed first call. A program's base
-offsets are 32-bit (`off_bh * n * e`, program_id times int arguments), so (B·H − 1)·N·max(D, E) must stay
-below 2^31: at B=8, H=32, N=65536, D=64, E=256 the kernel ended in an illegal address on an H200, which
+offsets are 32-bit (`off_bh * n * e`, program_id times int arguments, plus the columns of a row), so the last
+program's row ends, ((B·H − 1)·N + 1)·max(D, E), must stay within 2^31: at B=8, H=32, N=65536, D=64, E=256 the kernel ended in an illegal address on an H200, which
 poisons the process's CUDA context, hence refused beforehand.
 
 Complexity: O(N · (C·D + D·E)), C = 64.
@@ -49,10 +49,11 @@ def _supports(problem) -> str | None:
 
 
 def offsets_over_int32(B: int, H: int, N: int, D: int, E: int) -> str | None:
-    """Why the kernel's 32-bit base offsets would overflow at this size, or None."""
-    top = (B * H - 1) * N * max(D, E)
-    if top > INT32_MAX:
-        return (f"its 32-bit offsets overflow: (B·H − 1)·N·max(D, E) = {top} > 2^31 − 1 "
+    """Why the kernel's 32-bit offsets would overflow at this size (the last program's first row ends at
+    ((B·H − 1)·N + 1)·max(D, E)), or None."""
+    end = ((B * H - 1) * N + 1) * max(D, E)
+    if end > INT32_MAX + 1:
+        return (f"its 32-bit offsets overflow: ((B·H − 1)·N + 1)·max(D, E) = {end} > 2^31 "
                 f"(B={B}, H={H}, N={N}, D={D}, E={E})")
     return None
 

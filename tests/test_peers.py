@@ -102,7 +102,7 @@ def test_capabilities(registry):
     assert lightning(Problem(batch=1, heads=2, length=8, dim=96, device="cuda")).startswith("D must")
     assert lightning(Problem(batch=1, heads=2, length=8, dim=64, dim_v=40, device="cuda")).startswith("E must")
     assert lightning(Problem(batch=1, heads=2, length=8, dim=128, dim_v=96, device="cuda")) is None
-    # 32-bit base offsets: (B·H − 1)·N·max(D, E) < 2^31 ran on an H200 (B=8, H=32, N=65536, D=E=128), the
+    # 32-bit offsets: ((B·H − 1)·N + 1)·max(D, E) ≤ 2^31 ran on an H200 (B=8, H=32, N=65536, D=E=128), the
     # 2^32-element v of B=8, H=32, N=65536, D=64, E=256 ended in an illegal address
     assert lightning(Problem(batch=8, heads=32, length=65536, dim=128, device="cuda")) is None
     why = lightning(Problem(batch=8, heads=32, length=65536, dim=64, dim_v=256, device="cuda"))
