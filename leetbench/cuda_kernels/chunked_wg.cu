@@ -136,6 +136,13 @@ __device__ __forceinline__ void wg_query_state(float (&d)[ES / 2], u32 q, u32 s,
       wg_ss<ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
                             wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES), acc || kb + kk > 0);
 }
+// O += P V (64 × ES, K = 64 tokens), P the masked scores from registers (16-bit pairs per 16-token k step), V the
+// chunk's tile
+template <int ES, bool BF16>
+__device__ __forceinline__ void wg_values(float (&d)[ES / 2], const u32 (&pa)[4][4], u32 v) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(d, pa[kk], wg_desc<2 * ES>(v + 32 * ES * kk), true);
+}
 // S += Kᵀ Ṽ (D × ES, K = 64 tokens), into the state registers (acc = false: S = Kᵀ Ṽ); NMB 64-row blocks of
 // it from block MB0 on (S then holds those blocks only)
 template <int D, int ES, bool BF16, int MB0 = 0, int NMB = D / 64>
@@ -418,8 +425,7 @@ struct WgConsumer {
       wg_pin(acc_o);
       wg_scale_rows(acc_o, f0 * up, f1 * up);
       wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
+      wg_values<ES, BF16>(acc_o, pa, vs);
       wg_commit();
       wg_wait<0>();
       wg_pin(acc_o);
@@ -521,8 +527,7 @@ struct WgSplit {
       if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
       wg_scale_rows(acc_o, f0 * up, f1 * up);
       wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
+      wg_values<ES, BF16>(acc_o, pa, vs);
       wg_commit();
       wg_wait<0>();
       wg_pin(acc_o);
