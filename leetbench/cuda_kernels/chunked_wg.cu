@@ -203,6 +203,17 @@ __device__ __forceinline__ void wg_scale_rows(float (&d)[NA], float g0, float g1
   }
 }
 
+// A chunk's outputs in the accumulator holding Q S_in: O = diag(g0, g1) Q S_in + P V, issued and waited for.
+template <int ES, bool BF16>
+__device__ __forceinline__ void wg_chunk_outputs(float (&d)[ES / 2], const u32 (&pa)[4][4], u32 v, float g0, float g1) {
+  wg_scale_rows(d, g0, g1);
+  wg_fence();
+  wg_values<ES, BF16>(d, pa, v);
+  wg_commit();
+  wg_wait<0>();
+  wg_pin(d);
+}
+
 // Ṽ = λ^(n-1-j) v_j (0 past the chunk's n tokens) from a chunk's V tile into vdst, 16-byte piece by piece (the
 // swizzle keeps a piece inside its row), by the 128 consumer threads.
 template <int ES, bool BF16>
@@ -423,12 +434,7 @@ struct WgConsumer {
       if (COPIES == 2) wg_wait<0>();
       else wg_wait<1>();
       wg_pin(acc_o);
-      wg_scale_rows(acc_o, f0 * up, f1 * up);
-      wg_fence();
-      wg_values<ES, BF16>(acc_o, pa, vs);
-      wg_commit();
-      wg_wait<0>();
-      wg_pin(acc_o);
+      wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
       // Each warp waits for its own share of a product only, and every share reads all of B: the state copy
@@ -525,12 +531,7 @@ struct WgSplit {
       wg_pin(acc_o);
       const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
       if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
-      wg_scale_rows(acc_o, f0 * up, f1 * up);
-      wg_fence();
-      wg_values<ES, BF16>(acc_o, pa, vs);
-      wg_commit();
-      wg_wait<0>();
-      wg_pin(acc_o);
+      wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
       C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
     }
