@@ -145,6 +145,13 @@ __device__ __forceinline__ void wg_query_state(float (&d)[ES / 2], u32 q, u32 s,
       wg_ss<ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
                             wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES), acc || kb + kk > 0);
 }
+// O += P V (64 × ES, K = 64 tokens), P the masked scores from registers (16-bit pairs per 16-token k step), V the
+// chunk's tile
+template <int ES, bool BF16>
+__device__ __forceinline__ void wg_values(float (&d)[ES / 2], const u32 (&pa)[4][4], u32 v) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(d, pa[kk], wg_desc<2 * ES>(v + 32 * ES * kk), true);
+}
 // S += Kᵀ Ṽ (D × ES, K = 64 tokens), into the state registers (acc = false: S = Kᵀ Ṽ); NMB 64-row blocks of
 // it from block MB0 on (S then holds those blocks only)
 template <int D, int ES, bool BF16, int MB0 = 0, int NMB = D / 64>
@@ -203,6 +210,17 @@ __device__ __forceinline__ void wg_scale_rows(float (&d)[NA], float g0, float g1
     d[4 * j] *= g0; d[4 * j + 1] *= g0;
     d[4 * j + 2] *= g1; d[4 * j + 3] *= g1;
   }
+}
+
+// A chunk's outputs in the accumulator holding Q S_in: O = diag(g0, g1) Q S_in + P V, issued and waited for.
+template <int ES, bool BF16>
+__device__ __forceinline__ void wg_chunk_outputs(float (&d)[ES / 2], const u32 (&pa)[4][4], u32 v, float g0, float g1) {
+  wg_scale_rows(d, g0, g1);
+  wg_fence();
+  wg_values<ES, BF16>(d, pa, v);
+  wg_commit();
+  wg_wait<0>();
+  wg_pin(d);
 }
 
 // Ṽ = λ^(n-1-j) v_j (0 past the chunk's n tokens) from a chunk's V tile into vdst, 16-byte piece by piece (the
@@ -425,13 +443,7 @@ struct WgConsumer {
       if (COPIES == 2) wg_wait<0>();
       else wg_wait<1>();
       wg_pin(acc_o);
-      wg_scale_rows(acc_o, f0 * up, f1 * up);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
-      wg_commit();
-      wg_wait<0>();
-      wg_pin(acc_o);
+      wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
       // Each warp waits for its own share of a product only, and every share reads all of B: the state copy
@@ -528,13 +540,7 @@ struct WgSplit {
     wg_pin(acc_o);
     const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
     if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
-    wg_scale_rows(acc_o, f0 * up, f1 * up);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(acc_o, pa[kk], wg_desc<VRB>(vs + 16 * VRB * kk), true);
-    wg_commit();
-    wg_wait<0>();
-    wg_pin(acc_o);
+    wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
     if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
     return nv;
   }
