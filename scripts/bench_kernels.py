@@ -120,8 +120,9 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
-def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, peer: dict,
-               es: bool = False, gen: bool = False, passes: bool = False) -> dict:
+def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
+               passes: bool = False) -> dict:
+    """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -129,7 +130,7 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, 
     lam = decay_profile("multiscale", H).cuda()
     dtype = str(dt).removeprefix("torch.")
     calls = {name: (lambda kw=kw: ops.chunked(q, k, v, lam, scale=D ** -0.5, **kw)[0])
-             for name, kw in variants(B, N, D, E, dtype, ab, es, gen).items()}
+             for name, kw in kws.items()}
     qt = tuple(x.transpose(1, 2).contiguous() for x in (q, k, v)) if "fla" in peer else None
     calls.update({name: (lambda fn=fn: fn(q, k, v, lam, qt)) for name, fn in peer.items()})
     if "lightning" in calls and (why := offsets_over_int32(B, H, N, D, E)):  # it would fault, poisoning the run
@@ -200,14 +201,14 @@ def main() -> None:
     names = {n for (d, B, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
              if g != 2 or ops.wg_supports(D, E, str(DT[d]).removeprefix("torch."))
              for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs, g)}
-    names |= {kw["plan"].name for (d, B, N, D, E) in shapes  # the variants' own instances, compiled alongside
-              for kw in variants(B, N, D, E, str(DT[d]).removeprefix("torch."), args.ab, args.es, args.gen).values()
-              if "plan" in kw}
+    kws = {shape: variants(*shape[1:], str(DT[shape[0]]).removeprefix("torch."), args.ab, args.es, args.gen)
+           for shape in shapes}
+    names |= {kw["plan"].name for each in kws.values() for kw in each.values() if "plan" in kw}  # compiled too
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, N, D, E) in shapes:
-        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es, args.gen, args.passes)
+        row = time_shape(B, N, D, E, d, bw, kws[(d, B, N, D, E)], peer, args.passes)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:
