@@ -7,8 +7,11 @@ path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own choice, 1 = one pass), f
 lightning_attn2 when importable; with --ab also the kernel options (`4loops`: four consumer loops, `noscale`:
 unscaled fp16 state copy); with --passes the state pass, scan and output pass of the default plan alone,
 where it cuts the sequence. `agree` is the worst-head relative difference of each variant's output from the
-first one's (a sanity check only: accuracy is tested in tests/test_cupy_kernels.py). Rows go to
-OUT/bench.jsonl; a short table is printed last.
+first one's (a sanity check only: accuracy is tested in tests/test_cupy_kernels.py). Each row names the
+template instance behind every variant (`plan_*`; names that are one instance are printed as such), and the
+first variant is timed once more after the peers (`<first>.end`): their difference is the run's drift, the
+least difference between two variants that means anything. Rows go to OUT/bench.jsonl; a short table is
+printed last.
 """
 
 from __future__ import annotations
@@ -120,6 +123,15 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
+def variant_plan(B: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
+    """The template instance a variant's outputs come from (its state pass and scan left out)."""
+    if "plan" in kw:
+        return kw["plan"].name if kw.get("segments", 1) == 1 else f"{kw['plan'].name} P={kw['segments']}"
+    names = ops.chunk_kernel_names(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
+    seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
+    return names[0] if seq is None else f"{names[0]} P={seq.seg.count}"
+
+
 def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
                passes: bool = False) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
@@ -136,10 +148,19 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[
     if "lightning" in calls and (why := offsets_over_int32(B, H, N, D, E)):  # it would fault, poisoning the run
         print(f"  lightning left out: {why}")
         del calls["lightning"]
+    if kws:  # the first variant once more, last: how far the card drifted while the others ran
+        first_name = next(iter(kws))
+        calls[f"{first_name}.end"] = calls[first_name]
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
     seq = ops.seq_plan(B, H, N, D, E, dtype)
     row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
            "segments_auto": seq.seg.count if seq else 1}
+    for name, kw in kws.items():  # which instance each variant ran, so two names for one plan show as such
+        row[f"plan_{name}"] = variant_plan(B, N, D, E, dtype, kw)
+    plans: dict[str, list[str]] = {}
+    for name, kw in kws.items():
+        plans.setdefault(row[f"plan_{name}"], []).append(name)
+    row["same_plan"] = [names for names in plans.values() if len(names) > 1]
     if passes and seq is not None:  # the default sequence-parallel plan's three passes, each alone
         local = ops._local_states(seq.state, 0, k, v, lam, seq.seg)
         s_in = ops._scan_cuda(local, lam, seq.seg, None)
@@ -174,7 +195,8 @@ def line(row: dict) -> str:
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
     passes = " ".join(f"{k[8:]}={v:.3f}" for k, v in row.items() if k.startswith("pass_ms_"))
     return (f"{row['dtype']} B{row['B']} N{row['N']:5d} D{row['D']} E{row['E']} P={row['segments_auto']}: {cells}"
-            + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else ""))
+            + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else "")
+            + "".join(f"\n    one instance: {'='.join(names)}" for names in row.get("same_plan", [])))
 
 
 def main() -> None:

@@ -9,6 +9,9 @@ H200 limits and stub layout sizes (no device). Fast: well under 5 s.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -353,3 +356,20 @@ def test_e_slice_rule(h200):
     assert (wide.es, wide.minb) == (32, 2)
     sq = ops.seq_plan(1, 32, 32768, 64, 128, "bfloat16")
     assert sq is not None and sq.out.es == 32 and sq.seg.count == 2
+
+
+def test_bench_names_the_instance_behind_each_variant(h200_gen2):
+    """scripts/bench_kernels.py records which template instance each variant ran (`plan_*`), grouping the
+    names that are one instance, so a table cannot show one kernel as two different forms."""
+    spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parent.parent / "scripts"
+                                                  / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    kws = bench.gen_variants(8, 128, 128, "bfloat16")
+    plan = {name: bench.variant_plan(8, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
+    default = ops.chunk_plan(8, bench.H, 128, 128, "bfloat16", gen=2).name
+    assert plan["v2"] == plan["v2one"] == plan["v2wg2"] == default
+    assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
+    assert plan["v2P2"] == f"{default} P=2"
+    one = bench.variant_plan(1, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
+    assert one == f"{ops.seq_plan(1, bench.H, 65536, 128, 128, 'bfloat16').out.name} P=2"
