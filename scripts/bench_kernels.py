@@ -7,8 +7,11 @@ path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own choice, 1 = one pass), f
 lightning_attn2 when importable; with --ab also the kernel options (`4loops`: four consumer loops, `noscale`:
 unscaled fp16 state copy); with --passes the state pass, scan and output pass of the default plan alone,
 where it cuts the sequence. `agree` is the worst-head relative difference of each variant's output from the
-first one's (a sanity check only: accuracy is tested in tests/test_cupy_kernels.py). Rows go to
-OUT/bench.jsonl; a short table is printed last.
+first one's (a sanity check only: accuracy is tested in tests/test_cupy_kernels.py). Each row names the
+template instance behind every variant (`plan_*`; names that are one instance are printed as such), and the
+first variant is timed once more after the peers (`<first>.end`): their difference is the run's drift, the
+least difference between two variants that means anything. Rows go to OUT/bench.jsonl; a short table is
+printed last.
 """
 
 from __future__ import annotations
@@ -75,13 +78,17 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             out["v2ps"] = {"plan": ops.producer_split_plan(base)}
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
-        if dtype != "float32":  # each consumer form in one pass and at P = 2 in 64-column slices: chunk_wg
-            wide = 64 if E % 64 == 0 else 32  # (wg1), chunk_wg2 (wg2), chunk_wg with two state copies (c2)
-            for w in (1, 2):
+        if dtype != "float32":  # each consumer form in one pass and at P = 2 in 64-column slices: chunk_wg (wg1),
+            wide = 64 if E % 64 == 0 else 32  # chunk_wg2 (wg2), chunk_wg3 (wg3), chunk_wg with two copies (c2)
+            for w in (1, 2, 3):
                 try:
                     out[f"v2wg{w}"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=w)}
                     out[f"v2P2wg{w}"] = {"plan": ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=w),
                                          "segments": 2}
+                    for key in (f"v2wg{w}", f"v2P2wg{w}"):  # chunk_wg2 at one per SM: output warps pipelined
+                        plan = out[key]["plan"]
+                        if plan.wgs == 2 and plan.minb == 1:
+                            out[key + "p"] = {**out[key], "plan": ops.pipe_plan(plan)}
                 except ValueError as exc:
                     print(f"  v2wg{w}: {exc}")
             out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}
@@ -116,8 +123,18 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
-def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, peer: dict,
-               es: bool = False, gen: bool = False, passes: bool = False) -> dict:
+def variant_plan(B: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
+    """The template instance a variant's outputs come from (its state pass and scan left out)."""
+    if "plan" in kw:
+        return kw["plan"].name if kw.get("segments", 1) == 1 else f"{kw['plan'].name} P={kw['segments']}"
+    names = ops.chunk_kernel_names(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
+    seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
+    return names[0] if seq is None else f"{names[0]} P={seq.seg.count}"
+
+
+def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
+               passes: bool = False) -> dict:
+    """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -125,16 +142,25 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, ab: bool, 
     lam = decay_profile("multiscale", H).cuda()
     dtype = str(dt).removeprefix("torch.")
     calls = {name: (lambda kw=kw: ops.chunked(q, k, v, lam, scale=D ** -0.5, **kw)[0])
-             for name, kw in variants(B, N, D, E, dtype, ab, es, gen).items()}
+             for name, kw in kws.items()}
     qt = tuple(x.transpose(1, 2).contiguous() for x in (q, k, v)) if "fla" in peer else None
     calls.update({name: (lambda fn=fn: fn(q, k, v, lam, qt)) for name, fn in peer.items()})
     if "lightning" in calls and (why := offsets_over_int32(B, H, N, D, E)):  # it would fault, poisoning the run
         print(f"  lightning left out: {why}")
         del calls["lightning"]
+    if kws:  # the first variant once more, last: how far the card drifted while the others ran
+        first_name = next(iter(kws))
+        calls[f"{first_name}.end"] = calls[first_name]
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
     seq = ops.seq_plan(B, H, N, D, E, dtype)
     row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
            "segments_auto": seq.seg.count if seq else 1}
+    for name, kw in kws.items():  # which instance each variant ran, so two names for one plan show as such
+        row[f"plan_{name}"] = variant_plan(B, N, D, E, dtype, kw)
+    plans: dict[str, list[str]] = {}
+    for name, kw in kws.items():
+        plans.setdefault(row[f"plan_{name}"], []).append(name)
+    row["same_plan"] = [names for names in plans.values() if len(names) > 1]
     if passes and seq is not None:  # the default sequence-parallel plan's three passes, each alone
         local = ops._local_states(seq.state, 0, k, v, lam, seq.seg)
         s_in = ops._scan_cuda(local, lam, seq.seg, None)
@@ -169,7 +195,8 @@ def line(row: dict) -> str:
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
     passes = " ".join(f"{k[8:]}={v:.3f}" for k, v in row.items() if k.startswith("pass_ms_"))
     return (f"{row['dtype']} B{row['B']} N{row['N']:5d} D{row['D']} E{row['E']} P={row['segments_auto']}: {cells}"
-            + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else ""))
+            + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else "")
+            + "".join(f"\n    one instance: {'='.join(names)}" for names in row.get("same_plan", [])))
 
 
 def main() -> None:
@@ -196,11 +223,14 @@ def main() -> None:
     names = {n for (d, B, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
              if g != 2 or ops.wg_supports(D, E, str(DT[d]).removeprefix("torch."))
              for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs, g)}
+    kws = {shape: variants(*shape[1:], str(DT[shape[0]]).removeprefix("torch."), args.ab, args.es, args.gen)
+           for shape in shapes}
+    names |= {kw["plan"].name for each in kws.values() for kw in each.values() if "plan" in kw}  # compiled too
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, N, D, E) in shapes:
-        row = time_shape(B, N, D, E, d, bw, args.ab, peer, args.es, args.gen, args.passes)
+        row = time_shape(B, N, D, E, d, bw, kws[(d, B, N, D, E)], peer, args.passes)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:

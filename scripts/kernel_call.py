@@ -1,16 +1,15 @@
 """Call cupy_chunked's kernels on one shape a few times and nothing else: the process to put under a profiler.
 
     python3 scripts/kernel_call.py [--dtype bf16|fp16|fp32] [--batch 1] [--heads 32] [--length 16384]
-                                   [--dims 128x128] [--segments P] [--producers NPW] [--wgs 1|2] [--two-copies]
-                                   [--producer-split] [--calls 3]
+                                   [--dims 128x128] [--segments P] [--producers NPW] [--wgs 1|2|3] [--pipe]
+                                   [--two-copies] [--producer-split] [--calls 3]
 
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
-warps; `--wgs` one consumer warpgroup, chunk_wg, or two, chunk_wg2; `--two-copies` chunk_wg with two state
-copies;
-`--producer-split` has chunk_wg32's producers split the chunk). It compiles before the first call and
-synchronises after the last, so under `ncu -k "regex:^chunk_wg(2|32)?$" --launch-skip 1 --launch-count 1 …` the
-profiled launch is a warm one. Prints the plan and the median ms of the calls (CUDA events, not the harness's
-figure).
+warps; `--wgs` one consumer warpgroup, chunk_wg, two, chunk_wg2, or three, chunk_wg3; `--pipe` chunk_wg2's
+output warps pipelined; `--two-copies` chunk_wg with two state copies; `--producer-split` has chunk_wg32's
+producers split the chunk). It compiles before the first call and synchronises after the last, so under
+`ncu -k "regex:^chunk_wg(2|3|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one.
+Prints the plan and the median ms of the calls (CUDA events, not the harness's figure).
 """
 
 from __future__ import annotations
@@ -40,8 +39,9 @@ def main() -> None:
     ap.add_argument("--dims", default="128x128", help="DxE")
     ap.add_argument("--segments", type=int, default=None)
     ap.add_argument("--producers", type=int, default=None, help="chunk_wg32's producer warps (float32 only)")
-    ap.add_argument("--wgs", type=int, choices=(1, 2), default=None,
-                    help="consumer warpgroups: 1 chunk_wg, 2 chunk_wg2 (16-bit only; default: the rule)")
+    ap.add_argument("--wgs", type=int, choices=(1, 2, 3), default=None,
+                    help="consumer warpgroups: 1 chunk_wg, 2 chunk_wg2, 3 chunk_wg3 (16-bit only; default: the rule)")
+    ap.add_argument("--pipe", action="store_true", help="chunk_wg2's output warps pipelined (16-bit only)")
     ap.add_argument("--two-copies", action="store_true", help="chunk_wg with two state copies (16-bit only)")
     ap.add_argument("--producer-split", action="store_true", help="chunk_wg32's producers split the chunk (fp32)")
     ap.add_argument("--calls", type=int, default=3)
@@ -65,7 +65,8 @@ def main() -> None:
             kw = {"plan": ops.chunk_plan(B, H, D, E, dtype, wgs=args.wgs), "segments": args.segments}
         except ValueError as exc:
             sys.exit(f"kernel_call: --wgs {args.wgs}: {exc}")
-    for on, flag, variant in ((args.two_copies, "--two-copies", ops.two_copy_plan),
+    for on, flag, variant in ((args.pipe, "--pipe", ops.pipe_plan),
+                              (args.two_copies, "--two-copies", ops.two_copy_plan),
                               (args.producer_split, "--producer-split", ops.producer_split_plan)):
         if on:  # the variant of the plan so far (or of the default)
             try:

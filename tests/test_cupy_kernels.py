@@ -251,7 +251,8 @@ def test_fp16_state_beyond_65504(segments):
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
     if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies: each copy scaled the same way
         base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
-        for other in (ops.split_plan(base, 0), ops.two_copy_plan(base, 0)):
+        for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_output_plan(base, 0),
+                      ops.two_copy_plan(base, 0)):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -267,8 +268,9 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
-    CTAs per SM where two fit, with two consumer warpgroups and with two state copies (float32: each count of
-    producer warps, with and without their split of the chunk)."""
+    CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
+    warpgroups and with two state copies (float32: each count of producer warps, with and without their split
+    of the chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -286,7 +288,11 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         # two consumer warpgroups (chunk_wg2) at their deepest pipeline and at two stages, and two CTAs per SM
         base = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2, wgs=1)
         split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
-        out += [split, replace(split, stages=2, smem=0)] + ([crowded] if crowded.minb == 2 else [])
+        shallow = replace(split, stages=2, smem=0)
+        out += [split, shallow, ops.pipe_plan(split), ops.pipe_plan(shallow)]  # and its output warps pipelined
+        three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
+        out += [three, replace(three, stages=2, smem=0)]
+        out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
             copies = ops.two_copy_plan(replace(base, minb=minb), 0)
@@ -326,8 +332,9 @@ def test_wg_each_product(dtype, es):
     Q Kᵀ and P V alone (one chunk, no initial state), Kᵀ Ṽ alone (q = 0: only the final state is non-zero)."""
     B, H, E = 1, 2, 128
     D = 64 if dtype == "float32" and es == 64 else 128  # float32 tiles of ES = 64 fit at D = 64 only
-    forms = (1,) if dtype == "float32" else (1, 2)  # 16-bit: chunk_wg and chunk_wg2
+    forms = (1,) if dtype == "float32" else (1, 2, 3)  # 16-bit: chunk_wg, chunk_wg2, chunk_wg3
     plans = [ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=es, wgs=w) for w in forms]
+    plans += [ops.pipe_plan(plans[1])] if dtype != "float32" else []  # chunk_wg2 with pipelined output warps
     x = _inputs(B, H, 192, D, E, dtype, "multiscale", True, seed=11)
     zero = torch.zeros_like
     cases = {
@@ -396,16 +403,18 @@ def test_wg_state_pass(dtype, D, E):
 def test_wg_products_are_not_serialised():
     """ptxas serialises every wgmma of a kernel, correct but without the overlap the kernel is built for, when
     the accumulators cannot stay in registers across the asynchronous products (C7511, seen once when P V
-    accumulated into a slice of another product's accumulator) or when a product is issued after a wait on a
-    divergent path (C7519: an mbarrier spin between two products, KERNEL_NOTES v15). Every generation-2 plan
-    the tests run and every default is read from the compiler's log each kernel keeps (also from the cache)."""
+    accumulated into a slice of another product's accumulator), when a product is issued after a wait on a
+    divergent path (C7519: an mbarrier spin between two products, KERNEL_NOTES v15) or when products stay in
+    flight across a loop's back edge while other registers are read (C7514, v20). Every generation-2 plan the
+    tests run and every default is read from the compiler's log each kernel keeps (also from the cache)."""
     names = {ops.chunk_plan(B, 32, D, E, dt, 0).name for B in (1, 8) for (D, E) in WG_SHAPES for dt in ALL}
     names |= {p.name for D, E in WG_SHAPES for dt in ALL for p in _wg_plans(2, 3, D, E, dt)}
     names |= {ops.state_plan(D, E, dt, 0).name for D, E in WG_SHAPES for dt in ALL}
     names = {n for n in names if n.startswith("chunk_wg")}
     ops.precompile_chunked(names, 0, jobs=8)
     logs = {n: kernel(ops.kernel_files(n), n, 0).log for n in sorted(names)}
-    drew = {n: log.strip()[:300] for n, log in logs.items() if any(w in log for w in ("C7511", "C7519", "serializ"))}
+    marks = ("C7511", "C7514", "C7519", "serializ")
+    drew = {n: log.strip()[:300] for n, log in logs.items() if any(w in log for w in marks)}
     assert not drew, drew
 
 
@@ -450,6 +459,7 @@ def test_layouts_and_limits():
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 2 * 4 * 16 + 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
+        assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
@@ -528,6 +538,11 @@ _SANITIZE = textwrap.dedent("""
             split = plan(1, 2, 128, 128, dt, es=64, wgs=2)
             run(ops.chunked, 1, 2, 333, 128, 128, dt, True, plan=split)
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=ops.pipe_plan(split), segments=3)  # PIPE, tails
+            run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
+            three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)
+            run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt, wgs=3))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)
     f32 = torch.float32

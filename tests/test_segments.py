@@ -9,6 +9,9 @@ H200 limits and stub layout sizes (no device). Fast: well under 5 s.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -179,6 +182,11 @@ def _stub_wg2_smem(D: int, es: int, stages: int) -> int:
     return _stub_wg_smem(D, es, stages) + D * 2 * es
 
 
+def _stub_wg3_smem(D: int, es: int, stages: int) -> int:
+    """chunked_wg.cu's Wg3Smem::ALLOC: Wg2Smem's, then the odd chunks' output staging (64 rows of ES + 8)."""
+    return _stub_wg2_smem(D, es, stages) + 64 * (es + 8) * 2
+
+
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
     staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice,
@@ -197,6 +205,7 @@ def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
 def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
     stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg2": lambda D, es, st: _stub_wg2_smem(D, es, st),
+             "wg3": lambda D, es, st: _stub_wg3_smem(D, es, st),
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
@@ -269,6 +278,34 @@ def test_split_plan(h200_gen2):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
 
 
+def test_two_output_plan(h200_gen2):
+    """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
+    whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""
+    three = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=3)
+    assert (three.name, three.threads, three.minb, three.kind) == ("chunk_wg3<128,64,2,4,true>", 416, 1, "wg3")
+    assert three.smem == _stub_wg3_smem(128, 64, 4) == 225280 and three.smem + 1024 <= 233472
+    assert ops.two_output_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32)).name == "chunk_wg3<64,32,8,4,false>"
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").wgs == 2                  # not the rule's
+    with pytest.raises(ValueError, match=r"two output warpgroups are a generation-2 16-bit plan \(got chunk_wg32"):
+        ops.chunk_plan(8, 32, 128, 128, "float32", wgs=3)
+    with pytest.raises(ValueError, match=r"wgs=4 consumer warpgroups \(valid: 1, 2, 3 or None"):
+        ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=4)
+
+
+def test_pipe_plan(h200_gen2):
+    """chunk_wg2 with pipelined output warps: the same plan and shared memory, named by PIPE; refused by name
+    for anything but chunk_wg2 at one CTA per SM."""
+    split = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
+    piped = ops.pipe_plan(split)
+    assert (piped.name, piped.smem, piped.threads) == ("chunk_wg2<128,64,2,4,true,1,true>", split.smem, 288)
+    assert split.name == "chunk_wg2<128,64,2,4,true,1>"                  # the default: not pipelined
+    with pytest.raises(ValueError, match=r"chunk_wg2's at one CTA per SM \(got chunk_wg<"):
+        ops.pipe_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16"))
+    two = ops.chunk_plan(4, 32, 64, 256, "float16", es=32, wgs=2)            # ES = 32, two per SM
+    with pytest.raises(ValueError, match=r"got chunk_wg2<64,32,8,4,false,2>"):
+        ops.pipe_plan(two)
+
+
 def test_two_copy_plan(h200_gen2):
     """chunk_wg with two state copies: its layout is chunk_wg2's (the second copy behind the tiles), the CTAs per
     SM kept where the larger layout still fits them, the deepest pipeline that fits; one warpgroup, 16-bit."""
@@ -319,3 +356,20 @@ def test_e_slice_rule(h200):
     assert (wide.es, wide.minb) == (32, 2)
     sq = ops.seq_plan(1, 32, 32768, 64, 128, "bfloat16")
     assert sq is not None and sq.out.es == 32 and sq.seg.count == 2
+
+
+def test_bench_names_the_instance_behind_each_variant(h200_gen2):
+    """scripts/bench_kernels.py records which template instance each variant ran (`plan_*`), grouping the
+    names that are one instance, so a table cannot show one kernel as two different forms."""
+    spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parent.parent / "scripts"
+                                                  / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    kws = bench.gen_variants(8, 128, 128, "bfloat16")
+    plan = {name: bench.variant_plan(8, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
+    default = ops.chunk_plan(8, bench.H, 128, 128, "bfloat16", gen=2).name
+    assert plan["v2"] == plan["v2one"] == plan["v2wg2"] == default
+    assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
+    assert plan["v2P2"] == f"{default} P=2"
+    one = bench.variant_plan(1, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
+    assert one == f"{ops.seq_plan(1, bench.H, 65536, 128, 128, 'bfloat16').out.name} P=2"

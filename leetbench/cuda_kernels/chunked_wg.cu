@@ -62,6 +62,15 @@ struct Wg2Smem : WgSmem<D, ES, STAGES> {
   static_assert(UP + 2 * 4 <= WG_HEAD, "copy barriers overlap the tiles");
 };
 
+// Two output warpgroups (chunk_wg3): Wg2Smem's, then the odd chunks' output staging.
+template <int D, int ES, int STAGES>
+struct Wg3Smem : Wg2Smem<D, ES, STAGES> {
+  using Base = Wg2Smem<D, ES, STAGES>;
+  static constexpr int OS2 = Base::BYTES;  // output staging [64][OP] of the warpgroup taking the odd chunks
+  static constexpr int BYTES = OS2 + 64 * Base::OP * 2;
+  static constexpr int ALLOC = BYTES + 1024;
+};
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -488,7 +497,10 @@ __global__ void chunk_wg_layout(int* out) {
 // warp arrivals, each after the warp's own share of its last product.
 // KEEP_MASK: the output warps hold the decay mask (32 registers) from chunk to chunk, else form it every chunk
 // (two CTAs per SM: ≤ 96 registers a thread).
-template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK>
+// PIPE (KERNEL_NOTES v20; one CTA per SM): the output warps issue chunk c + 1's Q Kᵀ and Q S_in before they store
+// chunk c's outputs, so the stores overlap the tensor pipe; chunk c's outputs and chunk c + 1's Q S_in are two
+// register arrays, taken in turn (the loop unrolled by two, so each is a compile-time array).
+template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false>
 struct WgSplit {
   using L = Wg2Smem<D, ES, STAGES>;
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy, state load and store, chunk start, output store
@@ -499,41 +511,93 @@ struct WgSplit {
     return reinterpret_cast<float*>(smem + L::UP);
   }
 
-  static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
-                                                 int E, float scale, int t) {
+  // Chunk c on the output warps: its tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into acc_o)
+  // issued, `meanwhile()` run while they do, P = (Q Kᵀ) ⊙ M formed, O = c·diag(λ^(i+1)) 2^s Q S_in + P V into
+  // acc_o, the copy and the slot released. Returns the chunk's token count.
+  template <class F>
+  static __device__ __forceinline__ int chunk_products(unsigned char* smem, int seg_n, int c, float (&acc_a)[32],
+                                                        float (&acc_o)[NA], float (&mask)[32], float scale, float f0,
+                                                        float f1, int l, int r0, int c0, F&& meanwhile) {
     const u32 sbase = smem_u32(smem);
+    const int slot = c % STAGES, buf = c & 1;
+    mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+    const int nv = min(CH, seg_n - c * CH);
+    const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
+    mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
+    wg_fence();
+    wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
+    wg_commit();
+    wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
+    wg_commit();
+    meanwhile();
+    wg_wait<1>();
+    wg_pin(acc_a);
+    if (!KEEP_MASK)  // after the wait: not beside both accumulators
+      wg_decay_mask(mask, reinterpret_cast<const float*>(smem + L::TAB), scale, r0, c0);
+    u32 pa[4][4];
+    wg_masked_scores<BF16>(acc_a, mask, pa);
+    wg_wait<0>();
+    wg_pin(acc_o);
+    const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
+    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
+    wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
+    if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
+    return nv;
+  }
+
+  // The output warps' loop over chunks first, first + step, … (chunk_wg3's two output warpgroups take the even and
+  // the odd ones), staging their outputs at `os`.
+  static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
+                                                 int E, float scale, int t, int first = 0, int step = 1,
+                                                 int os = L::OS) {
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     float mask[32];
     if (KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    u16* ow = reinterpret_cast<u16*>(smem + os) + 16 * w * L::OP;
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = first; c < nchunks; c += step) {
+      float acc_a[32], acc_o[NA];
+      const int nv = chunk_products(smem, seg.n, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
+      C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
+    }
+  }
+
+  // PIPE: chunk c into cur, chunk c - 1's outputs (in prev) stored while chunk c's Q Kᵀ and Q S_in run. No product
+  // stays in flight across the loop's back edge (ptxas then serializes them all, C7514).
+  static __device__ __forceinline__ void pipe_chunk(unsigned char* smem, u16* __restrict__ o, const Seg& seg,
+                                                    int e0, int E, float scale, int c, float (&acc_a)[32],
+                                                    float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
+                                                    float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
+    chunk_products(smem, seg.n, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
+      if (c > 0) C1::store_outputs(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
+    });
+  }
+
+  static __device__ __forceinline__ void outputs_pipelined(unsigned char* smem, u16* __restrict__ o, const Seg& seg,
+                                                           int e0, int E, float scale, int t) {
+    static_assert(KEEP_MASK, "the pipelined output warps are compiled for one CTA per SM");
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    float mask[32];
+    wg_decay_mask(mask, tab, scale, r0, c0);
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     u16* ow = reinterpret_cast<u16*>(smem + L::OS) + 16 * w * L::OP;
     const int nchunks = (seg.n + CH - 1) / CH;
-    for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES, buf = c & 1;
-      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-      const int nv = min(CH, seg.n - c * CH);
-      const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
-      mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
-      wg_fence();
-      float acc_a[32], acc_o[NA];
-      wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
-      wg_commit();
-      wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
-      wg_commit();
-      wg_wait<1>();
-      wg_pin(acc_a);
-      if (!KEEP_MASK) wg_decay_mask(mask, tab, scale, r0, c0);  // after the wait: not beside both accumulators
-      u32 pa[4][4];
-      wg_masked_scores<BF16>(acc_a, mask, pa);
-      wg_wait<0>();
-      wg_pin(acc_o);
-      const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
-      if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
-      wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
-      C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
+    float acc_a[32], o0[NA], o1[NA];
+    for (int c = 0; c < nchunks; c += 2) {  // chunk c into o0, c + 1 into o1: each a compile-time array
+      pipe_chunk(smem, o, seg, e0, E, scale, c, acc_a, o0, o1, mask, f0, f1, ow, w, l, r0, c0);
+      if (c + 1 < nchunks)
+        pipe_chunk(smem, o, seg, e0, E, scale, c + 1, acc_a, o1, o0, mask, f0, f1, ow, w, l, r0, c0);
+    }
+    if (nchunks > 0) {  // the last chunk's outputs (rows from its n tokens on left alone)
+      const int c = nchunks - 1, nv = seg.n - c * CH;
+      const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
+      if (c & 1) C1::store_outputs(o1, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // branches, not a pointer:
+      else C1::store_outputs(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);        // both stay in registers
     }
   }
 
@@ -577,33 +641,78 @@ struct WgSplit {
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+// wg_cta for the kernels with a state warpgroup apart (layout LY: Wg2Smem's head): a slot released by eight warps,
+// and the state copies' full (128 arrivals) and empty (4) barriers.
+template <int D, int ES, int NSL, int STAGES, class LY>
+__device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS, int L, int N, const double* lam,
+                                              int H) {
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  if (threadIdx.x == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+    fence_mbar_init();
+  }
+  __syncthreads();
+  return cta;
+}
+
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
               int E, float scale, int L, int RUNS) {
   using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+  const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
-    fence_mbar_init();
-  }
-  __syncthreads();
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE>;
   const int warp = warp_index();
-  if (warp < 4)
-    WgSplit<D, ES, STAGES, BF16, MINB == 1>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
-  else if (warp < 8)
-    WgSplit<D, ES, STAGES, BF16, MINB == 1>::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
-  else
+  if (warp < 4) {
+    if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    else SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+  } else if (warp < 8) {
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
+  } else {
     wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
+  }
 }
 
 template <int D, int ES, int STAGES>
 __global__ void chunk_wg2_layout(int* out) {
   out[0] = Wg2Smem<D, ES, STAGES>::ALLOC;
+}
+
+// ---- two output warpgroups (KERNEL_NOTES v21) ----------------------------------------------------------------------
+// chunk_wg2's roles with the outputs split by chunk parity: warps 0-3 take the even chunks, warps 4-7 the odd ones
+// (each reads the state copy of its parity and stages its outputs apart), warps 8-11 the state chain, warp 12 the
+// producer. While one output warpgroup forms P, scales and stores, the other's products can run: every scheduler
+// has three consumer warps to issue from instead of two. The barriers are chunk_wg2's: a slot is released by the
+// four warps of the warpgroup whose chunk it holds and the four state warps; a state copy by the four warps of
+// its parity. Grid: B·H·RUNS·NSL CTAs of 416 threads, one per SM (≤ 152 registers a thread).
+template <int D, int ES, int NSL, int STAGES, bool BF16>
+__global__ void __launch_bounds__(416, 1)
+    chunk_wg3(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
+              const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
+              int E, float scale, int L, int RUNS) {
+  using LY = Wg3Smem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
+  const int tid = threadIdx.x;
+  using SP = WgSplit<D, ES, STAGES, BF16, true>;  // one CTA per SM: registers to hold the mask
+  const int warp = warp_index();
+  if (warp < 8) {
+    const int half = warp >> 2;  // 0: the even chunks, 1: the odd ones
+    SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid & 127, half, 2, half ? LY::OS2 : LY::OS);
+  } else if (warp < 12) {
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 256);
+  } else {
+    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
+  }
+}
+
+template <int D, int ES, int STAGES>
+__global__ void chunk_wg3_layout(int* out) {
+  out[0] = Wg3Smem<D, ES, STAGES>::ALLOC;
 }
 
 // ---- the state pass of the sequence-parallel path, generation 2 -----------------------------------------------

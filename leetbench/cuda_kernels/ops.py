@@ -140,12 +140,12 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
-    chunked_wg.cu with its two-warpgroup form wg2 and its state pass wgstate, wg32 in chunked_wg32.cu, whose one
-    staging slot makes `stages` 1), as the compiled module defines it (chunk_layout, chunk_wg_layout,
-    chunk_wg2_layout, chunk_wg_state_layout, chunk_wg32_layout)."""
+    chunked_wg.cu with its two- and three-warpgroup forms wg2, wg3 and its state pass wgstate, wg32 in
+    chunked_wg32.cu, whose one staging slot makes `stages` 1), as the compiled module defines it (chunk_layout,
+    chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg2", "wg32", "wgstate"):
+        if kind in ("wg", "wg2", "wg3", "wg32", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -178,12 +178,13 @@ _WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its m
 
 
 def _read_wg_layouts(dev: int) -> None:
-    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout and
+    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout and
     chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout."""
-    combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wgstate") for D in _WG_D for es in _WG_ES
+    combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
     combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
+                "wg3": "chunk_wg3_layout<{},{},{}>",
                 "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
@@ -251,9 +252,11 @@ class ChunkPlan:
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
     gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, warpgroups)
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
-    wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan)
+    wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan;
+    #               3: chunk_wg3, two output warpgroups taking alternate chunks; two_output_plan)
     copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
     psplit: bool = False  # chunk_wg32: the producer warps split the chunk into pieces (producer_split_plan)
+    pipe: bool = False  # chunk_wg2: the output warps issue chunk c + 1's products before storing c's (pipe_plan)
 
     @property
     def opts(self) -> int:
@@ -269,7 +272,9 @@ class ChunkPlan:
         """Its shared-memory layout: wg2 is chunked_wg.cu's with two state copies (chunk_wg2's, and chunk_wg's
         at two copies)."""
         if self.gen == 2:
-            return "wg32" if self.f32 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
+            if self.f32:
+                return "wg32"
+            return "wg3" if self.wgs == 3 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
     @property
@@ -283,8 +288,11 @@ class ChunkPlan:
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
+            if self.wgs == 3:
+                return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
             if self.wgs == 2:
-                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
+                pipe = ",true" if self.pipe else ""  # the kernel's PIPE, false by default
+                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{pipe}>"
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -305,8 +313,8 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
     minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1 or 2 (split_plan).
     """
-    if wgs not in (None, 1, 2):
-        raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2 or None for the rule)")
+    if wgs not in (None, 1, 2, 3):
+        raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2, 3 or None for the rule)")
     if gen is None:
         gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
     if gen == 2:
@@ -320,6 +328,8 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             wgs = 2 if plan.minb == 1 else 1
     else:
         plan = _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+    if wgs == 3:
+        return two_output_plan(plan, dev)
     return split_plan(plan, dev, B * H * plan.cl) if wgs == 2 else plan  # refused by name but for 16-bit gen 2
 
 
@@ -404,6 +414,27 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
         raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
     st = max(fits)
     return replace(plan, wgs=2, copies=1, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+
+
+def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+    """`plan` (generation 2, 16-bit) with chunk_wg2's roles and two output warpgroups taking alternate chunks
+    (chunk_wg3: CTAs of 416 threads, one per SM), the deepest pipeline whose tiles, two state copies and two
+    output stagings fit."""
+    _wg16(plan, "two output warpgroups")
+    lim = device_limits(dev)
+    fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg3", plan.D, plan.es, s, dev), 1)]
+    if not fits:
+        raise ValueError(f"chunk_wg3: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
+    st = max(fits)
+    return replace(plan, wgs=3, copies=1, minb=1, stages=st, smem=smem_bytes("wg3", plan.D, plan.es, st, dev))
+
+
+def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2 at one CTA per SM) with its output warps pipelined: chunk c + 1's Q Kᵀ and Q S_in issued
+    before chunk c's outputs are stored (PIPE; the same shared memory, a second output accumulator)."""
+    if plan.wgs != 2 or plan.minb != 1:
+        raise ValueError(f"the pipelined output warps are chunk_wg2's at one CTA per SM (got {plan.name})")
+    return replace(plan, pipe=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
