@@ -2,16 +2,16 @@
 
     PYTHONPATH=. python3 scripts/bench_kernels.py --out $OUT [--batches 1,4,8] [--lengths ...] [--ab]
 
-Per shape (H=32, D=E=128 and D=64/E=256, bf16 by default): the one-pass kernel (`one`), the sequence-parallel
-path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own choice, 1 = one pass), fla's chunk_simple_gla and
-lightning_attn2 when importable; with --ab also the kernel options (`4loops`: four consumer loops, `noscale`:
-unscaled fp16 state copy); with --passes the state pass, scan and output pass of the default plan alone,
-where it cuts the sequence. `agree` is the worst-head relative difference of each variant's output from the
-first one's (a sanity check only: accuracy is tested in tests/test_cupy_kernels.py). Each row names the
-template instance behind every variant (`plan_*`; names that are one instance are printed as such), and the
-first variant is timed once more after the peers (`<first>.end`): their difference is the run's drift, the
-least difference between two variants that means anything. Rows go to OUT/bench.jsonl; a short table is
-printed last.
+Per shape (H=32, D=E=128 and D=64/E=256, bf16 by default; --heads, --dims, --batches, --lengths choose others):
+the one-pass kernel (`one`), the sequence-parallel path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own
+choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importable; with --ab also the kernel
+options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
+and output pass of the default plan alone, where it cuts the sequence. `agree` is the worst-head relative
+difference of each variant's output from the first one's (a sanity check only: accuracy is tested in
+tests/test_cupy_kernels.py). Each row names the template instance behind every variant (`plan_*`; names that are
+one instance are printed as such), and the first variant is timed once more after the peers (`<first>.end`):
+their difference is the run's drift, the least difference between two variants that means anything. Rows go to
+OUT/bench.jsonl; a short table is printed last.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from methods.peer_lightning import offsets_over_int32  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TIMING = TimingConfig(warmup_ms=20, rep_ms=100, min_reps=5, max_reps=200)
-H = 32
 
 
 def peers() -> dict[str, Callable]:
@@ -59,7 +58,7 @@ def peers() -> dict[str, Callable]:
     return out
 
 
-def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
+def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2, and its variants (two consumer warpgroups, two state copies)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
@@ -97,11 +96,11 @@ def gen_variants(B: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     return out
 
 
-def variants(B: int, N: int, D: int, E: int, dtype: str, ab: bool, es: bool = False,
+def variants(B: int, H: int, N: int, D: int, E: int, dtype: str, ab: bool, es: bool = False,
              gen: bool = False) -> dict[str, dict]:
     """Keyword arguments of ops.chunked per variant."""
     if gen:
-        return gen_variants(B, D, E, dtype)
+        return gen_variants(B, H, D, E, dtype)
     out = {"one": {"segments": 1}, "P2": {"segments": 2}, "P4": {"segments": 4}}
     if es:  # one pass at every E slice that fits, at one and (where it fits) two CTAs per SM
         for c in ops._es_options(D, E, dtype == "float32", 0):
@@ -123,7 +122,7 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
-def variant_plan(B: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
+def variant_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
     """The template instance a variant's outputs come from (its state pass and scan left out)."""
     if "plan" in kw:
         return kw["plan"].name if kw.get("segments", 1) == 1 else f"{kw['plan'].name} P={kw['segments']}"
@@ -132,7 +131,7 @@ def variant_plan(B: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
     return names[0] if seq is None else f"{names[0]} P={seq.seg.count}"
 
 
-def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
+def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
                passes: bool = False) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
     dt = DT[dname]
@@ -156,7 +155,7 @@ def time_shape(B: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[
     row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
            "segments_auto": seq.seg.count if seq else 1}
     for name, kw in kws.items():  # which instance each variant ran, so two names for one plan show as such
-        row[f"plan_{name}"] = variant_plan(B, N, D, E, dtype, kw)
+        row[f"plan_{name}"] = variant_plan(B, H, N, D, E, dtype, kw)
     plans: dict[str, list[str]] = {}
     for name, kw in kws.items():
         plans.setdefault(row[f"plan_{name}"], []).append(name)
@@ -194,7 +193,8 @@ def line(row: dict) -> str:
                      for k, v in ms.items())
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
     passes = " ".join(f"{k[8:]}={v:.3f}" for k, v in row.items() if k.startswith("pass_ms_"))
-    return (f"{row['dtype']} B{row['B']} N{row['N']:5d} D{row['D']} E{row['E']} P={row['segments_auto']}: {cells}"
+    shape = f"{row['dtype']} B{row['B']} H{row['H']} N{row['N']:5d} D{row['D']} E{row['E']}"
+    return (f"{shape} P={row['segments_auto']}: {cells}"
             + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else "")
             + "".join(f"\n    one instance: {'='.join(names)}" for names in row.get("same_plan", [])))
 
@@ -202,6 +202,7 @@ def line(row: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,4,8")
+    ap.add_argument("--heads", default="32")
     ap.add_argument("--lengths", default="2048,16384,32768,65536")
     ap.add_argument("--dims", default="128x128,64x256", help="DxE pairs")
     ap.add_argument("--dtypes", default="bf16")
@@ -217,10 +218,11 @@ def main() -> None:
     name = torch.cuda.get_device_name(0)
     bw = copy_bandwidth_gbps("cuda")
     peer = {} if args.no_peers else peers()
-    shapes = [(d, B, N, *map(int, de.split("x"))) for d in args.dtypes.split(",") for de in args.dims.split(",")
-              for B in map(int, args.batches.split(",")) for N in map(int, args.lengths.split(","))]
+    shapes = [(d, B, H, N, *map(int, de.split("x"))) for d in args.dtypes.split(",") for de in args.dims.split(",")
+              for B in map(int, args.batches.split(",")) for H in map(int, args.heads.split(","))
+              for N in map(int, args.lengths.split(","))]
     gens = (None, 1, 2) if ops.device_gen(0) == 2 else (None,)
-    names = {n for (d, B, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
+    names = {n for (d, B, H, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
              if g != 2 or ops.wg_supports(D, E, str(DT[d]).removeprefix("torch."))
              for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs, g)}
     kws = {shape: variants(*shape[1:], str(DT[shape[0]]).removeprefix("torch."), args.ab, args.es, args.gen)
@@ -229,8 +231,8 @@ def main() -> None:
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
-    for (d, B, N, D, E) in shapes:
-        row = time_shape(B, N, D, E, d, bw, kws[(d, B, N, D, E)], peer, args.passes)
+    for (d, B, H, N, D, E) in shapes:
+        row = time_shape(B, H, N, D, E, d, bw, kws[(d, B, H, N, D, E)], peer, args.passes)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:

@@ -365,11 +365,11 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
                                                   / "bench_kernels.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    kws = bench.gen_variants(8, 128, 128, "bfloat16")
-    plan = {name: bench.variant_plan(8, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
-    default = ops.chunk_plan(8, bench.H, 128, 128, "bfloat16", gen=2).name
+    kws = bench.gen_variants(8, 32, 128, 128, "bfloat16")
+    plan = {name: bench.variant_plan(8, 32, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
+    default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
     assert plan["v2"] == plan["v2one"] == plan["v2wg2"] == default
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
     assert plan["v2P2"] == f"{default} P=2"
-    one = bench.variant_plan(1, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
-    assert one == f"{ops.seq_plan(1, bench.H, 65536, 128, 128, 'bfloat16').out.name} P=2"
+    one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
+    assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
