@@ -60,10 +60,12 @@ def peers() -> dict[str, Callable]:
 
 def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
-    E slice in one pass and at P = 2, and its variants (two consumer warpgroups, two state copies)."""
+    E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
+    two state copies)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
-        out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2}})
+        out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
+                    "v2P4": {"gen": 2, "segments": 4}})
         plans = {f"v2es{c}": dict(es=c) for c in (64, 32) if E % c == 0}  # each E slice, and the default slice
         plans.update({f"v2x{minb}": dict(minb=minb) for minb in (1, 2)})  # at one and at two CTAs per SM
         for name, kw in plans.items():
