@@ -6,12 +6,12 @@ Per shape (H=32, D=E=128 and D=64/E=256, bf16 by default; --heads, --dims, --bat
 the one-pass kernel (`one`), the sequence-parallel path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own
 choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importable; with --ab also the kernel
 options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
-and output pass of the default plan alone, where it cuts the sequence. `agree` is the worst-head relative
-difference of each variant's output from the first one's (a sanity check only: accuracy is tested in
-tests/test_cupy_kernels.py). Each row names the template instance behind every variant (`plan_*`; names that are
-one instance are printed as such), and the first variant is timed once more after the peers (`<first>.end`):
-their difference is the run's drift, the least difference between two variants that means anything. Rows go to
-OUT/bench.jsonl; a short table is printed last.
+and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments). `agree` is the
+worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
+tested in tests/test_cupy_kernels.py). Each row names the template instance behind every variant (`plan_*`;
+names that are one instance are printed as such), and the first variant is timed once more after the peers
+(`<first>.end`): their difference is the run's drift, the least difference between two variants that means
+anything. Rows go to OUT/bench.jsonl; a short table is printed last.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def variant_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -
 
 
 def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
-               passes: bool = False) -> dict:
+               passes: int | None = None) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
@@ -162,7 +162,10 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
     for name, kw in kws.items():
         plans.setdefault(row[f"plan_{name}"], []).append(name)
     row["same_plan"] = [names for names in plans.values() if len(names) > 1]
-    if passes and seq is not None:  # the default sequence-parallel plan's three passes, each alone
+    if passes is not None:  # the three passes of the rule's sequence-parallel plan (0) or of P segments
+        seq = ops.seq_plan(B, H, N, D, E, dtype, segments=passes or None)
+    if passes is not None and seq is not None:
+        row["passes_plan"] = f"{seq.state.name}, {seq.out.name}: P={seq.seg.count}, {seq.seg.sub} pieces each"
         local = ops._local_states(seq.state, 0, k, v, lam, seq.seg)
         s_in = ops._scan_cuda(local, lam, seq.seg, None)
         out_plan = seq.out.sized(0)
@@ -194,7 +197,8 @@ def line(row: dict) -> str:
     cells = " ".join(f"{k}={v:.3f}{'*' if v == best else ''}({row['floor_bytes'] / v / 1e6 / row['bw_gbps']:.0%})"
                      for k, v in ms.items())
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
-    passes = " ".join(f"{k[8:]}={v:.3f}" for k, v in row.items() if k.startswith("pass_ms_"))
+    passes = " ".join(f"{k[8:]}={v:.4f}" for k, v in row.items() if k.startswith("pass_ms_"))
+    passes += f" ({row['passes_plan']})" if "passes_plan" in row else ""
     shape = f"{row['dtype']} B{row['B']} H{row['H']} N{row['N']:5d} D{row['D']} E{row['E']}"
     return (f"{shape} P={row['segments_auto']}: {cells}"
             + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else "")
@@ -211,8 +215,9 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true", help="also time the kernel options (four loops, fp16 scale)")
     ap.add_argument("--es", action="store_true", help="also time one pass at every E slice and CTAs per SM")
     ap.add_argument("--gen", action="store_true", help="the kernel generations side by side (instead of P, ES)")
-    ap.add_argument("--passes", action="store_true",
-                    help="also time the default sequence-parallel plan's three passes alone (pass_ms_*)")
+    ap.add_argument("--passes", type=int, nargs="?", const=0, default=None, metavar="P",
+                    help="also time the three passes of the default sequence-parallel plan, or of P segments, "
+                         "each alone (pass_ms_*)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
