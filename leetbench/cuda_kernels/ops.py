@@ -365,10 +365,20 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                      smem=smem_bytes("wg", D, es, stages, dev))
 
 
-def _wg2_depths(plan: ChunkPlan, dev: int, per_sm: int) -> list[int]:
-    """Pipeline depths at which `plan`'s tiles and two state copies (layout wg2) fit `per_sm` CTAs on an SM."""
+def _depths(kind: str, plan: ChunkPlan, dev: int, per_sm: int) -> list[int]:
+    """Pipeline depths at which `plan`'s tiles in layout `kind` (wg2: two state copies, wg3: and a second output
+    staging) fit `per_sm` CTAs on an SM."""
     lim = device_limits(dev)
-    return [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg2", plan.D, plan.es, s, dev), per_sm)]
+    return [s for s in _STAGES if lim.blocks_fit(smem_bytes(kind, plan.D, plan.es, s, dev), per_sm)]
+
+
+def _deepest(kind: str, plan: ChunkPlan, dev: int, per_sm: int, form: str) -> dict:
+    """The deepest pipeline of layout `kind` at `per_sm` CTAs per SM, as ChunkPlan fields (stages, smem, minb);
+    ValueError naming the kernel `form` where none fits."""
+    fits = _depths(kind, plan, dev, per_sm)
+    if not fits:
+        raise ValueError(f"{form}: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
+    return {"stages": max(fits), "smem": smem_bytes(kind, plan.D, plan.es, max(fits), dev), "minb": per_sm}
 
 
 def _wg16(plan: ChunkPlan, what: str) -> None:
@@ -383,13 +393,8 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     _wg16(plan, "two state copies")
     if plan.wgs != 1:
         raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
-    minb = plan.minb if _wg2_depths(plan, dev, plan.minb) else 1
-    fits = _wg2_depths(plan, dev, minb)
-    if not fits:
-        raise ValueError(f"chunk_wg with two state copies: no pipeline depth of D={plan.D}, ES={plan.es} fits "
-                         f"shared memory")
-    st = max(fits)
-    return replace(plan, copies=2, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+    minb = plan.minb if _depths("wg2", plan, dev, plan.minb) else 1
+    return replace(plan, copies=2, **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
 
 
 def producer_split_plan(plan: ChunkPlan) -> ChunkPlan:
@@ -407,13 +412,9 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     one; the deepest pipeline whose tiles and two state copies fit that."""
     _wg16(plan, "two consumer warpgroups")
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
-    minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _wg2_depths(plan, dev, 2) \
+    minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    fits = _wg2_depths(plan, dev, minb)
-    if not fits:
-        raise ValueError(f"chunk_wg2: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
-    st = max(fits)
-    return replace(plan, wgs=2, copies=1, minb=minb, stages=st, smem=smem_bytes("wg2", plan.D, plan.es, st, dev))
+    return replace(plan, wgs=2, copies=1, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
 def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
@@ -421,12 +422,7 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     (chunk_wg3: CTAs of 416 threads, one per SM), the deepest pipeline whose tiles, two state copies and two
     output stagings fit."""
     _wg16(plan, "two output warpgroups")
-    lim = device_limits(dev)
-    fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wg3", plan.D, plan.es, s, dev), 1)]
-    if not fits:
-        raise ValueError(f"chunk_wg3: no pipeline depth of D={plan.D}, ES={plan.es} fits shared memory")
-    st = max(fits)
-    return replace(plan, wgs=3, copies=1, minb=1, stages=st, smem=smem_bytes("wg3", plan.D, plan.es, st, dev))
+    return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
 def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
