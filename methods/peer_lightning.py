@@ -19,8 +19,9 @@ Sizes: the kernel indexes D with `tl.arange(0, d)` and has no mask on E, so D mu
 16 and pads E to a power of two; the adapter calls `lightning_attn2` directly.) The sequence length is a
 compile-time constant of the kernel: each new N compiles once, in the untimed first call. A program's base
 offsets are 32-bit (`off_bh * n * e`, program_id times int arguments, plus the columns of a row), so the last
-program's row ends, ((B·H − 1)·N + 1)·max(D, E), must stay within 2^31: at B=8, H=32, N=65536, D=64, E=256 the kernel ended in an illegal address on an H200, which
-poisons the process's CUDA context, hence refused beforehand.
+program's row ends, ((B·H − 1)·N + 1)·max(D, E), must stay within 2^31: at B=8, H=32, N=65536, D=64, E=256
+the kernel ended in an illegal address on an H200, which poisons the process's CUDA context, hence refused
+beforehand.
 
 Complexity: O(N · (C·D + D·E)), C = 64.
 Source: https://github.com/OpenNLPLab/lightning-attention (lightning_attn/ops/triton/lightning_attn2.py);
