@@ -156,10 +156,9 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
     seq = ops.seq_plan(B, H, N, D, E, dtype)
     row = {"dtype": dname, "B": B, "H": H, "N": N, "D": D, "E": E, "bw_gbps": bw, "floor_bytes": floor,
            "segments_auto": seq.seg.count if seq else 1}
-    for name, kw in kws.items():  # which instance each variant ran, so two names for one plan show as such
-        row[f"plan_{name}"] = variant_plan(B, H, N, D, E, dtype, kw)
-    plans: dict[str, list[str]] = {}
+    plans: dict[str, list[str]] = {}  # which instance each variant ran, so two names for one plan show as such
     for name, kw in kws.items():
+        row[f"plan_{name}"] = variant_plan(B, H, N, D, E, dtype, kw)
         plans.setdefault(row[f"plan_{name}"], []).append(name)
     row["same_plan"] = [names for names in plans.values() if len(names) > 1]
     if passes is not None:  # the three passes of the rule's sequence-parallel plan (0) or of P segments
