@@ -13,6 +13,9 @@
 # along). Each stage is packed into $OUT/<stage>.tgz as it ends (machine files left out); at the end the
 # stages are merged into results/gpu-<card>/ (results, samples, leaderboard, page, plots).
 # A tree without .git: export LEETBENCH_GIT_SHA=<commit> first, so every row names its commit.
+# Stages of many shapes first fill Triton's kernel cache for their Triton peers, a shape per CPU at once, in at
+# most half of the stage's time (scripts/prewarm_peers.py: their compiling was most of the stage's device time;
+# timed region and tuning unchanged); PREWARM=0 leaves that out.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 [ "${DRAFT:-0}" = 1 ] || { first=${CUDA_VISIBLE_DEVICES:-0}; export CUDA_VISIBLE_DEVICES=${first%%,*}; }
@@ -34,6 +37,11 @@ stage_args() {  # the sweep of a stage, and how a multirun splits it into jobs
                   "|sweep.batch=[1],[8]" ;;
     wide)    echo "sweep=gpu_wide methods=[cupy_chunked,fla_chunk,lightning_attn2,mamba2_ssd] |sweep.batch=[1],[4,8]" ;;
     *) return 1 ;;
+  esac
+}
+prewarm_methods() {  # the stage's Triton peers whose setup compiles at every new shape (none: no prewarm)
+  case $1 in
+    kernels|wide) echo "fla_chunk,mamba2_ssd" ;;
   esac
 }
 one_commit() {  # a publication comes from one commit: rows of another in a stage folder are measured afresh
@@ -74,6 +82,13 @@ for stage in "$@"; do
   fi
   one_commit "$dest/$stage"
   args=(${spec%%|*}) split=${spec##*|}
+  warm=$(prewarm_methods "$stage")
+  if [ "${PREWARM:-1}" = 1 ] && [ -n "$warm" ]; then
+    start=$(date +%s)
+    python3 "$(dirname "$0")/prewarm_peers.py" --methods "$warm" --seconds $(( limit / 2 )) --done "$dest/$stage" \
+      -- "${args[@]}" "$split" device=cuda
+    limit=$(( limit - ($(date +%s) - start) ))
+  fi
   start=$(date +%s)
   timeout -s INT "$limit" leetbench -m hydra/launcher=gpus device=cuda progress=lines "${args[@]}" \
     "$split" out="$dest/$stage" > "$log/$stage.log" 2>&1
