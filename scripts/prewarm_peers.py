@@ -7,9 +7,9 @@ Why: a Triton peer compiles every autotune config the first time it meets a shap
 new (B, H, D, E, initial state) on an H200), and a publication stage measures one job at a time on one GPU,
 so most of its device time was that compiling (session 11: ~7.5 s per row, 89% of it the peers' setup).
 Compiled kernels depend on the shape, not on N (Triton specialises an integer argument only on being 1 or a
-multiple of 16, and every N of these grids is a multiple of 16), so this runs the stage's sweep once per shape at its shortest N, with
-only `--methods`, in `--jobs` processes at once, and throws the rows away: the compiled kernels land in
-Triton's on-disk cache, which the stage then finds. The measured region is untouched, and so is tuning:
+multiple of 16, and every N of these grids is a multiple of 16), so this runs the stage's sweep once per shape
+at its shortest N, with only `--methods`, in `--jobs` processes at once, and throws the rows away: the compiled
+kernels land in Triton's on-disk cache, which the stage then finds. The measured region is untouched, and so is tuning:
 FLA_CACHE_RESULTS=0 keeps fla's autotune picks (made here beside other processes) off the disk, so the stage,
 alone on the GPU, still picks each shape's config itself. Measured on one H200 (wide stage, B=4/8, the same
 prewarm as a hand-written loop, before this script): fla_chunk's median setup per row 19.7 s → 6.5 s, the
