@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes at once (default: CPUs)")
     ap.add_argument("--seconds", type=float, default=330.0, help="stop every process by then (default 330)")
     ap.add_argument("--done", type=Path, help="the stage's folder: shapes measured there are left out")
-    ap.add_argument("--dry-run", action="store_true", help="print the shapes and commands, run nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the shapes to compile, run nothing")
     ap.add_argument("overrides", nargs="*", help="the stage's leetbench overrides (after --)")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
