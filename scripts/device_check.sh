@@ -58,6 +58,7 @@ for stage in $stages; do
         call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" "${flags[@]}")
         ncu -k 'regex:^chunk_wg(2|3|32)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
           --section WarpStateStats --section Occupancy --section SourceCounters --section ComputeWorkloadAnalysis \
+          --section MemoryWorkloadAnalysis \
           -o "$log/$name" -f "${call[@]}" > "$log/ncu-$name.log" 2>&1
         ncu -i "$log/$name.ncu-rep" --print-summary none > "$log/ncu-$name.txt" 2>&1
         ncu -i "$log/$name.ncu-rep" --page source --print-source sass --csv > "$log/sass-$name.csv" 2>&1
@@ -66,7 +67,7 @@ for stage in $stages; do
           --metrics 'regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active$' \
           "${call[@]}" > "$log/pipes-$name.txt" 2>&1
         echo "== profile $name: $(grep -h -o '^chunk_w[^:]*' "$log/ncu-$name.log" | head -1)"
-        grep -h -E "Duration|DRAM Throughput|Memory Throughput|Issue Slots|Warp Cycles Per Issued|Achieved Occ|sm__pipe" \
+        grep -h -E "Duration|DRAM Throughput|Memory Throughput|L1/TEX|Shared|Issue Slots|Warp Cycles Per Issued|Achieved Occ|sm__pipe" \
           "$log/ncu-$name.txt" "$log/pipes-$name.txt"
       done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
