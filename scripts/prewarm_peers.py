@@ -73,12 +73,12 @@ def whole(override: str) -> str:
 
 
 def stage_config(overrides: list[str]):
-    """The stage's composed configuration, as `leetbench` would compose it."""
+    """The stage's composed configuration, as `leetbench` would compose it (splits already taken whole)."""
     from hydra import compose, initialize_config_module  # noqa: PLC0415
 
     register_configs()
     with initialize_config_module(config_module="leetbench.configs", version_base="1.3"):
-        return compose(config_name="config", overrides=[whole(o) for o in overrides])
+        return compose(config_name="config", overrides=overrides)
 
 
 def _match(values: dict) -> tuple:
