@@ -311,7 +311,7 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     """The one-pass launch plan (B·H·E/ES CTAs): kernel generation, columns per CTA (ES), pipeline depth,
     CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
     wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
-    minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1 or 2 (split_plan).
+    minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1, 2 (split_plan) or 3 (two_output_plan).
     """
     if wgs not in (None, 1, 2, 3):
         raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2, 3 or None for the rule)")
