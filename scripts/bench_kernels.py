@@ -61,7 +61,7 @@ def peers() -> dict[str, Callable]:
 def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
-    two state copies)."""
+    two output warpgroups, two E slices sharing their scores, two state copies)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
@@ -92,6 +92,12 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                             out[key + "p"] = {**out[key], "plan": ops.pipe_plan(plan)}
                 except ValueError as exc:
                     print(f"  v2wg{w}: {exc}")
+            for key, plan, segs in (("v2pair", ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1), 1),
+                                    ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2)):
+                try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25)
+                    out[key] = {"plan": ops.shared_scores_plan(plan), **({"segments": segs} if segs > 1 else {})}
+                except ValueError as exc:
+                    print(f"  {key}: {exc}")
             out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1)),
                              "segments": 2}

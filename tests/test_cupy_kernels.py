@@ -269,8 +269,8 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
-    warpgroups and with two state copies (float32: each count of producer warps, with and without their split
-    of the chunk)."""
+    warpgroups, with two E slices a CTA sharing their scores and with two state copies (float32: each count of
+    producer warps, with and without their split of the chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -292,6 +292,9 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         out += [split, shallow, ops.pipe_plan(split), ops.pipe_plan(shallow)]  # and its output warps pipelined
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
+        if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
+            pair = ops.shared_scores_plan(base, 0)
+            out += [pair] + ([replace(pair, stages=2, smem=0)] if pair.stages > 2 else [])
         out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
@@ -543,6 +546,9 @@ _SANITIZE = textwrap.dedent("""
             three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt, wgs=3))
+            pair = ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg4: two slices, one P
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=pair, segments=3)
+            run(ops.chunked, 2, 1, 131, 64, 64, dt, True, plan=ops.shared_scores_plan(plan(2, 1, 64, 64, dt, es=32)))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)
     f32 = torch.float32

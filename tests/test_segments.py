@@ -187,6 +187,13 @@ def _stub_wg3_smem(D: int, es: int, stages: int) -> int:
     return _stub_wg2_smem(D, es, stages) + 64 * (es + 8) * 2
 
 
+def _stub_wg4_smem(D: int, es: int, stages: int) -> int:
+    """chunked_wg4.cu's Wg4Smem::ALLOC: Q and K tiles once per stage, V tiles, Ṽ, two state copies and output
+    staging for each of two slices, behind a 1 KB head, plus 1 KB to align the base."""
+    vt = 64 * 2 * es
+    return 1024 + stages * (2 * (D // 64) * 8192 + 2 * vt) + 2 * vt + 4 * D * 2 * es + 2 * 64 * (es + 8) * 2 + 1024
+
+
 def _stub_wg32_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32Smem::ALLOC: float16 hi and lo tiles of Q, K, V, Ṽ and the state copy, float32
     staging of one chunk's Q, K, V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice,
@@ -205,7 +212,7 @@ def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
 def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
     stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg2": lambda D, es, st: _stub_wg2_smem(D, es, st),
-             "wg3": lambda D, es, st: _stub_wg3_smem(D, es, st),
+             "wg3": lambda D, es, st: _stub_wg3_smem(D, es, st), "wg4": lambda D, es, st: _stub_wg4_smem(D, es, st),
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
@@ -290,6 +297,25 @@ def test_two_output_plan(h200_gen2):
         ops.chunk_plan(8, 32, 128, 128, "float32", wgs=3)
     with pytest.raises(ValueError, match=r"wgs=4 consumer warpgroups \(valid: 1, 2, 3 or None"):
         ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=4)
+
+
+def test_shared_scores_plan(h200_gen2):
+    """chunk_wg4: two E slices per CTA, the scores formed once for both, 416 threads, one CTA per SM, half the
+    CTAs, the deepest pipeline whose layout (per slice V, Ṽ, two copies, staging) fits; an even number of slices
+    and 16-bit generation 2 only."""
+    base = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
+    pair = ops.shared_scores_plan(base)
+    assert (pair.name, pair.threads, pair.minb, pair.kind, pair.cl) == ("chunk_wg4<128,64,1,2,true>", 416, 1, "wg4", 1)
+    assert pair.smem == _stub_wg4_smem(128, 64, 2) == 200704                  # three stages would not fit
+    assert ops.shared_scores_plan(ops.chunk_plan(1, 32, 64, 256, "float16")).name == "chunk_wg4<64,64,2,4,false>"
+    assert ops.shared_scores_plan(ops.chunk_plan(1, 32, 128, 64, "bfloat16", es=32)).name == \
+        "chunk_wg4<128,32,1,4,true>"
+    with pytest.raises(ValueError, match=r"even number of them \(got chunk_wg<128,64,1,4,true,1>, 1 slice\(s\) of 64"):
+        ops.shared_scores_plan(ops.chunk_plan(1, 32, 128, 64, "bfloat16", es=64, wgs=1))
+    with pytest.raises(ValueError, match=r"got chunk_wg4<128,64,1,2,true>"):
+        ops.shared_scores_plan(pair)
+    with pytest.raises(ValueError, match=r"shared scores are a generation-2 16-bit plan \(got chunk_wg32"):
+        ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
 
 
 def test_pipe_plan(h200_gen2):

@@ -71,6 +71,13 @@ struct Wg3Smem : Wg2Smem<D, ES, STAGES> {
   static constexpr int ALLOC = BYTES + 1024;
 };
 
+// Named barrier ID for one warpgroup (128 threads): 1 is consumers_sync's; chunk_wg4's two state warpgroups take
+// 1 and 2, each meeting only its own four warps.
+template <int ID>
+__device__ __forceinline__ void wg_sync() {
+  asm volatile("bar.sync %0, 128;" ::"n"(ID) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -78,9 +85,10 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // The producer warp: chunk c into slot c mod STAGES (Q — unless LOADQ is false — and K as D/64 blocks of
-// 64 × 128 bytes, this CTA's V slice as 64 rows of VRB bytes, at layout L's offsets), then chunk c-1's copies
-// awaited, fenced for the async proxy and announced.
-template <class L, int D, int STAGES, bool LOADQ>
+// 64 × 128 bytes, this CTA's V slice as 64 rows of VRB bytes, at layout L's offsets; NV slices side by side in
+// E, slice s's tiles STAGES·VT bytes after slice s - 1's), then chunk c-1's copies awaited, fenced for the async
+// proxy and announced.
+template <class L, int D, int STAGES, bool LOADQ, int NV = 1>
 __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u16* v, u64 tok0, int n, int E,
                                             int e0, int lane, u32 sbase) {
   constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
@@ -102,12 +110,15 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
       if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
       cp_async16(kd + so, k + off, ok ? 16u : 0u);
     }
+#pragma unroll
+    for (int sl = 0; sl < NV; ++sl)
 #pragma unroll 4
-    for (int idx = lane; idx < CH * VPC; idx += 32) {
-      const int row = idx / VPC, p = idx % VPC;
-      const bool ok = row < nv;
-      cp_async16(vd + swz<L::VRB>(row, p), v + (t0 + (ok ? row : 0)) * E + e0 + p * 8, ok ? 16u : 0u);
-    }
+      for (int idx = lane; idx < CH * VPC; idx += 32) {
+        const int row = idx / VPC, p = idx % VPC;
+        const bool ok = row < nv;
+        cp_async16(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
+                   v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
+      }
     cp_async_commit();
     if (c > 0) {
       cp_async_wait<1>();
@@ -166,7 +177,7 @@ __device__ __forceinline__ void wg_state_update(float (&S)[NMB][ES / 2], u32 k, 
 
 // The largest |entry| of the state over the consumer warpgroup: each warp's in scl[w], then all four read
 // them after the named barrier (a later call rewrites scl only after the warps have met at another barrier).
-template <int DB, int NA>
+template <int DB, int NA, int BARID = 1>
 __device__ __forceinline__ float wg_state_max(const float (&S)[DB][NA], u32* scl, int w, int l) {
   float m = 0.f;
 #pragma unroll
@@ -175,7 +186,7 @@ __device__ __forceinline__ float wg_state_max(const float (&S)[DB][NA], u32* scl
     for (int i = 0; i < NA; ++i) m = fmaxf(m, fabsf(S[mb][i]));
   const u32 wm = warp_max_u32(__float_as_uint(m));
   if (l == 0) scl[w] = wm;
-  consumers_sync();
+  wg_sync<BARID>();
   return __uint_as_float(max(max(scl[0], scl[1]), max(scl[2], scl[3])));
 }
 
@@ -318,9 +329,11 @@ __device__ __forceinline__ void wg_store_rows(void* o, const void* staged, u64 t
 // COPIES = 2 (chunk_wg only, KERNEL_NOTES v15): the state copy alternates between two buffers, so the copy for
 // chunk c + 1 is written while chunk c's Q Kᵀ and Q S_in still run on the tensor pipe (Kᵀ Ṽ issued first),
 // instead of after the chunk's last product.
-template <int D, int ES, int STAGES, bool BF16, int COPIES = 1>
+// LAYOUT, BARID (chunk_wg4's state warpgroups): where the tiles, state copies and scales are, and the named
+// barrier the warpgroup meets at.
+template <int D, int ES, int STAGES, bool BF16, int COPIES = 1, class LAYOUT = WgSmem<D, ES, STAGES>, int BARID = 1>
 struct WgConsumer {
-  using L = WgSmem<D, ES, STAGES>;
+  using L = LAYOUT;
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
   static constexpr bool SC = !BF16;  // the float16 state copy is scaled
 
@@ -329,7 +342,7 @@ struct WgConsumer {
                                                      int w, int l, int r0) {
     float up = 1.f, down = 1.f;
     if (SC) {
-      const u32 s = state_scale_exp(wg_state_max(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
+      const u32 s = state_scale_exp(wg_state_max<DB, NA, BARID>(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
       up = __uint_as_float((127u + s) << 23);
       down = __uint_as_float((127u - s) << 23);
     }
@@ -365,7 +378,7 @@ struct WgConsumer {
 #pragma unroll
       for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
     fence_async_smem();
-    consumers_sync();  // Ṽ and the state copy written by every thread of the warpgroup
+    wg_sync<BARID>();  // Ṽ and the state copy written by every thread of the warpgroup
     wg_fence();
   }
 
@@ -500,10 +513,12 @@ __global__ void chunk_wg_layout(int* out) {
 // PIPE (KERNEL_NOTES v20; one CTA per SM): the output warps issue chunk c + 1's Q Kᵀ and Q S_in before they store
 // chunk c's outputs, so the stores overlap the tensor pipe; chunk c's outputs and chunk c + 1's Q S_in are two
 // register arrays, taken in turn (the loop unrolled by two, so each is a compile-time array).
-template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false>
+template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false,
+          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1>
 struct WgSplit {
-  using L = Wg2Smem<D, ES, STAGES>;
-  using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its write_copy, state load and store, chunk start, output store
+  using L = LAYOUT;
+  using C1 = WgConsumer<D, ES, STAGES, BF16, 1, L, BARID>;  // its write_copy, state load and store, chunk start,
+                                                            // output store
   static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
 
   static __device__ __forceinline__ u32 copy_at(int buf) { return buf ? L::SB2 : L::SB; }
@@ -633,7 +648,7 @@ struct WgSplit {
       wg_wait<0>();
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-      consumers_sync();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
+      wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
       if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }

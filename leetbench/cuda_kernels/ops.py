@@ -127,7 +127,7 @@ def setup_recurrent(problem) -> None:
 # ---- chunked, tensor cores ---------------------------------------------------------------------------------
 
 _CHUNK_FILES = ("common.cuh", "chunked.cu")
-_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu")  # generation 2 (sm_90a)
+_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu", "chunked_wg4.cu")  # gen 2
 CHUNKED_FILES = tuple(dict.fromkeys(_CHUNK_FILES + _WG_FILES))  # every source a chunked kernel compiles from
 OPT_SCALE16 = 1  # chunked.cu OPT bit: float16 state copy scaled by powers of two (never Inf)
 OPT_ONELOOP = 2  # chunked.cu OPT bit: one consumer loop, one bar.sync (compute-sanitizer synccheck passes)
@@ -142,10 +142,11 @@ def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
     chunked_wg.cu with its two- and three-warpgroup forms wg2, wg3 and its state pass wgstate, wg32 in
     chunked_wg32.cu, whose one staging slot makes `stages` 1), as the compiled module defines it (chunk_layout,
-    chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout)."""
+    chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout; wg4:
+    chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg2", "wg3", "wg32", "wgstate"):
+        if kind in ("wg", "wg2", "wg3", "wg4", "wg32", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -178,13 +179,13 @@ _WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its m
 
 
 def _read_wg_layouts(dev: int) -> None:
-    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout and
-    chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout."""
-    combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wgstate") for D in _WG_D for es in _WG_ES
+    """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout,
+    chunk_wg4_layout and chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout."""
+    combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wg4", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
     combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
-                "wg3": "chunk_wg3_layout<{},{},{}>",
+                "wg3": "chunk_wg3_layout<{},{},{}>", "wg4": "chunk_wg4_layout<{},{},{}>",
                 "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
@@ -257,6 +258,8 @@ class ChunkPlan:
     copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
     psplit: bool = False  # chunk_wg32: the producer warps split the chunk into pieces (producer_split_plan)
     pipe: bool = False  # chunk_wg2: the output warps issue chunk c + 1's products before storing c's (pipe_plan)
+    pair: bool = False  # chunk_wg4: a CTA covers two E slices of `es` (cl = E / 2es), Q Kᵀ formed once for both
+    #                     (wgs 3: one output warpgroup, a state warpgroup per slice; shared_scores_plan)
 
     @property
     def opts(self) -> int:
@@ -274,6 +277,8 @@ class ChunkPlan:
         if self.gen == 2:
             if self.f32:
                 return "wg32"
+            if self.pair:
+                return "wg4"
             return "wg3" if self.wgs == 3 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
@@ -288,6 +293,8 @@ class ChunkPlan:
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
+            if self.pair:
+                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
             if self.wgs == 2:
@@ -423,6 +430,18 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     output stagings fit."""
     _wg16(plan, "two output warpgroups")
     return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
+
+
+def shared_scores_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+    """`plan` (generation 2, 16-bit) with each CTA covering two of its E slices and forming the chunk's scores
+    P = (Q Kᵀ) ⊙ M once for both (chunk_wg4: one output warpgroup, a state warpgroup per slice, CTAs of 416
+    threads, one per SM; half as many CTAs), the deepest pipeline whose tiles fit."""
+    _wg16(plan, "shared scores")
+    if plan.pair or plan.cl % 2:
+        raise ValueError(f"shared scores pair two E slices of a plan with an even number of them (got {plan.name}, "
+                         f"{plan.cl} slice(s) of {plan.es} columns)")
+    return replace(plan, pair=True, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
+                   **_deepest("wg4", plan, dev, 1, "chunk_wg4"))
 
 
 def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
