@@ -312,8 +312,9 @@ def test_shared_scores_plan(h200_gen2):
         "chunk_wg4<128,32,1,4,true>"
     with pytest.raises(ValueError, match=r"even number of them \(got chunk_wg<128,64,1,4,true,1>, 1 slice\(s\) of 64"):
         ops.shared_scores_plan(ops.chunk_plan(1, 32, 128, 64, "bfloat16", es=64, wgs=1))
-    with pytest.raises(ValueError, match=r"got chunk_wg4<128,64,1,2,true>"):
-        ops.shared_scores_plan(pair)
+    for other in (ops.shared_scores_plan, ops.split_plan, ops.two_output_plan, ops.two_copy_plan, ops.pipe_plan):
+        with pytest.raises(ValueError, match=r"got chunk_wg4<128,64,1,2,true>"):  # no other form of a pair
+            other(pair)
     with pytest.raises(ValueError, match=r"shared scores are a generation-2 16-bit plan \(got chunk_wg32"):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
 

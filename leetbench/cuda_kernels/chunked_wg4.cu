@@ -90,12 +90,13 @@ struct WgPair {
       mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
       const u32 qs = sbase + LY::QS + slot * DB * LY::QKT;
+      wg_fence();
+      float acc_a[32], o0[NA], o1[NA];
+      wg_scores<D, BF16>(acc_a, qs, sbase + LY::KS + slot * DB * LY::QKT, false);  // needs only the slot
+      wg_commit();
       mbar_wait(sbase + S0::CBAR + 8 * buf, (c >> 1) & 1);  // copy c of each slice from its state warps
       mbar_wait(sbase + S1::CBAR + 8 * buf, (c >> 1) & 1);
       wg_fence();
-      float acc_a[32], o0[NA], o1[NA];
-      wg_scores<D, BF16>(acc_a, qs, sbase + LY::KS + slot * DB * LY::QKT, false);
-      wg_commit();
       wg_query_state<D, ES, BF16>(o0, qs, sbase + (buf ? S0::SB2 : S0::SB), false);
       wg_query_state<D, ES, BF16>(o1, qs, sbase + (buf ? S1::SB2 : S1::SB), false);
       wg_commit();
@@ -135,6 +136,8 @@ __global__ void __launch_bounds__(416, 1)
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
               int E, float scale, int L, int RUNS) {
   using LY = Wg4Smem<D, ES, STAGES>;
+  static_assert(Wg4Slice<D, ES, STAGES, 1>::VS - Wg4Slice<D, ES, STAGES, 0>::VS == STAGES * LY::VT,
+                "wg_producer puts slice 1's V tiles STAGES·VT after slice 0's");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 12);
   cta.e0 *= 2;  // wg_cta's slice index times ES: this CTA's two slices start at 2·ES times it

@@ -418,6 +418,8 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: ES = 32), else
     one; the deepest pipeline whose tiles and two state copies fit that."""
     _wg16(plan, "two consumer warpgroups")
+    if plan.pair:
+        raise ValueError(f"two consumer warpgroups take one E slice a CTA (got {plan.name})")
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
@@ -429,6 +431,8 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     (chunk_wg3: CTAs of 416 threads, one per SM), the deepest pipeline whose tiles, two state copies and two
     output stagings fit."""
     _wg16(plan, "two output warpgroups")
+    if plan.pair:
+        raise ValueError(f"two output warpgroups take one E slice a CTA (got {plan.name})")
     return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
