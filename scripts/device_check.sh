@@ -43,27 +43,29 @@ for stage in $stages; do
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
     profile)  # Nsight Compute on one warm launch of the default plan's output pass (chunk_wg2, chunk_wg32) at
               # N=16384, B=1 and B=8 (bf16, fp32), of one consumer warpgroup (chunk_wg, bf16, B=8), of the
-              # pipelined output warps (PIPE) and of two output warpgroups (chunk_wg3, bf16, B=8): speed of
+              # pipelined output warps (PIPE), of two output warpgroups (chunk_wg3, bf16, B=8) and of two E
+              # slices sharing their scores (chunk_wg4, bf16, B=8): speed of
               # light, warp states, tensor-pipe activity, and the SASS lines where warps stalled most.
               # PROFILE="bf16:8 bf16:8:pipe" picks some of them.
-      for run in ${PROFILE:-bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:wg1 bf16:8:pipe bf16:8:wg3}; do
+      for run in ${PROFILE:-bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:wg1 bf16:8:pipe bf16:8:wg3 bf16:8:pair}; do
         IFS=: read -r dt b variant <<< "$run"
         name=$dt-b$b${variant:+-$variant}
         case $variant in
           wg1) flags=(--wgs 1) ;;
           wg3) flags=(--wgs 3) ;;
+          pair) flags=(--pair) ;;
           pipe) flags=(--pipe) ;;
           *) flags=() ;;
         esac
         call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" "${flags[@]}")
-        ncu -k 'regex:^chunk_wg(2|3|32)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+        ncu -k 'regex:^chunk_wg(2|3|4|32)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
           --section WarpStateStats --section Occupancy --section SourceCounters --section ComputeWorkloadAnalysis \
           --section MemoryWorkloadAnalysis \
           -o "$log/$name" -f "${call[@]}" > "$log/ncu-$name.log" 2>&1
         ncu -i "$log/$name.ncu-rep" --print-summary none > "$log/ncu-$name.txt" 2>&1
         ncu -i "$log/$name.ncu-rep" --page source --print-source sass --csv > "$log/sass-$name.csv" 2>&1
         # the tensor pipes by their own counters (names differ across Nsight versions, hence the regex)
-        ncu -k 'regex:^chunk_wg(2|3|32)?$' --launch-skip 1 --launch-count 1 \
+        ncu -k 'regex:^chunk_wg(2|3|4|32)?$' --launch-skip 1 --launch-count 1 \
           --metrics 'regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active$' \
           "${call[@]}" > "$log/pipes-$name.txt" 2>&1
         echo "== profile $name: $(grep -h -o '^chunk_w[^:]*' "$log/ncu-$name.log" | head -1)"

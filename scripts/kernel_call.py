@@ -2,13 +2,14 @@
 
     python3 scripts/kernel_call.py [--dtype bf16|fp16|fp32] [--batch 1] [--heads 32] [--length 16384]
                                    [--dims 128x128] [--segments P] [--producers NPW] [--wgs 1|2|3] [--pipe]
-                                   [--two-copies] [--producer-split] [--calls 3]
+                                   [--two-copies] [--producer-split] [--pair] [--calls 3]
 
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
 warps; `--wgs` one consumer warpgroup, chunk_wg, two, chunk_wg2, or three, chunk_wg3; `--pipe` chunk_wg2's
 output warps pipelined; `--two-copies` chunk_wg with two state copies; `--producer-split` has chunk_wg32's
-producers split the chunk). It compiles before the first call and synchronises after the last, so under
-`ncu -k "regex:^chunk_wg(2|3|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one.
+producers split the chunk; `--pair` chunk_wg4, two E slices a CTA sharing their scores). It compiles before the
+first call and synchronises after the last, so under
+`ncu -k "regex:^chunk_wg(2|3|4|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one.
 Prints the plan and the median ms of the calls (CUDA events, not the harness's figure).
 """
 
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--pipe", action="store_true", help="chunk_wg2's output warps pipelined (16-bit only)")
     ap.add_argument("--two-copies", action="store_true", help="chunk_wg with two state copies (16-bit only)")
     ap.add_argument("--producer-split", action="store_true", help="chunk_wg32's producers split the chunk (fp32)")
+    ap.add_argument("--pair", action="store_true", help="chunk_wg4: two E slices a CTA, one Q Kᵀ (16-bit only)")
     ap.add_argument("--calls", type=int, default=3)
     args = ap.parse_args()
     B, H, N = args.batch, args.heads, args.length
@@ -67,10 +69,12 @@ def main() -> None:
             sys.exit(f"kernel_call: --wgs {args.wgs}: {exc}")
     for on, flag, variant in ((args.pipe, "--pipe", ops.pipe_plan),
                               (args.two_copies, "--two-copies", ops.two_copy_plan),
-                              (args.producer_split, "--producer-split", ops.producer_split_plan)):
+                              (args.producer_split, "--producer-split", ops.producer_split_plan),
+                              (args.pair, "--pair", ops.shared_scores_plan)):
         if on:  # the variant of the plan so far (or of the default)
             try:
-                base = kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype, wgs=1 if args.two_copies else None)
+                one = args.two_copies or args.pair  # a variant of one consumer warpgroup's plan
+                base = kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype, wgs=1 if one else None)
                 kw = {"plan": variant(base), "segments": args.segments}
             except ValueError as exc:
                 sys.exit(f"kernel_call: {flag}: {exc}")
