@@ -41,17 +41,18 @@ for stage in $stages; do
     memory)  # what holds the memory where a row ends oom (float32, B=8, N=16k then 64k, the kernel stage's order)
       TAIL=60 run memory 300 python3 scripts/device_memory_probe.py ;;
     dispatch) run dispatch 30 python3 scripts/bench_dispatch.py --device cuda --dtype bfloat16 ;;
-    profile)  # Nsight Compute on one warm launch of the default plan's output pass (chunk_wg2, chunk_wg32) at
-              # N=16384, B=1 and B=8 (bf16, fp32), of one consumer warpgroup (chunk_wg, bf16, B=8), of the
-              # pipelined output warps (PIPE), of two output warpgroups (chunk_wg3, bf16, B=8) and of two E
-              # slices sharing their scores (chunk_wg4, bf16, B=8): speed of
+    profile)  # Nsight Compute on one warm launch of the default plan's output pass (chunk_wg2, chunk_wg4 at
+              # B=8, chunk_wg32) at N=16384, B=1 and B=8 (bf16, fp32), of one consumer warpgroup (chunk_wg,
+              # bf16, B=8), of two (chunk_wg2, B=8), of the pipelined output warps (PIPE) and of two output
+              # warpgroups (chunk_wg3, bf16, B=8): speed of
               # light, warp states, tensor-pipe activity, and the SASS lines where warps stalled most.
               # PROFILE="bf16:8 bf16:8:pipe" picks some of them.
-      for run in ${PROFILE:-bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:wg1 bf16:8:pipe bf16:8:wg3 bf16:8:pair}; do
+      for run in ${PROFILE:-bf16:1 bf16:8 fp32:1 fp32:8 bf16:8:wg1 bf16:8:wg2 bf16:8:pipe bf16:8:wg3}; do
         IFS=: read -r dt b variant <<< "$run"
         name=$dt-b$b${variant:+-$variant}
         case $variant in
           wg1) flags=(--wgs 1) ;;
+          wg2) flags=(--wgs 2) ;;
           wg3) flags=(--wgs 3) ;;
           pair) flags=(--pair) ;;
           pipe) flags=(--pipe) ;;

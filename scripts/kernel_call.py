@@ -67,14 +67,13 @@ def main() -> None:
             kw = {"plan": ops.chunk_plan(B, H, D, E, dtype, wgs=args.wgs), "segments": args.segments}
         except ValueError as exc:
             sys.exit(f"kernel_call: --wgs {args.wgs}: {exc}")
-    for on, flag, variant in ((args.pipe, "--pipe", ops.pipe_plan),
-                              (args.two_copies, "--two-copies", ops.two_copy_plan),
-                              (args.producer_split, "--producer-split", ops.producer_split_plan),
-                              (args.pair, "--pair", ops.shared_scores_plan)):
-        if on:  # the variant of the plan so far (or of the default)
+    for on, flag, variant, wgs in ((args.pipe, "--pipe", ops.pipe_plan, 2),
+                                   (args.two_copies, "--two-copies", ops.two_copy_plan, 1),
+                                   (args.producer_split, "--producer-split", ops.producer_split_plan, None),
+                                   (args.pair, "--pair", ops.shared_scores_plan, 1)):
+        if on:  # the variant of the plan so far (or of the consumer warpgroups it varies)
             try:
-                one = args.two_copies or args.pair  # a variant of one consumer warpgroup's plan
-                base = kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype, wgs=1 if one else None)
+                base = kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype, wgs=wgs)
                 kw = {"plan": variant(base), "segments": args.segments}
             except ValueError as exc:
                 sys.exit(f"kernel_call: {flag}: {exc}")

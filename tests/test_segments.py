@@ -233,7 +233,7 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
-    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16")                    # one CTA per SM: two warpgroups
+    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)        # one CTA per SM: two warpgroups
     assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg2<128,64,2,4,true,1>"
     one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
     assert one.name == "chunk_wg<128,64,2,4,true,1>" and ops.split_plan(one, ctas=512) == b8
@@ -270,7 +270,7 @@ def test_split_plan(h200_gen2):
     """Two consumer warpgroups: one CTA per SM of 288 threads, the deepest pipeline whose tiles and both state
     copies fit; two per SM where the grid has a second wave and both fit; 16-bit generation 2 only, refused by
     name else."""
-    split = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"), ctas=512)
+    split = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ctas=512)
     assert (split.name, split.threads, split.minb, split.kind) == ("chunk_wg2<128,64,2,4,true,1>", 288, 1, "wg2")
     assert split.smem == _stub_wg2_smem(128, 64, 4) == 216064                  # 156 registers: one per SM
     assert ops.split_plan(ops.chunk_plan(1, 32, 64, 256, "float16")).name == "chunk_wg2<64,64,4,4,false,1>"
@@ -292,7 +292,7 @@ def test_two_output_plan(h200_gen2):
     assert (three.name, three.threads, three.minb, three.kind) == ("chunk_wg3<128,64,2,4,true>", 416, 1, "wg3")
     assert three.smem == _stub_wg3_smem(128, 64, 4) == 225280 and three.smem + 1024 <= 233472
     assert ops.two_output_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32)).name == "chunk_wg3<64,32,8,4,false>"
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16").wgs == 2                  # not the rule's
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False).wgs == 2      # not the rule's
     with pytest.raises(ValueError, match=r"two output warpgroups are a generation-2 16-bit plan \(got chunk_wg32"):
         ops.chunk_plan(8, 32, 128, 128, "float32", wgs=3)
     with pytest.raises(ValueError, match=r"wgs=4 consumer warpgroups \(valid: 1, 2, 3 or None"):
@@ -319,10 +319,35 @@ def test_shared_scores_plan(h200_gen2):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
 
 
+def test_shared_scores_rule(h200_gen2):
+    """chunk_plan's rule takes chunk_wg4 at D = 128 where the halved grid leaves at most 1/16 of the SMs idle
+    (KERNEL_NOTES v26), never at D = 64, in float32, where the caller pinned the plan, or for segments."""
+    for dtype in ("bfloat16", "float16"):
+        rule = ops.chunk_plan(8, 32, 128, 128, dtype)
+        assert rule == ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, dtype, wgs=1)) == \
+            ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
+    assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,2,true>"  # 128 CTAs
+    assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
+    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"  # 123
+    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"   # 64: half idle
+    assert not ops.chunk_plan(1, 32, 128, 256, "bfloat16").pair               # 64 CTAs
+    assert not ops.chunk_plan(8, 16, 64, 256, "bfloat16").pair                # D = 64: slower measured
+    assert not ops.chunk_plan(8, 32, 128, 128, "float32").pair
+    assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=64).pair        # pinned: as asked
+    assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).pair
+    assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None           # one pass, the pair
+    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == ["chunk_wg4<128,64,1,2,true>"]
+    assert not ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16").out.pair      # segments: one slice a CTA
+    with pytest.raises(ValueError, match=r"pair=True is chunk_wg4 with its own warpgroups \(got wgs=2\)"):
+        ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True, wgs=2)
+    with pytest.raises(ValueError, match=r"shared scores are a generation-2 16-bit plan \(got chunk_wg32"):
+        ops.chunk_plan(8, 32, 128, 128, "float32", pair=True)
+
+
 def test_pipe_plan(h200_gen2):
     """chunk_wg2 with pipelined output warps: the same plan and shared memory, named by PIPE; refused by name
     for anything but chunk_wg2 at one CTA per SM."""
-    split = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
+    split = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
     piped = ops.pipe_plan(split)
     assert (piped.name, piped.smem, piped.threads) == ("chunk_wg2<128,64,2,4,true,1,true>", split.smem, 288)
     assert split.name == "chunk_wg2<128,64,2,4,true,1>"                  # the default: not pipelined
@@ -345,7 +370,7 @@ def test_two_copy_plan(h200_gen2):
     with pytest.raises(ValueError, match=r"two state copies are a generation-2 16-bit plan \(got chunk_wg32"):
         ops.two_copy_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"two state copies are chunk_wg's \(got chunk_wg2"):
-        ops.two_copy_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16")))
+        ops.two_copy_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)))
 
 
 def test_producer_split_plan(h200_gen2):
@@ -395,8 +420,8 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     kws = bench.gen_variants(8, 32, 128, 128, "bfloat16")
     plan = {name: bench.variant_plan(8, 32, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
-    assert plan["v2"] == plan["v2one"] == plan["v2wg2"] == default
+    assert plan["v2"] == plan["v2one"] == plan["v2pair"] == default and default.startswith("chunk_wg4<")
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
-    assert plan["v2P2"] == f"{default} P=2"
+    assert plan["v2P2"] == f"{plan['v2wg2']} P=2"                      # segments: one E slice a CTA
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"

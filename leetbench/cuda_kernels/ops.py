@@ -314,11 +314,12 @@ class ChunkPlan:
 @functools.lru_cache(maxsize=None)
 def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int | None = None,
                stages: int | None = None, minb: int | None = None, opt: int | None = None,
-               gen: int | None = None, wgs: int | None = None) -> ChunkPlan:
+               gen: int | None = None, wgs: int | None = None, pair: bool | None = None) -> ChunkPlan:
     """The one-pass launch plan (B·H·E/ES CTAs): kernel generation, columns per CTA (ES), pipeline depth,
     CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
     wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
     minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1, 2 (split_plan) or 3 (two_output_plan).
+    pair: two E slices a CTA (shared_scores_plan); None: the rule of _pairs where the caller pinned nothing.
     """
     if wgs not in (None, 1, 2, 3):
         raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2, 3 or None for the rule)")
@@ -326,7 +327,9 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
         gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
     if gen == 2:
         plan = _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
-        if wgs is None and minb is None and stages is None and not plan.f32:
+        if pair is None and wgs is None and es is None and minb is None and stages is None:
+            pair = _pairs(plan, B * H, dev)
+        if not pair and wgs is None and minb is None and stages is None and not plan.f32:
             # Two consumer warpgroups where chunk_wg would run one CTA per SM: the SM then has the output warps'
             # and the state chain's instructions to interleave. H200, bf16, H=32 (KERNEL_NOTES v19): D=E=128 at
             # B=8 1.821 → 1.776 ms (N=16384), 7.327 → 7.088 (65536), B=1 through P=2 0.308 → 0.284, 1.127 →
@@ -335,9 +338,28 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             wgs = 2 if plan.minb == 1 else 1
     else:
         plan = _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
+    if pair:
+        if wgs is not None:
+            raise ValueError(f"chunk_plan: pair=True is chunk_wg4 with its own warpgroups (got wgs={wgs})")
+        return shared_scores_plan(plan, dev)  # refused by name but for 16-bit gen 2
     if wgs == 3:
         return two_output_plan(plan, dev)
     return split_plan(plan, dev, B * H * plan.cl) if wgs == 2 else plan  # refused by name but for 16-bit gen 2
+
+
+def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:
+    """Whether the one-pass plan `plan` (for B·H = `BH`) runs as chunk_wg4, two of its E slices a CTA.
+
+    At D = 128 where the halved grid still has a CTA for (nearly) every SM: the scores are formed once for two
+    slices, 14% fewer products at E = 128. H200, bf16 (KERNEL_NOTES v26): D=E=128, N=32768 B=8 H=32 3.634 →
+    3.343 ms, B=4 H=32 1.793 → 1.663, B=8 H=16 1.750 → 1.651; D=128, E=256 B=8 6.963 → 6.604; fp16 B=8, N=16384
+    1.902 → 1.767. Slower with half the SMs idle (B=4, H=16, D=E=128: 0.869 → 1.655) and at D = 64 (B=8, H=16,
+    E=256: 2.082 → 2.147; the products there are not what holds the kernel).
+    """
+    if plan.gen != 2 or plan.f32 or plan.D != 128 or plan.cl % 2:
+        return False
+    sms = device_limits(dev).sm_count
+    return BH * plan.cl // 2 >= sms - sms // 16
 
 
 def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
@@ -592,7 +614,7 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
             return None
     elif segments is None and B * H * one.cl > lim.sm_count:
         return None  # one pass already has a CTA for every SM (or two)
-    big = chunk_plan(B, H * 2 * lim.sm_count, D, E, dtype, dev, gen=gen)  # ES and CTAs per SM of a full grid
+    big = chunk_plan(B, H * 2 * lim.sm_count, D, E, dtype, dev, gen=gen, pair=False)  # ES, CTAs/SM of a full grid
     count = segments or sp.choose_count(N, B * H * big.cl, lim.sm_count, big.minb)
     if count < 2:
         return None
