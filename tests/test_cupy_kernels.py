@@ -249,10 +249,10 @@ def test_fp16_state_beyond_65504(segments):
     assert ref_s.abs().max() > 65504 and ref_o.abs().max() < 30000
     o, s = _direct(x, EXPECTED["float16"], segments=segments)
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
-    if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies: each copy scaled the same way
+    if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies, two slices: each copy scaled alike
         base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
         for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_output_plan(base, 0),
-                      ops.two_copy_plan(base, 0)):
+                      ops.two_copy_plan(base, 0), ops.shared_scores_plan(base, 0)):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
