@@ -186,6 +186,12 @@ def problem_key(values: Mapping[str, Any]) -> tuple:
     return tuple(_canon(c, values.get(c, "")) for c in PROBLEM_COLUMNS)
 
 
+def problem_values(problem: Problem) -> dict[str, Any]:
+    """A problem's fields under the rows' column names (`dim_v` the E it runs with, `decay` as text), as
+    `problem_key` reads them: the key of a problem not measured yet."""
+    return {**problem.as_dict(), "dim_v": problem.E, "decay": str(problem.decay)}
+
+
 def row_key(values: Mapping[str, Any]) -> tuple:
     """(method,) + problem_key: one (method, problem) pair, for resume and merging."""
     return (str(values.get("method", "")),) + problem_key(values)

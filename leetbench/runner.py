@@ -22,7 +22,7 @@ from leetbench.progress import Progress
 from leetbench.config import RunSettings
 from leetbench.protocol import Environment, Outcome, Prepare, Prepared, Run
 from leetbench.provenance import git_sha
-from leetbench.results import ERROR_COLUMNS, FAILED, RULED_OUT, WALL_COLUMNS, Row, Status, row_key
+from leetbench.results import ERROR_COLUMNS, FAILED, RULED_OUT, WALL_COLUMNS, Row, Status, problem_values, row_key
 from leetbench.stats import quantile, summarize
 from leetbench.store import ResultsFile, SamplesFile
 from leetbench.supervisor import Supervisor
@@ -128,8 +128,8 @@ class Runner:
 
     # ---- the plan --------------------------------------------------------------------------------------
     def _key(self, name: str, problem: Problem) -> tuple:
-        return row_key({**problem.as_dict(), "method": name, "dim_v": problem.E, "decay": str(problem.decay),
-                        "host": self.catalog.host, "gpu": self.catalog.gpu})
+        return row_key({**problem_values(problem), "method": name, "host": self.catalog.host,
+                        "gpu": self.catalog.gpu})
 
     def pending(self) -> list[tuple[Problem, list[str]]]:
         """Per problem, the methods still to run. Resume keeps rows of the same method version (hash) on the

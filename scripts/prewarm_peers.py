@@ -41,7 +41,7 @@ from hydra.errors import HydraException  # noqa: E402
 from leetbench.cli import one_line  # noqa: E402
 from leetbench.config import ConfigError, problems_from, register_configs, resolve_device  # noqa: E402
 from leetbench.problem import Problem  # noqa: E402
-from leetbench.results import PROBLEM_COLUMNS, problem_key  # noqa: E402
+from leetbench.results import PROBLEM_COLUMNS, problem_key, problem_values  # noqa: E402
 from leetbench.store import read_results  # noqa: E402
 
 # Rows match this run's problems whatever the machine (host, GPU, "cuda" or "cuda:0"): worst case a shape is
@@ -102,8 +102,7 @@ def shapes(problems: list[Problem], methods: list[str], done: set[tuple]) -> lis
         first = shortest.setdefault(p.shape_key(), p)
         if p.length < first.length:
             shortest[p.shape_key()] = p
-        values = {**p.as_dict(), "dim_v": p.E, "decay": str(p.decay)}
-        if any((m,) + _match(values) not in done for m in methods):
+        if any((m,) + _match(problem_values(p)) not in done for m in methods):
             todo.add(p.shape_key())
     return [Shape(p) for key, p in shortest.items() if key in todo]
 
