@@ -231,14 +231,19 @@ __device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam,
   __syncthreads();
 }
 
+// Named barrier ID for one warpgroup (128 threads): 1 is the consumers'; chunk_wg4's two state warpgroups take 1
+// and 2, each meeting only its own four warps.
+template <int ID>
+__device__ __forceinline__ void wg_sync() {
+  asm volatile("bar.sync %0, 128;" ::"n"(ID) : "memory");
+}
+
 // The consumer warps wait for each other on named barrier 1 (the producer warp does not take part). With
 // OPT_ONELOOP all four reach it through one instruction (consumers_one). Without it they reach it from four
 // template instances, i.e. from different bar.sync instructions, which PTX reserves for the non-aligned
 // barrier.sync; compute-sanitizer's synccheck flags that ("divergent thread(s) in block"), while the
 // non-aligned barrier.sync measured 4–7% slower on the H200 (scripts/KERNEL_NOTES.md).
-__device__ __forceinline__ void consumers_sync() {
-  asm volatile("bar.sync 1, 128;" ::: "memory");
-}
+__device__ __forceinline__ void consumers_sync() { wg_sync<1>(); }
 
 // A warp's state tiles: S[mt][nt] holds rows d, d + 8 and columns ec, ec + 1 of the CTA's E slice, with
 // d = (MB + mt)·16 + g and ec = (NB + nt)·8 + 2·t4 (the mma accumulator layout). Row block idx of s0 / sN.

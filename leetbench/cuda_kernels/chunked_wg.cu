@@ -71,13 +71,6 @@ struct Wg3Smem : Wg2Smem<D, ES, STAGES> {
   static constexpr int ALLOC = BYTES + 1024;
 };
 
-// Named barrier ID for one warpgroup (128 threads): 1 is consumers_sync's; chunk_wg4's two state warpgroups take
-// 1 and 2, each meeting only its own four warps.
-template <int ID>
-__device__ __forceinline__ void wg_sync() {
-  asm volatile("bar.sync %0, 128;" ::"n"(ID) : "memory");
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -190,15 +183,15 @@ __device__ __forceinline__ float wg_state_max(const float (&S)[DB][NA], u32* scl
   return __uint_as_float(max(max(scl[0], scl[1]), max(scl[2], scl[3])));
 }
 
-// scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores, 0 above, at the thread's accumulator entries.
+// scale·λ^(i-j) on and below the diagonal of the 64 × 64 scores, 0 above, at the thread's accumulator entries:
+// wg_mask_entry the one at accumulator index e (row r0 or r0 + 8, column 8·(e/4) + c0 or + 1).
+__device__ __forceinline__ float wg_mask_entry(const float* tab, float scale, int r0, int c0, int e) {
+  const int i = r0 + ((e & 2) ? 8 : 0), jj = 8 * (e >> 2) + c0 + (e & 1);
+  return jj <= i ? scale * tab[i - jj] : 0.f;
+}
 __device__ __forceinline__ void wg_decay_mask(float (&mask)[32], const float* tab, float scale, int r0, int c0) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int i = r0 + ((x & 2) ? 8 : 0), jj = 8 * j + c0 + (x & 1);
-      mask[4 * j + x] = jj <= i ? scale * tab[i - jj] : 0.f;
-    }
+  for (int e = 0; e < 32; ++e) mask[e] = wg_mask_entry(tab, scale, r0, c0, e);
 }
 
 // P = (Q Kᵀ) ⊙ M, the A operand of P V from registers: the thread's scores times its mask entries, packed into

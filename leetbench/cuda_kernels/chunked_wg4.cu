@@ -51,10 +51,7 @@ struct Wg4Slice {
 template <bool BF16>
 __device__ __forceinline__ void wg_scores_masked(const float (&acc)[32], const float* tab, float scale, int r0,
                                                  int c0, u32 (&pa)[4][4]) {
-  auto m = [&](int e) {  // mask entry of accumulator index e (wg_decay_mask's)
-    const int i = r0 + ((e & 2) ? 8 : 0), jj = 8 * (e >> 2) + c0 + (e & 1);
-    return jj <= i ? scale * tab[i - jj] : 0.f;
-  };
+  auto m = [&](int e) { return wg_mask_entry(tab, scale, r0, c0, e); };
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
