@@ -34,6 +34,7 @@ from leetbench.timing import TimingConfig, copy_bandwidth_gbps, measure  # noqa:
 from methods.peer_lightning import offsets_over_int32  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE = {k: str(v).removeprefix("torch.") for k, v in DT.items()}  # the name ops' planners take
 TIMING = TimingConfig(warmup_ms=20, rep_ms=100, min_reps=5, max_reps=200)
 
 
@@ -148,7 +149,7 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
     v = torch.randn(B, H, N, E, device="cuda", generator=g).to(dt)
     lam = decay_profile("multiscale", H).cuda()
-    dtype = str(dt).removeprefix("torch.")
+    dtype = DTYPE[dname]
     calls = {name: (lambda kw=kw: ops.chunked(q, k, v, lam, scale=D ** -0.5, **kw)[0])
              for name, kw in kws.items()}
     qt = tuple(x.transpose(1, 2).contiguous() for x in (q, k, v)) if "fla" in peer else None
@@ -236,10 +237,9 @@ def main() -> None:
               for N in map(int, args.lengths.split(","))]
     gens = (None, 1, 2) if ops.device_gen(0) == 2 else (None,)
     names = {n for (d, B, H, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
-             if g != 2 or ops.wg_supports(D, E, str(DT[d]).removeprefix("torch."))
-             for n in ops.chunk_kernel_names(B, H, N, D, E, str(DT[d]).removeprefix("torch."), 0, segs, g)}
-    kws = {shape: variants(*shape[1:], str(DT[shape[0]]).removeprefix("torch."), args.ab, args.es, args.gen)
-           for shape in shapes}
+             if g != 2 or ops.wg_supports(D, E, DTYPE[d])
+             for n in ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0, segs, g)}
+    kws = {shape: variants(*shape[1:], DTYPE[shape[0]], args.ab, args.es, args.gen) for shape in shapes}
     names |= {kw["plan"].name for each in kws.values() for kw in each.values() if "plan" in kw}  # compiled too
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
