@@ -93,11 +93,15 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                             out[key + "p"] = {**out[key], "plan": ops.pipe_plan(plan)}
                 except ValueError as exc:
                     print(f"  v2wg{w}: {exc}")
-            for key, plan, segs in (("v2pair", ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1), 1),
-                                    ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2),
-                                    ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4)):
-                try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25)
-                    out[key] = {"plan": ops.shared_scores_plan(plan), **({"segments": segs} if segs > 1 else {})}
+            one = ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1)
+            pairs = [("v2pair", one, 1, {}), ("v2pairq", one, 1, {"qstage": True}), ("v2paire", one, 1, {"early": True}),
+                     ("v2pairqe", one, 1, {"qstage": True, "early": True}),
+                     ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, {}),
+                     ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, {})]
+            for key, plan, segs, kw in pairs:
+                try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25); q: outputs
+                    # staged in Q, e: chunks announced early (v27)
+                    out[key] = {"plan": ops.shared_scores_plan(plan, **kw), **({"segments": segs} if segs > 1 else {})}
                 except ValueError as exc:
                     print(f"  {key}: {exc}")
             out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}

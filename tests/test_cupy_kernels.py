@@ -252,7 +252,8 @@ def test_fp16_state_beyond_65504(segments):
     if ops.device_gen(0) == 2:  # two consumer warpgroups, two state copies, two slices: each copy scaled alike
         base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
         for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_output_plan(base, 0),
-                      ops.two_copy_plan(base, 0), ops.shared_scores_plan(base, 0)):
+                      ops.two_copy_plan(base, 0), ops.shared_scores_plan(base, 0),
+                      ops.shared_scores_plan(base, 0, qstage=True, early=True)):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -269,8 +270,9 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
-    warpgroups, with two E slices a CTA sharing their scores and with two state copies (float32: each count of
-    producer warps, with and without their split of the chunk)."""
+    warpgroups, with two E slices a CTA sharing their scores (at D = 128 also staged in Q, announced early)
+    and with two state copies (float32: each count of producer warps, with and without their split of the
+    chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -295,6 +297,9 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
             pair = ops.shared_scores_plan(base, 0)
             out += [pair] + ([replace(pair, stages=2, smem=0)] if pair.stages > 2 else [])
+            if D == 128:  # and, where the rule takes it, its outputs staged in Q and the early producer
+                for qstage, early in ((True, False), (False, True), (True, True)):
+                    out.append(ops.shared_scores_plan(base, 0, qstage=qstage, early=early))
         out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
@@ -463,6 +468,8 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
         assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
+        assert ops.smem_bytes("wg4", 128, 64, 2, 0) == 200704                 # _stub_wg4_smem
+        assert ops.smem_bytes("wg4q", 128, 64, 3, 0) == 231424 == ops.smem_bytes("wg4", 128, 64, 3, 0) - 2 * 64 * 72 * 2
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
@@ -548,6 +555,8 @@ _SANITIZE = textwrap.dedent("""
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt, wgs=3))
             pair = ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg4: two slices, one P
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=pair, segments=3)
+            both = ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1), qstage=True, early=True)
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=both, segments=3)  # staged in Q, announced early
             run(ops.chunked, 2, 1, 131, 64, 64, dt, True, plan=ops.shared_scores_plan(plan(2, 1, 64, 64, dt, es=32)))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)

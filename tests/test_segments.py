@@ -187,11 +187,13 @@ def _stub_wg3_smem(D: int, es: int, stages: int) -> int:
     return _stub_wg2_smem(D, es, stages) + 64 * (es + 8) * 2
 
 
-def _stub_wg4_smem(D: int, es: int, stages: int) -> int:
+def _stub_wg4_smem(D: int, es: int, stages: int, qstage: bool = False) -> int:
     """chunked_wg4.cu's Wg4Smem::ALLOC: Q and K tiles once per stage, V tiles, Ṽ, two state copies and output
-    staging for each of two slices, behind a 1 KB head, plus 1 KB to align the base."""
+    staging for each of two slices (QSTAGE: none, the outputs staged in a Q tile), behind a 1 KB head, plus 1 KB
+    to align the base."""
     vt = 64 * 2 * es
-    return 1024 + stages * (2 * (D // 64) * 8192 + 2 * vt) + 2 * vt + 4 * D * 2 * es + 2 * 64 * (es + 8) * 2 + 1024
+    staging = 0 if qstage else 2 * 64 * (es + 8) * 2
+    return 1024 + stages * (2 * (D // 64) * 8192 + 2 * vt) + 2 * vt + 4 * D * 2 * es + staging + 1024
 
 
 def _stub_wg32_smem(D: int, es: int) -> int:
@@ -213,6 +215,7 @@ def h200_gen2(h200, monkeypatch):
     real = ops.smem_bytes
     stubs = {"wg": lambda D, es, st: _stub_wg_smem(D, es, st), "wg2": lambda D, es, st: _stub_wg2_smem(D, es, st),
              "wg3": lambda D, es, st: _stub_wg3_smem(D, es, st), "wg4": lambda D, es, st: _stub_wg4_smem(D, es, st),
+             "wg4q": lambda D, es, st: _stub_wg4_smem(D, es, st, qstage=True),
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
@@ -317,6 +320,25 @@ def test_shared_scores_plan(h200_gen2):
             other(pair)
     with pytest.raises(ValueError, match=r"shared scores are a generation-2 16-bit plan \(got chunk_wg32"):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
+
+
+def test_shared_scores_staged_in_q_and_announced_early(h200_gen2):
+    """chunk_wg4's QSTAGE (outputs staged in the slot's Q tile: 18 KB fewer, a third stage at D = 128) and EARLY
+    (the producer announces a chunk before it waits for a slot) are named template arguments; QSTAGE is refused by
+    name where four warps' staging does not fit a Q tile (D = 64 at ES = 64); neither is the rule's."""
+    base = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
+    staged = ops.shared_scores_plan(base, qstage=True)
+    assert (staged.name, staged.kind, staged.stages) == ("chunk_wg4<128,64,1,3,true,true>", "wg4q", 3)
+    assert staged.smem == _stub_wg4_smem(128, 64, 3, qstage=True) == 231424 <= 232448  # three stages fit
+    early = ops.shared_scores_plan(base, early=True)
+    assert (early.name, early.stages, early.smem) == ("chunk_wg4<128,64,1,2,true,false,true>", 2, 200704)
+    assert ops.shared_scores_plan(base, qstage=True, early=True).name == "chunk_wg4<128,64,1,3,true,true,true>"
+    assert ops.shared_scores_plan(ops.chunk_plan(1, 32, 64, 64, "float16", es=32, wgs=1), qstage=True).name == \
+        "chunk_wg4<64,32,1,4,false,true>"                                      # ES = 32: 5120 bytes fit 8192
+    with pytest.raises(ValueError, match=r"staging \(9216 bytes at ES=64\) does not fit a Q tile \(8192 bytes at D=64"):
+        ops.shared_scores_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16", wgs=1), qstage=True)
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
+    assert rule.pair and not rule.qstage and not rule.early                  # not measured yet: not the rule's
 
 
 def test_shared_scores_rule(h200_gen2):

@@ -80,16 +80,26 @@ __device__ __forceinline__ void cp_async_wait() {
 // The producer warp: chunk c into slot c mod STAGES (Q — unless LOADQ is false — and K as D/64 blocks of
 // 64 × 128 bytes, this CTA's V slice as 64 rows of VRB bytes, at layout L's offsets; NV slices side by side in
 // E, slice s's tiles STAGES·VT bytes after slice s - 1's), then chunk c-1's copies awaited, fenced for the async
-// proxy and announced.
-template <class L, int D, int STAGES, bool LOADQ, int NV = 1>
+// proxy and announced. So chunk c - 1 is announced only once slot c is free: with two stages its consumers wait
+// for every warp to release chunk c - 2. EARLY (KERNEL_NOTES v27): where slot c is not free yet, chunk c - 1 is
+// awaited and announced before the producer waits for it.
+template <class L, int D, int STAGES, bool LOADQ, int NV = 1, bool EARLY = false>
 __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u16* v, u64 tok0, int n, int E,
                                             int e0, int lane, u32 sbase) {
   constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
   constexpr int VPC = L::VRB / 16;  // per V row slice
   const int nchunks = (n + CH - 1) / CH;
+  int told = 0;  // chunks announced (EARLY)
   for (int c = 0; c < nchunks; ++c) {
     const int slot = c % STAGES;
-    if (c >= STAGES) mbar_wait(sbase + L::BAR + 8 * (STAGES + slot), ((c / STAGES) + 1) & 1);
+    const u32 empty = sbase + L::BAR + 8 * (STAGES + slot), parity = ((c / STAGES) + 1) & 1;
+    if (EARLY && c >= STAGES && told < c && !mbar_test(empty, parity)) {
+      cp_async_wait<0>();
+      fence_async_smem();
+      mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
+      told = c;
+    }
+    if (c >= STAGES) mbar_wait(empty, parity);
     const int nv = min(CH, n - c * CH);
     const u64 t0 = tok0 + (u64)c * CH;
     const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
@@ -113,10 +123,11 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
                    v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
       }
     cp_async_commit();
-    if (c > 0) {
+    if (c > 0 && (!EARLY || told < c)) {
       cp_async_wait<1>();
       fence_async_smem();
       mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
+      told = c;
     }
   }
   if (nchunks > 0) {

@@ -14,8 +14,11 @@
 
 // Shared memory: the head (slot barriers, both slices' float16 scales at SM_SCL + 16·s, the λ table, then each
 // slice's copy barriers [full 2, empty 2] and copy scales [2] at CBAR + 40·s), Q and K tiles once, then per slice
-// its V tiles, Ṽ, two state copies and output staging.
-template <int D, int ES, int STAGES>
+// its V tiles, Ṽ, two state copies and output staging. QSTAGE (KERNEL_NOTES v27): no output staging of its own;
+// each output warp stages its 16 rows, one slice after the other, in the Q tile of the chunk's slot, which only
+// the output warps read and which is not released before the outputs are stored: 18 KB fewer at ES = 64, room
+// for a third stage at D = 128.
+template <int D, int ES, int STAGES, bool QSTAGE = false>
 struct Wg4Smem {
   using W = WgSmem<D, ES, STAGES>;
   static constexpr int DB = W::DB, QKT = W::QKT, VRB = W::VRB, VT = W::VT, OP = W::OP;
@@ -27,8 +30,9 @@ struct Wg4Smem {
   static constexpr int VD = VS + 2 * STAGES * VT;    // slice s's Ṽ at VD + s·VT
   static constexpr int SB = VD + 2 * VT;             // slice s's copies at SB + 2s·D·VRB and one D·VRB further
   static constexpr int OS = SB + 4 * D * VRB;        // slice s's output staging [64][OP] at OS + s·64·OP·2
-  static constexpr int BYTES = OS + 2 * 64 * OP * 2;
+  static constexpr int BYTES = QSTAGE ? OS : OS + 2 * 64 * OP * 2;
   static constexpr int ALLOC = BYTES + 1024;
+  static_assert(!QSTAGE || 4 * 16 * OP * 2 <= DB * QKT, "four warps' output staging does not fit a Q tile");
   static_assert(CBAR + 2 * 40 <= WG_HEAD, "copy barriers overlap the tiles");
   static_assert(SM_SCL + 2 * 16 <= SM_TAB, "the slices' float16 scales overlap the λ table");
 };
@@ -61,9 +65,9 @@ __device__ __forceinline__ void wg_scores_masked(const float (&acc)[32], const f
     }
 }
 
-template <int D, int ES, int STAGES, bool BF16>
+template <int D, int ES, int STAGES, bool BF16, bool QSTAGE = false>
 struct WgPair {
-  using LY = Wg4Smem<D, ES, STAGES>;
+  using LY = Wg4Smem<D, ES, STAGES, QSTAGE>;
   using S0 = Wg4Slice<D, ES, STAGES, 0>;
   using S1 = Wg4Slice<D, ES, STAGES, 1>;
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its output store (the staging pitch OP is the same)
@@ -118,21 +122,33 @@ struct WgPair {
       wg_wait<0>();
       wg_pin(o0);
       wg_pin(o1);
-      if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
       const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
-      C1::store_outputs(o0, ow0, o, trow, E, e0, 16 * w, nv, l, c0);
-      C1::store_outputs(o1, ow1, o, trow, E, e0 + ES, 16 * w, nv, l, c0);
+      if constexpr (QSTAGE) {
+        // every output warp's products that read this Q tile are complete before any warp writes into it
+        wg_sync<3>();
+        u16* ow = reinterpret_cast<u16*>(smem + LY::QS + slot * DB * LY::QKT) + 16 * w * LY::OP;
+        C1::store_outputs(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // ends with __syncwarp: ow is free again
+        C1::store_outputs(o1, ow, o, trow, E, e0 + ES, 16 * w, nv, l, c0);
+        fence_async_smem();  // these generic writes before the producer's next TMA into the tile (async proxy)
+        if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // staging read back: the slot is free
+      } else {
+        if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads it
+        C1::store_outputs(o0, ow0, o, trow, E, e0, 16 * w, nv, l, c0);
+        C1::store_outputs(o1, ow1, o, trow, E, e0 + ES, 16 * w, nv, l, c0);
+      }
     }
   }
 };
 
-// Grid: B·H·RUNS·NSL CTAs of 416 threads, one per SM; arguments as chunk_wg's (NSL = E / (2·ES)).
-template <int D, int ES, int NSL, int STAGES, bool BF16>
+// Grid: B·H·RUNS·NSL CTAs of 416 threads, one per SM; arguments as chunk_wg's (NSL = E / (2·ES)). QSTAGE:
+// outputs staged in the slot's Q tile (Wg4Smem); EARLY: a chunk announced before the producer waits for a slot
+// (wg_producer).
+template <int D, int ES, int NSL, int STAGES, bool BF16, bool QSTAGE = false, bool EARLY = false>
 __global__ void __launch_bounds__(416, 1)
     chunk_wg4(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
               int E, float scale, int L, int RUNS) {
-  using LY = Wg4Smem<D, ES, STAGES>;
+  using LY = Wg4Smem<D, ES, STAGES, QSTAGE>;
   static_assert(Wg4Slice<D, ES, STAGES, 1>::VS - Wg4Slice<D, ES, STAGES, 0>::VS == STAGES * LY::VT,
                 "wg_producer puts slice 1's V tiles STAGES·VT after slice 0's");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -146,7 +162,7 @@ __global__ void __launch_bounds__(416, 1)
   __syncthreads();
   const int tid = threadIdx.x, warp = warp_index();
   if (warp < 4) {
-    WgPair<D, ES, STAGES, BF16>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    WgPair<D, ES, STAGES, BF16, QSTAGE>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
   } else if (warp < 8) {
     WgSplit<D, ES, STAGES, BF16, true, false, Wg4Slice<D, ES, STAGES, 0>, 1>::state(cta.smem, s0, sN, cta.seg,
                                                                                     cta.e0, E, tid - 128);
@@ -154,12 +170,12 @@ __global__ void __launch_bounds__(416, 1)
     WgSplit<D, ES, STAGES, BF16, true, false, Wg4Slice<D, ES, STAGES, 1>, 2>::state(cta.smem, s0, sN, cta.seg,
                                                                                     cta.e0 + ES, E, tid - 256);
   } else {
-    wg_producer<Wg4Slice<D, ES, STAGES, 0>, D, STAGES, true, 2>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0,
+    wg_producer<Wg4Slice<D, ES, STAGES, 0>, D, STAGES, true, 2, EARLY>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0,
                                                                  tid & 31, cta.sbase);
   }
 }
 
-template <int D, int ES, int STAGES>
+template <int D, int ES, int STAGES, bool QSTAGE = false>
 __global__ void chunk_wg4_layout(int* out) {
-  out[0] = Wg4Smem<D, ES, STAGES>::ALLOC;
+  out[0] = Wg4Smem<D, ES, STAGES, QSTAGE>::ALLOC;
 }

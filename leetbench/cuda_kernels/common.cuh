@@ -134,6 +134,14 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   } while (!ok);
   __syncwarp();
 }
+// Whether the phase of `parity` has completed, without waiting (the same answer in every lane of the warp).
+__device__ __forceinline__ bool mbar_test(u32 bar, u32 parity) {
+  u32 ok = 0;
+  asm volatile(
+      "{ .reg .pred p; mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+      : "=r"(ok) : "r"(bar), "r"(parity) : "memory");
+  return __shfl_sync(0xffffffffu, ok, 0) != 0;
+}
 __device__ __forceinline__ void fence_mbar_init() {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }

@@ -146,7 +146,7 @@ def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg2", "wg3", "wg4", "wg32", "wgstate"):
+        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -183,9 +183,11 @@ def _read_wg_layouts(dev: int) -> None:
     chunk_wg4_layout and chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout."""
     combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wg4", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
+    combos += [("wg4q", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES if _qstage_fits(D, es)]
     combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
                 "wg3": "chunk_wg3_layout<{},{},{}>", "wg4": "chunk_wg4_layout<{},{},{}>",
+                "wg4q": "chunk_wg4_layout<{},{},{},true>",
                 "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
@@ -260,6 +262,8 @@ class ChunkPlan:
     pipe: bool = False  # chunk_wg2: the output warps issue chunk c + 1's products before storing c's (pipe_plan)
     pair: bool = False  # chunk_wg4: a CTA covers two E slices of `es` (cl = E / 2es), Q Kᵀ formed once for both
     #                     (wgs 3: one output warpgroup, a state warpgroup per slice; shared_scores_plan)
+    qstage: bool = False  # chunk_wg4: outputs staged in the slot's Q tile (QSTAGE; a third stage at D = 128)
+    early: bool = False  # chunk_wg4: the producer announces a chunk before it waits for a slot (EARLY)
 
     @property
     def opts(self) -> int:
@@ -278,7 +282,7 @@ class ChunkPlan:
             if self.f32:
                 return "wg32"
             if self.pair:
-                return "wg4"
+                return "wg4q" if self.qstage else "wg4"
             return "wg3" if self.wgs == 3 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
@@ -293,8 +297,9 @@ class ChunkPlan:
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
-            if self.pair:
-                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
+            if self.pair:  # the kernel's QSTAGE and EARLY, false by default
+                extra = f",{str(self.qstage).lower()},true" if self.early else (",true" if self.qstage else "")
+                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{extra}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
             if self.wgs == 2:
@@ -458,16 +463,27 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
-def shared_scores_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+def _qstage_fits(D: int, es: int) -> bool:
+    """Whether chunk_wg4's four output warps can stage their 16 rows (pitch ES + 8) in a Q tile (QSTAGE)."""
+    return 4 * 16 * (es + 8) * 2 <= (D // 64) * 64 * 128
+
+
+def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False, early: bool = False) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with each CTA covering two of its E slices and forming the chunk's scores
     P = (Q Kᵀ) ⊙ M once for both (chunk_wg4: one output warpgroup, a state warpgroup per slice, CTAs of 416
-    threads, one per SM; half as many CTAs), the deepest pipeline whose tiles fit."""
+    threads, one per SM; half as many CTAs), the deepest pipeline whose tiles fit. qstage: the outputs staged in
+    the slot's Q tile, no staging buffer (D=128: three stages instead of two); early: the producer announces a
+    chunk before it waits for a free slot (KERNEL_NOTES v27)."""
     _wg16(plan, "shared scores")
     if plan.pair or plan.cl % 2:
         raise ValueError(f"shared scores pair two E slices of a plan with an even number of them (got {plan.name}, "
                          f"{plan.cl} slice(s) of {plan.es} columns)")
-    return replace(plan, pair=True, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
-                   **_deepest("wg4", plan, dev, 1, "chunk_wg4"))
+    if qstage and not _qstage_fits(plan.D, plan.es):
+        raise ValueError(f"shared scores: four warps' output staging ({4 * 16 * (plan.es + 8) * 2} bytes at ES="
+                         f"{plan.es}) does not fit a Q tile ({plan.D * 128} bytes at D={plan.D}); valid: D=128, "
+                         f"or ES=32")
+    return replace(plan, pair=True, qstage=qstage, early=early, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
+                   **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
 def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
