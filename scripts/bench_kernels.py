@@ -94,16 +94,21 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                 except ValueError as exc:
                     print(f"  v2wg{w}: {exc}")
             one = ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1)
-            pairs = [("v2pair", one, 1, {}), ("v2pairq", one, 1, {"qstage": True}), ("v2paire", one, 1, {"early": True}),
-                     ("v2pairqe", one, 1, {"qstage": True, "early": True}),
-                     ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, {}),
-                     ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, {})]
-            for key, plan, segs, kw in pairs:
+            pairs = [("v2pair", one, 1, False, False), ("v2pairq", one, 1, True, False),
+                     ("v2paire", one, 1, False, True), ("v2pairqe", one, 1, True, True),
+                     ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, False, False),
+                     ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, False, False)]
+            for key, plan, segs, qstage, early in pairs:
                 try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25); q: outputs
                     # staged in Q, e: chunks announced early (v27)
-                    out[key] = {"plan": ops.shared_scores_plan(plan, **kw), **({"segments": segs} if segs > 1 else {})}
+                    pair = ops.shared_scores_plan(plan, qstage=qstage)
+                    out[key] = {"plan": ops.early_plan(pair) if early else pair,
+                                **({"segments": segs} if segs > 1 else {})}
                 except ValueError as exc:
                     print(f"  {key}: {exc}")
+            for key in ("v2wg2", "v2P2wg2"):  # chunk_wg2 with its producer announcing early (v27)
+                if key in out and out[key]["plan"].wgs == 2:
+                    out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1)),
                              "segments": 2}

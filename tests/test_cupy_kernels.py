@@ -253,7 +253,7 @@ def test_fp16_state_beyond_65504(segments):
         base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
         for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_output_plan(base, 0),
                       ops.two_copy_plan(base, 0), ops.shared_scores_plan(base, 0),
-                      ops.shared_scores_plan(base, 0, qstage=True, early=True)):
+                      ops.early_plan(ops.shared_scores_plan(base, 0, qstage=True))):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -270,8 +270,8 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
-    warpgroups, with two E slices a CTA sharing their scores (at D = 128 also staged in Q, announced early)
-    and with two state copies (float32: each count of producer warps, with and without their split of the
+    warpgroups, with two E slices a CTA sharing their scores (at D = 128 also staged in Q, announced early),
+    chunk_wg2's and chunk_wg4's early producer, and with two state copies (float32: each count of producer warps, with and without their split of the
     chunk)."""
     lim = device_limits(0)
     out = []
@@ -292,14 +292,15 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
         shallow = replace(split, stages=2, smem=0)
         out += [split, shallow, ops.pipe_plan(split), ops.pipe_plan(shallow)]  # and its output warps pipelined
+        out += [ops.early_plan(shallow)]  # and its producer announcing early, at two stages (most waits)
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
             pair = ops.shared_scores_plan(base, 0)
             out += [pair] + ([replace(pair, stages=2, smem=0)] if pair.stages > 2 else [])
             if D == 128:  # and, where the rule takes it, its outputs staged in Q and the early producer
-                for qstage, early in ((True, False), (False, True), (True, True)):
-                    out.append(ops.shared_scores_plan(base, 0, qstage=qstage, early=early))
+                staged = ops.shared_scores_plan(base, 0, qstage=True)
+                out += [staged, ops.early_plan(pair), ops.early_plan(staged)]
         out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
@@ -555,7 +556,7 @@ _SANITIZE = textwrap.dedent("""
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt, wgs=3))
             pair = ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg4: two slices, one P
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=pair, segments=3)
-            both = ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1), qstage=True, early=True)
+            both = ops.early_plan(ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1), qstage=True))
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=both, segments=3)  # staged in Q, announced early
             run(ops.chunked, 2, 1, 131, 64, 64, dt, True, plan=ops.shared_scores_plan(plan(2, 1, 64, 64, dt, es=32)))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies

@@ -322,23 +322,33 @@ def test_shared_scores_plan(h200_gen2):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
 
 
-def test_shared_scores_staged_in_q_and_announced_early(h200_gen2):
-    """chunk_wg4's QSTAGE (outputs staged in the slot's Q tile: 18 KB fewer, a third stage at D = 128) and EARLY
-    (the producer announces a chunk before it waits for a slot) are named template arguments; QSTAGE is refused by
-    name where four warps' staging does not fit a Q tile (D = 64 at ES = 64); neither is the rule's."""
+def test_staged_in_q_and_announced_early(h200_gen2):
+    """chunk_wg4's QSTAGE (outputs staged in the slot's Q tile: 18 KB fewer, a third stage at D = 128) and
+    chunk_wg2's and chunk_wg4's EARLY (the producer announces a chunk before it waits for a slot) are named
+    template arguments; QSTAGE is refused by name where four warps' staging does not fit a Q tile (D = 64 at
+    ES = 64), EARLY for the other kernels; neither is the rule's."""
     base = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
     staged = ops.shared_scores_plan(base, qstage=True)
     assert (staged.name, staged.kind, staged.stages) == ("chunk_wg4<128,64,1,3,true,true>", "wg4q", 3)
     assert staged.smem == _stub_wg4_smem(128, 64, 3, qstage=True) == 231424 <= 232448  # three stages fit
-    early = ops.shared_scores_plan(base, early=True)
+    early = ops.early_plan(ops.shared_scores_plan(base))
     assert (early.name, early.stages, early.smem) == ("chunk_wg4<128,64,1,2,true,false,true>", 2, 200704)
-    assert ops.shared_scores_plan(base, qstage=True, early=True).name == "chunk_wg4<128,64,1,3,true,true,true>"
+    assert ops.early_plan(staged).name == "chunk_wg4<128,64,1,3,true,true,true>"
+    split = ops.split_plan(base)                                              # chunk_wg2: EARLY after PIPE
+    assert ops.early_plan(split).name == "chunk_wg2<128,64,2,4,true,1,false,true>"
+    assert ops.early_plan(ops.pipe_plan(split)).name == "chunk_wg2<128,64,2,4,true,1,true,true>"
+    for other in (base, ops.chunk_plan(8, 32, 128, 128, "float32"), ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=3)):
+        with pytest.raises(ValueError, match=r"the early producer is chunk_wg2's and chunk_wg4's \(got chunk_wg"):
+            ops.early_plan(other)
+    with pytest.raises(ValueError, match=r"the plain producer \(got chunk_wg2<128,64,2,4,true,1,false,true>"):
+        ops.two_output_plan(ops.early_plan(split))
     assert ops.shared_scores_plan(ops.chunk_plan(1, 32, 64, 64, "float16", es=32, wgs=1), qstage=True).name == \
         "chunk_wg4<64,32,1,4,false,true>"                                      # ES = 32: 5120 bytes fit 8192
     with pytest.raises(ValueError, match=r"staging \(9216 bytes at ES=64\) does not fit a Q tile \(8192 bytes at D=64"):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16", wgs=1), qstage=True)
     rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
     assert rule.pair and not rule.qstage and not rule.early                  # not measured yet: not the rule's
+    assert not ops.chunk_plan(1, 32, 128, 128, "bfloat16").early
 
 
 def test_shared_scores_rule(h200_gen2):

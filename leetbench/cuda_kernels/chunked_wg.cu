@@ -674,8 +674,9 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false>
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's; EARLY:
+// wg_producer's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -692,7 +693,7 @@ __global__ void __launch_bounds__(288, MINB)
   } else if (warp < 8) {
     SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
   } else {
-    wg_producer<LY, D, STAGES, true>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
+    wg_producer<LY, D, STAGES, true, 1, EARLY>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
   }
 }
 

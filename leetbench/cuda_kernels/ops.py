@@ -263,7 +263,8 @@ class ChunkPlan:
     pair: bool = False  # chunk_wg4: a CTA covers two E slices of `es` (cl = E / 2es), Q Kᵀ formed once for both
     #                     (wgs 3: one output warpgroup, a state warpgroup per slice; shared_scores_plan)
     qstage: bool = False  # chunk_wg4: outputs staged in the slot's Q tile (QSTAGE; a third stage at D = 128)
-    early: bool = False  # chunk_wg4: the producer announces a chunk before it waits for a slot (EARLY)
+    early: bool = False  # chunk_wg2, chunk_wg4: the producer announces a chunk before it waits for a slot (EARLY;
+    #                      early_plan)
 
     @property
     def opts(self) -> int:
@@ -302,9 +303,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{extra}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:
-                pipe = ",true" if self.pipe else ""  # the kernel's PIPE, false by default
-                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{pipe}>"
+            if self.wgs == 2:  # the kernel's PIPE and EARLY, false by default
+                extra = f",{str(self.pipe).lower()},true" if self.early else (",true" if self.pipe else "")
+                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{extra}>"
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -458,8 +459,8 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     (chunk_wg3: CTAs of 416 threads, one per SM), the deepest pipeline whose tiles, two state copies and two
     output stagings fit."""
     _wg16(plan, "two output warpgroups")
-    if plan.pair:
-        raise ValueError(f"two output warpgroups take one E slice a CTA (got {plan.name})")
+    if plan.pair or plan.early:
+        raise ValueError(f"two output warpgroups take one E slice a CTA and the plain producer (got {plan.name})")
     return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
@@ -468,12 +469,11 @@ def _qstage_fits(D: int, es: int) -> bool:
     return 4 * 16 * (es + 8) * 2 <= (D // 64) * 64 * 128
 
 
-def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False, early: bool = False) -> ChunkPlan:
+def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with each CTA covering two of its E slices and forming the chunk's scores
     P = (Q Kᵀ) ⊙ M once for both (chunk_wg4: one output warpgroup, a state warpgroup per slice, CTAs of 416
     threads, one per SM; half as many CTAs), the deepest pipeline whose tiles fit. qstage: the outputs staged in
-    the slot's Q tile, no staging buffer (D=128: three stages instead of two); early: the producer announces a
-    chunk before it waits for a free slot (KERNEL_NOTES v27)."""
+    the slot's Q tile, no staging buffer (D=128: three stages instead of two; KERNEL_NOTES v27)."""
     _wg16(plan, "shared scores")
     if plan.pair or plan.cl % 2:
         raise ValueError(f"shared scores pair two E slices of a plan with an even number of them (got {plan.name}, "
@@ -482,8 +482,16 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False, earl
         raise ValueError(f"shared scores: four warps' output staging ({4 * 16 * (plan.es + 8) * 2} bytes at ES="
                          f"{plan.es}) does not fit a Q tile ({plan.D * 128} bytes at D={plan.D}); valid: D=128, "
                          f"or ES=32")
-    return replace(plan, pair=True, qstage=qstage, early=early, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
+    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
+
+
+def early_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2 or chunk_wg4) with its producer announcing chunk c - 1 before it waits for the slot of
+    chunk c, where that slot is not free yet (EARLY; KERNEL_NOTES v27): the same shared memory."""
+    if plan.gen != 2 or plan.f32 or not (plan.wgs == 2 or plan.pair):
+        raise ValueError(f"the early producer is chunk_wg2's and chunk_wg4's (got {plan.name})")
+    return replace(plan, early=True)
 
 
 def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
