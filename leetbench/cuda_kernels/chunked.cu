@@ -232,7 +232,7 @@ __device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam,
 }
 
 // Named barrier ID for one warpgroup (128 threads): 1 is the consumers'; chunk_wg4's two state warpgroups take 1
-// and 2, each meeting only its own four warps.
+// and 2, each meeting only its own four warps, and its output warps 3 (QSTAGE).
 template <int ID>
 __device__ __forceinline__ void wg_sync() {
   asm volatile("bar.sync %0, 128;" ::"n"(ID) : "memory");

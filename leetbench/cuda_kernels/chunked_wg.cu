@@ -89,15 +89,15 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
   constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
   constexpr int VPC = L::VRB / 16;  // per V row slice
   const int nchunks = (n + CH - 1) / CH;
-  int told = 0;  // chunks announced (EARLY)
   for (int c = 0; c < nchunks; ++c) {
     const int slot = c % STAGES;
     const u32 empty = sbase + L::BAR + 8 * (STAGES + slot), parity = ((c / STAGES) + 1) & 1;
-    if (EARLY && c >= STAGES && told < c && !mbar_test(empty, parity)) {
+    bool told = false;  // chunk c - 1 announced before the wait for slot c (EARLY)
+    if (EARLY && c >= STAGES && !mbar_test(empty, parity)) {
       cp_async_wait<0>();
       fence_async_smem();
       mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
-      told = c;
+      told = true;
     }
     if (c >= STAGES) mbar_wait(empty, parity);
     const int nv = min(CH, n - c * CH);
@@ -123,11 +123,10 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
                    v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
       }
     cp_async_commit();
-    if (c > 0 && (!EARLY || told < c)) {
+    if (c > 0 && !told) {
       cp_async_wait<1>();
       fence_async_smem();
       mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
-      told = c;
     }
   }
   if (nchunks > 0) {

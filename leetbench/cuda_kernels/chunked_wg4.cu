@@ -16,8 +16,9 @@
 // slice's copy barriers [full 2, empty 2] and copy scales [2] at CBAR + 40·s), Q and K tiles once, then per slice
 // its V tiles, Ṽ, two state copies and output staging. QSTAGE (KERNEL_NOTES v27): no output staging of its own;
 // each output warp stages its 16 rows, one slice after the other, in the Q tile of the chunk's slot, which only
-// the output warps read and which is not released before the outputs are stored: 18 KB fewer at ES = 64, room
-// for a third stage at D = 128.
+// the output warps read and which is not released before the outputs are stored (the producer's next cp.async
+// into it, generic writes as these are, is ordered after them by the slot's empty barrier): 18 KB fewer at
+// ES = 64, room for a third stage at D = 128.
 template <int D, int ES, int STAGES, bool QSTAGE = false>
 struct Wg4Smem {
   using W = WgSmem<D, ES, STAGES>;
@@ -83,6 +84,7 @@ struct WgPair {
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    // each slice's own staging; unused under QSTAGE (Wg4Slice::OS lies past that layout's allocation)
     u16* ow0 = reinterpret_cast<u16*>(smem + S0::OS) + 16 * w * LY::OP;
     u16* ow1 = reinterpret_cast<u16*>(smem + S1::OS) + 16 * w * LY::OP;
     const int nchunks = (seg.n + CH - 1) / CH;
@@ -129,7 +131,6 @@ struct WgPair {
         u16* ow = reinterpret_cast<u16*>(smem + LY::QS + slot * DB * LY::QKT) + 16 * w * LY::OP;
         C1::store_outputs(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // ends with __syncwarp: ow is free again
         C1::store_outputs(o1, ow, o, trow, E, e0 + ES, 16 * w, nv, l, c0);
-        fence_async_smem();  // these generic writes before the producer's next TMA into the tile (async proxy)
         if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // staging read back: the slot is free
       } else {
         if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads it

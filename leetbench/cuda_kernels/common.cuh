@@ -134,7 +134,8 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   } while (!ok);
   __syncwarp();
 }
-// Whether the phase of `parity` has completed, without waiting (the same answer in every lane of the warp).
+// Whether the phase of `parity` has completed, without waiting; called by a whole converged warp, every lane
+// gets lane 0's answer.
 __device__ __forceinline__ bool mbar_test(u32 bar, u32 parity) {
   u32 ok = 0;
   asm volatile(
