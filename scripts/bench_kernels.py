@@ -97,7 +97,9 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             pairs = [("v2pair", one, 1, False, False), ("v2pairq", one, 1, True, False),
                      ("v2paire", one, 1, False, True), ("v2pairqe", one, 1, True, True),
                      ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, False, False),
-                     ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, False, False)]
+                     ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, False, False),
+                     ("v2P2pairq", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, True, False),
+                     ("v2P4pairq", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, True, False)]
             for key, plan, segs, qstage, early in pairs:
                 try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25); q: outputs
                     # staged in Q, e: chunks announced early (v27)

@@ -55,6 +55,7 @@ for stage in $stages; do
           wg2) flags=(--wgs 2) ;;
           wg3) flags=(--wgs 3) ;;
           pair) flags=(--pair) ;;
+          pairq) flags=(--pair --qstage) ;;
           pairqe) flags=(--pair --qstage --early) ;;
           pipe) flags=(--pipe) ;;
           *) flags=() ;;
