@@ -17,6 +17,7 @@ anything. Rows go to OUT/bench.jsonl; a short table is printed last.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -99,7 +100,10 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                      ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, False, False),
                      ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, False, False),
                      ("v2P2pairq", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, True, False),
-                     ("v2P4pairq", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, True, False)]
+                     ("v2P4pairq", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, True, False),
+                     # 32-column slices in pairs: the grid of 64-column slices, the state chain split in two
+                     ("v2pair32", ops.chunk_plan(B, H, D, E, dtype, es=32, gen=2, wgs=1), 1, False, False),
+                     ("v2P2pair32", ops.chunk_plan(B, 2 * H, D, E, dtype, es=32, gen=2, wgs=1), 2, False, False)]
             for key, plan, segs, qstage, early in pairs:
                 try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25); q: outputs
                     # staged in Q, e: chunks announced early (v27)
@@ -136,6 +140,19 @@ def variants(B: int, H: int, N: int, D: int, E: int, dtype: str, ab: bool, es: b
         if dtype == "float16":
             out["noscale"] = {"plan": replace(plan, opt=plan.opts & ~ops.OPT_SCALE16)}
     return out
+
+
+def select_variants(kws: dict[tuple, dict[str, dict]], globs: str | None) -> dict[tuple, dict[str, dict]]:
+    """Each shape's variants (`kws`: by shape, by name) whose names match one of the comma-separated `globs`
+    (all where None); ValueError naming the variants there are where a glob matches none in any shape."""
+    if globs is None:
+        return kws
+    patterns = globs.split(",")
+    known = list(dict.fromkeys(n for each in kws.values() for n in each))
+    if lost := [g for g in patterns if not any(fnmatch.fnmatchcase(n, g) for n in known)]:
+        raise ValueError(f"--variants: {', '.join(lost)} matches no variant (valid: {', '.join(known)})")
+    return {shape: {n: kw for n, kw in each.items() if any(fnmatch.fnmatchcase(n, g) for g in patterns)}
+            for shape, each in kws.items()}
 
 
 def worst(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -237,6 +254,8 @@ def main() -> None:
                     help="also time the three passes of the default sequence-parallel plan, or of P segments, "
                          "each alone (pass_ms_*)")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--variants", default=None, metavar="GLOBS",
+                    help="time only the variants whose names match one of these comma-separated globs (v2,v2P2*)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
     t0 = time.time()
@@ -246,12 +265,19 @@ def main() -> None:
     shapes = [(d, B, H, N, *map(int, de.split("x"))) for d in args.dtypes.split(",") for de in args.dims.split(",")
               for B in map(int, args.batches.split(",")) for H in map(int, args.heads.split(","))
               for N in map(int, args.lengths.split(","))]
-    gens = (None, 1, 2) if ops.device_gen(0) == 2 else (None,)
-    names = {n for (d, B, H, N, D, E) in shapes for segs in (None, 1, 2, 4) for g in gens
-             if g != 2 or ops.wg_supports(D, E, DTYPE[d])
-             for n in ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0, segs, g)}
     kws = {shape: variants(*shape[1:], DTYPE[shape[0]], args.ab, args.es, args.gen) for shape in shapes}
-    names |= {kw["plan"].name for each in kws.values() for kw in each.values() if "plan" in kw}  # compiled too
+    try:
+        kws = select_variants(kws, args.variants)
+    except ValueError as exc:
+        ap.error(str(exc))
+    names = set()  # every kernel a variant launches: its plan, and the rule's passes where it is the rule's
+    for (d, B, H, N, D, E), each in kws.items():
+        for kw in each.values():
+            if "plan" in kw:
+                names.add(kw["plan"].name)
+            if "plan" not in kw or kw.get("segments"):
+                names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0, kw.get("segments"), kw.get("gen")))
+        names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0))  # the rule's, which --passes times
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []

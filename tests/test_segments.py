@@ -447,13 +447,32 @@ def test_e_slice_rule(h200):
     assert sq is not None and sq.out.es == 32 and sq.seg.count == 2
 
 
-def test_bench_names_the_instance_behind_each_variant(h200_gen2):
-    """scripts/bench_kernels.py records which template instance each variant ran (`plan_*`), grouping the
-    names that are one instance, so a table cannot show one kernel as two different forms."""
+def test_bench_times_the_variants_asked_for(h200_gen2):
+    """bench_kernels.py --variants keeps the variants matching its globs in every shape, and refuses a glob that
+    matches none, naming the variants there are."""
+    bench = _bench_module()
+    shapes = {("bf16", 1, 32, 16384, 128, 128): bench.gen_variants(1, 32, 128, 128, "bfloat16"),
+              ("fp32", 1, 32, 16384, 128, 128): bench.gen_variants(1, 32, 128, 128, "float32")}
+    kept = bench.select_variants(shapes, "v2,v2P2pair*")
+    assert list(kept[("bf16", 1, 32, 16384, 128, 128)]) == ["v2", "v2P2pair", "v2P2pairq", "v2P2pair32"]
+    assert list(kept[("fp32", 1, 32, 16384, 128, 128)]) == ["v2"]           # no pairs in float32
+    assert bench.select_variants(shapes, None) is shapes
+    with pytest.raises(ValueError, match=r"--variants: v9 matches no variant \(valid: v1, v1one, v2, "):
+        bench.select_variants(shapes, "v2,v9")
+
+
+def _bench_module():
     spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parent.parent / "scripts"
                                                   / "bench_kernels.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_names_the_instance_behind_each_variant(h200_gen2):
+    """scripts/bench_kernels.py records which template instance each variant ran (`plan_*`), grouping the
+    names that are one instance, so a table cannot show one kernel as two different forms."""
+    bench = _bench_module()
     kws = bench.gen_variants(8, 32, 128, 128, "bfloat16")
     plan = {name: bench.variant_plan(8, 32, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
