@@ -1,6 +1,7 @@
 """Time cupy_chunked's launch variants beside the peers, in one process (one device call).
 
     PYTHONPATH=. python3 scripts/bench_kernels.py --out $OUT [--batches 1,4,8] [--lengths ...] [--ab]
+        [--gen [--variants 'v2,v2P2*']]
 
 Per shape (H=32, D=E=128 and D=64/E=256, bf16 by default; --heads, --dims, --batches, --lengths choose others):
 the one-pass kernel (`one`), the sequence-parallel path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own
@@ -8,7 +9,8 @@ choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importabl
 options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
 and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
-tested in tests/test_cupy_kernels.py). Each row names the template instance behind every variant (`plan_*`;
+tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
+(a short device call). Each row names the template instance behind every variant (`plan_*`;
 names that are one instance are printed as such), and the first variant is timed once more after the peers
 (`<first>.end`): their difference is the run's drift, the least difference between two variants that means
 anything. Rows go to OUT/bench.jsonl; a short table is printed last.
