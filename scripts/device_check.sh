@@ -19,7 +19,7 @@ for stage in $stages; do
   case $stage in
     tests) run tests 360 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
              tests/test_cupy_kernels.py tests/test_peers_gpu.py tests/test_reference.py tests/test_inputs.py \
-             tests/test_attention.py tests/test_measure.py ;;
+             tests/test_attention.py tests/test_measure.py ${SHARD:+--shard "$SHARD"} ;;  # ~16 min on an H200: SHARD=1/4 … 4/4, a call each
     sync) run sync 50 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py -k synccheck ;;
     harness)  # the 8-problem bf16 kernel grid with one method (target ≤ 15 s after the worker starts): first
               # with an empty CuPy kernel cache (a fresh machine), then again into a new folder (cache warm)

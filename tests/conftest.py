@@ -17,6 +17,25 @@ import pytest
 TINY = ["sweep=tiny", "progress=lines"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shard", default=None, metavar="I/N",
+                     help="run the I-th of N interleaved parts of the collected tests (the GPU suite outlasts one "
+                          "device call: scripts/device_check.sh's SHARD)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = config.getoption("--shard")
+    if shard is None:
+        return
+    i, _, n = shard.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise pytest.UsageError(f"--shard {shard}: expected I/N with 1 <= I <= N, e.g. 1/3")
+    i, n = int(i), int(n)
+    keep = items[i - 1::n]  # interleaved, so the slow cases of one test spread over the parts
+    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % n != i - 1])
+    items[:] = keep
+
+
 def leetbench_cmd() -> list[str]:
     exe = shutil.which("leetbench")
     if exe is None:

@@ -481,3 +481,4 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     assert plan["v2P2"] == f"{plan['v2wg2']} P=2"                      # segments: one E slice a CTA
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
+
