@@ -97,15 +97,15 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                 except ValueError as exc:
                     print(f"  v2wg{w}: {exc}")
             one = ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1)
+            # one slice a CTA over P segments in `wide`-column slices, and pairs of 32-column slices (the grid of
+            # 64-column slices, the state chain split in two)
+            cut = {P: ops.chunk_plan(B, P * H, D, E, dtype, es=wide, gen=2, wgs=1) for P in (2, 4)}
+            narrow = {P: ops.chunk_plan(B, P * H, D, E, dtype, es=32, gen=2, wgs=1) for P in (1, 2)}
             pairs = [("v2pair", one, 1, False, False), ("v2pairq", one, 1, True, False),
                      ("v2paire", one, 1, False, True), ("v2pairqe", one, 1, True, True),
-                     ("v2P2pair", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, False, False),
-                     ("v2P4pair", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, False, False),
-                     ("v2P2pairq", ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1), 2, True, False),
-                     ("v2P4pairq", ops.chunk_plan(B, 4 * H, D, E, dtype, es=wide, gen=2, wgs=1), 4, True, False),
-                     # 32-column slices in pairs: the grid of 64-column slices, the state chain split in two
-                     ("v2pair32", ops.chunk_plan(B, H, D, E, dtype, es=32, gen=2, wgs=1), 1, False, False),
-                     ("v2P2pair32", ops.chunk_plan(B, 2 * H, D, E, dtype, es=32, gen=2, wgs=1), 2, False, False)]
+                     ("v2P2pair", cut[2], 2, False, False), ("v2P4pair", cut[4], 4, False, False),
+                     ("v2P2pairq", cut[2], 2, True, False), ("v2P4pairq", cut[4], 4, True, False),
+                     ("v2pair32", narrow[1], 1, False, False), ("v2P2pair32", narrow[2], 2, False, False)]
             for key, plan, segs, qstage, early in pairs:
                 try:  # chunk_wg4: two E slices a CTA, their scores formed once (KERNEL_NOTES v25); q: outputs
                     # staged in Q, e: chunks announced early (v27)
@@ -117,9 +117,8 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2wg2", "v2P2wg2"):  # chunk_wg2 with its producer announcing early (v27)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}
-            out["v2onec2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, H, D, E, dtype, gen=2, wgs=1))}
-            out["v2P2c2"] = {"plan": ops.two_copy_plan(ops.chunk_plan(B, 2 * H, D, E, dtype, es=wide, gen=2, wgs=1)),
-                             "segments": 2}
+            out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
+            out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
     return out
 
 
