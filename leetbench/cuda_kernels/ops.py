@@ -299,13 +299,12 @@ class ChunkPlan:
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
             if self.pair:  # the kernel's QSTAGE and EARLY, false by default
-                extra = f",{str(self.qstage).lower()},true" if self.early else (",true" if self.qstage else "")
-                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{extra}>"
+                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{_flags(self.qstage, self.early)}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
             if self.wgs == 2:  # the kernel's PIPE and EARLY, false by default
-                extra = f",{str(self.pipe).lower()},true" if self.early else (",true" if self.pipe else "")
-                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{extra}>"
+                return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
+                        f"{_flags(self.pipe, self.early)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -315,6 +314,12 @@ class ChunkPlan:
 
     def sized(self, dev: int) -> "ChunkPlan":
         return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
+
+
+def _flags(*flags: bool) -> str:
+    """Trailing bool template arguments that default to false: each written up to the last true one."""
+    last = max((i + 1 for i, f in enumerate(flags) if f), default=0)
+    return "".join(f",{str(f).lower()}" for f in flags[:last])
 
 
 @functools.lru_cache(maxsize=None)
@@ -477,9 +482,19 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
+def _qstage_bytes(es: int) -> int:
+    """chunk_wg4's four output warps' staging under QSTAGE: 16 rows each, pitch ES + 8 16-bit elements."""
+    return 4 * 16 * (es + 8) * 2
+
+
+def _q_tile_bytes(D: int) -> int:
+    """One slot's Q tile: D/64 blocks of 64 tokens × 128 bytes."""
+    return (D // 64) * 64 * 128
+
+
 def _qstage_fits(D: int, es: int) -> bool:
-    """Whether chunk_wg4's four output warps can stage their 16 rows (pitch ES + 8) in a Q tile (QSTAGE)."""
-    return 4 * 16 * (es + 8) * 2 <= (D // 64) * 64 * 128
+    """Whether chunk_wg4's four output warps can stage their rows in a Q tile (QSTAGE)."""
+    return _qstage_bytes(es) <= _q_tile_bytes(D)
 
 
 def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> ChunkPlan:
@@ -492,9 +507,9 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
         raise ValueError(f"shared scores pair two E slices of a plan with an even number of them (got {plan.name}, "
                          f"{plan.cl} slice(s) of {plan.es} columns)")
     if qstage and not _qstage_fits(plan.D, plan.es):
-        raise ValueError(f"shared scores: four warps' output staging ({4 * 16 * (plan.es + 8) * 2} bytes at ES="
-                         f"{plan.es}) does not fit a Q tile ({plan.D * 128} bytes at D={plan.D}); valid: D=128, "
-                         f"or ES=32")
+        raise ValueError(f"shared scores: four warps' output staging ({_qstage_bytes(plan.es)} bytes at ES="
+                         f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
+                         f"D=128, or ES=32")
     return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
