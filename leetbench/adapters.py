@@ -218,6 +218,7 @@ def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()
     """
 
     def setup(problem: Any) -> None:
+        fn = get_fn()  # first: it may import the package, whose autotuners forget_autotuning must find
         forget_autotuning(retune, tuning_shape(problem))
         device = torch.device(problem.device)
         gen = torch.Generator(device=device).manual_seed(problem.seed + 1)
@@ -230,7 +231,7 @@ def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()
         if problem.has_initial_state:
             state_dt = torch.float64 if dt == torch.float64 else torch.float32
             s0 = torch.zeros(B, H, D, E, device=device, dtype=state_dt)
-        get_fn()(q, k, v, problem.decay_values(device), scale=problem.scale, initial_state=s0)
+        fn(q, k, v, problem.decay_values(device), scale=problem.scale, initial_state=s0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

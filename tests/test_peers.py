@@ -485,6 +485,27 @@ def test_warm_up_retunes_the_named_packages_autotuners_at_every_problem(monkeypa
     assert ours.tuned_at == [17, 50, 80, 80, 17]
 
 
+def test_warm_up_remembers_the_first_shape_of_a_package_imported_by_its_first_setup(monkeypatch) -> None:
+    """A worker's first setup imports the peer (get_fn), so its autotuners exist only from then on: the choices
+    they make at that first shape are kept all the same, and a later problem of that shape does not re-tune."""
+    from leetbench.adapters import warm_up
+
+    Autotuner, _ = _fake_triton(monkeypatch)
+    tuner = Autotuner()
+
+    def method(q, k, v, decay, *, scale, initial_state=None):
+        tuner.run(q)
+        return v
+
+    def get_fn():  # the package's modules, and so its autotuner, appear on the first import
+        fake_module(monkeypatch, "lazylib.ops", kernel=tuner)
+        return method
+
+    for n in (17, 50, 17):
+        warm_up(get_fn, retune=("lazylib",))(Problem(1, 2, n, 8))
+    assert tuner.tuned_at == [17, 50]
+
+
 def test_forget_autotuning_without_triton_does_nothing(monkeypatch) -> None:
     from leetbench.adapters import forget_autotuning
 
