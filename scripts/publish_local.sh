@@ -47,6 +47,7 @@ mkdir "$work/${prev:0:7}"
 git show "$prev:$dest/results.csv" > "$work/${prev:0:7}/results.csv"
 ln -s "$(pwd)/$dest" "$work/gpu-$CARD"
 list=$(IFS=,; echo "${runs[*]}")
-(cd "$work" && leetbench "report=[$list]" "since=${prev:0:7}" "out=gpu-$CARD" progress=none)
+# (quoted: Hydra would read a short name such as 99464e7 as a number)
+(cd "$work" && leetbench "report=[$list]" "since='${prev:0:7}'" "out=gpu-$CARD" progress=none)
 python -m leetbench.dispatch_tables "$dest/results.csv" -o leetbench/dispatch_tables
 python scripts/readme_tables.py "$dest/results.csv" --methods cupy_chunked,cupy_recurrent,fla_chunk,lightning_attn2,mamba2_ssd

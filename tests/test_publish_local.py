@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,11 +70,28 @@ def _cut_short_tgz(tmp_path: Path, name: str) -> Path:
     return tgz
 
 
+def _numeric_named_commit(repo: Path) -> str:
+    """An empty commit on top whose short name Hydra reads as another number's text (99464e7 as 994640000000.0,
+    0123456 as 123456): made by trying messages, one in about 45."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for i in range(2000):
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", f"try {i}"], cwd=repo, check=True)
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        if re.fullmatch(r"[0-9]+e[0-9]+|0[0-9]+", sha[:7]):
+            return sha
+        subprocess.run(["git", "reset", "-q", "--soft", "HEAD~1"], cwd=repo, check=True)
+    pytest.fail("no commit with a numeric short name in 2000 tries")
+
+
 @pytest.mark.slow
-def test_a_stage_archive_is_merged_with_since_the_previous_publication(tmp_path: Path) -> None:
+@pytest.mark.parametrize("numeric", [False, True], ids=["publication", "numeric-short-name"])
+def test_a_stage_archive_is_merged_with_since_the_previous_publication(tmp_path: Path, numeric: bool) -> None:
     repo = _clone(tmp_path)
     prev = subprocess.run(["git", "log", "-1", "--format=%H", "--", f"{CARD}/results.csv"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.strip()
+    if numeric:  # the same publication under a name Hydra would read as a number unless quoted
+        prev = _numeric_named_commit(repo)
     proc = _run(repo, prev, str(_stage_tgz(tmp_path, "decode")), str(_cut_short_tgz(tmp_path, "wide")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows, complete" in proc.stdout and "| B | N |" in proc.stdout  # README's tables printed
