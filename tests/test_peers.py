@@ -485,25 +485,33 @@ def test_warm_up_retunes_the_named_packages_autotuners_at_every_problem(monkeypa
     assert ours.tuned_at == [17, 50, 80, 80, 17]
 
 
-def test_warm_up_remembers_the_first_shape_of_a_package_imported_by_its_first_setup(monkeypatch) -> None:
-    """A worker's first setup imports the peer (get_fn), so its autotuners exist only from then on: the choices
-    they make at that first shape are kept all the same, and a later problem of that shape does not re-tune."""
+def test_warm_up_tunes_a_package_imported_inside_the_first_call_at_that_shape(monkeypatch) -> None:
+    """fla and Mamba-2 import their kernels inside the route's first call, so their autotuners appear only
+    then, with Triton's disk cache on: the setup has them choose again in memory at the problem's own shape (not
+    the disk's choice made at another N), and keeps that choice for a later problem of the same shape."""
     from leetbench.adapters import warm_up
 
     Autotuner, _ = _fake_triton(monkeypatch)
-    tuner = Autotuner()
+    disk: dict = {}
+
+    class DiskTuner(Autotuner):  # Triton's disk cache: a choice per key, whatever N it was made at
+        def run(self, q):
+            if self.cache_results and q.shape[-1] in disk and q.shape[-1] not in self.cache:
+                self.cache[q.shape[-1]] = disk[q.shape[-1]]
+            return super().run(q)
+
+    tuner = DiskTuner()
+    disk[8] = 999  # an earlier worker's choice, made at N=999
 
     def method(q, k, v, decay, *, scale, initial_state=None):
+        fake_module(monkeypatch, "lazylib.ops", kernel=tuner)  # the package's modules appear on the call
         tuner.run(q)
         return v
 
-    def get_fn():  # the package's modules, and so its autotuner, appear on the first import
-        fake_module(monkeypatch, "lazylib.ops", kernel=tuner)
-        return method
-
     for n in (17, 50, 17):
-        warm_up(get_fn, retune=("lazylib",))(Problem(1, 2, n, 8))
-    assert tuner.tuned_at == [17, 50]
+        warm_up(lambda: method, retune=("lazylib",))(Problem(1, 2, n, 8))
+        assert tuner.run(torch.zeros(1, 2, n, 8)) == n, f"N={n} ran with the choice made at another N"
+    assert tuner.tuned_at == [17, 50] and tuner.cache_results is False
 
 
 def test_forget_autotuning_without_triton_does_nothing(monkeypatch) -> None:
