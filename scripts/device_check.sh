@@ -17,9 +17,30 @@ run() {  # run <name> <seconds> <command...>: output to $log/<name>.log, the tai
 }
 for stage in $stages; do
   case $stage in
-    tests) run tests 360 python3 -m pytest -q -m "not slow" --maxfail=15 -p no:cacheprovider tests/test_segments.py \
-             tests/test_cupy_kernels.py tests/test_peers_gpu.py tests/test_reference.py tests/test_inputs.py \
-             tests/test_attention.py tests/test_measure.py ${SHARD:+--shard "$SHARD"} ;;  # ~16 min on an H200: SHARD=1/4 … 4/4, a call each
+    tests)  # ~16 min on one H200: SHARD=1/4 … 4/4, a call each; or PARTS=4, all of them at once, spread over
+            # the host's GPUs (6.8 min for two a GPU on two H200s). TEST_FILES: other test files.
+      suite=(python3 -m pytest -q -rfE -m "not slow" --maxfail=15 -p no:cacheprovider
+             ${TEST_FILES:-tests/test_segments.py tests/test_cupy_kernels.py tests/test_peers_gpu.py
+             tests/test_reference.py tests/test_inputs.py tests/test_attention.py tests/test_measure.py})
+      if [ -z "${PARTS:-}" ]; then
+        run tests 360 "${suite[@]}" ${SHARD:+--shard "$SHARD"}
+      else
+        [[ "$PARTS" =~ ^[1-9][0-9]*$ ]] \
+          || { echo "device_check: PARTS=$PARTS: expected a number of parts ≥ 1, e.g. 4"; exit 2; }
+        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') || gpus=0
+        slots=$(( gpus > 0 ? gpus : 1 )) t0=$(date +%s) pids=()
+        for i in $(seq 1 "$PARTS"); do  # part i on GPU (i - 1) mod slots
+          CUDA_VISIBLE_DEVICES=$(( (i - 1) % slots )) timeout -s INT "${TESTS_S:-540}" "${suite[@]}" \
+            --shard "$i/$PARTS" > "$log/tests-$i.log" 2>&1 &
+          pids+=($!)
+        done
+        for i in $(seq 1 "$PARTS"); do
+          wait "${pids[i-1]}"; rc=$?
+          echo "== tests part $i/$PARTS (GPU $(( (i - 1) % slots ))): exit $rc, $(tail -n 1 "$log/tests-$i.log")"
+          grep -E "^(FAILED|ERROR) " "$log/tests-$i.log"
+        done
+        echo "== tests: $PARTS parts over $gpus GPU(s) in $(( $(date +%s) - t0 )) s"
+      fi ;;
     sync) run sync 50 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py -k synccheck ;;
     harness)  # the 8-problem bf16 kernel grid with one method (target ≤ 15 s after the worker starts): first
               # with an empty CuPy kernel cache (a fresh machine), then again into a new folder (cache warm)

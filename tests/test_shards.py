@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shards_split_the_suite():
@@ -25,3 +31,22 @@ def test_shards_split_the_suite():
     assert not set(parts[0]) & set(parts[1])
     bad = collected("--shard", "4/3")
     assert bad.returncode == 4 and "--shard 4/3: expected I/N with 1 <= I <= N" in bad.stderr
+
+
+@pytest.mark.slow
+def test_device_check_runs_the_parts_side_by_side(tmp_path: Path):
+    """`PARTS=2 bash scripts/device_check.sh tests` runs the suite's two --shard parts at once (spread over the
+    host's GPUs; here, without one, both on "GPU 0"), names each part's exit and summary, and together the parts
+    run every test once."""
+    env = {**os.environ, "PARTS": "2", "TEST_FILES": "tests/test_segments.py", "OUT": str(tmp_path),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "scripts/device_check.sh", "tests"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = re.findall(r"== tests part (\d)/2 \(GPU 0\): exit 0, (.*)", proc.stdout)
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                "tests/test_segments.py"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert [i for i, _ in parts] == ["1", "2"], proc.stdout
+    ran = sum(int(n) for _, summary in parts for n in re.findall(r"(\d+) (?:passed|skipped)", summary))
+    assert ran == sum("::" in line for line in collected.splitlines())
+    assert "== tests: 2 parts over" in proc.stdout and (tmp_path / "check.tgz").exists()
