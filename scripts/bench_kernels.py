@@ -170,6 +170,22 @@ def variant_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -
     return names[0] if seq is None else f"{names[0]} P={seq.seg.count}"
 
 
+def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> float | None:
+    """Multiply-adds a variant's kernels issue per token and head, counted as KERNEL_NOTES v24 and v29 count
+    them (generation 2; None for generation 1): Q Kᵀ once per CTA's columns (each of the plan's `cl` slices, a
+    pair's two sharing theirs), P V, Q S_in and Kᵀ Ṽ, and in P segments the state pass's Kᵀ V over all but the
+    last; three of each in float32 (float16 pieces). Its rate is the kernel's ceiling where memory is not."""
+    if "plan" in kw:
+        plan, segments = kw["plan"], kw.get("segments", 1)
+    else:
+        seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
+        plan, segments = (seq.out, seq.seg.count) if seq else (ops.chunk_plan(B, H, D, E, dtype, gen=kw.get("gen")), 1)
+    if plan.gen != 2:
+        return None
+    macs = ops.CHUNK * D * plan.cl + ops.CHUNK * E + 2 * D * E + D * E * (segments - 1) / segments
+    return macs * (3 if plan.f32 else 1)
+
+
 def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
                passes: int | None = None) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
@@ -197,6 +213,8 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
     for name, kw in kws.items():
         row[f"plan_{name}"] = variant_plan(B, H, N, D, E, dtype, kw)
         plans.setdefault(row[f"plan_{name}"], []).append(name)
+        if (macs := variant_products(B, H, N, D, E, dtype, kw)) is not None:
+            row[f"macs_{name}"] = macs
     row["same_plan"] = [names for names in plans.values() if len(names) > 1]
     if passes is not None:  # the three passes of the rule's sequence-parallel plan (0) or of P segments
         seq = ops.seq_plan(B, H, N, D, E, dtype, segments=passes or None)
@@ -230,8 +248,12 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
 def line(row: dict) -> str:
     ms = {k[3:]: v for k, v in row.items() if k.startswith("ms_")}
     best = min(ms.values()) if ms else float("nan")
-    cells = " ".join(f"{k}={v:.3f}{'*' if v == best else ''}({row['floor_bytes'] / v / 1e6 / row['bw_gbps']:.0%})"
-                     for k, v in ms.items())
+    def rate(k: str, v: float) -> str:  # the products' TFLOPS, where counted (generation 2)
+        macs = row.get(f"macs_{k.removesuffix('.end')}")
+        return "" if macs is None else f", {2 * macs * row['B'] * row['H'] * row['N'] / v / 1e9:.0f} TF"
+
+    cells = " ".join(f"{k}={v:.3f}{'*' if v == best else ''}({row['floor_bytes'] / v / 1e6 / row['bw_gbps']:.0%}"
+                     f"{rate(k, v)})" for k, v in ms.items())
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
     passes = " ".join(f"{k[8:]}={v:.4f}" for k, v in row.items() if k.startswith("pass_ms_"))
     passes += f" ({row['passes_plan']})" if "passes_plan" in row else ""
@@ -291,7 +313,8 @@ def main() -> None:
             with open(os.path.join(args.out, "bench.jsonl"), "a") as f:
                 f.write(json.dumps({"gpu": name, **row}) + "\n")
         torch.cuda.empty_cache()
-    print(f"\n==== ms (% of copy bandwidth), * = fastest; {name}, {bw:.0f} GB/s, {time.time() - t0:.0f} s")
+    print(f"\n==== ms (% of copy bandwidth, TFLOPS of the products issued), * = fastest; {name}, {bw:.0f} GB/s, "
+          f"{time.time() - t0:.0f} s")
     print("\n".join(table))
 
 

@@ -461,6 +461,24 @@ def test_bench_times_the_variants_asked_for(h200_gen2):
         bench.select_variants(shapes, "v2,v9")
 
 
+def test_bench_counts_each_variants_products(h200_gen2):
+    """bench_kernels.py counts the multiply-adds a variant issues per token and head (KERNEL_NOTES v29) and
+    prints their rate beside the bandwidth: the pair forms Q Kᵀ once for its two slices (49152 at D=E=128),
+    one-slice CTAs once each (57344), two segments add half a state pass (D·E / 2), float32 three of each."""
+    bench = _bench_module()
+    kws = bench.gen_variants(8, 32, 128, 128, "bfloat16")
+    count = lambda B, kw, dtype="bfloat16": bench.variant_products(B, 32, 65536, 128, 128, dtype, kw)  # noqa: E731
+    assert count(8, kws["v2"]) == 64 * 128 + 64 * 128 + 2 * 128 * 128 == 49152        # the rule: the pair
+    assert count(8, kws["v2wg2"]) == 2 * 64 * 128 + 64 * 128 + 2 * 128 * 128 == 57344  # two slices, two Q Kᵀ
+    assert count(1, {"gen": 2}) == 57344 + 128 * 128 / 2                                # B=1: P=2, one slice
+    assert count(8, {"gen": 2}, "float32") == 3 * 57344
+    assert count(8, {"gen": 1}) is None                                               # generation 1: not counted
+    row = {"dtype": "bf16", "B": 8, "H": 32, "N": 65536, "D": 128, "E": 128, "bw_gbps": 4240.0,
+           "floor_bytes": 8 * 32 * 65536 * 1024, "segments_auto": 1, "ms_v2": 5.536, "macs_v2": 49152.0,
+           "ms_fla": 12.0}
+    assert bench.line(row).startswith("bf16 B8 H32 N65536 D128 E128 P=1: v2=5.536*(73%, 298 TF) fla=12.000(34%)")
+
+
 def _bench_module():
     spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parent.parent / "scripts"
                                                   / "bench_kernels.py")
