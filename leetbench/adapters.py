@@ -215,7 +215,8 @@ def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()
     (H, D, E, dtype) — so doing that call in `setup` puts it under `setup_timeout_s` and outside the checked
     and timed calls. `get_fn` is called then, so a method can name itself before it is defined. `retune`
     names packages whose Triton autotuners choose at this problem's shape first (`forget_autotuning`), so that
-    every problem is measured with the configuration tuned at its own shape.
+    every problem is measured with the configuration tuned at its own shape; tuners that first appear during
+    that call (the package imports its kernels there) are set to this shape and the call is made once more.
     """
 
     def setup(problem: Any) -> None:
