@@ -161,13 +161,18 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
+def variant_launch(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> tuple[ops.ChunkPlan, int]:
+    """The plan a variant's outputs come from and its segments (1: one pass), as `ops.chunked` resolves `kw`."""
+    if "plan" in kw:
+        return kw["plan"], kw.get("segments", 1)
+    seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
+    return (seq.out, seq.seg.count) if seq else (ops.chunk_plan(B, H, D, E, dtype, gen=kw.get("gen")), 1)
+
+
 def variant_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
     """The template instance a variant's outputs come from (its state pass and scan left out)."""
-    if "plan" in kw:
-        return kw["plan"].name if kw.get("segments", 1) == 1 else f"{kw['plan'].name} P={kw['segments']}"
-    names = ops.chunk_kernel_names(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
-    seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
-    return names[0] if seq is None else f"{names[0]} P={seq.seg.count}"
+    plan, segments = variant_launch(B, H, N, D, E, dtype, kw)
+    return plan.name if segments == 1 else f"{plan.name} P={segments}"
 
 
 def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> float | None:
@@ -175,11 +180,7 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
     them (generation 2; None for generation 1): Q Kᵀ once per CTA's columns (each of the plan's `cl` slices, a
     pair's two sharing theirs), P V, Q S_in and Kᵀ Ṽ, and in P segments the state pass's Kᵀ V over all but the
     last; three of each in float32 (float16 pieces). Its rate is the kernel's ceiling where memory is not."""
-    if "plan" in kw:
-        plan, segments = kw["plan"], kw.get("segments", 1)
-    else:
-        seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
-        plan, segments = (seq.out, seq.seg.count) if seq else (ops.chunk_plan(B, H, D, E, dtype, gen=kw.get("gen")), 1)
+    plan, segments = variant_launch(B, H, N, D, E, dtype, kw)
     if plan.gen != 2:
         return None
     macs = ops.CHUNK * D * plan.cl + ops.CHUNK * E + 2 * D * E + D * E * (segments - 1) / segments
