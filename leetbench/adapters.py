@@ -233,10 +233,11 @@ def warm_up(get_fn: Callable[[], Callable[..., Any]], retune: Sequence[str] = ()
         if problem.has_initial_state:
             state_dt = torch.float64 if dt == torch.float64 else torch.float32
             s0 = torch.zeros(B, H, D, E, device=device, dtype=state_dt)
-        fn(q, k, v, problem.decay_values(device), scale=problem.scale, initial_state=s0)
+        decay = problem.decay_values(device)
+        fn(q, k, v, decay, scale=problem.scale, initial_state=s0)
         if forget_autotuning(retune, shape, new_only=True):  # the package was imported inside that call: its
             # tuners chose there unseen (perhaps from Triton's disk cache, made at another N); once more, in memory
-            fn(q, k, v, problem.decay_values(device), scale=problem.scale, initial_state=s0)
+            fn(q, k, v, decay, scale=problem.scale, initial_state=s0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
