@@ -13,17 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def collected(*args: str) -> subprocess.CompletedProcess:
+    """pytest --collect-only on tests/test_segments.py (the suite's quick file), with `args`."""
+    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "tests/test_segments.py", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def ids(*args: str) -> list[str]:
+    """The test ids `collected` lists."""
+    return [line for line in collected(*args).stdout.splitlines() if "::" in line]
+
+
 def test_shards_split_the_suite():
     """pytest --shard I/N (tests/conftest.py) runs every collected test in exactly one of the N parts, and
     refuses a part that does not exist in one line."""
-    def collected(*args: str) -> subprocess.CompletedProcess:
-        here = Path(__file__).parent
-        return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                               str(here / "test_segments.py"), *args], capture_output=True, text=True,
-                              cwd=here.parent)
-
-    def ids(*args: str) -> list[str]:
-        return [line for line in collected(*args).stdout.splitlines() if "::" in line]
 
     everything = ids()
     parts = [ids("--shard", f"{i}/3") for i in (1, 2, 3)]
@@ -44,9 +47,7 @@ def test_device_check_runs_the_parts_side_by_side(tmp_path: Path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     parts = re.findall(r"== tests part (\d)/2 \(GPU 0\): exit 0, (.*)", proc.stdout)
-    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                                "tests/test_segments.py"], cwd=ROOT, capture_output=True, text=True).stdout
     assert [i for i, _ in parts] == ["1", "2"], proc.stdout
     ran = sum(int(n) for _, summary in parts for n in re.findall(r"(\d+) (?:passed|skipped)", summary))
-    assert ran == sum("::" in line for line in collected.splitlines())
+    assert ran == len(ids())
     assert "== tests: 2 parts over" in proc.stdout and (tmp_path / "check.tgz").exists()
