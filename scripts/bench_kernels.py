@@ -114,6 +114,9 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                                 **({"segments": segs} if segs > 1 else {})}
                 except ValueError as exc:
                     print(f"  {key}: {exc}")
+            for key in ("v2pair", "v2pairq", "v2P4pairq"):  # w: the output warps' products over both slices (v30)
+                if key in out:
+                    out[key + "w"] = {**out[key], "plan": ops.wide_plan(out[key]["plan"])}
             for key in ("v2wg2", "v2P2wg2"):  # chunk_wg2 with its producer announcing early (v27)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}

@@ -78,6 +78,7 @@ for stage in $stages; do
           pair) flags=(--pair) ;;
           pairq) flags=(--pair --qstage) ;;
           pairqe) flags=(--pair --qstage --early) ;;
+          pairqw) flags=(--pair --qstage --wide) ;;
           pipe) flags=(--pipe) ;;
           *) flags=() ;;
         esac

@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--pair", action="store_true", help="chunk_wg4: two E slices a CTA, one Q Kᵀ (16-bit only)")
     ap.add_argument("--qstage", action="store_true", help="with --pair: outputs staged in the slot's Q tile")
     ap.add_argument("--early", action="store_true", help="chunk_wg2's or chunk_wg4's producer announces chunks early")
+    ap.add_argument("--wide", action="store_true", help="with --pair: the output products over both slices at once")
     ap.add_argument("--calls", type=int, default=3)
     args = ap.parse_args()
     if args.qstage and not args.pair:
@@ -78,7 +79,8 @@ def main() -> None:
                                    (args.producer_split, "--producer-split", ops.producer_split_plan, None),
                                    (args.pair, "--pair", functools.partial(ops.shared_scores_plan, qstage=args.qstage),
                                     1),
-                                   (args.early, "--early", ops.early_plan, None)):
+                                   (args.early, "--early", ops.early_plan, None),
+                                   (args.wide, "--wide", ops.wide_plan, None)):
         if on:  # the variant of the plan so far (or of the consumer warpgroups it varies)
             try:
                 base = kw.get("plan") or ops.chunk_plan(B, H, D, E, dtype, wgs=wgs)

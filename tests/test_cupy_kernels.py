@@ -253,7 +253,8 @@ def test_fp16_state_beyond_65504(segments):
         base = ops.chunk_plan(B, H, D, E, "float16", 0, gen=2, wgs=1)
         for other in (ops.split_plan(base, 0), ops.pipe_plan(ops.split_plan(base, 0)), ops.two_output_plan(base, 0),
                       ops.two_copy_plan(base, 0), ops.shared_scores_plan(base, 0),
-                      ops.early_plan(ops.shared_scores_plan(base, 0, qstage=True))):
+                      ops.early_plan(ops.shared_scores_plan(base, 0, qstage=True)),
+                      ops.wide_plan(ops.shared_scores_plan(base, 0))):  # WIDE: each slice's own copy scale
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -270,7 +271,8 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
-    warpgroups, with two E slices a CTA sharing their scores (at D = 128 also staged in Q, announced early),
+    warpgroups, with two E slices a CTA sharing their scores (their output products over both slices at once;
+    at D = 128 also staged in Q, announced early),
     chunk_wg2's and chunk_wg4's early producer, and with two state copies (float32: each count of producer warps,
     with and without their split of the chunk)."""
     lim = device_limits(0)
@@ -296,11 +298,11 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
-            pair = ops.shared_scores_plan(base, 0)
-            out += [pair] + ([replace(pair, stages=2, smem=0)] if pair.stages > 2 else [])
+            pair = ops.shared_scores_plan(base, 0)  # and its output products over both slices at once (WIDE)
+            out += [pair, ops.wide_plan(pair)] + ([replace(pair, stages=2, smem=0)] if pair.stages > 2 else [])
             if D == 128:  # and, where the rule takes it, its outputs staged in Q and the early producer
                 staged = ops.shared_scores_plan(base, 0, qstage=True)
-                out += [staged, ops.early_plan(pair), ops.early_plan(staged)]
+                out += [staged, ops.early_plan(pair), ops.early_plan(staged), ops.wide_plan(staged)]
         out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
@@ -558,6 +560,8 @@ _SANITIZE = textwrap.dedent("""
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=pair, segments=3)
             both = ops.early_plan(ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1), qstage=True))
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=both, segments=3)  # staged in Q, announced early
+            wide = ops.wide_plan(ops.shared_scores_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1), qstage=True))
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=wide, segments=3)  # both slices' products at once
             run(ops.chunked, 2, 1, 131, 64, 64, dt, True, plan=ops.shared_scores_plan(plan(2, 1, 64, 64, dt, es=32)))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)

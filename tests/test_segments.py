@@ -447,6 +447,23 @@ def test_e_slice_rule(h200):
     assert sq is not None and sq.out.es == 32 and sq.seg.count == 2
 
 
+def test_wide_products_are_named_and_refused_off_the_pair(h200_gen2):
+    """chunk_wg4's WIDE (the output warps' Q S_in and P V over both slices as one product each, KERNEL_NOTES v30)
+    is its eighth template argument, the same shared memory; refused by name for any kernel but chunk_wg4; not
+    in the rule until measured."""
+    base = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
+    staged = ops.shared_scores_plan(base, qstage=True)
+    wide = ops.wide_plan(staged)
+    assert (wide.name, wide.smem, wide.stages) == ("chunk_wg4<128,64,1,3,true,true,false,true>", staged.smem, 3)
+    assert ops.wide_plan(ops.shared_scores_plan(base)).name == "chunk_wg4<128,64,1,2,true,false,false,true>"
+    for other in (base, ops.split_plan(base), ops.chunk_plan(8, 32, 128, 128, "float32")):
+        with pytest.raises(ValueError, match=r"the wide products are chunk_wg4's, two E slices a CTA \(got chunk_wg"):
+            ops.wide_plan(other)
+    assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16").wide
+    variants = _bench_module().gen_variants(8, 32, 128, 128, "bfloat16")
+    assert variants["v2pairqw"]["plan"] == wide and variants["v2P4pairqw"]["segments"] == 4
+
+
 def test_bench_times_the_variants_asked_for(h200_gen2):
     """bench_kernels.py --variants keeps the variants matching its globs in every shape, and refuses a glob that
     matches none, naming the variants there are."""

@@ -66,13 +66,43 @@ __device__ __forceinline__ void wg_scores_masked(const float (&acc)[32], const f
     }
 }
 
-template <int D, int ES, int STAGES, bool BF16, bool QSTAGE = false>
+// WIDE (KERNEL_NOTES v30): the output warps' Q S_in and P V of both slices as one product each of N = 2·ES
+// columns (m64n128 at ES = 64) — Q's tiles read once for both slices, half as many wgmma instructions. The two
+// slices' state copies (and V tiles) are one MN-major operand: slice 1's tile at a fixed distance past slice
+// 0's (the descriptor's LBO), and the accumulator holds slice 0's columns in its first ES/2 values.
+template <int D, int ES, int STAGES, bool BF16, bool QSTAGE = false, bool WIDE = false>
 struct WgPair {
   using LY = Wg4Smem<D, ES, STAGES, QSTAGE>;
   using S0 = Wg4Slice<D, ES, STAGES, 0>;
   using S1 = Wg4Slice<D, ES, STAGES, 1>;
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its output store (the staging pitch OP is the same)
   static constexpr int DB = LY::DB, NA = ES / 2;
+
+  // WIDE: O = Q S_in of both slices (S_in: their copies of one buffer, slice 0's at copy0), one product
+  static __device__ __forceinline__ void query_both(float (&o)[2 * NA], u32 qs, u32 copy0) {
+    constexpr u32 lbo = S1::SB - S0::SB;  // the same for both buffers (SB2 = SB + D·VRB in each slice)
+#pragma unroll
+    for (int kb = 0; kb < D / 64; ++kb)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wg_ss<2 * ES, BF16, 0, 1>(o, wg_desc<128>(qs + kb * WG_QKT + 32 * kk),
+                                  wg_desc<2 * ES>(copy0 + (64 * kb + 16 * kk) * 2 * ES, lbo), kb + kk > 0);
+  }
+  // WIDE: O += P V of both slices (V: their tiles of one slot, slice 0's at v0), one product
+  static __device__ __forceinline__ void values_both(float (&o)[2 * NA], const u32 (&pa)[4][4], u32 v0) {
+    constexpr u32 lbo = S1::VS - S0::VS;  // STAGES·VT
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wg_rs<2 * ES, BF16, 1>(o, pa[kk], wg_desc<2 * ES>(v0 + 32 * ES * kk, lbo), true);
+  }
+  // WIDE: the accumulator's rows scaled, slice 0's columns by g0 (row r0), g1 (row r0 + 8) and slice 1's by h0, h1
+  static __device__ __forceinline__ void scale_both(float (&o)[2 * NA], float g0, float g1, float h0, float h1) {
+#pragma unroll
+    for (int j = 0; j < NA / 2; ++j) {
+      const float a = j < NA / 4 ? g0 : h0, b = j < NA / 4 ? g1 : h1;
+      o[4 * j] *= a; o[4 * j + 1] *= a;
+      o[4 * j + 2] *= b; o[4 * j + 3] *= b;
+    }
+  }
 
   // The output warps' loop: both slices of every chunk, e0 the CTA's first column.
   static __device__ __forceinline__ void outputs(unsigned char* smem, u16* __restrict__ o, const Seg& seg, int e0,
@@ -95,35 +125,56 @@ struct WgPair {
       const u32 qs = sbase + LY::QS + slot * DB * LY::QKT;
       wg_fence();
       float acc_a[32], o0[NA], o1[NA];
+      float ob[WIDE ? 2 * NA : 1];  // WIDE: both slices' outputs, slice 0's columns first
       wg_scores<D, BF16>(acc_a, qs, sbase + LY::KS + slot * DB * LY::QKT, false);  // needs only the slot
       wg_commit();
       mbar_wait(sbase + S0::CBAR + 8 * buf, (c >> 1) & 1);  // copy c of each slice from its state warps
       mbar_wait(sbase + S1::CBAR + 8 * buf, (c >> 1) & 1);
       wg_fence();
-      wg_query_state<D, ES, BF16>(o0, qs, sbase + (buf ? S0::SB2 : S0::SB), false);
-      wg_query_state<D, ES, BF16>(o1, qs, sbase + (buf ? S1::SB2 : S1::SB), false);
+      if constexpr (WIDE) {
+        query_both(ob, qs, sbase + (buf ? S0::SB2 : S0::SB));
+      } else {
+        wg_query_state<D, ES, BF16>(o0, qs, sbase + (buf ? S0::SB2 : S0::SB), false);
+        wg_query_state<D, ES, BF16>(o1, qs, sbase + (buf ? S1::SB2 : S1::SB), false);
+      }
       wg_commit();
       wg_wait<1>();
       wg_pin(acc_a);
       u32 pa[4][4];
       wg_scores_masked<BF16>(acc_a, tab, scale, r0, c0, pa);
       wg_wait<0>();
-      wg_pin(o0);
-      wg_pin(o1);
+      if constexpr (WIDE) {
+        wg_pin(ob);
+      } else {
+        wg_pin(o0);
+        wg_pin(o1);
+      }
       const float u0 = up0[buf], u1 = up1[buf];  // read before the copies are released: copy c + 2 rewrites them
       if (l == 0) {  // this warp's share of Q S_in read copy c of both slices
         mbar_arrive(sbase + S0::CBAR + 8 * (2 + buf));
         mbar_arrive(sbase + S1::CBAR + 8 * (2 + buf));
       }
-      wg_scale_rows(o0, f0 * u0, f1 * u0);
-      wg_scale_rows(o1, f0 * u1, f1 * u1);
-      wg_fence();
-      wg_values<ES, BF16>(o0, pa, sbase + S0::VS + slot * LY::VT);
-      wg_values<ES, BF16>(o1, pa, sbase + S1::VS + slot * LY::VT);
+      if constexpr (WIDE) {
+        scale_both(ob, f0 * u0, f1 * u0, f0 * u1, f1 * u1);
+        wg_fence();
+        values_both(ob, pa, sbase + S0::VS + slot * LY::VT);
+      } else {
+        wg_scale_rows(o0, f0 * u0, f1 * u0);
+        wg_scale_rows(o1, f0 * u1, f1 * u1);
+        wg_fence();
+        wg_values<ES, BF16>(o0, pa, sbase + S0::VS + slot * LY::VT);
+        wg_values<ES, BF16>(o1, pa, sbase + S1::VS + slot * LY::VT);
+      }
       wg_commit();
       wg_wait<0>();
-      wg_pin(o0);
-      wg_pin(o1);
+      if constexpr (WIDE) {
+        wg_pin(ob);
+#pragma unroll
+        for (int i = 0; i < NA; ++i) o0[i] = ob[i], o1[i] = ob[NA + i];
+      } else {
+        wg_pin(o0);
+        wg_pin(o1);
+      }
       const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
       if constexpr (QSTAGE) {
         // every output warp's products that read this Q tile are complete before any warp writes into it
@@ -143,8 +194,9 @@ struct WgPair {
 
 // Grid: B·H·RUNS·NSL CTAs of 416 threads, one per SM; arguments as chunk_wg's (NSL = E / (2·ES)). QSTAGE:
 // outputs staged in the slot's Q tile (Wg4Smem); EARLY: a chunk announced before the producer waits for a slot
-// (wg_producer).
-template <int D, int ES, int NSL, int STAGES, bool BF16, bool QSTAGE = false, bool EARLY = false>
+// (wg_producer); WIDE: the output warps' products over both slices at once (WgPair).
+template <int D, int ES, int NSL, int STAGES, bool BF16, bool QSTAGE = false, bool EARLY = false,
+          bool WIDE = false>
 __global__ void __launch_bounds__(416, 1)
     chunk_wg4(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -163,7 +215,7 @@ __global__ void __launch_bounds__(416, 1)
   __syncthreads();
   const int tid = threadIdx.x, warp = warp_index();
   if (warp < 4) {
-    WgPair<D, ES, STAGES, BF16, QSTAGE>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    WgPair<D, ES, STAGES, BF16, QSTAGE, WIDE>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
   } else if (warp < 8) {
     WgSplit<D, ES, STAGES, BF16, true, false, Wg4Slice<D, ES, STAGES, 0>, 1>::state(cta.smem, s0, sN, cta.seg,
                                                                                     cta.e0, E, tid - 128);

@@ -9,8 +9,10 @@
 // A tile of R rows × RB bytes serves as
 //   K-major  operand (rows = M or N, the row's bytes = K):  16-element k-step j starts at +32·j bytes;
 //   MN-major operand (rows = K, the row's bytes = M or N):   16-row k-step j starts at +16·RB·j bytes;
-// in both the stride between eight-row groups (SBO) is 8·RB; the other offset (LBO) is unused at M, N ≤ 64
-// elements of 16 bits, all this kernel needs.
+// in both the stride between eight-row groups (SBO) is 8·RB. The other offset (LBO) is unused at M, N ≤ 64
+// elements of 16 bits. An MN-major operand of twice its rows' width (chunk_wg4's WIDE products over two E
+// slices: N = RB elements) is two such tiles, LBO the byte distance from the first to the second (CUTLASS's
+// MN-major canonical layout ((T, RB/16, m), (8, k)) : ((1, T, LBO), (RB/16·T, SBO)), T = 16 bytes).
 #pragma once
 
 // Byte offset of 16-byte piece `piece` of row `row` in a swizzled tile of RB-byte rows.
@@ -21,12 +23,13 @@ __device__ __forceinline__ u32 swz(int row, int piece) {
   return (u32)(row * RB + ((piece ^ x) << 4));
 }
 
-// wgmma shared-memory descriptor: start address, LBO, SBO (bytes, 16-byte units), swizzle mode.
+// wgmma shared-memory descriptor: start address, LBO, SBO (bytes, 16-byte units), swizzle mode. lbo: the
+// distance to an MN-major operand's second tile (bytes, < 256 KB); 16 where there is none.
 template <int RB>
-__device__ __forceinline__ u64 wg_desc(u32 addr) {
+__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo = 16) {
   constexpr u64 mode = RB == 128 ? 1 : 2;  // 1: 128-byte swizzle, 2: 64-byte swizzle
   constexpr u64 sbo = 8 * RB;
-  return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((sbo >> 4) << 32) | (mode << 62);
+  return (u64)((addr & 0x3FFFF) >> 4) | ((u64)((lbo >> 4) & 0x3FFF) << 16) | ((sbo >> 4) << 32) | (mode << 62);
 }
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
@@ -52,12 +55,27 @@ __device__ __forceinline__ void wg_pin(float (&d)[N]) {
 #define LB_D16 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}"
 #define LB_D32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23," \
                "%24,%25,%26,%27,%28,%29,%30,%31}"
+#define LB_D64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23," \
+               "%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46," \
+               "%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+#define LB_R64 LB_R8(0), LB_R8(8), LB_R8(16), LB_R8(24), LB_R8(32), LB_R8(40), LB_R8(48), LB_R8(56)
 
 template <int N, bool BF16, int TA, int TB>
 __device__ __forceinline__ void wg_ss(float (&d)[N / 2], u64 da, u64 db, bool acc) {
-  static_assert(N == 32 || N == 64, "N = 32 or 64");
+  static_assert(N == 32 || N == 64 || N == 128, "N = 32, 64 or 128");
   const int sc = acc ? 1 : 0;
-  if (N == 64) {
+  if constexpr (N == 128) {
+    if (BF16)
+      asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+                   "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LB_D64 ", %64, %65, p, 1, 1, %67, %68; }"
+                   : LB_R64
+                   : "l"(da), "l"(db), "r"(sc), "n"(TA), "n"(TB));
+    else
+      asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0;\n"
+                   "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LB_D64 ", %64, %65, p, 1, 1, %67, %68; }"
+                   : LB_R64
+                   : "l"(da), "l"(db), "r"(sc), "n"(TA), "n"(TB));
+  } else if constexpr (N == 64) {
     if (BF16)
       asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0;\n"
                    "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LB_D32 ", %32, %33, p, 1, 1, %35, %36; }"
@@ -84,9 +102,22 @@ __device__ __forceinline__ void wg_ss(float (&d)[N / 2], u64 da, u64 db, bool ac
 
 template <int N, bool BF16, int TB>
 __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const u32 (&a)[4], u64 db, bool acc) {
-  static_assert(N == 32 || N == 64, "N = 32 or 64");
+  static_assert(N == 32 || N == 64 || N == 128, "N = 32, 64 or 128");
   const int sc = acc ? 1 : 0;
-  if (N == 64) {
+  if constexpr (N == 128) {
+    if (BF16)
+      asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0;\n"
+                   "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LB_D64
+                   ", {%64,%65,%66,%67}, %68, p, 1, 1, %70; }"
+                   : LB_R64
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(sc), "n"(TB));
+    else
+      asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0;\n"
+                   "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " LB_D64
+                   ", {%64,%65,%66,%67}, %68, p, 1, 1, %70; }"
+                   : LB_R64
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(sc), "n"(TB));
+  } else if constexpr (N == 64) {
     if (BF16)
       asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0;\n"
                    "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LB_D32
@@ -115,5 +146,7 @@ __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const u32 (&a)[4], u64 
   }
 }
 #undef LB_R8
+#undef LB_R64
 #undef LB_D16
 #undef LB_D32
+#undef LB_D64

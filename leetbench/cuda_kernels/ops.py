@@ -265,6 +265,8 @@ class ChunkPlan:
     qstage: bool = False  # chunk_wg4: outputs staged in the slot's Q tile (QSTAGE; a third stage at D = 128)
     early: bool = False  # chunk_wg2, chunk_wg4: the producer announces a chunk before it waits for a slot (EARLY;
     #                      early_plan)
+    wide: bool = False  # chunk_wg4: the output warps' Q S_in and P V over both slices as one product each (WIDE;
+    #                     wide_plan)
 
     @property
     def opts(self) -> int:
@@ -298,8 +300,9 @@ class ChunkPlan:
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
-            if self.pair:  # the kernel's QSTAGE and EARLY, false by default
-                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{_flags(self.qstage, self.early)}>"
+            if self.pair:  # the kernel's QSTAGE, EARLY and WIDE, false by default
+                flags = _flags(self.qstage, self.early, self.wide)
+                return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
             if self.wgs == 2:  # the kernel's PIPE and EARLY, false by default
@@ -520,6 +523,15 @@ def early_plan(plan: ChunkPlan) -> ChunkPlan:
     if plan.gen != 2 or plan.f32 or not (plan.wgs == 2 or plan.pair):
         raise ValueError(f"the early producer is chunk_wg2's and chunk_wg4's (got {plan.name})")
     return replace(plan, early=True)
+
+
+def wide_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg4) with its output warps' Q S_in and P V formed for both slices by one product each, of
+    2·ES columns (WIDE; KERNEL_NOTES v30): Q's tiles read once, half the wgmma instructions; the same shared
+    memory and registers."""
+    if not plan.pair:
+        raise ValueError(f"the wide products are chunk_wg4's, two E slices a CTA (got {plan.name})")
+    return replace(plan, wide=True)
 
 
 def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
