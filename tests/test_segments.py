@@ -348,8 +348,8 @@ def test_staged_in_q_and_announced_early(h200_gen2):
     with pytest.raises(ValueError, match=r"staging \(9216 bytes at ES=64\) does not fit a Q tile \(8192 bytes at D=64"):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16", wgs=1), qstage=True)
     rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
-    assert rule == staged and not rule.early                                 # three stages against two
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True) == staged
+    assert rule == ops.wide_plan(staged) and not rule.early                  # three stages against two
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True) == rule
     narrow = ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=32, wgs=1)       # ES = 32: four stages either way
     assert ops.shared_scores_plan(narrow, qstage=True).stages == ops.shared_scores_plan(narrow).stages == 4
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=32, pair=True).qstage
@@ -361,9 +361,9 @@ def test_shared_scores_rule(h200_gen2):
     (KERNEL_NOTES v26), never at D = 64, in float32, where the caller pinned the plan, or for segments."""
     for dtype in ("bfloat16", "float16"):
         rule = ops.chunk_plan(8, 32, 128, 128, dtype)
-        assert rule == ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, dtype, wgs=1), qstage=True) == \
+        assert rule == ops.wide_plan(ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, dtype, wgs=1), qstage=True)) == \
             ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
-    assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,3,true,true>"  # 128 CTAs
+    assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,3,true,true,false,true>"  # 128 CTAs
     assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
     assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"  # 123
     assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"   # 64: half idle
@@ -373,7 +373,7 @@ def test_shared_scores_rule(h200_gen2):
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=64).pair        # pinned: as asked
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).pair
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None           # one pass, the pair
-    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == ["chunk_wg4<128,64,1,3,true,true>"]
+    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == ["chunk_wg4<128,64,1,3,true,true,false,true>"]
     assert not ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16").out.pair      # segments: one slice a CTA
     with pytest.raises(ValueError, match=r"pair=True is chunk_wg4 with its own warpgroups \(got wgs=2\)"):
         ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True, wgs=2)
@@ -449,8 +449,8 @@ def test_e_slice_rule(h200):
 
 def test_wide_products_are_named_and_refused_off_the_pair(h200_gen2):
     """chunk_wg4's WIDE (the output warps' Q S_in and P V over both slices as one product each, KERNEL_NOTES v30)
-    is its eighth template argument, the same shared memory; refused by name for any kernel but chunk_wg4; not
-    in the rule until measured."""
+    is its eighth template argument, the same shared memory; refused by name for any kernel but chunk_wg4; the
+    rule's pair takes it (measured faster, v31), the one-slice plans cannot."""
     base = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
     staged = ops.shared_scores_plan(base, qstage=True)
     wide = ops.wide_plan(staged)
@@ -459,7 +459,8 @@ def test_wide_products_are_named_and_refused_off_the_pair(h200_gen2):
     for other in (base, ops.split_plan(base), ops.chunk_plan(8, 32, 128, 128, "float32")):
         with pytest.raises(ValueError, match=r"the wide products are chunk_wg4's, two E slices a CTA \(got chunk_wg"):
             ops.wide_plan(other)
-    assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16").wide
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16") == wide
+    assert not ops.chunk_plan(4, 16, 128, 128, "bfloat16").wide                # chunk_wg2: one slice a CTA
     variants = _bench_module().gen_variants(8, 32, 128, 128, "bfloat16")
     assert variants["v2pairqw"]["plan"] == wide and variants["v2P4pairqw"]["segments"] == 4
 
@@ -511,7 +512,7 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     kws = bench.gen_variants(8, 32, 128, 128, "bfloat16")
     plan = {name: bench.variant_plan(8, 32, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
-    assert plan["v2"] == plan["v2one"] == plan["v2pairq"] == default and default.startswith("chunk_wg4<")
+    assert plan["v2"] == plan["v2one"] == plan["v2pairqw"] == default and default.startswith("chunk_wg4<")
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
     assert plan["v2P2"] == f"{plan['v2wg2']} P=2"                      # segments: one E slice a CTA
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence

@@ -333,8 +333,8 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
     wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
     minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1, 2 (split_plan) or 3 (two_output_plan).
-    pair: two E slices a CTA (shared_scores_plan; its outputs staged in Q where that deepens the pipeline,
-    _paired); None: the rule of _pairs where the caller pinned nothing.
+    pair: two E slices a CTA (shared_scores_plan; its outputs staged in Q where that deepens the pipeline, its
+    output products over both slices: _paired); None: the rule of _pairs where the caller pinned nothing.
     """
     if wgs not in (None, 1, 2, 3):
         raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2, 3 or None for the rule)")
@@ -381,12 +381,12 @@ def _paired(plan: ChunkPlan, dev: int) -> ChunkPlan:
     """chunk_plan's chunk_wg4: its outputs staged in Q (QSTAGE) where that buys a deeper pipeline, else staged
     apart. H200, H=32 (KERNEL_NOTES v28), D=128 at ES=64, three stages instead of two: bf16 D=E=128, N=32768
     B=8 3.282 → 2.976 ms, B=4 1.648 → 1.464; N=16384 B=8 1.653 → 1.476, fp16 1.714 → 1.596; D=128, E=256,
-    N=32768 B=8 6.611 → 5.689, B=4 3.322 → 2.795."""
+    N=32768 B=8 6.611 → 5.689, B=4 3.322 → 2.795. Either way the output warps' products span both slices
+    (WIDE; v31, bf16, N=32768, one run: D=E=128 B=4 1.465 → 1.417, B=8 2.942 → 2.869; E=256 B=4 2.864 → 2.762,
+    B=8 5.725 → 5.605)."""
     plain = shared_scores_plan(plan, dev)
-    if not _qstage_fits(plan.D, plan.es):
-        return plain
-    staged = shared_scores_plan(plan, dev, qstage=True)
-    return staged if staged.stages > plain.stages else plain
+    staged = shared_scores_plan(plan, dev, qstage=True) if _qstage_fits(plan.D, plan.es) else plain
+    return wide_plan(staged if staged.stages > plain.stages else plain)
 
 
 def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
