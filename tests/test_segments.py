@@ -361,8 +361,8 @@ def test_shared_scores_rule(h200_gen2):
     (KERNEL_NOTES v26), never at D = 64, in float32, where the caller pinned the plan, or for segments."""
     for dtype in ("bfloat16", "float16"):
         rule = ops.chunk_plan(8, 32, 128, 128, dtype)
-        assert rule == ops.wide_plan(ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, dtype, wgs=1), qstage=True)) == \
-            ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
+        staged = ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, dtype, wgs=1), qstage=True)
+        assert rule == ops.wide_plan(staged) == ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
     assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,3,true,true,false,true>"  # 128 CTAs
     assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
     assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"  # 123
