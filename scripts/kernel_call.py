@@ -2,14 +2,15 @@
 
     python3 scripts/kernel_call.py [--dtype bf16|fp16|fp32] [--batch 1] [--heads 32] [--length 16384]
                                    [--dims 128x128] [--segments P] [--producers NPW] [--wgs 1|2|3] [--pipe]
-                                   [--two-copies] [--producer-split] [--pair [--qstage]] [--early] [--calls 3]
+                                   [--two-copies] [--producer-split] [--pair [--qstage] [--wide]] [--early]
+                                   [--calls 3]
 
 Random inputs, the multiscale decay, the default plan (or P segments; `--producers` sets chunk_wg32's producer
 warps; `--wgs` one consumer warpgroup, chunk_wg, two, chunk_wg2, or three, chunk_wg3; `--pipe` chunk_wg2's
 output warps pipelined; `--two-copies` chunk_wg with two state copies; `--producer-split` has chunk_wg32's
 producers split the chunk; `--pair` chunk_wg4, two E slices a CTA sharing their scores, `--qstage` its outputs
-staged in Q; `--early` chunk_wg2's or chunk_wg4's producer announcing chunks early). It compiles before the
-first call and synchronises after the last, so under
+staged in Q, `--wide` its output products over both slices at once; `--early` chunk_wg2's or chunk_wg4's
+producer announcing chunks early). It compiles before the first call and synchronises after the last, so under
 `ncu -k "regex:^chunk_wg(2|3|4|32)?$" --launch-skip 1 --launch-count 1 …` the profiled launch is a warm one.
 Prints the plan and the median ms of the calls (CUDA events, not the harness's figure).
 """

@@ -272,9 +272,8 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
     warpgroups, with two E slices a CTA sharing their scores (their output products over both slices at once;
-    at D = 128 also staged in Q, announced early),
-    chunk_wg2's and chunk_wg4's early producer, and with two state copies (float32: each count of producer warps,
-    with and without their split of the chunk)."""
+    at D = 128 also staged in Q, announced early), chunk_wg2's early producer, and with two state copies
+    (float32: each count of producer warps, with and without their split of the chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
