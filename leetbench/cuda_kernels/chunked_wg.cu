@@ -77,12 +77,34 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// Every 16-byte piece of a whole chunk (CH rows of PC pieces) that one lane of the copying warp copies, in
+// the order of the plain loop (idx = lane, lane + 32, ...: row idx / PC, piece idx % PC): f(shared offset,
+// element offset in the source rows) with the shared offset of row r, piece p = (p / (RB/16))·BLK + swz<RB>(r,
+// p mod RB/16). A lane keeps one piece p while its rows step by RPI = 32 / PC, and a swizzle depends on r mod 8
+// alone, so its PERIOD = 8 / min(RPI, 8) offsets are computed once and every pass adds a constant: ≈ 1 issued
+// instruction per cp.async, where the plain loop's divisions and XORs took ≈ 16 (KERNEL_NOTES v31-v33).
+template <int RB, int PC, int BLK, class F>
+__device__ __forceinline__ void wg_copy_rows(int lane, u64 stride, F&& f) {
+  static_assert(32 % PC == 0, "a warp covers whole rows");
+  constexpr int PPR = RB / 16;  // pieces per tile row
+  constexpr int RPI = 32 / PC, PERIOD = RPI >= 8 ? 1 : 8 / RPI;
+  const int r0 = lane / PC, p = lane % PC;
+  u32 at[PERIOD];
+#pragma unroll
+  for (int j = 0; j < PERIOD; ++j)
+    at[j] = (u32)((p / PPR) * BLK) + swz<RB>(r0 + j * RPI, p % PPR) - (u32)(j * RPI * RB);
+  const u64 src = (u64)r0 * stride + p * 8;
+#pragma unroll
+  for (int i = 0; i < CH / RPI; ++i) f(at[i % PERIOD] + (u32)(i * RPI * RB), src + (u64)(i * RPI) * stride);
+}
+
 // The producer warp: chunk c into slot c mod STAGES (Q — unless LOADQ is false — and K as D/64 blocks of
 // 64 × 128 bytes, this CTA's V slice as 64 rows of VRB bytes, at layout L's offsets; NV slices side by side in
 // E, slice s's tiles STAGES·VT bytes after slice s - 1's), then chunk c-1's copies awaited, fenced for the async
 // proxy and announced. So chunk c - 1 is announced only once slot c is free: with two stages its consumers wait
 // for every warp to release chunk c - 2. EARLY (KERNEL_NOTES v27): where slot c is not free yet, chunk c - 1 is
-// awaited and announced before the producer waits for it.
+// awaited and announced before the producer waits for it. Whole chunks are copied through wg_copy_rows; a
+// piece's partial last chunk through the plain loop, which zero-fills the rows past its end.
 template <class L, int D, int STAGES, bool LOADQ, int NV = 1, bool EARLY = false>
 __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u16* v, u64 tok0, int n, int E,
                                             int e0, int lane, u32 sbase) {
@@ -104,24 +126,38 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
     const u64 t0 = tok0 + (u64)c * CH;
     const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
     const u32 vd = sbase + L::VS + slot * L::VT;
-#pragma unroll 8
-    for (int idx = lane; idx < CH * QPC; idx += 32) {
-      const int row = idx / QPC, p = idx % QPC;
-      const bool ok = row < nv;
-      const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
-      const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
-      if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
-      cp_async16(kd + so, k + off, ok ? 16u : 0u);
-    }
+    if (nv == CH) {  // every chunk but a piece's partial last one
+      const u16 *qc = q + t0 * D, *kc = k + t0 * D;
+      wg_copy_rows<128, QPC, L::QKT>(lane, D, [&](u32 so, u64 off) {
+        if (LOADQ) cp_async16(qd + so, qc + off, 16u);
+        cp_async16(kd + so, kc + off, 16u);
+      });
 #pragma unroll
-    for (int sl = 0; sl < NV; ++sl)
-#pragma unroll 4
-      for (int idx = lane; idx < CH * VPC; idx += 32) {
-        const int row = idx / VPC, p = idx % VPC;
-        const bool ok = row < nv;
-        cp_async16(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
-                   v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
+      for (int sl = 0; sl < NV; ++sl) {
+        const u16* vc = v + t0 * E + e0 + sl * (L::VRB / 2);
+        const u32 vs = vd + sl * STAGES * L::VT;
+        wg_copy_rows<L::VRB, VPC, 0>(lane, (u64)E, [&](u32 so, u64 off) { cp_async16(vs + so, vc + off, 16u); });
       }
+    } else {
+#pragma unroll 8
+      for (int idx = lane; idx < CH * QPC; idx += 32) {
+        const int row = idx / QPC, p = idx % QPC;
+        const bool ok = row < nv;
+        const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
+        const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
+        if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
+        cp_async16(kd + so, k + off, ok ? 16u : 0u);
+      }
+#pragma unroll
+      for (int sl = 0; sl < NV; ++sl)
+#pragma unroll 4
+        for (int idx = lane; idx < CH * VPC; idx += 32) {
+          const int row = idx / VPC, p = idx % VPC;
+          const bool ok = row < nv;
+          cp_async16(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
+                     v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
+        }
+    }
     cp_async_commit();
     if (c > 0 && !told) {
       cp_async_wait<1>();
