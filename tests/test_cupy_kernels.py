@@ -293,7 +293,7 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         split, crowded = ops.split_plan(base, 0), ops.split_plan(base, 0, ctas=1 << 20)
         shallow = replace(split, stages=2, smem=0)
         out += [split, shallow, ops.pipe_plan(split), ops.pipe_plan(shallow)]  # and its output warps pipelined
-        out += [ops.early_plan(shallow)]  # and its producer announcing early, at two stages (most waits)
+        out += [ops.early_plan(split), ops.early_plan(shallow)]  # and its producer announcing early (the rule's)
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages

@@ -236,13 +236,15 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 128, 48, "float32").gen == 1            # E not a multiple of 32
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
-    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)        # one CTA per SM: two warpgroups
-    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4) and b8.name == "chunk_wg2<128,64,2,4,true,1>"
+    b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)        # one CTA per SM: two warpgroups, the
+    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4)          # producer announcing early (v33)
+    assert b8.name == "chunk_wg2<128,64,2,4,true,1,false,true>"
     one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
-    assert one.name == "chunk_wg<128,64,2,4,true,1>" and ops.split_plan(one, ctas=512) == b8
+    assert one.name == "chunk_wg<128,64,2,4,true,1>" and ops.early_plan(ops.split_plan(one, ctas=512)) == b8
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).name == "chunk_wg2<128,64,2,4,true,1>"  # as pinned
     d64 = ops.chunk_plan(8, 32, 64, 256, "bfloat16")                   # D = 64: two CTAs fit an SM, one warpgroup
     assert (d64.minb, d64.wgs) == (2, 1)
-    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1>"  # 128 CTAs: one per SM
+    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1,false,true>"  # 128 CTAs
     pinned = ops.chunk_plan(8, 32, 128, 128, "bfloat16", stages=2)     # a pinned chunk_wg shape stays chunk_wg
     assert (pinned.wgs, pinned.stages) == (1, 2) and ops.chunk_plan(1, 32, 128, 128, "bfloat16", minb=1).wgs == 1
     b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
@@ -327,7 +329,7 @@ def test_staged_in_q_and_announced_early(h200_gen2):
     chunk_wg2's and chunk_wg4's EARLY (the producer announces a chunk before it waits for a slot) are named
     template arguments; QSTAGE is refused by name where four warps' staging does not fit a Q tile (D = 64 at
     ES = 64), EARLY for the other kernels; the rule's pair takes QSTAGE where it buys a stage (KERNEL_NOTES
-    v28), EARLY nowhere (measured no faster)."""
+    v28) and not EARLY (measured no faster), the rule's chunk_wg2 takes EARLY (v33)."""
     base = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
     staged = ops.shared_scores_plan(base, qstage=True)
     assert (staged.name, staged.kind, staged.stages) == ("chunk_wg4<128,64,1,3,true,true>", "wg4q", 3)
@@ -353,7 +355,7 @@ def test_staged_in_q_and_announced_early(h200_gen2):
     narrow = ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=32, wgs=1)       # ES = 32: four stages either way
     assert ops.shared_scores_plan(narrow, qstage=True).stages == ops.shared_scores_plan(narrow).stages == 4
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=32, pair=True).qstage
-    assert not ops.chunk_plan(1, 32, 128, 128, "bfloat16").early
+    assert ops.chunk_plan(1, 32, 128, 128, "bfloat16").early                 # the rule's chunk_wg2 takes EARLY (v33)
 
 
 def test_shared_scores_rule(h200_gen2):
@@ -365,8 +367,8 @@ def test_shared_scores_rule(h200_gen2):
         assert rule == ops.wide_plan(staged) == ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
     assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,3,true,true,false,true>"  # 128 CTAs
     assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
-    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"  # 123
-    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1>"   # 64: half idle
+    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true>"  # 123
+    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true>"  # half idle
     assert not ops.chunk_plan(1, 32, 128, 256, "bfloat16").pair               # 64 CTAs
     assert not ops.chunk_plan(8, 16, 64, 256, "bfloat16").pair                # D = 64: slower measured
     assert not ops.chunk_plan(8, 32, 128, 128, "float32").pair
@@ -384,7 +386,7 @@ def test_shared_scores_rule(h200_gen2):
 def test_pipe_plan(h200_gen2):
     """chunk_wg2 with pipelined output warps: the same plan and shared memory, named by PIPE; refused by name
     for anything but chunk_wg2 at one CTA per SM."""
-    split = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
+    split = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False, wgs=2)
     piped = ops.pipe_plan(split)
     assert (piped.name, piped.smem, piped.threads) == ("chunk_wg2<128,64,2,4,true,1,true>", split.smem, 288)
     assert split.name == "chunk_wg2<128,64,2,4,true,1>"                  # the default: not pipelined
@@ -514,7 +516,7 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
     assert plan["v2"] == plan["v2one"] == plan["v2pairqw"] == default and default.startswith("chunk_wg4<")
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
-    assert plan["v2P2"] == f"{plan['v2wg2']} P=2"                      # segments: one E slice a CTA
+    assert plan["v2P2"] == f"{plan['v2wg2e']} P=2"                     # segments: one E slice a CTA, EARLY
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
 

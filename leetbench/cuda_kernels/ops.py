@@ -340,6 +340,7 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
         raise ValueError(f"chunk_plan: wgs={wgs} consumer warpgroups (valid: 1, 2, 3 or None for the rule)")
     if gen is None:
         gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
+    early = False  # chunk_wg2's producer announcing early, where the rule (not the caller) took chunk_wg2
     if gen == 2:
         plan = _wg_plan(B, H, D, E, dtype, dev, es, stages, minb)
         if pair is None and wgs is None and es is None and minb is None and stages is None:
@@ -349,8 +350,12 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # and the state chain's instructions to interleave. H200, bf16, H=32 (KERNEL_NOTES v19): D=E=128 at
             # B=8 1.821 → 1.776 ms (N=16384), 7.327 → 7.088 (65536), B=1 through P=2 0.308 → 0.284, 1.127 →
             # 1.059; D=64, E=256, B=1 0.328 → 0.315, 1.311 → 1.241. Where chunk_wg runs two CTAs per SM (D=64,
-            # E=256, B=8) chunk_wg2 at one was 17% slower.
+            # E=256, B=8) chunk_wg2 at one was 17% slower. Its producer announces early (KERNEL_NOTES v33: once
+            # the producer copied a chunk in ≈ 1 instruction per cp.async it is the consumers that wait for it
+            # when the slot is not free; B=1, D=E=128 through P=2 0.238 → 0.234 ms at N=16384, 0.951 → 0.904 at
+            # 65536).
             wgs = 2 if plan.minb == 1 else 1
+            early = wgs == 2
     else:
         plan = _mma_plan(B, H, D, E, dtype, dev, es, stages, minb, opt)
     if pair:
@@ -359,7 +364,10 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
         return _paired(plan, dev)  # refused by name but for 16-bit gen 2
     if wgs == 3:
         return two_output_plan(plan, dev)
-    return split_plan(plan, dev, B * H * plan.cl) if wgs == 2 else plan  # refused by name but for 16-bit gen 2
+    if wgs != 2:
+        return plan
+    split = split_plan(plan, dev, B * H * plan.cl)  # refused by name but for 16-bit gen 2
+    return early_plan(split) if early else split
 
 
 def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:
@@ -465,14 +473,14 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
     outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
     and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: ES = 32), else
-    one; the deepest pipeline whose tiles and two state copies fit that."""
+    one; the deepest pipeline whose tiles and two state copies fit that; the plain producer (early_plan adds EARLY)."""
     _wg16(plan, "two consumer warpgroups")
     if plan.pair:
         raise ValueError(f"two consumer warpgroups take one E slice a CTA (got {plan.name})")
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    return replace(plan, wgs=2, copies=1, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
+    return replace(plan, wgs=2, copies=1, early=False, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
 def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
@@ -513,7 +521,7 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
         raise ValueError(f"shared scores: four warps' output staging ({_qstage_bytes(plan.es)} bytes at ES="
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
-    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, cl=plan.cl // 2,
+    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
