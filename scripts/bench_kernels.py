@@ -117,7 +117,10 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2pair", "v2pairq", "v2P4pairq"):  # w: the output warps' products over both slices (v30)
                 if key in out:
                     out[key + "w"] = {**out[key], "plan": ops.wide_plan(out[key]["plan"])}
-            for key in ("v2wg2", "v2P2wg2"):  # chunk_wg2 with its producer announcing early (v27)
+            if E % 32 == 0:  # chunk_wg2 at P = 2 in 32-column slices, two CTAs per SM where they fit (B=1: 256)
+                narrow2 = ops.chunk_plan(B, 2 * H, D, E, dtype, es=32, gen=2, wgs=1)
+                out["v2P2wg2n"] = {"plan": ops.split_plan(narrow2, 0, 2 * B * H * (E // 32)), "segments": 2}
+            for key in ("v2wg2", "v2P2wg2", "v2P2wg2n"):  # chunk_wg2 with its producer announcing early (v27)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
