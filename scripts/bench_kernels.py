@@ -123,9 +123,6 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2wg2", "v2P2wg2", "v2P2wg2n"):  # chunk_wg2 with its producer announcing early (v27)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}
-            for key in ("v2wg2e", "v2P2wg2e"):  # and with Ṽ formed a chunk ahead (v34)
-                if key in out:
-                    out[key + "a"] = {**out[key], "plan": ops.ahead_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
     return out

@@ -272,8 +272,8 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
     CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined), with two output
     warpgroups, with two E slices a CTA sharing their scores (their output products over both slices at once;
-    at D = 128 also staged in Q, announced early), chunk_wg2's early producer and its Ṽ formed ahead, and with
-    two state copies (float32: each count of producer warps, with and without their split of the chunk)."""
+    at D = 128 also staged in Q, announced early), chunk_wg2's early producer, and with two state copies
+    (float32: each count of producer warps, with and without their split of the chunk)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -294,8 +294,6 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         shallow = replace(split, stages=2, smem=0)
         out += [split, shallow, ops.pipe_plan(split), ops.pipe_plan(shallow)]  # and its output warps pipelined
         out += [ops.early_plan(split), ops.early_plan(shallow)]  # and its producer announcing early (the rule's)
-        out += [ops.ahead_plan(ops.early_plan(split)),  # and Ṽ formed a chunk ahead, deepest and two stages
-                replace(ops.ahead_plan(shallow), stages=2, smem=0)]
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
@@ -554,8 +552,6 @@ _SANITIZE = textwrap.dedent("""
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=split, segments=3)
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=ops.pipe_plan(split), segments=3)  # PIPE, tails
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
-            ahead = ops.ahead_plan(ops.early_plan(split))  # Ṽ formed a chunk ahead into two tiles
-            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=ahead, segments=3)
             three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt, wgs=3))

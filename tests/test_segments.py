@@ -290,24 +290,6 @@ def test_split_plan(h200_gen2):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
 
 
-def test_ahead_plan(h200_gen2):
-    """chunk_wg2 with Ṽ formed a chunk ahead (AHEAD): named by its flag after PIPE and EARLY, in chunk_wg3's layout
-    (its second output staging holds the second Ṽ tile) at the deepest pipeline that fits; refused by name for
-    the other kernels; the derived forms (two output warpgroups, shared scores, a new split) drop it."""
-    split = ops.chunk_plan(1, 32, 128, 128, "bfloat16", es=64, wgs=2)
-    ahead = ops.ahead_plan(ops.early_plan(split))
-    assert (ahead.name, ahead.kind, ahead.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true>", "wg3", 288)
-    assert ahead.smem == _stub_wg3_smem(128, 64, 4) == 225280                   # four stages still fit
-    assert ops.ahead_plan(split).name == "chunk_wg2<128,64,2,4,true,1,false,false,true>"
-    assert ops.ahead_plan(ops.pipe_plan(split)).name == "chunk_wg2<128,64,2,4,true,1,true,false,true>"
-    for other in (ops.chunk_plan(1, 32, 128, 128, "bfloat16", wgs=1), ops.chunk_plan(8, 32, 128, 128, "bfloat16"),
-                  ops.chunk_plan(8, 32, 128, 128, "float32")):
-        with pytest.raises(ValueError, match=r"forming Ṽ ahead is chunk_wg2's \(got chunk_wg"):
-            ops.ahead_plan(other)
-    assert not ops.split_plan(ahead).ahead and not ops.two_output_plan(ops.ahead_plan(split)).ahead
-    assert not ops.chunk_plan(1, 32, 128, 128, "bfloat16").ahead                # not the rule (measured in v34)
-
-
 def test_two_output_plan(h200_gen2):
     """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
     whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""

@@ -62,16 +62,6 @@ struct Wg2Smem : WgSmem<D, ES, STAGES> {
   static_assert(UP + 2 * 4 <= WG_HEAD, "copy barriers overlap the tiles");
 };
 
-// T = A where C holds, else B (a layout chosen by a template flag).
-template <bool C, class A, class B>
-struct WgPick {
-  using T = A;
-};
-template <class A, class B>
-struct WgPick<false, A, B> {
-  using T = B;
-};
-
 // Two output warpgroups (chunk_wg3): Wg2Smem's, then the odd chunks' output staging.
 template <int D, int ES, int STAGES>
 struct Wg3Smem : Wg2Smem<D, ES, STAGES> {
@@ -677,45 +667,6 @@ struct WgSplit {
     mbar_arrive(sbase + L::CBAR + 8 * buf);
   }
 
-  // AHEAD's chain: Ṽ of chunk c in tile c mod 2 (L::VD, L::OS2). Tile c mod 2 is rewritten for chunk c + 2 after
-  // chunk c + 1's barrier, which each warp reaches only after its own wait for its share of chunk c's Kᵀ Ṽ: every
-  // share that reads the tile is done, so the plain chain's second barrier goes.
-  static __device__ __forceinline__ void state_ahead(float (&S)[DB][NA], unsigned char* smem, const float* tab,
-                                                     int nchunks, int n, int w, int l, int r0, int t) {
-    static_assert(L::BYTES - L::OS2 >= L::VT && L::OS2 % 1024 == 0, "a second Ṽ tile: VT bytes, 1024-aligned");
-    const u32 sbase = smem_u32(smem);
-    auto vtilde = [&](int c) { return smem + ((c & 1) ? L::OS2 : L::VD); };
-    auto form = [&](int c) {  // chunk c's tiles awaited, its Ṽ formed
-      const int slot = c % STAGES;
-      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-      wg_decay_v<ES, BF16>(smem + L::VS + slot * L::VT, vtilde(c), tab, min(CH, n - c * CH), t);
-    };
-    if (nchunks > 0) form(0);
-    for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES;
-      const float dn = tab[min(CH, n - c * CH)];
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
-      fence_async_smem();
-      wg_sync<BARID>();  // chunk c's Ṽ written by every state thread
-      wg_fence();
-      wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, smem_u32(vtilde(c)));
-      wg_commit();
-      if (c + 1 < nchunks) form(c + 1);  // on the CUDA cores while the product runs
-      wg_wait<0>();
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share read the slot's K
-      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
-    }
-  }
-
-  // The state warps' chain. AHEAD (KERNEL_NOTES v34; layout L with a second Ṽ tile at OS2, Wg3Smem's): chunk
-  // c + 1's Ṽ is formed while chunk c's Kᵀ Ṽ runs on the tensor pipe, into the other of two Ṽ tiles, so the
-  // chain a chunk keeps only the decay of S, one barrier, the product and the copy.
-  template <bool AHEAD = false>
   static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
                                                float* __restrict__ sN, const Seg& seg, int e0, int E, int t) {
     const u32 sbase = smem_u32(smem);
@@ -726,23 +677,19 @@ struct WgSplit {
     C1::load_state(S, s0, seg, e0, E, r0, c0);
     publish(S, smem, 0, w, l, r0, t);
     const int nchunks = (seg.n + CH - 1) / CH;
-    if constexpr (AHEAD) {
-      state_ahead(S, smem, tab, nchunks, seg.n, w, l, r0, t);
-    } else {
-      for (int c = 0; c < nchunks; ++c) {
-        const int slot = c % STAGES;
-        mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-        const int nv = min(CH, seg.n - c * CH);
-        C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
-        wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
-        wg_commit();
-        wg_wait<0>();
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES;
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
+      wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
+      wg_commit();
+      wg_wait<0>();
 #pragma unroll
-        for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-        wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
-        if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
-        if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
-      }
+      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
+      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }
     C1::store_state(S, sN, seg, e0, E, r0, c0);
   }
@@ -763,24 +710,23 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
 }
 
 // Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's; EARLY:
-// wg_producer's; AHEAD: WgSplit::state's (shared memory: Wg3Smem's, its second output staging a second Ṽ tile).
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false,
-          bool AHEAD = false>
+// wg_producer's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
               int E, float scale, int L, int RUNS) {
-  using LY = typename WgPick<AHEAD, Wg3Smem<D, ES, STAGES>, Wg2Smem<D, ES, STAGES>>::T;
+  using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY>;
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE>;
   const int warp = warp_index();
   if (warp < 4) {
     if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
     else SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
   } else if (warp < 8) {
-    SP::template state<AHEAD>(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
   } else {
     wg_producer<LY, D, STAGES, true, 1, EARLY>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
   }

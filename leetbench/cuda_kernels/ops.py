@@ -267,8 +267,6 @@ class ChunkPlan:
     #                      early_plan)
     wide: bool = False  # chunk_wg4: the output warps' Q S_in and P V over both slices as one product each (WIDE;
     #                     wide_plan)
-    ahead: bool = False  # chunk_wg2: the state warps form chunk c + 1's Ṽ while chunk c's Kᵀ Ṽ runs (AHEAD, in
-    #                      chunk_wg3's layout: ahead_plan)
 
     @property
     def opts(self) -> int:
@@ -288,9 +286,7 @@ class ChunkPlan:
                 return "wg32"
             if self.pair:
                 return "wg4q" if self.qstage else "wg4"
-            if self.wgs == 3 or self.ahead:  # AHEAD's second Ṽ tile where chunk_wg3 stages its odd chunks
-                return "wg3"
-            return "wg2" if self.wgs == 2 or self.copies == 2 else "wg"
+            return "wg3" if self.wgs == 3 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
     @property
@@ -309,9 +305,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:  # the kernel's PIPE, EARLY and AHEAD, false by default
+            if self.wgs == 2:  # the kernel's PIPE and EARLY, false by default
                 return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
-                        f"{_flags(self.pipe, self.early, self.ahead)}>")
+                        f"{_flags(self.pipe, self.early)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -484,8 +480,7 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    return replace(plan, wgs=2, copies=1, early=False, ahead=False,
-                   **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
+    return replace(plan, wgs=2, copies=1, early=False, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
 def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
@@ -495,7 +490,7 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     _wg16(plan, "two output warpgroups")
     if plan.pair or plan.early:
         raise ValueError(f"two output warpgroups take one E slice a CTA and the plain producer (got {plan.name})")
-    return replace(plan, wgs=3, copies=1, ahead=False, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
+    return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
 def _qstage_bytes(es: int) -> int:
@@ -526,8 +521,7 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
         raise ValueError(f"shared scores: four warps' output staging ({_qstage_bytes(plan.es)} bytes at ES="
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
-    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, ahead=False,
-                   cl=plan.cl // 2,
+    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
@@ -537,15 +531,6 @@ def early_plan(plan: ChunkPlan) -> ChunkPlan:
     if plan.gen != 2 or plan.f32 or not (plan.wgs == 2 or plan.pair):
         raise ValueError(f"the early producer is chunk_wg2's and chunk_wg4's (got {plan.name})")
     return replace(plan, early=True)
-
-
-def ahead_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
-    """`plan` (chunk_wg2) with its state warps forming chunk c + 1's Ṽ while chunk c's Kᵀ Ṽ runs, into a second Ṽ
-    tile (AHEAD; KERNEL_NOTES v34): chunk_wg3's layout, whose second output staging holds it, at the deepest
-    pipeline that fits as many CTAs per SM."""
-    if plan.gen != 2 or plan.f32 or plan.wgs != 2 or plan.pair:
-        raise ValueError(f"forming Ṽ ahead is chunk_wg2's (got {plan.name})")
-    return replace(plan, ahead=True, **_deepest("wg3", plan, dev, plan.minb, "chunk_wg2 with Ṽ formed ahead"))
 
 
 def wide_plan(plan: ChunkPlan) -> ChunkPlan:
