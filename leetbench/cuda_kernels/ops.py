@@ -350,10 +350,9 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # and the state chain's instructions to interleave. H200, bf16, H=32 (KERNEL_NOTES v19): D=E=128 at
             # B=8 1.821 → 1.776 ms (N=16384), 7.327 → 7.088 (65536), B=1 through P=2 0.308 → 0.284, 1.127 →
             # 1.059; D=64, E=256, B=1 0.328 → 0.315, 1.311 → 1.241. Where chunk_wg runs two CTAs per SM (D=64,
-            # E=256, B=8) chunk_wg2 at one was 17% slower. Its producer announces early (KERNEL_NOTES v33: once
-            # the producer copied a chunk in ≈ 1 instruction per cp.async it is the consumers that wait for it
-            # when the slot is not free; B=1, D=E=128 through P=2 0.238 → 0.234 ms at N=16384, 0.951 → 0.904 at
-            # 65536).
+            # E=256, B=8) chunk_wg2 at one was 17% slower. Its producer announces early (KERNEL_NOTES v33: with
+            # a chunk copied at ≈ 1 instruction per cp.async; bf16 B=1, D=E=128 through P=2 2-3% at N=16384 in
+            # three runs, 0.237 → 0.231 ms; within the spread at N=65536, at B=4 and in fp16, never slower).
             wgs = 2 if plan.minb == 1 else 1
             early = wgs == 2
     else:
@@ -473,7 +472,8 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
     outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
     and two fit (≤ 96 registers a thread, as the compiler bounds 18 warps on four schedulers: ES = 32), else
-    one; the deepest pipeline whose tiles and two state copies fit that; the plain producer (early_plan adds EARLY)."""
+    one; the deepest pipeline whose tiles and two state copies fit that; the plain producer (early_plan adds
+    EARLY)."""
     _wg16(plan, "two consumer warpgroups")
     if plan.pair:
         raise ValueError(f"two consumer warpgroups take one E slice a CTA (got {plan.name})")
