@@ -43,16 +43,12 @@ def helper_source() -> str:
 
 PROGRAM = r"""
 #include <cstdio>
-#include <algorithm>
 #define __device__
 #define __forceinline__ inline
 typedef unsigned int u32;
 typedef unsigned long long u64;
-using std::min;
 #define CH 64
 HELPER
-template <int RB>
-static u32 swz_plain(int row, int piece) { return swz<RB>(row, piece); }
 
 template <int RB, int PC, int BLK>
 static int check(u64 stride) {
@@ -63,7 +59,7 @@ static int check(u64 stride) {
     int m = 0;
     for (int idx = lane; idx < CH * PC; idx += 32, ++m) {  // the plain loop of wg_producer
       const int row = idx / PC, p = idx % PC, ppr = RB / 16;
-      const u32 want_so = (u32)((p / ppr) * BLK) + swz_plain<RB>(row, p % ppr);
+      const u32 want_so = (u32)((p / ppr) * BLK) + swz<RB>(row, p % ppr);
       const u64 want_off = (u64)row * stride + p * 8;
       if (m >= n || so[m] != want_so || off[m] != want_off) ++bad;
     }
