@@ -185,22 +185,24 @@ __device__ __forceinline__ void wg_scores(float (&d)[32], u32 q, u32 k, bool acc
       wg_ss<64, BF16, 0, 0>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk), wg_desc<128>(k + kb * WG_QKT + 32 * kk),
                             acc || kb + kk > 0);
 }
-// Q S_in (64 × ES, K = D), S_in the state copy [D][ES]
-template <int D, int ES, bool BF16>
-__device__ __forceinline__ void wg_query_state(float (&d)[ES / 2], u32 q, u32 s, bool acc) {
+// Q S_in (64 × ES, K = D), S_in the state copy [D][ES]. NS = 2 (chunk_wg4's WIDE): two slices' copies as one
+// operand of 2·ES columns, the second `lbo` bytes past the first (hopper.cuh), slice 0's columns first in d.
+template <int D, int ES, bool BF16, int NS = 1>
+__device__ __forceinline__ void wg_query_state(float (&d)[NS * ES / 2], u32 q, u32 s, bool acc, u32 lbo = 16) {
 #pragma unroll
   for (int kb = 0; kb < D / 64; ++kb)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      wg_ss<ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
-                            wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES), acc || kb + kk > 0);
+      wg_ss<NS * ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
+                                 wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES, lbo), acc || kb + kk > 0);
 }
 // O += P V (64 × ES, K = 64 tokens), P the masked scores from registers (16-bit pairs per 16-token k step), V the
-// chunk's tile
-template <int ES, bool BF16>
-__device__ __forceinline__ void wg_values(float (&d)[ES / 2], const u32 (&pa)[4][4], u32 v) {
+// chunk's tile. NS = 2: two slices' V tiles as one operand, as in wg_query_state.
+template <int ES, bool BF16, int NS = 1>
+__device__ __forceinline__ void wg_values(float (&d)[NS * ES / 2], const u32 (&pa)[4][4], u32 v, u32 lbo = 16) {
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) wg_rs<ES, BF16, 1>(d, pa[kk], wg_desc<2 * ES>(v + 32 * ES * kk), true);
+  for (int kk = 0; kk < 4; ++kk)
+    wg_rs<NS * ES, BF16, 1>(d, pa[kk], wg_desc<2 * ES>(v + 32 * ES * kk, lbo), true);
 }
 // S += Kᵀ Ṽ (D × ES, K = 64 tokens), into the state registers (acc = false: S = Kᵀ Ṽ); NMB 64-row blocks of
 // it from block MB0 on (S then holds those blocks only)

@@ -78,22 +78,9 @@ struct WgPair {
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its output store (the staging pitch OP is the same)
   static constexpr int DB = LY::DB, NA = ES / 2;
 
-  // WIDE: O = Q S_in of both slices (S_in: their copies of one buffer, slice 0's at copy0), one product
-  static __device__ __forceinline__ void query_both(float (&o)[2 * NA], u32 qs, u32 copy0) {
-    constexpr u32 lbo = S1::SB - S0::SB;  // the same for both buffers (SB2 = SB + D·VRB in each slice)
-#pragma unroll
-    for (int kb = 0; kb < D / 64; ++kb)
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wg_ss<2 * ES, BF16, 0, 1>(o, wg_desc<128>(qs + kb * WG_QKT + 32 * kk),
-                                  wg_desc<2 * ES>(copy0 + (64 * kb + 16 * kk) * 2 * ES, lbo), kb + kk > 0);
-  }
-  // WIDE: O += P V of both slices (V: their tiles of one slot, slice 0's at v0), one product
-  static __device__ __forceinline__ void values_both(float (&o)[2 * NA], const u32 (&pa)[4][4], u32 v0) {
-    constexpr u32 lbo = S1::VS - S0::VS;  // STAGES·VT
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wg_rs<2 * ES, BF16, 1>(o, pa[kk], wg_desc<2 * ES>(v0 + 32 * ES * kk, lbo), true);
-  }
+  // WIDE: each product's second slice (its state copy, its V tile) at a fixed distance past slice 0's
+  static constexpr u32 COPY_LBO = S1::SB - S0::SB;  // the same for both copies (SB2 = SB + D·VRB in each slice)
+  static constexpr u32 V_LBO = S1::VS - S0::VS;     // STAGES·VT
   // WIDE: the accumulator's rows scaled, slice 0's columns by g0 (row r0), g1 (row r0 + 8) and slice 1's by h0, h1
   static __device__ __forceinline__ void scale_both(float (&o)[2 * NA], float g0, float g1, float h0, float h1) {
 #pragma unroll
@@ -132,7 +119,7 @@ struct WgPair {
       mbar_wait(sbase + S1::CBAR + 8 * buf, (c >> 1) & 1);
       wg_fence();
       if constexpr (WIDE) {
-        query_both(ob, qs, sbase + (buf ? S0::SB2 : S0::SB));
+        wg_query_state<D, ES, BF16, 2>(ob, qs, sbase + (buf ? S0::SB2 : S0::SB), false, COPY_LBO);
       } else {
         wg_query_state<D, ES, BF16>(o0, qs, sbase + (buf ? S0::SB2 : S0::SB), false);
         wg_query_state<D, ES, BF16>(o1, qs, sbase + (buf ? S1::SB2 : S1::SB), false);
@@ -157,7 +144,7 @@ struct WgPair {
       if constexpr (WIDE) {
         scale_both(ob, f0 * u0, f1 * u0, f0 * u1, f1 * u1);
         wg_fence();
-        values_both(ob, pa, sbase + S0::VS + slot * LY::VT);
+        wg_values<ES, BF16, 2>(ob, pa, sbase + S0::VS + slot * LY::VT, V_LBO);
       } else {
         wg_scale_rows(o0, f0 * u0, f1 * u0);
         wg_scale_rows(o1, f0 * u1, f1 * u1);
