@@ -6,7 +6,7 @@ up on a CPU machine. Needs libnvrtc and cuobjdump, e.g. `pip install nvidia-cuda
 nvidia-cuda-cuobjdump` into any environment, then point --cuda at that package's folder (…/nvidia/cu13).
 
     python scripts/compile_check.py --cuda /tmp/nv/lib/python3.11/site-packages/nvidia/cu13 \\
-        "chunk_wg<128,64,2,3,true,1>" "chunk_wg<128,32,4,2,true,2>" [--sass]
+        "chunk_wg<128,64,2,3,true,1>" "chunk_wg<128,32,4,2,true,2>" [--sass] [--define LB_TIMELINE=0]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from leetbench.cuda_kernels import COMPILE_OPTIONS, source, target_arch  # noqa: E402
+from leetbench.cuda_kernels import compile_options, source, target_arch  # noqa: E402
 from leetbench.cuda_kernels.ops import kernel_files  # noqa: E402
 
 
@@ -34,13 +34,14 @@ def _check(nvrtc, rc: int, prog, what: str) -> None:
         raise SystemExit(f"{what} failed ({rc}):\n{log.value.decode()}")
 
 
-def compile_cubin(nvrtc, files: tuple[str, ...], names: list[str], arch: str) -> bytes:
+def compile_cubin(nvrtc, files: tuple[str, ...], names: list[str], arch: str,
+                  defines: tuple[str, ...] = ()) -> bytes:
     prog = ctypes.c_void_p()
     src = source(*files).encode()
     _check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, b"check.cu", 0, None, None), prog, "create")
     for n in names:
         _check(nvrtc, nvrtc.nvrtcAddNameExpression(prog, n.encode()), prog, f"name {n}")
-    opts = [o.encode() for o in (*COMPILE_OPTIONS, f"--gpu-architecture={arch}")]
+    opts = [o.encode() for o in (*compile_options(defines), f"--gpu-architecture={arch}")]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     _check(nvrtc, nvrtc.nvrtcCompileProgram(prog, len(opts), arr), prog, "compile")
     size = ctypes.c_size_t()
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--cuda", required=True, help="folder with lib/libnvrtc.so* and bin/cuobjdump")
     ap.add_argument("--arch", default=None, help="target (default: the sources' own, else sm_90)")
     ap.add_argument("--sass", action="store_true", help="print the SASS too")
+    ap.add_argument("--define", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="a macro for the compiler, as the kernels' `defines` (e.g. LB_TIMELINE=0); repeatable")
     args = ap.parse_args()
     cuda = Path(args.cuda)
     lib = next(iter(sorted((cuda / "lib").glob("libnvrtc.so*"))), None)
@@ -73,7 +76,7 @@ def main() -> None:
         groups.setdefault(kernel_files(n), []).append(n)
     for files, names in groups.items():
         arch = args.arch or target_arch(files) or "sm_90"
-        cubin = compile_cubin(nvrtc, files, names, arch)
+        cubin = compile_cubin(nvrtc, files, names, arch, tuple(args.define))
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(cubin)
             f.flush()

@@ -101,25 +101,28 @@ class Kernel:
             self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
 
 
-_kernels: dict[tuple[tuple[str, ...], str, int], Kernel] = {}
+_kernels: dict[tuple[tuple[str, ...], str, int, tuple[str, ...]], Kernel] = {}
 
 
-def precompile(files: tuple[str, ...], names: Sequence[str], device_index: int, jobs: int = 1) -> None:
+def precompile(files: tuple[str, ...], names: Sequence[str], device_index: int, jobs: int = 1,
+               defines: tuple[str, ...] = ()) -> None:
     """Compile the missing template instances `names` of one source: one NVRTC call per group of names,
-    `jobs` groups in threads at once (CuPy releases the GIL while NVRTC compiles)."""
-    missing = [n for n in dict.fromkeys(names) if (files, n, device_index) not in _kernels]
+    `jobs` groups in threads at once (CuPy releases the GIL while NVRTC compiles). defines: macros for the
+    compiler (`-D` each, e.g. "LB_TIMELINE=0" for scripts/timeline.py); a build with them is another kernel."""
+    missing = [n for n in dict.fromkeys(names) if (files, n, device_index, defines) not in _kernels]
     if not missing:
         return
     jobs = max(1, min(jobs, len(missing)))
     groups = [missing[i::jobs] for i in range(jobs)]
     if len(groups) == 1:
-        _compile_group(files, groups[0], device_index)
+        _compile_group(files, groups[0], device_index, defines)
         return
     try:
         with ThreadPoolExecutor(len(groups)) as pool:
-            list(pool.map(lambda g: _compile_group(files, g, device_index), groups))
+            list(pool.map(lambda g: _compile_group(files, g, device_index, defines), groups))
     except Exception:  # noqa: BLE001 - threads are only a speed-up: one call, in order, says what is wrong
-        _compile_group(files, [n for n in missing if (files, n, device_index) not in _kernels], device_index)
+        _compile_group(files, [n for n in missing if (files, n, device_index, defines) not in _kernels],
+                       device_index, defines)
 
 
 def target_arch(files: tuple[str, ...]) -> str | None:
@@ -130,27 +133,33 @@ def target_arch(files: tuple[str, ...]) -> str | None:
     return archs.pop() if archs else None
 
 
-def _compile_group(files: tuple[str, ...], names: list[str], device_index: int) -> None:
+def compile_options(defines: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The compiler options of every kernel, with `defines` as -D macros."""
+    return (*COMPILE_OPTIONS, *(f"-D{d}" for d in defines))
+
+
+def _compile_group(files: tuple[str, ...], names: list[str], device_index: int, defines: tuple[str, ...]) -> None:
     arch = target_arch(files)
     if arch is not None:
-        _compile_group_for(files, names, device_index, arch)
+        _compile_group_for(files, names, device_index, arch, defines)
         return
     cp = _cupy()
     with cp.cuda.Device(device_index):
-        module = cp.RawModule(code=source(*files), options=COMPILE_OPTIONS, name_expressions=names)
+        module = cp.RawModule(code=source(*files), options=compile_options(defines), name_expressions=names)
         for name in names:
             fn = module.get_function(name)
             fn.compile()
-            _kernels[(files, name, device_index)] = Kernel(fn, name, device_index)
+            _kernels[(files, name, device_index, defines)] = Kernel(fn, name, device_index)
 
 
-def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: int, arch: str) -> None:
+def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: int, arch: str,
+                       defines: tuple[str, ...]) -> None:
     """NVRTC for one named target (cubin; kept in cubin_cache for later processes), loaded on the device."""
     cp = _cupy()
     from cupy.cuda import function  # noqa: PLC0415 - optional dependency
     from cupy_backends.cuda.libs import nvrtc  # noqa: PLC0415
 
-    options = (*COMPILE_OPTIONS, f"--gpu-architecture={arch}")
+    options = (*compile_options(defines), f"--gpu-architecture={arch}")
     src = source(*files)
 
     def compile_now(missing: list[str]) -> cubin_cache.Compiled:
@@ -177,16 +186,17 @@ def _compile_group_for(files: tuple[str, ...], names: list[str], device_index: i
                 modules[id(c)] = function.Module()
                 modules[id(c)].load(c.cubin)
             module = modules[id(c)]
-            _kernels[(files, name, device_index)] = Kernel(module.get_function(c.lowered[name]), name, device_index,
-                                                           module, c.log)
+            _kernels[(files, name, device_index, defines)] = Kernel(module.get_function(c.lowered[name]), name,
+                                                                    device_index, module, c.log)
 
 
-def kernel(files: tuple[str, ...], name: str, device_index: int) -> Kernel:
-    """The compiled kernel `name` (a C++ name expression, e.g. 'decode_step<2,4,false>'), cached."""
-    key = (files, name, device_index)
+def kernel(files: tuple[str, ...], name: str, device_index: int, defines: tuple[str, ...] = ()) -> Kernel:
+    """The compiled kernel `name` (a C++ name expression, e.g. 'decode_step<2,4,false>'), cached; `defines`
+    as precompile's."""
+    key = (files, name, device_index, defines)
     k = _kernels.get(key)
     if k is None:
-        precompile(files, [name], device_index)
+        precompile(files, [name], device_index, defines=defines)
         k = _kernels[key]
     return k
 

@@ -698,12 +698,14 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
     return SeqPlan(seg=seg, out=out, state=state)
 
 
-def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int) -> None:
+def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int,
+                defines: tuple[str, ...] = ()) -> None:
+    """The output kernel over B·H·runs segments of L tokens (`defines`: a build with those macros)."""
     B, H, N, _ = q.shape
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
-    kernel(plan.files, plan.name, dev)(B * H * runs * plan.cl, plan.threads, args, plan.smem)
+    kernel(plan.files, plan.name, dev, defines)(B * H * runs * plan.cl, plan.threads, args, plan.smem)
 
 
 def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> torch.Tensor:
