@@ -25,6 +25,30 @@
 // has the measurements, and the designs tried and dropped.
 
 #define WG_HEAD 1024  // first tile: 1024-byte aligned, as the 128-byte swizzle needs
+
+// Per-role timeline of one CTA (scripts/timeline.py). Compiled with LB_TIMELINE=b (a block index), lane 0 of
+// chunk_wg2's first output warp, first state warp and producer (threads 0, 128, 256: role = thread / 128) in CTA b
+// writes clock64() at each of its events of the first LB_TL_CHUNKS chunks into lb_timeline[role][chunk][event];
+// without it LB_STAMP is nothing. Events per role, in order (timeline.py's EVENTS names them):
+//   outputs:  0 begun, 1 slot full, 2 state copy ready, 3 Q Kᵀ done, 4 Q S_in done, 5 P V done, 6 stored
+//   state:    0 begun, 1 slot full, 2 Ṽ formed (warpgroup met), 3 Kᵀ Ṽ done, 4 met again, 5 copy buffer free,
+//             6 copy of the next state published
+//   producer: 0 begun, 1 slot free, 2 copies issued, 3 announced
+#ifdef LB_TIMELINE
+#define LB_TL_CHUNKS 512
+#define LB_TL_EVENTS 8
+__device__ unsigned long long lb_timeline[3][LB_TL_CHUNKS][LB_TL_EVENTS];
+#define LB_STAMP(c, ev)                                                                                  \
+  do {                                                                                                   \
+    const int lb_c = (c);                                                                                \
+    if (blockIdx.x == (LB_TIMELINE) && (threadIdx.x & 127) == 0 && lb_c >= 0 && lb_c < LB_TL_CHUNKS)     \
+      lb_timeline[threadIdx.x >> 7][lb_c][ev] = clock64();                                               \
+  } while (0)
+#else
+#define LB_STAMP(c, ev) \
+  do {                  \
+  } while (0)
+#endif
 #define WG_QKT (64 * 128)  // a block of a Q or K tile: 64 tokens × 64 16-bit columns
 
 template <int D, int ES, int STAGES>
@@ -112,6 +136,7 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
   constexpr int VPC = L::VRB / 16;  // per V row slice
   const int nchunks = (n + CH - 1) / CH;
   for (int c = 0; c < nchunks; ++c) {
+    LB_STAMP(c, 0);
     const int slot = c % STAGES;
     const u32 empty = sbase + L::BAR + 8 * (STAGES + slot), parity = ((c / STAGES) + 1) & 1;
     bool told = false;  // chunk c - 1 announced before the wait for slot c (EARLY)
@@ -119,9 +144,11 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
       cp_async_wait<0>();
       fence_async_smem();
       mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
+      LB_STAMP(c - 1, 3);
       told = true;
     }
     if (c >= STAGES) mbar_wait(empty, parity);
+    LB_STAMP(c, 1);
     const int nv = min(CH, n - c * CH);
     const u64 t0 = tok0 + (u64)c * CH;
     const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
@@ -159,16 +186,19 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
         }
     }
     cp_async_commit();
+    LB_STAMP(c, 2);
     if (c > 0 && !told) {
       cp_async_wait<1>();
       fence_async_smem();
       mbar_arrive(sbase + L::BAR + 8 * ((c - 1) % STAGES));
+      LB_STAMP(c - 1, 3);
     }
   }
   if (nchunks > 0) {
     cp_async_wait<0>();
     fence_async_smem();
     mbar_arrive(sbase + L::BAR + 8 * ((nchunks - 1) % STAGES));
+    LB_STAMP(nchunks - 1, 3);
   }
 }
 
@@ -576,10 +606,13 @@ struct WgSplit {
                                                         float f1, int l, int r0, int c0, F&& meanwhile) {
     const u32 sbase = smem_u32(smem);
     const int slot = c % STAGES, buf = c & 1;
+    LB_STAMP(c, 0);
     mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+    LB_STAMP(c, 1);
     const int nv = min(CH, seg_n - c * CH);
     const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
     mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
+    LB_STAMP(c, 2);
     wg_fence();
     wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
     wg_commit();
@@ -588,15 +621,18 @@ struct WgSplit {
     meanwhile();
     wg_wait<1>();
     wg_pin(acc_a);
+    LB_STAMP(c, 3);
     if (!KEEP_MASK)  // after the wait: not beside both accumulators
       wg_decay_mask(mask, reinterpret_cast<const float*>(smem + L::TAB), scale, r0, c0);
     u32 pa[4][4];
     wg_masked_scores<BF16>(acc_a, mask, pa);
     wg_wait<0>();
     wg_pin(acc_o);
+    LB_STAMP(c, 4);
     const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
     if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
     wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
+    LB_STAMP(c, 5);
     if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
     return nv;
   }
@@ -618,6 +654,7 @@ struct WgSplit {
       float acc_a[32], acc_o[NA];
       const int nv = chunk_products(smem, seg.n, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
       C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
+      LB_STAMP(c, 6);
     }
   }
 
@@ -663,10 +700,12 @@ struct WgSplit {
     const u32 sbase = smem_u32(smem);
     const int buf = j & 1;
     if (j >= 2) mbar_wait(sbase + L::CBAR + 8 * (2 + buf), ((j >> 1) + 1) & 1);
+    LB_STAMP(j - 1, 5);  // (chunk j - 1's row: the copy it publishes)
     const float up = C1::write_copy(S, smem, sbase + copy_at(buf), w, l, r0);
     if (t == 0) scales(smem)[buf] = up;
     fence_async_smem();
     mbar_arrive(sbase + L::CBAR + 8 * buf);
+    LB_STAMP(j - 1, 6);
   }
 
   static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
@@ -681,15 +720,20 @@ struct WgSplit {
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = 0; c < nchunks; ++c) {
       const int slot = c % STAGES;
+      LB_STAMP(c, 0);
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      LB_STAMP(c, 1);
       const int nv = min(CH, seg.n - c * CH);
       C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
+      LB_STAMP(c, 2);
       wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
       wg_commit();
       wg_wait<0>();
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      LB_STAMP(c, 3);
       wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
+      LB_STAMP(c, 4);
       if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
       if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }
