@@ -28,8 +28,8 @@
 
 // Per-role timeline of one CTA (scripts/timeline.py). Compiled with LB_TIMELINE=b (a block index), lane 0 of
 // chunk_wg2's first output warp, first state warp and producer (threads 0, 128, 256: role = thread / 128) in CTA b
-// writes clock64() at each of its events of the first LB_TL_CHUNKS chunks into lb_timeline[role][chunk][event];
-// without it LB_STAMP is nothing. Events per role, in order (timeline.py's EVENTS names them):
+// writes clock64() at each of its events of the first LB_TL_CHUNKS chunks into lb_timeline[role][chunk][event]
+// (in the kernels of more threads, thread 384 on writes nothing); without it LB_STAMP is nothing. Events per role, in order (timeline.py's EVENTS names them):
 //   outputs:  0 begun, 1 slot full, 2 state copy ready, 3 Q Kᵀ done, 4 Q S_in done, 5 P V done, 6 stored
 //   state:    0 begun, 1 slot full, 2 Ṽ formed (warpgroup met), 3 Kᵀ Ṽ done, 4 met again, 5 copy buffer free,
 //             6 copy of the next state published
@@ -41,7 +41,8 @@ __device__ unsigned long long lb_timeline[3][LB_TL_CHUNKS][LB_TL_EVENTS];
 #define LB_STAMP(c, ev)                                                                                  \
   do {                                                                                                   \
     const int lb_c = (c);                                                                                \
-    if (blockIdx.x == (LB_TIMELINE) && (threadIdx.x & 127) == 0 && lb_c >= 0 && lb_c < LB_TL_CHUNKS)     \
+    if (blockIdx.x == (LB_TIMELINE) && (threadIdx.x & 127) == 0 && threadIdx.x < 384 && lb_c >= 0 &&   \
+        lb_c < LB_TL_CHUNKS)                                                                             \
       lb_timeline[threadIdx.x >> 7][lb_c][ev] = clock64();                                               \
   } while (0)
 #else
