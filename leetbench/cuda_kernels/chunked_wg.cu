@@ -25,11 +25,13 @@
 // has the measurements, and the designs tried and dropped.
 
 #define WG_HEAD 1024  // first tile: 1024-byte aligned, as the 128-byte swizzle needs
+#define WG_QKT (64 * 128)  // a block of a Q or K tile: 64 tokens × 64 16-bit columns
 
 // Per-role timeline of one CTA (scripts/timeline.py). Compiled with LB_TIMELINE=b (a block index), lane 0 of
 // chunk_wg2's first output warp, first state warp and producer (threads 0, 128, 256: role = thread / 128) in CTA b
 // writes clock64() at each of its events of the first LB_TL_CHUNKS chunks into lb_timeline[role][chunk][event]
-// (in the kernels of more threads, thread 384 on writes nothing); without it LB_STAMP is nothing. Events per role, in order (timeline.py's EVENTS names them):
+// (in the kernels of more threads, thread 384 on writes nothing); without it LB_STAMP is nothing. Events per role,
+// in order (timeline.py's EVENTS names them):
 //   outputs:  0 begun, 1 slot full, 2 state copy ready, 3 Q Kᵀ done, 4 Q S_in done, 5 P V done, 6 stored
 //   state:    0 begun, 1 slot full, 2 Ṽ formed (warpgroup met), 3 Kᵀ Ṽ done, 4 met again, 5 copy buffer free,
 //             6 copy of the next state published
@@ -50,7 +52,6 @@ __device__ unsigned long long lb_timeline[3][LB_TL_CHUNKS][LB_TL_EVENTS];
   do {                  \
   } while (0)
 #endif
-#define WG_QKT (64 * 128)  // a block of a Q or K tile: 64 tokens × 64 16-bit columns
 
 template <int D, int ES, int STAGES>
 struct WgSmem {
