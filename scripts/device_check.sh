@@ -2,7 +2,7 @@
 # One device call that checks a commit on a GPU before anything is published: the GPU tests, the harness's
 # throughput targets (issue 17), the kernel variants beside the peers, Mamba-2's adapter, dispatch overhead.
 #   bash scripts/device_check.sh [stage ...]      stages: tests sync harness big kernels mamba dispatch (default: all),
-#   memory and profile (on demand)
+#   memory, profile and timeline (on demand)
 # Each stage has its own time limit; logs go to $OUT/check/ and are packed into $OUT/check.tgz at the end.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -21,7 +21,8 @@ for stage in $stages; do
             # the host's GPUs (6.8 min for two a GPU on two H200s). TEST_FILES: other test files.
       suite=(python3 -m pytest -q -rfE -m "not slow" --maxfail=15 -p no:cacheprovider
              ${TEST_FILES:-tests/test_segments.py tests/test_cupy_kernels.py tests/test_peers_gpu.py
-             tests/test_reference.py tests/test_inputs.py tests/test_attention.py tests/test_measure.py})
+             tests/test_reference.py tests/test_inputs.py tests/test_attention.py tests/test_measure.py
+             tests/test_timeline.py})
       if [ -z "${PARTS:-}" ]; then
         run tests 360 "${suite[@]}" ${SHARD:+--shard "$SHARD"}
       else
@@ -96,6 +97,13 @@ for stage in $stages; do
         echo "== profile $name: $(grep -h -o '^chunk_w[^:]*' "$log/ncu-$name.log" | head -1)"
         grep -h -E "Duration|DRAM Throughput|Memory Throughput|L1/TEX|Shared|Issue Slots|Warp Cycles Per Issued|Achieved Occ|sm__pipe" \
           "$log/ncu-$name.txt" "$log/pipes-$name.txt"
+      done ;;
+    timeline)  # where one CTA of chunk_wg2 (the B=1 rule) spends each chunk, role by role (scripts/timeline.py,
+               # KERNEL_NOTES v36); TIMELINE="bf16:16384 fp16:65536" picks dtype:N pairs
+      for run in ${TIMELINE:-bf16:16384 bf16:65536 fp16:16384}; do
+        IFS=: read -r dt n <<< "$run"
+        TAIL=30 run "timeline-$dt-$n" 120 python3 scripts/timeline.py --dtype "$dt" --length "$n" \
+          --out "$log/timeline-$dt-$n"
       done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

@@ -128,7 +128,14 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=4, help="first chunks left out (the pipeline filling)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    D, E = (int(x) for x in args.dims.split("x"))
+    try:
+        D, E = (int(x) for x in args.dims.split("x"))
+    except ValueError:
+        raise SystemExit(f"timeline.py: --dims {args.dims!r}: expected DxE, e.g. 128x128") from None
+    from leetbench.cuda_kernels import cupy_available, ops  # noqa: PLC0415
+
+    if not cupy_available() or ops.device_gen(0) != 2:
+        raise SystemExit("timeline.py: needs a Hopper GPU (compute capability 9.0) with CuPy: it stamps chunk_wg2")
     stamps, name = record(args.batch, args.heads, args.length, D, E, args.dtype, args.cta)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -7,6 +7,7 @@ the LB_TIMELINE build of the rule's B=1 plan stamps every event of every chunk i
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def test_leads_say_how_far_the_state_and_producer_run_ahead():
     assert lead["producer"] == BASE["outputs"] - (BASE["producer"] + OFFSETS["producer"][3])
     table = tl.table(_stamps())
     assert "state copy ready" in table and "ahead of the output warps: state copy 2500 cycles" in table
+
+
+def test_without_a_hopper_gpu_the_script_says_so_in_one_line(tmp_path):
+    """On a machine without CuPy and a Hopper GPU (CI's), the script ends with one line naming what it needs;
+    a malformed --dims is named too."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "timeline.py: needs a Hopper GPU (compute capability 9.0) with CuPy: it stamps chunk_wg2"]
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--dims", "128"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip() == "timeline.py: --dims '128': expected DxE, e.g. 128x128"
+    assert not any(tmp_path.iterdir())
 
 
 needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability(0) != (9, 0),
