@@ -7,7 +7,9 @@ Per shape (H=32, D=E=128 and D=64/E=256, bf16 by default; --heads, --dims, --bat
 the one-pass kernel (`one`), the sequence-parallel path at P = 2, 4 (`P2`, `P4`; `P=` names the plan's own
 choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importable; with --ab also the kernel
 options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
-and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments). `agree` is the
+and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments; float32 on
+generation 2 also the state pass with two sets of pieces, alone, `pass1DB`, and in the whole call, `wholeDB`
+beside `whole`, KERNEL_NOTES v37). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
 tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
 (a short device call). Each row names the template instance behind every variant (`plan_*`;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import json
 import os
 import sys
@@ -32,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from leetbench.cuda_kernels import ops  # noqa: E402
+from leetbench.cuda_kernels import segments as sp  # noqa: E402
 from leetbench.problem import decay_profile  # noqa: E402
 from leetbench.timing import TimingConfig, copy_bandwidth_gbps, measure  # noqa: E402
 from methods.peer_lightning import offsets_over_int32  # noqa: E402
@@ -230,9 +234,21 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
         local = ops._local_states(seq.state, 0, k, v, lam, seq.seg)
         s_in = ops._scan_cuda(local, lam, seq.seg, None)
         out_plan = seq.out.sized(0)
-        for name, fn in (("pass1", lambda: ops._local_states(seq.state, 0, k, v, lam, seq.seg)),
-                         ("pass2", lambda: ops._scan_cuda(local, lam, seq.seg, None)),
-                         ("pass3", lambda: ops._outputs(out_plan, 0, q, k, v, lam, D ** -0.5, s_in, seq.seg))):
+        timed = {"pass1": lambda: ops._local_states(seq.state, 0, k, v, lam, seq.seg),
+                 "pass2": lambda: ops._scan_cuda(local, lam, seq.seg, None),
+                 "pass3": lambda: ops._outputs(out_plan, 0, q, k, v, lam, D ** -0.5, s_in, seq.seg)}
+        if seq.state.gen == 2 and dtype == "float32":  # the state pass with two sets of pieces (v37), A/B
+            two = ops.double_buffered_state_plan(seq.state, 0)
+            whole = {"whole": seq.state, "wholeDB": two}
+            timed["pass1DB"] = lambda: ops._local_states(two, 0, k, v, lam, seq.seg)
+            timed.update({name: functools.partial(
+                sp.run, q, k, v, lam, scale=D ** -0.5, initial_state=None, seg=seq.seg,
+                local_states=functools.partial(ops._local_states, plan, 0),
+                outputs=functools.partial(ops._outputs, out_plan, 0), scan=ops._scan_cuda)
+                for name, plan in whole.items()})
+            with torch.inference_mode():
+                row["agree_wholeDB"] = worst(timed["wholeDB"]()[0], timed["whole"]()[0])
+        for name, fn in timed.items():
             with torch.inference_mode():
                 row[f"pass_ms_{name}"] = measure(fn, "cuda", TIMING).median_ms
     first = None
@@ -308,6 +324,9 @@ def main() -> None:
             if "plan" not in kw or kw.get("segments"):
                 names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0, kw.get("segments"), kw.get("gen")))
         names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0))  # the rule's, which --passes times
+        seq = ops.seq_plan(B, H, N, D, E, DTYPE[d], 0) if args.passes is not None else None
+        if seq is not None and seq.state.gen == 2 and d == "fp32":  # and its state pass with two sets (v37)
+            names.add(ops.double_buffered_state_plan(seq.state, 0).name)
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []

@@ -384,29 +384,38 @@ def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):
 
 
 @needs_wg
+@pytest.mark.parametrize("two_sets", [False, True])
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("D, E", [(128, 128), (64, 32), (128, 96), (64, 256)])
-def test_wg_state_pass(dtype, D, E):
+def test_wg_state_pass(dtype, D, E, two_sets):
     """The generation-2 state pass alone (chunk_wg_state; chunk_wg32_state in float32): every piece's own end
     state Σ λ^(end-1-t) k_tᵀ v_t (from zero) against float64, on E slices of 64 and 32 columns (E = 96: 32
-    only) and both D."""
+    only) and both D, pieces of 8 chunks; float32 also with two sets of pieces and stagings (DBUF), there with
+    pieces of 1, 2 and 3 chunks too (its copies run two chunks ahead)."""
     from leetbench.cuda_kernels import segments as sp
 
     B, H, N = 2, 3, 1500
     x = _inputs(B, H, N, D, E, dtype, "multiscale", False, seed=D + E)
-    seg = sp.split(N, 3, 2)
+    cuts = [sp.split(N, 3, 2)]
     plan = ops.state_plan(D, E, dtype, 0, gen=2)
     assert plan.name.startswith("chunk_wg32_state<" if dtype == "float32" else "chunk_wg_state<")
-    local = ops._local_states(plan, 0, x.k, x.v, x.decay.double(), seg)
-    torch.cuda.synchronize()
+    if two_sets:
+        if dtype != "float32":
+            pytest.skip("two sets of pieces are the float32 state pass's")
+        plan = ops.double_buffered_state_plan(plan, 0)
+        assert plan.name.endswith(",true>")
+        cuts += [sp.Segments(n=N, length=L, count=-(-N // L)) for L in (64, 128, 192)]
     lam = x.decay.double().cuda()[None, :, None]
-    want = []
-    for j in range(seg.pieces):
-        a, b = seg.piece_bounds(j)
-        w = lam ** torch.arange(b - a - 1, -1, -1, device="cuda", dtype=torch.float64)  # λ^(end-1-t)
-        k, v = x.k[:, :, a:b].double(), x.v[:, :, a:b].double() * w[..., None]
-        want.append(k.transpose(-1, -2) @ v)
-    assert _worst(local, torch.stack(want, 2)) <= EXPECTED[dtype]
+    for seg in cuts:
+        local = ops._local_states(plan, 0, x.k, x.v, x.decay.double(), seg)
+        torch.cuda.synchronize()
+        want = []
+        for j in range(seg.pieces):
+            a, b = seg.piece_bounds(j)
+            w = lam ** torch.arange(b - a - 1, -1, -1, device="cuda", dtype=torch.float64)  # λ^(end-1-t)
+            k, v = x.k[:, :, a:b].double(), x.v[:, :, a:b].double() * w[..., None]
+            want.append(k.transpose(-1, -2) @ v)
+        assert _worst(local, torch.stack(want, 2)) <= EXPECTED[dtype], f"pieces of {seg.piece} tokens"
 
 
 @needs_wg
@@ -468,6 +477,8 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wg32", 128, 32, 1, 0) == 1024 + (4 * 2 * 8192 + 4 * 4096 + 2 * 8192) \
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 2 * 4 * 16 + 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
+        assert ops.smem_bytes("wg32s", 128, 64, 1, 0) == 1024 + 2 * (2 * 16384 + 2 * 8192) \
+            + 2 * (64 * 132 * 4 + 64 * 68 * 4) + 2 * 8 * 4 + 16 + 1024             # _stub_wg32_state_smem
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
         assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
         assert ops.smem_bytes("wg4", 128, 64, 2, 0) == 200704                 # _stub_wg4_smem

@@ -204,6 +204,13 @@ def _stub_wg32_smem(D: int, es: int) -> int:
     return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 2 * 64 + 16 + 1024
 
 
+def _stub_wg32_state_smem(D: int, es: int) -> int:
+    """chunked_wg32.cu's Wg32StateSmem::ALLOC (DBUF): two sets of float16 hi and lo tiles of K and Ṽ, two float32
+    stagings of K and V rows (pitches D + 4, ES + 4), two maxima per producer warp twice, two scale exponents twice."""
+    tiles = 2 * (D // 64) * 8192 + 2 * 64 * 2 * es
+    return 1024 + 2 * tiles + 2 * (64 * (D + 4) * 4 + 64 * (es + 4) * 4) + 2 * 8 * 4 + 16 + 1024
+
+
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
     """chunked_wg.cu's WgStateSmem::ALLOC: K and V tiles per stage, Ṽ, behind a 1 KB head, plus 1 KB to align."""
     vt = 64 * 2 * es
@@ -217,6 +224,7 @@ def h200_gen2(h200, monkeypatch):
              "wg3": lambda D, es, st: _stub_wg3_smem(D, es, st), "wg4": lambda D, es, st: _stub_wg4_smem(D, es, st),
              "wg4q": lambda D, es, st: _stub_wg4_smem(D, es, st, qstage=True),
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
+             "wg32s": lambda D, es, st: _stub_wg32_state_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
                         else real(kind, D, es, st, dev))
@@ -256,6 +264,10 @@ def test_generation_two_plans(h200_gen2):
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
     f32_state = ops.state_plan(128, 128, "float32")                    # float32: chunk_wg32's layout, NPW = 4
     assert (f32_state.name, f32_state.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
+    two = ops.double_buffered_state_plan(f32_state)                      # DBUF: two sets, its own layout
+    assert (two.name, two.threads, two.smem) == ("chunk_wg32_state<128,64,2,4,true>", 256, 202832)
+    with pytest.raises(ValueError, match="chunk_wg32_state's, a generation-2 float32 plan"):
+        ops.double_buffered_state_plan(sq.state)
     assert ops.state_plan(128, 128, "float32", gen=1).name.startswith("chunk_state<")
     f32_seq = ops.seq_plan(1, 32, 65536, 128, 128, "float32")            # float32 alike: P = 2 buys ES = 64
     assert f32_seq.seg.count == 2 and f32_seq.out.name == "chunk_wg32<128,64,2,4>"

@@ -141,12 +141,13 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
     chunked_wg.cu with its two- and three-warpgroup forms wg2, wg3 and its state pass wgstate, wg32 in
-    chunked_wg32.cu, whose one staging slot makes `stages` 1), as the compiled module defines it (chunk_layout,
+    chunked_wg32.cu, whose one staging slot makes `stages` 1, and wg32s, its state pass with two sets of pieces
+    and stagings), as the compiled module defines it (chunk_layout,
     chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout; wg4:
     chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wgstate"):
+        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wg32s", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -184,11 +185,12 @@ def _read_wg_layouts(dev: int) -> None:
     combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wg4", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
     combos += [("wg4q", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES if _qstage_fits(D, es)]
-    combos += [("wg32", D, es, 1) for D in _WG_D for es in _WG_ES]
+    combos += [(kind, D, es, 1) for kind in ("wg32", "wg32s") for D in _WG_D for es in _WG_ES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
                 "wg3": "chunk_wg3_layout<{},{},{}>", "wg4": "chunk_wg4_layout<{},{},{}>",
                 "wg4q": "chunk_wg4_layout<{},{},{},true>",
-                "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>"}
+                "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>",
+                "wg32s": "chunk_wg32_state_layout<{},{}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
         _layouts[(kind, D, es, st, dev)] = nbytes
@@ -599,6 +601,7 @@ class StatePlan:
     gen: int = 1
     minb: int = 2  # CTAs per SM
     producers: int = 1  # producer warps (chunk_wg32_state's NPW; one in the others)
+    dbuf: bool = False  # chunk_wg32_state: two sets of pieces and stagings (DBUF; double_buffered_state_plan)
 
     @property
     def threads(self) -> int:
@@ -607,7 +610,8 @@ class StatePlan:
     @property
     def name(self) -> str:
         if self.gen == 2 and self.dt == _DT[torch.float32]:
-            return f"chunk_wg32_state<{self.D},{self.es},{self.cl},{self.producers}>"
+            dbuf = ",true" if self.dbuf else ""  # the kernel's DBUF, false by default
+            return f"chunk_wg32_state<{self.D},{self.es},{self.cl},{self.producers}{dbuf}>"
         if self.gen == 2:
             bf16 = "true" if self.dt == _DT[torch.bfloat16] else "false"
             return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
@@ -652,6 +656,18 @@ def state_plan(D: int, E: int, dtype: str, dev: int = 0, gen: int | None = None)
             return StatePlan(es=es, cl=E // es, stages=st, dt=_DT[_DT_NAMES[dtype]], D=D,
                              smem=smem_bytes(kind, D, es, st, dev))
     raise ValueError(f"cupy_chunked: no state-pass slice of D={D}, E={E} fits two CTAs per SM")
+
+
+def double_buffered_state_plan(plan: StatePlan, dev: int = 0) -> StatePlan:
+    """`plan` (the float32 state pass on generation 2, chunk_wg32_state) with two sets of K and Ṽ pieces and two
+    stagings, so that a chunk's copies, split and products overlap those of its neighbours (KERNEL_NOTES v37)."""
+    if not (plan.gen == 2 and plan.dt == _DT[torch.float32]):
+        raise ValueError(f"two sets of pieces are chunk_wg32_state's, a generation-2 float32 plan (got {plan.name})")
+    smem = smem_bytes("wg32s", plan.D, plan.es, 1, dev)
+    if not device_limits(dev).blocks_fit(smem, 1):
+        raise ValueError(f"chunk_wg32_state with two sets at D={plan.D}, ES={plan.es} needs {smem} bytes of shared "
+                         "memory, more than a block may take")
+    return replace(plan, dbuf=True, smem=smem)
 
 
 @dataclass(frozen=True)
