@@ -478,7 +478,7 @@ def test_layouts_and_limits():
             + 2 * 64 * 132 * 4 + 64 * 36 * 4 + 2 * 4 * 16 + 16 + 1024
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
         assert ops.smem_bytes("wg32s", 128, 64, 1, 0) == 1024 + 2 * (2 * 16384 + 2 * 8192) \
-            + 2 * (64 * 132 * 4 + 64 * 68 * 4) + 2 * 8 * 4 + 16 + 1024             # _stub_wg32_state_smem
+            + 2 * (64 * 132 * 4 + 64 * 68 * 4) + 2 * 4 * 16 + 2 * 16 + 1024      # _stub_wg32_state_smem
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
         assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
         assert ops.smem_bytes("wg4", 128, 64, 2, 0) == 200704                 # _stub_wg4_smem

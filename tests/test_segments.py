@@ -206,9 +206,10 @@ def _stub_wg32_smem(D: int, es: int) -> int:
 
 def _stub_wg32_state_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32StateSmem::ALLOC (DBUF): two sets of float16 hi and lo tiles of K and Ṽ, two float32
-    stagings of K and V rows (pitches D + 4, ES + 4), two maxima per producer warp twice, two scale exponents twice."""
+    stagings of K and V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice, four scale
+    exponents per set."""
     tiles = 2 * (D // 64) * 8192 + 2 * 64 * 2 * es
-    return 1024 + 2 * tiles + 2 * (64 * (D + 4) * 4 + 64 * (es + 4) * 4) + 2 * 8 * 4 + 16 + 1024
+    return 1024 + 2 * tiles + 2 * (64 * (D + 4) * 4 + 64 * (es + 4) * 4) + 2 * 4 * 16 + 2 * 16 + 1024
 
 
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
@@ -265,7 +266,7 @@ def test_generation_two_plans(h200_gen2):
     f32_state = ops.state_plan(128, 128, "float32")                    # float32: chunk_wg32's layout, NPW = 4
     assert (f32_state.name, f32_state.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
     two = ops.double_buffered_state_plan(f32_state)                      # DBUF: two sets, its own layout
-    assert (two.name, two.threads, two.smem) == ("chunk_wg32_state<128,64,2,4,true>", 256, 202832)
+    assert (two.name, two.threads, two.smem) == ("chunk_wg32_state<128,64,2,4,true>", 256, 202912)
     with pytest.raises(ValueError, match="chunk_wg32_state's, a generation-2 float32 plan"):
         ops.double_buffered_state_plan(sq.state)
     assert ops.state_plan(128, 128, "float32", gen=1).name.startswith("chunk_state<")

@@ -162,6 +162,39 @@ __device__ __forceinline__ void wg32_producer(const float* q, const float* k, co
   }
 }
 
+// ---- DBUF (KERNEL_NOTES v37): the float32 state pass with two sets of pieces and two stagings -------------------
+// chunk_wg32_state's producers split chunk c only once the consumers' products of chunk c - 1 are done (one set of
+// K and Ṽ pieces), and copy chunk c + 1 only once chunk c is split (one staging): copies, split and products take
+// turns (the state pass at 1.1 TB/s, a quarter of the float32 call at B=1, v35). With two of each, chunk c + 2 is
+// copied while chunk c + 1 is split and chunk c's products run (wg32_split_producer with SETS = 2). The state pass
+// needs no Q, V pieces, state copy or Q staging, so both sets fit where chunk_wg32's layout kept those.
+template <int D, int ES>
+struct Wg32StateSmem {
+  using W = Wg32Smem<D, ES>;
+  static constexpr int DB = W::DB, QKT = W::QKT, VRB = W::VRB, VT = W::VT, FQ = W::FQ, FV = W::FV;
+  static constexpr int BAR = 0, TAB = SM_TAB;  // full [2], empty [2]
+  static constexpr int KH = WG_HEAD, KL = KH + DB * QKT, WH = KL + DB * QKT, WL = WH + VT;  // set 0
+  static constexpr int SET = 2 * DB * QKT + 2 * VT;  // set s at + s·SET (1024-byte multiples: swizzled tiles)
+  static constexpr int KF = KH + 2 * SET, VF = KF + 64 * FQ * 4;  // staging 0
+  static constexpr int STG = 64 * FQ * 4 + 64 * FV * 4;          // staging b at + b·STG
+  static constexpr int RS = KF + 2 * STG;  // the producer warps' maxima, as Wg32Smem's
+  static constexpr int PSC = RS + 2 * 16 * WG32_MAX_PRODUCERS;  // the chunk's scale exponents, set s's at + 16s
+  static constexpr int BYTES = PSC + 2 * 16;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(W::VF - W::KF == VF - KF, "wg32_copy_chunk's V staging follows its K staging alike");
+  static_assert(SET % 1024 == 0, "each set's tiles on 1024-byte boundaries");
+};
+
+// chunk_wg32_state's layout: Wg32StateSmem with DBUF, else chunk_wg32's (no <type_traits> under NVRTC).
+template <bool DBUF, int D, int ES>
+struct StateLayout {
+  using type = Wg32StateSmem<D, ES>;
+};
+template <int D, int ES>
+struct StateLayout<false, D, ES> {
+  using type = Wg32Smem<D, ES>;
+};
+
 // ---- PSPLIT (KERNEL_NOTES v16): the producer warps split the chunk too -----------------------------------------
 // Above, the consumers split each chunk into the pieces' tiles before its products: the split is on their chain.
 // With PSPLIT the producers split it, so the consumers go from one chunk's products to the next's, and the split
@@ -176,29 +209,37 @@ __device__ __forceinline__ void producers_sync() {
   asm volatile("bar.sync 2, %0;" ::"n"(32 * NPW) : "memory");
 }
 
-// STATE (the state pass, chunk_wg32_state): K and Ṽ only — no Q, and V's own pieces are not written.
-template <int D, int ES, int NPW, bool STATE = false>
+// STATE (the state pass, chunk_wg32_state): K and Ṽ only — no Q, and V's own pieces are not written. SETS = 2
+// (STATE only: chunk_wg32_state's DBUF, Wg32StateSmem): chunk c in set and staging c mod 2, the set awaited free
+// from chunk c - 2's products, chunk c + 2 copied once chunk c is split.
+template <int D, int ES, int NPW, bool STATE = false, int SETS = 1>
 __device__ __forceinline__ void wg32_split_producer(const float* q, const float* k, const float* v, u64 tok0, int n,
                                                     int E, int e0, int pw, int lane, unsigned char* smem) {
-  using L = Wg32Smem<D, ES>;
+  static_assert(SETS == 1 || (SETS == 2 && STATE), "two sets of pieces are the state pass's");
+  using L = typename StateLayout<SETS == 2, D, ES>::type;
+  using W = Wg32Smem<D, ES>;  // the staging offsets wg32_copy_chunk takes
+  // staging and set b = c mod SETS at these distances past the first
+  constexpr int STG = SETS == 2 ? Wg32StateSmem<D, ES>::STG : 0, SET = SETS == 2 ? Wg32StateSmem<D, ES>::SET : 0;
   constexpr int QU = D / 8, VU = ES / 8, NT = 32 * NPW;  // 32-byte units per row; threads
   const int t = 32 * pw + lane;
   const u32 sbase = smem_u32(smem);
   const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
-  const float* qf = reinterpret_cast<const float*>(smem + L::QF);
-  const float* kf = reinterpret_cast<const float*>(smem + L::KF);
-  const float* vf = reinterpret_cast<const float*>(smem + L::VF);
+  const float* qf = reinterpret_cast<const float*>(smem + W::QF);  // (without STATE, L is W)
   const int nchunks = (n + CH - 1) / CH;
-  auto load = [&](int c) {  // this thread's units of chunk c into the staging
-    wg32_copy_chunk<D, ES, NT, 8, !STATE>(q, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t, sbase);
+  auto load = [&](int c) {  // this thread's units of chunk c into staging c mod SETS
+    wg32_copy_chunk<D, ES, NT, 8, !STATE>(q, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t,
+                                          sbase + (L::KF - W::KF) + (c % SETS) * STG);
   };
   auto unit_max = [](float m, const float* x) {
     return abs_max4(abs_max4(m, *reinterpret_cast<const float4*>(x)), *reinterpret_cast<const float4*>(x + 4));
   };
-  if (nchunks > 0) load(0);
+  for (int c = 0; c < SETS && c < nchunks; ++c) load(c);
   for (int c = 0; c < nchunks; ++c) {
-    const int nv = min(CH, n - c * CH);
-    cp_async_wait<0>();  // this thread's units of chunk c
+    const int nv = min(CH, n - c * CH), b = c % SETS;
+    const float* kf = reinterpret_cast<const float*>(smem + L::KF + b * STG);
+    const float* vf = reinterpret_cast<const float*>(smem + L::VF + b * STG);
+    if (SETS == 2 && c + 1 < nchunks) cp_async_wait<1>();  // this thread's units of chunk c (c + 1's may fly)
+    else cp_async_wait<0>();
     float m[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
     for (int idx = t; idx < CH * QU; idx += NT) {
@@ -225,13 +266,14 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
       for (int w = 0; w < NPW; ++w) mm = fmaxf(mm, rs[4 * w + i]);
       sc[i] = piece_exp(mm);
     }
-    if (c > 0) mbar_wait(sbase + L::BAR + 8, (c - 1) & 1);  // the consumers' products of chunk c - 1 are done
-    if (t == 0) *reinterpret_cast<int4*>(smem + L::PSC) = make_int4(sc[0], sc[1], sc[2], sc[3]);
+    if (c >= SETS)  // the consumers' products of chunk c - SETS (set b) are done
+      mbar_wait(sbase + L::BAR + 8 * (SETS + b), (c / SETS - 1) & 1);
+    if (t == 0) *reinterpret_cast<int4*>(smem + L::PSC + 16 * b) = make_int4(sc[0], sc[1], sc[2], sc[3]);
     const float fq = pow2(-sc[0]), fk = pow2(-sc[1]), fv = pow2(-sc[2]);
 #pragma unroll 4
     for (int idx = t; idx < CH * QU; idx += NT) {
       const int row = idx / QU, u = idx % QU;
-      const u32 at = (u32)((u >> 3) * L::QKT) + swz<128>(row, u & 7);
+      const u32 at = b * SET + (u32)((u >> 3) * L::QKT) + swz<128>(row, u & 7);
       uint4 hi, lo;
       if constexpr (!STATE) {
         split8(qf + row * L::FQ + 8 * u, fq, hi, lo);
@@ -245,7 +287,7 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
 #pragma unroll 2
     for (int idx = t; idx < CH * VU; idx += NT) {
       const int row = idx / VU, u = idx % VU;
-      const u32 at = swz<L::VRB>(row, u);
+      const u32 at = b * SET + swz<L::VRB>(row, u);
       const float fw = row < nv ? tab[nv - 1 - row] * pow2(-sc[3]) : 0.f;
       uint4 hi, lo;
       if constexpr (!STATE) {
@@ -258,8 +300,8 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
       *reinterpret_cast<uint4*>(smem + L::WL + at) = lo;
     }
     fence_async_smem();
-    mbar_arrive(sbase + L::BAR);  // count NT: chunk c's pieces and scales
-    if (c + 1 < nchunks) load(c + 1);  // this thread's staging units are split: free for the next chunk
+    mbar_arrive(sbase + L::BAR + 8 * b);  // count NT: chunk c's pieces and scales in set b
+    if (c + SETS < nchunks) load(c + SETS);  // this thread's staging units are split: free for chunk c + SETS
   }
 }
 
@@ -498,119 +540,13 @@ __global__ void chunk_wg32_layout(int* out) {
   out[0] = Wg32Smem<D, ES>::ALLOC;
 }
 
-// ---- DBUF (KERNEL_NOTES v37): the float32 state pass with two sets of pieces and two stagings -------------------
-// chunk_wg32_state's producers split chunk c only once the consumers' products of chunk c - 1 are done (one set of
-// K and Ṽ pieces), and copy chunk c + 1 only once chunk c is split (one staging): copies, split and products take
-// turns (the state pass at 1.1 TB/s, a quarter of the float32 call at B=1, v35). With two of each, chunk c + 2 is
-// copied while chunk c + 1 is split and chunk c's products run. The state pass needs no Q, V pieces, state copy
-// or Q staging, so both sets fit where chunk_wg32's layout kept those.
-template <int D, int ES>
-struct Wg32StateSmem {
-  using W = Wg32Smem<D, ES>;
-  static constexpr int DB = W::DB, QKT = W::QKT, VRB = W::VRB, VT = W::VT, FQ = W::FQ, FV = W::FV;
-  static constexpr int BAR = 0, TAB = SM_TAB;  // full [2], empty [2]
-  static constexpr int KH = WG_HEAD, KL = KH + DB * QKT, WH = KL + DB * QKT, WL = WH + VT;  // set 0
-  static constexpr int SET = 2 * DB * QKT + 2 * VT;  // set s at + s·SET (1024-byte multiples: swizzled tiles)
-  static constexpr int KF = KH + 2 * SET, VF = KF + 64 * FQ * 4;  // staging 0
-  static constexpr int STG = 64 * FQ * 4 + 64 * FV * 4;          // staging b at + b·STG
-  static constexpr int RS = KF + 2 * STG;  // each producer warp's largest |K|, |Ṽ| of a chunk, twice
-  static constexpr int PSC = RS + 2 * 8 * WG32_MAX_PRODUCERS;  // the K and Ṽ scale exponents of set s at + 8s
-  static constexpr int BYTES = PSC + 16;
-  static constexpr int ALLOC = BYTES + 1024;
-  static_assert(W::VF - W::KF == VF - KF, "wg32_copy_chunk's V staging follows its K staging alike");
-  static_assert(SET % 1024 == 0, "each set's tiles on 1024-byte boundaries");
-};
-
-// chunk_wg32_state's layout: Wg32StateSmem with DBUF, else chunk_wg32's (no <type_traits> under NVRTC).
-template <bool DBUF, int D, int ES>
-struct StateLayout {
-  using type = Wg32StateSmem<D, ES>;
-};
-template <int D, int ES>
-struct StateLayout<false, D, ES> {
-  using type = Wg32Smem<D, ES>;
-};
-
-// The DBUF producers: per chunk c, their own staging units of chunk c (staging c mod 2) awaited, the largest |K|
-// and |Ṽ| taken, set c mod 2 awaited free (chunk c - 2's products done), the units split into its pieces and
-// announced (`full` of the set, one arrival per producer thread after fencing its writes), then chunk c + 2
-// copied into the units just split.
-template <int D, int ES, int NPW>
-__device__ __forceinline__ void wg32_state_producer(const float* k, const float* v, u64 tok0, int n, int E, int e0,
-                                                    int pw, int lane, unsigned char* smem) {
-  using L = Wg32StateSmem<D, ES>;
-  constexpr int QU = D / 8, VU = ES / 8, NT = 32 * NPW;  // 32-byte units per row; threads
-  const int t = 32 * pw + lane;
-  const u32 sbase = smem_u32(smem);
-  const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
-  const int nchunks = (n + CH - 1) / CH;
-  auto load = [&](int c) {  // this thread's units of chunk c into staging c mod 2
-    const u32 at = sbase + L::KF + (c & 1) * L::STG - Wg32Smem<D, ES>::KF;
-    wg32_copy_chunk<D, ES, NT, 8, false>(nullptr, k, v, tok0 + (u64)c * CH, min(CH, n - c * CH), E, e0, t, at);
-  };
-  auto unit_max = [](float m, const float* x) {
-    return abs_max4(abs_max4(m, *reinterpret_cast<const float4*>(x)), *reinterpret_cast<const float4*>(x + 4));
-  };
-  if (nchunks > 0) load(0);
-  if (nchunks > 1) load(1);
-  for (int c = 0; c < nchunks; ++c) {
-    const int b = c & 1, nv = min(CH, n - c * CH);
-    const float* kf = reinterpret_cast<const float*>(smem + L::KF + b * L::STG);
-    const float* vf = reinterpret_cast<const float*>(smem + L::VF + b * L::STG);
-    if (c + 1 < nchunks) cp_async_wait<1>();  // this thread's units of chunk c (chunk c + 1's may be in flight)
-    else cp_async_wait<0>();
-    float mk = 0.f, mw = 0.f;
-#pragma unroll 4
-    for (int idx = t; idx < CH * QU; idx += NT) mk = unit_max(mk, kf + (idx / QU) * L::FQ + 8 * (idx % QU));
-    for (int idx = t; idx < CH * VU; idx += NT) {
-      const int row = idx / VU;
-      if (row < nv) mw = fmaxf(mw, unit_max(0.f, vf + row * L::FV + 8 * (idx % VU)) * tab[nv - 1 - row]);
-    }
-    float* rs = reinterpret_cast<float*>(smem + L::RS) + 2 * NPW * b;
-    mk = __uint_as_float(warp_max_u32(__float_as_uint(mk)));
-    mw = __uint_as_float(warp_max_u32(__float_as_uint(mw)));
-    if (lane == 0) *reinterpret_cast<float2*>(rs + 2 * pw) = make_float2(mk, mw);
-    producers_sync<NPW>();  // (a warp rewrites these maxima two chunks on, after two more of these barriers)
-    mk = mw = 0.f;
-#pragma unroll
-    for (int w = 0; w < NPW; ++w) mk = fmaxf(mk, rs[2 * w]), mw = fmaxf(mw, rs[2 * w + 1]);
-    const int sk = piece_exp(mk), sw = piece_exp(mw);
-    if (c >= 2) mbar_wait(sbase + L::BAR + 8 * (2 + b), ((c >> 1) - 1) & 1);  // chunk c - 2's products done
-    if (t == 0) *reinterpret_cast<int2*>(smem + L::PSC + 8 * b) = make_int2(sk, sw);
-    const float fk = pow2(-sk);
-    const u32 set = b * L::SET;
-#pragma unroll 4
-    for (int idx = t; idx < CH * QU; idx += NT) {
-      const int row = idx / QU, u = idx % QU;
-      const u32 at = set + (u32)((u >> 3) * L::QKT) + swz<128>(row, u & 7);
-      uint4 hi, lo;
-      split8(kf + row * L::FQ + 8 * u, fk, hi, lo);
-      *reinterpret_cast<uint4*>(smem + L::KH + at) = hi;
-      *reinterpret_cast<uint4*>(smem + L::KL + at) = lo;
-    }
-#pragma unroll 2
-    for (int idx = t; idx < CH * VU; idx += NT) {
-      const int row = idx / VU, u = idx % VU;
-      const u32 at = set + swz<L::VRB>(row, u);
-      const float fw = row < nv ? tab[nv - 1 - row] * pow2(-sw) : 0.f;
-      uint4 hi, lo;
-      split8(vf + row * L::FV + 8 * u, fw, hi, lo);
-      *reinterpret_cast<uint4*>(smem + L::WH + at) = hi;
-      *reinterpret_cast<uint4*>(smem + L::WL + at) = lo;
-    }
-    fence_async_smem();
-    mbar_arrive(sbase + L::BAR + 8 * b);  // count NT: chunk c's pieces and scales in set b
-    if (c + 2 < nchunks) load(c + 2);     // this thread's units of staging b are split: free for chunk c + 2
-  }
-}
-
 // ---- the state pass of the sequence-parallel path, float32 on generation 2 (KERNEL_NOTES v18) -------------------
 // Every piece's own end state Σ_j λ^(n-1-j) k_jᵀ v_j (from zero) into local [B·H·RUNS, D, E], float32, as
 // chunk_state (chunked.cu) computes it: per chunk S = λ^n S + 2^(sk+sw) Kᵀ Ṽ, Kᵀ Ṽ as three float16 products of
 // the pieces into its own accumulator, added in IEEE float32 as in chunk_wg32. The producer warps copy K and V and
 // split K and Ṽ (wg32_split_producer, STATE); the consumers only multiply and add. Shared memory: chunk_wg32's
 // layout (its Q and V tiles unused).
-// DBUF: two sets of pieces and two stagings (Wg32StateSmem, wg32_state_producer; KERNEL_NOTES v37).
+// DBUF: two sets of pieces and two stagings (Wg32StateSmem, wg32_split_producer's SETS = 2; KERNEL_NOTES v37).
 template <int D, int ES, int NSL, int NPW, bool DBUF = false>
 __global__ void __launch_bounds__(128 + 32 * NPW, 1)
     chunk_wg32_state(const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ local,
@@ -623,11 +559,8 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
   const int tid = threadIdx.x;
   const Seg seg = cta.seg;
   if (warp_index() >= 4) {
-    if constexpr (DBUF)
-      wg32_state_producer<D, ES, NPW>(k, v, seg.tok0, seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31, cta.smem);
-    else
-      wg32_split_producer<D, ES, NPW, true>(nullptr, k, v, seg.tok0, seg.n, E, cta.e0, (tid - 128) >> 5, tid & 31,
-                                            cta.smem);
+    wg32_split_producer<D, ES, NPW, true, SETS>(nullptr, k, v, seg.tok0, seg.n, E, cta.e0, (tid - 128) >> 5,
+                                                tid & 31, cta.smem);
     return;
   }
   constexpr int DB = LY::DB, NA = ES / 2;
@@ -643,14 +576,7 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
     const int b = DBUF ? c & 1 : 0;  // the set of pieces (and its barriers) chunk c is in
     mbar_wait(sbase + LY::BAR + 8 * b, (c / SETS) & 1);  // the chunk's pieces and scales
     const int nv = min(CH, seg.n - c * CH);
-    int sk, sw;  // the K and Ṽ scale exponents
-    if constexpr (DBUF) {
-      const int2 e = *reinterpret_cast<const int2*>(smem + LY::PSC + 8 * b);
-      sk = e.x, sw = e.y;
-    } else {
-      const int4 e = *reinterpret_cast<const int4*>(smem + LY::PSC);
-      sk = e.y, sw = e.w;
-    }
+    const int4 e = *reinterpret_cast<const int4*>(smem + LY::PSC + 16 * b);
     const u32 set = DBUF ? b * Wg32StateSmem<D, ES>::SET : 0;
     const u32 kh = sbase + LY::KH + set, kl = sbase + LY::KL + set, wh = sbase + LY::WH + set,
               wl = sbase + LY::WL + set;
@@ -663,7 +589,7 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
 #pragma unroll
     for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
     if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (SETS + b));  // this warp's share of the products read the pieces
-    const float dk = tab[nv], un = pow2(sk) * pow2(sw);
+    const float dk = tab[nv], un = pow2(e.y) * pow2(e.w);
 #pragma unroll
     for (int mb = 0; mb < DB; ++mb)
 #pragma unroll
