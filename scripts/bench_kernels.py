@@ -8,8 +8,8 @@ the one-pass kernel (`one`), the sequence-parallel path at P = 2, 4 (`P2`, `P4`;
 choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importable; with --ab also the kernel
 options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
 and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments; float32 on
-generation 2 also the state pass with two sets of pieces, alone, `pass1DB`, and in the whole call, `wholeDB`
-beside `whole`, KERNEL_NOTES v37). `agree` is the
+generation 2 also the state pass's other form, one set of pieces where the rule takes two, alone, `pass1` + `1S`,
+and in the whole call, `whole1S` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
 tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
 (a short device call). Each row names the template instance behind every variant (`plan_*`;
@@ -237,17 +237,18 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
         timed = {"pass1": lambda: ops._local_states(seq.state, 0, k, v, lam, seq.seg),
                  "pass2": lambda: ops._scan_cuda(local, lam, seq.seg, None),
                  "pass3": lambda: ops._outputs(out_plan, 0, q, k, v, lam, D ** -0.5, s_in, seq.seg)}
-        if seq.state.gen == 2 and dtype == "float32":  # the state pass with two sets of pieces (v37), A/B
-            two = ops.double_buffered_state_plan(seq.state, 0)
-            whole = {"whole": seq.state, "wholeDB": two}
-            timed["pass1DB"] = lambda: ops._local_states(two, 0, k, v, lam, seq.seg)
+        if seq.state.gen == 2 and dtype == "float32":  # the float32 state pass's other form (v37, v38), A/B:
+            other = ops.state_plan(D, E, dtype, 0, dbuf=not seq.state.dbuf)  # one set of pieces or two
+            tag = "DB" if other.dbuf else "1S"
+            whole = {"whole": seq.state, f"whole{tag}": other}
+            timed[f"pass1{tag}"] = lambda: ops._local_states(other, 0, k, v, lam, seq.seg)
             timed.update({name: functools.partial(
                 sp.run, q, k, v, lam, scale=D ** -0.5, initial_state=None, seg=seq.seg,
                 local_states=functools.partial(ops._local_states, plan, 0),
                 outputs=functools.partial(ops._outputs, out_plan, 0), scan=ops._scan_cuda)
                 for name, plan in whole.items()})
             with torch.inference_mode():
-                row["agree_wholeDB"] = worst(timed["wholeDB"]()[0], timed["whole"]()[0])
+                row[f"agree_whole{tag}"] = worst(timed[f"whole{tag}"]()[0], timed["whole"]()[0])
         for name, fn in timed.items():
             with torch.inference_mode():
                 row[f"pass_ms_{name}"] = measure(fn, "cuda", TIMING).median_ms
@@ -325,8 +326,8 @@ def main() -> None:
                 names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0, kw.get("segments"), kw.get("gen")))
         names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0))  # the rule's, which --passes times
         seq = ops.seq_plan(B, H, N, D, E, DTYPE[d], 0) if args.passes is not None else None
-        if seq is not None and seq.state.gen == 2 and d == "fp32":  # and its state pass with two sets (v37)
-            names.add(ops.double_buffered_state_plan(seq.state, 0).name)
+        if seq is not None and seq.state.gen == 2 and d == "fp32":  # and its state pass's other form (v37)
+            names.add(ops.state_plan(D, E, DTYPE[d], 0, dbuf=not seq.state.dbuf).name)
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []

@@ -397,13 +397,12 @@ def test_wg_state_pass(dtype, D, E, two_sets):
     B, H, N = 2, 3, 1500
     x = _inputs(B, H, N, D, E, dtype, "multiscale", False, seed=D + E)
     cuts = [sp.split(N, 3, 2)]
-    plan = ops.state_plan(D, E, dtype, 0, gen=2)
+    if two_sets and dtype != "float32":
+        pytest.skip("two sets of pieces are the float32 state pass's")
+    plan = ops.state_plan(D, E, dtype, 0, gen=2, dbuf=two_sets if dtype == "float32" else None)
     assert plan.name.startswith("chunk_wg32_state<" if dtype == "float32" else "chunk_wg_state<")
+    assert plan.name.endswith(",true>") == two_sets
     if two_sets:
-        if dtype != "float32":
-            pytest.skip("two sets of pieces are the float32 state pass's")
-        plan = ops.double_buffered_state_plan(plan, 0)
-        assert plan.name.endswith(",true>")
         cuts += [sp.Segments(n=N, length=L, count=-(-N // L)) for L in (64, 128, 192)]
     lam = x.decay.double().cuda()[None, :, None]
     for seg in cuts:
@@ -584,6 +583,15 @@ _SANITIZE = textwrap.dedent("""
         run(ops.chunked, 1, 2, 1100, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32, es=64), segments=3)
         run(ops.chunked, 1, 2, 1100, 128, 64, f32, True, plan=ops.producer_split_plan(plan(1, 2, 128, 64, f32)),
             segments=3)  # the producers split the chunk (PSPLIT)
+        # the state pass with two sets of pieces (DBUF): pieces of 1, 2, 3 and 8 chunks
+        from leetbench.cuda_kernels import segments as sp
+        k, v = (torch.randn(1, 2, 1100, 128, device="cuda") for _ in range(2))
+        dbuf = ops.state_plan(128, 128, "float32", 0, dbuf=True)
+        for L in (64, 128, 192, 512):
+            local = ops._local_states(dbuf, 0, k, v, decay_profile("multiscale", 2).cuda().double(),
+                                      sp.Segments(n=1100, length=L, count=-(-1100 // L)))
+            torch.cuda.synchronize()
+            assert torch.isfinite(local).all()
     if GEN == 0:  # the kernels without a producer warp: recurrence and decode
         for dt in (torch.float32, torch.bfloat16):
             run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)

@@ -263,16 +263,17 @@ def test_generation_two_plans(h200_gen2):
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
     assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2 and sq.out.wgs == 2
     assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
-    f32_state = ops.state_plan(128, 128, "float32")                    # float32: chunk_wg32's layout, NPW = 4
-    assert (f32_state.name, f32_state.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
-    two = ops.double_buffered_state_plan(f32_state)                      # DBUF: two sets, its own layout
-    assert (two.name, two.threads, two.smem) == ("chunk_wg32_state<128,64,2,4,true>", 256, 202912)
+    f32_state = ops.state_plan(128, 128, "float32")                    # float32: two sets of pieces (DBUF), NPW = 4
+    assert (f32_state.name, f32_state.threads, f32_state.smem) == ("chunk_wg32_state<128,64,2,4,true>", 256, 202912)
+    one = ops.state_plan(128, 128, "float32", dbuf=False)                # one set: chunk_wg32's layout
+    assert (one.name, one.threads) == ("chunk_wg32_state<128,64,2,4>", 256)
+    assert ops.double_buffered_state_plan(one) == f32_state
     with pytest.raises(ValueError, match="chunk_wg32_state's, a generation-2 float32 plan"):
         ops.double_buffered_state_plan(sq.state)
     assert ops.state_plan(128, 128, "float32", gen=1).name.startswith("chunk_state<")
     f32_seq = ops.seq_plan(1, 32, 65536, 128, 128, "float32")            # float32 alike: P = 2 buys ES = 64
     assert f32_seq.seg.count == 2 and f32_seq.out.name == "chunk_wg32<128,64,2,4>"
-    assert f32_seq.state.name == "chunk_wg32_state<128,64,2,4>"
+    assert f32_seq.state.name == "chunk_wg32_state<128,64,2,4,true>"
     assert ops.seq_plan(8, 32, 65536, 128, 128, "float32") is None
     assert ops.seq_plan(1, 8, 65536, 128, 128, "float32").seg.count >= 2  # 32 CTAs: most SMs idle
     assert ops.state_plan(64, 48, "bfloat16").gen == 1
@@ -282,6 +283,17 @@ def test_generation_two_plans(h200_gen2):
     assert few is not None and few.seg.count >= 4
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg2<")
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16", gen=1)[0].startswith("chunk_fwd<")
+
+
+def test_float32_state_pass_takes_one_set_where_two_do_not_fit(h200_gen2, monkeypatch):
+    """The float32 state pass keeps chunk_wg32's one set of pieces where two sets exceed a block's shared memory,
+    and refuses two sets asked for by name there."""
+    stubbed = ops.smem_bytes
+    monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: 300_000 if kind == "wg32s"
+                        else stubbed(kind, D, es, st, dev))
+    assert ops.state_plan(128, 128, "float32").name == "chunk_wg32_state<128,64,2,4>"
+    with pytest.raises(ValueError, match="needs 300000 bytes of shared memory"):
+        ops.state_plan(128, 128, "float32", dbuf=True)
 
 
 def test_split_plan(h200_gen2):
