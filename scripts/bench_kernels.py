@@ -15,7 +15,10 @@ tested in tests/test_cupy_kernels.py). --variants times only the variants whose 
 (a short device call). Each row names the template instance behind every variant (`plan_*`;
 names that are one instance are printed as such), and the first variant is timed once more after the peers
 (`<first>.end`): their difference is the run's drift, the least difference between two variants that means
-anything. Rows go to OUT/bench.jsonl; a short table is printed last.
+anything. A card whose clock drifts while the run goes on (seen on lent H200s: the same instance 10% slower by
+the end) favours the variants timed first; --rounds R times every variant and peer in R interleaved rounds and
+keeps the median of the rounds (each round's in `rounds_*`). Rows go to OUT/bench.jsonl; a short table is
+printed last.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import fnmatch
 import functools
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -69,7 +73,7 @@ def peers() -> dict[str, Callable]:
 def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
-    two output warpgroups, two E slices sharing their scores, two state copies)."""
+    two output warpgroups, two E slices sharing their scores, two state copies, the state held transposed)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
@@ -127,6 +131,12 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2wg2", "v2P2wg2", "v2P2wg2n"):  # chunk_wg2 with its producer announcing early (v27)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}
+            for key in ("v2wg2e", "v2P2wg2e"):  # and its output warps pipelined too
+                if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].minb == 1:
+                    out[key + "p"] = {**out[key], "plan": ops.pipe_plan(out[key]["plan"])}
+            for key in ("v2wg2e", "v2wg2ep", "v2P2wg2e", "v2P2wg2p", "v2P2wg2ep"):  # the state held transposed (TST)
+                if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].es == 64:
+                    out[key + "t"] = {**out[key], "plan": ops.transposed_state_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
     return out
@@ -198,8 +208,11 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
 
 
 def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
-               passes: int | None = None) -> dict:
-    """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side."""
+               passes: int | None = None, rounds: int = 1) -> dict:
+    """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side; with
+    rounds > 1 in that many interleaved rounds (each call timed once a round, shorter), the median of the rounds'
+    medians kept and each round's in `rounds_*`: a card whose clock drifts during the run then biases no variant
+    by its place in the order."""
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -213,7 +226,7 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
     if "lightning" in calls and (why := offsets_over_int32(B, H, N, D, E)):  # it would fault, poisoning the run
         print(f"  lightning left out: {why}")
         del calls["lightning"]
-    if kws:  # the first variant once more, last: how far the card drifted while the others ran
+    if kws and rounds == 1:  # the first variant once more, last: how far the card drifted while the others ran
         first_name = next(iter(kws))
         calls[f"{first_name}.end"] = calls[first_name]
     floor = B * H * N * (2 * D + 2 * E) * q.element_size()
@@ -253,19 +266,30 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
             with torch.inference_mode():
                 row[f"pass_ms_{name}"] = measure(fn, "cuda", TIMING).median_ms
     first = None
-    for name, fn in calls.items():
-        try:
-            with torch.inference_mode():
-                out = fn()
-                out = out[0] if isinstance(out, tuple) else out
-                out = out.transpose(1, 2) if name == "fla" else out
-                out = out * D ** -0.5 if name == "lightning" else out  # lightning_attn2 takes no scale
-                first = out if first is None else first
-                row[f"agree_{name}"] = worst(out, first)
-                del out
-                row[f"ms_{name}"] = measure(fn, "cuda", TIMING).median_ms
-        except Exception as exc:  # noqa: BLE001 - a failing variant or peer must not end the run
-            print(f"  {name} failed: {type(exc).__name__}: {exc}")
+    timing = TIMING if rounds == 1 else replace(TIMING, warmup_ms=5, rep_ms=max(10, TIMING.rep_ms // rounds))
+    times: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for name, fn in calls.items():
+            if r and name not in times:
+                continue  # failed in the first round
+            try:
+                with torch.inference_mode():
+                    if r == 0:
+                        out = fn()
+                        out = out[0] if isinstance(out, tuple) else out
+                        out = out.transpose(1, 2) if name == "fla" else out
+                        out = out * D ** -0.5 if name == "lightning" else out  # lightning_attn2 takes no scale
+                        first = out if first is None else first
+                        row[f"agree_{name}"] = worst(out, first)
+                        del out
+                    times.setdefault(name, []).append(measure(fn, "cuda", timing).median_ms)
+            except Exception as exc:  # noqa: BLE001 - a failing variant or peer must not end the run
+                print(f"  {name} failed: {type(exc).__name__}: {exc}")
+                times.pop(name, None)
+    for name, each in times.items():
+        row[f"ms_{name}"] = statistics.median(each)
+        if rounds > 1:
+            row[f"rounds_{name}"] = each
     return row
 
 
@@ -303,8 +327,12 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--variants", default=None, metavar="GLOBS",
                     help="time only the variants whose names match one of these comma-separated globs (v2,v2P2*)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time the variants and peers in this many interleaved rounds (median of rounds)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"bench_kernels.py: --rounds {args.rounds}: expected a count ≥ 1")
     t0 = time.time()
     name = torch.cuda.get_device_name(0)
     bw = copy_bandwidth_gbps("cuda")
@@ -332,7 +360,7 @@ def main() -> None:
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, H, N, D, E) in shapes:
-        row = time_shape(B, H, N, D, E, d, bw, kws[(d, B, H, N, D, E)], peer, args.passes)
+        row = time_shape(B, H, N, D, E, d, bw, kws[(d, B, H, N, D, E)], peer, args.passes, args.rounds)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:

@@ -99,11 +99,12 @@ for stage in $stages; do
           "$log/ncu-$name.txt" "$log/pipes-$name.txt"
       done ;;
     timeline)  # where one CTA of chunk_wg2 (the B=1 rule) spends each chunk, role by role (scripts/timeline.py,
-               # KERNEL_NOTES v36); TIMELINE="bf16:16384 fp16:65536" picks dtype:N pairs
+               # KERNEL_NOTES v36); TIMELINE="bf16:16384 fp16:65536:off" picks dtype:N pairs (:on / :off the
+               # state transposed or not, else as the rule holds it)
       for run in ${TIMELINE:-bf16:16384 bf16:65536 fp16:16384}; do
-        IFS=: read -r dt n <<< "$run"
-        TAIL=30 run "timeline-$dt-$n" 120 python3 scripts/timeline.py --dtype "$dt" --length "$n" \
-          --out "$log/timeline-$dt-$n"
+        IFS=: read -r dt n t <<< "$run"
+        TAIL=30 run "timeline-$dt-$n${t:+-$t}" 120 python3 scripts/timeline.py --dtype "$dt" --length "$n" \
+          ${t:+--tstate "$t"} --out "$log/timeline-$dt-$n${t:+-$t}"
       done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

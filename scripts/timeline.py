@@ -1,14 +1,15 @@
 """Per-role timeline of one chunk_wg2 CTA: where a chunk's time goes, role by role (KERNEL_NOTES v34/v35).
 
     PYTHONPATH=. python3 scripts/timeline.py [--batch 1] [--heads 32] [--length 16384] [--dims 128x128]
-        [--dtype bf16] [--cta 0] [--skip 4] [--out DIR]
+        [--dtype bf16] [--cta 0] [--skip 4] [--tstate on|off] [--out DIR]
 
 Runs the rule's plan for the shape (its state pass and scan first where it cuts the sequence) with the output
 kernel built with LB_TIMELINE=<cta>: lane 0 of that CTA's first output warp, first state warp and producer writes
 clock64() at each event of each chunk (chunked_wg.cu names the events). Prints per role the median cycles from
 each event to the next over the chunks (the first --skip chunks, the pipeline filling, left out) and their share
 of the chunk period, then how far each role runs ahead of the output warps; the stamps go to OUT/timeline.npz.
-Only chunk_wg2's roles are stamped (threads 0, 128, 256), so other plans are refused.
+Only chunk_wg2's roles are stamped (threads 0, 128, 256), so other plans are refused. --tstate on / off: the
+rule's plan with its state held transposed or not (TST, KERNEL_NOTES v39; the rule's own choice by default).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,8 +83,10 @@ def table(stamps: np.ndarray, skip: int = 4) -> str:
     return "\n".join(lines)
 
 
-def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int) -> tuple[np.ndarray, str]:
-    """The stamps of CTA `cta` in one call of the rule's plan, and the plan's name."""
+def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int,
+           tstate: bool | None = None) -> tuple[np.ndarray, str]:
+    """The stamps of CTA `cta` in one call of the rule's plan (tstate True / False: with its state held transposed
+    or not; None: as the rule holds it), and the plan's name."""
     import cupy as cp  # noqa: PLC0415 - the GPU machine's
     import torch  # noqa: PLC0415
 
@@ -96,6 +99,11 @@ def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int) -> tupl
     plan = (seq.out if seq else ops.chunk_plan(B, H, D, E, name)).sized(0)
     if not plan.name.startswith("chunk_wg2<"):
         raise SystemExit(f"timeline.py stamps chunk_wg2's roles; this shape's plan is {plan.name}")
+    if tstate is not None and tstate != plan.tstate:
+        try:
+            plan = ops.transposed_state_plan(plan) if tstate else replace(plan, tstate=False)
+        except ValueError as exc:
+            raise SystemExit(f"timeline.py --tstate on: {exc}") from None
     defines = (f"LB_TIMELINE={cta}",)
     g = torch.Generator(device="cuda").manual_seed(N)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -126,6 +134,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     ap.add_argument("--cta", type=int, default=0, help="the block index stamped")
     ap.add_argument("--skip", type=int, default=4, help="first chunks left out (the pipeline filling)")
+    ap.add_argument("--tstate", choices=("on", "off"), default=None,
+                    help="the state held transposed (TST) or not; default: as the rule holds it")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     try:
@@ -136,7 +146,8 @@ def main() -> None:
 
     if not cupy_available() or ops.device_gen(0) != 2:
         raise SystemExit("timeline.py: needs a Hopper GPU (compute capability 9.0) with CuPy: it stamps chunk_wg2")
-    stamps, name = record(args.batch, args.heads, args.length, D, E, args.dtype, args.cta)
+    stamps, name = record(args.batch, args.heads, args.length, D, E, args.dtype, args.cta,
+                          None if args.tstate is None else args.tstate == "on")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         np.savez(os.path.join(args.out, "timeline.npz"), stamps=stamps)

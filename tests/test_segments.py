@@ -246,14 +246,15 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
     b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)        # one CTA per SM: two warpgroups, the
-    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4)          # producer announcing early (v33)
-    assert b8.name == "chunk_wg2<128,64,2,4,true,1,false,true>"
+    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4)          # producer announcing early (v33), the
+    assert b8.name == "chunk_wg2<128,64,2,4,true,1,false,true,true>"    # state held transposed (v39)
     one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
-    assert one.name == "chunk_wg<128,64,2,4,true,1>" and ops.early_plan(ops.split_plan(one, ctas=512)) == b8
+    assert one.name == "chunk_wg<128,64,2,4,true,1>"
+    assert ops.transposed_state_plan(ops.early_plan(ops.split_plan(one, ctas=512))) == b8
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).name == "chunk_wg2<128,64,2,4,true,1>"  # as pinned
     d64 = ops.chunk_plan(8, 32, 64, 256, "bfloat16")                   # D = 64: two CTAs fit an SM, one warpgroup
     assert (d64.minb, d64.wgs) == (2, 1)
-    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1,false,true>"  # 128 CTAs
+    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1,false,true,true>"  # 128 CTAs
     pinned = ops.chunk_plan(8, 32, 128, 128, "bfloat16", stages=2)     # a pinned chunk_wg shape stays chunk_wg
     assert (pinned.wgs, pinned.stages) == (1, 2) and ops.chunk_plan(1, 32, 128, 128, "bfloat16", minb=1).wgs == 1
     b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
@@ -313,6 +314,26 @@ def test_split_plan(h200_gen2):
         ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float32"))
     with pytest.raises(ValueError, match=r"got chunk_fwd"):
         ops.split_plan(ops.chunk_plan(1, 32, 256, 256, "bfloat16"))
+
+
+def test_transposed_state_plan(h200_gen2):
+    """chunk_wg2's state held transposed (TST): the kernel's ninth template argument after PIPE and EARLY, the same
+    layout; the rule's wherever it takes chunk_wg2 at ES = 64 (not at 32); chunk_wg2 at ES = 64 only, refused by
+    name else; the plans built from another form do not inherit it."""
+    split = ops.early_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ctas=512))
+    t = ops.transposed_state_plan(split)
+    assert (t.name, t.smem, t.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true>", split.smem, 288)
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False) == t                   # the rule's
+    assert ops.seq_plan(1, 32, 65536, 128, 128, "float16").out.tstate                       # through segments too
+    assert ops.chunk_plan(1, 32, 128, 128, "bfloat16").name == "chunk_wg2<128,32,4,4,true,1,false,true>"  # ES=32
+    assert not ops.split_plan(t).tstate and not ops.shared_scores_plan(t).tstate
+    plain = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float16", wgs=1), ctas=512)
+    assert ops.transposed_state_plan(plain).name == "chunk_wg2<128,64,2,4,false,1,false,false,true>"
+    narrow = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
+    for other in (narrow, ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ops.chunk_plan(8, 32, 128, 128,
+                                                                                             "bfloat16")):
+        with pytest.raises(ValueError, match=r"the transposed state is chunk_wg2's at ES=64 \(got chunk_wg"):
+            ops.transposed_state_plan(other)
 
 
 def test_two_output_plan(h200_gen2):
@@ -392,8 +413,8 @@ def test_shared_scores_rule(h200_gen2):
         assert rule == ops.wide_plan(staged) == ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
     assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,3,true,true,false,true>"  # 128 CTAs
     assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
-    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true>"  # 123
-    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true>"  # half idle
+    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true,true>"  # 123
+    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true,true>"  # idle
     assert not ops.chunk_plan(1, 32, 128, 256, "bfloat16").pair               # 64 CTAs
     assert not ops.chunk_plan(8, 16, 64, 256, "bfloat16").pair                # D = 64: slower measured
     assert not ops.chunk_plan(8, 32, 128, 128, "float32").pair
@@ -541,7 +562,7 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
     assert plan["v2"] == plan["v2one"] == plan["v2pairqw"] == default and default.startswith("chunk_wg4<")
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
-    assert plan["v2P2"] == f"{plan['v2wg2e']} P=2"                     # segments: one E slice a CTA, EARLY
+    assert plan["v2P2"] == f"{plan['v2wg2et']} P=2"                    # segments: one E slice a CTA, EARLY, TST
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
 

@@ -96,11 +96,13 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_de
 
 
 @needs_wg
-def test_the_timeline_build_stamps_every_event_in_order():
+@pytest.mark.parametrize("tstate", [False, True])
+def test_the_timeline_build_stamps_every_event_in_order(tstate):
+    """In the rule's chunk_wg2 with its state held transposed (TST) and not."""
     pytest.importorskip("cupy")
     tl = _timeline()
-    stamps, name = tl.record(1, 32, 16384, 128, 128, "bf16", 0)
-    assert name.startswith("chunk_wg2<")
+    stamps, name = tl.record(1, 32, 16384, 128, 128, "bf16", 0, tstate)
+    assert name.startswith("chunk_wg2<") and name.endswith(",true,true>") == tstate
     chunks = 16384 // 2 // 64  # two segments at B=1, H=32 (the rule), 64-token chunks
     for r, role in enumerate(tl.ROLES):
         t = stamps[r, :chunks, :len(tl.EVENTS[role])].astype(np.int64)

@@ -329,6 +329,44 @@ __device__ __forceinline__ void wg_decay_v(const unsigned char* vsrc, unsigned c
   }
 }
 
+// TST: warp w's A fragments of Ṽᵀ for Sᵀ += Ṽᵀ K, per 16-token k step: its 16 columns of the chunk's V tile (rows
+// of 128 bytes, ES = 64) at `vs`, transposed by ldmatrix (matrix m of lane group m: tokens + 8 for m ≥ 2, columns
+// + 8 for odd m, so register m is the m16k16 fragment's a_m), token t times λ^(n-1-t), 0 from the chunk's n
+// tokens on — Ṽ's values, rounded to 16 bits as wg_decay_v rounds them, without its trip through shared memory.
+template <bool BF16>
+__device__ __forceinline__ void wg_decayed_vt(u32 (&va)[4][4], u32 vs, const float* tab, int nv, int w, int l) {
+  const int m = l >> 3, tl = ((m & 2) ? 8 : 0) + (l & 7), piece = 2 * w + (m & 1);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    ldsm_x4_t(vs + swz<128>(16 * kk + tl, piece), va[kk]);
+    const int t0 = 16 * kk + 2 * (l & 3);  // a0, a1: tokens t0, t0 + 1; a2, a3: t0 + 8, t0 + 9
+    float wt[4];
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int tok = t0 + (x & 1) + ((x & 2) ? 8 : 0);
+      wt[x] = tok < nv ? tab[nv - 1 - tok] : 0.f;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      float a, b;
+      unpack2<BF16>(va[kk][r], a, b);
+      va[kk][r] = pack2<BF16>(a * wt[r & 2], b * wt[(r & 2) + 1]);
+    }
+  }
+}
+
+// TST: Sᵀ += Ṽᵀ K (64 × D as D/64 blocks St[nb], K = 64 tokens): Ṽᵀ from registers, the slot's K tile as an
+// MN-major operand (its 64-column block nb, 16 token rows a k step).
+template <int D, bool BF16>
+__device__ __forceinline__ void wg_state_update_t(float (&St)[D / 64][32], const u32 (&va)[4][4], u32 k) {
+#pragma unroll
+  for (int nb = 0; nb < D / 64; ++nb)
+#pragma unroll
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wg_rs<64, BF16, 1>(St[nb], va[kk], wg_desc<128>(k + nb * WG_QKT + 16 * 128 * kk), true);
+}
+
 // f(mb, i, row, col) for every state entry a consumer thread holds (accumulator layout below, D/64 row blocks
 // mb): S[mb][i] is entry (row, col) of the CTA's D × ES slice of the state (row = 64·mb + r0 or r0 + 8).
 template <int D, int ES, class F>
@@ -339,6 +377,25 @@ __device__ __forceinline__ void wg_each_entry(int r0, int c0, F&& f) {
     for (int j = 0; j < ES / 8; ++j)
 #pragma unroll
       for (int x = 0; x < 4; ++x) f(mb, 4 * j + x, 64 * mb + r0 + ((x & 2) ? 8 : 0), 8 * j + c0 + (x & 1));
+}
+
+// The same for a state held transposed (chunk_wg2's TST: the accumulator is Sᵀ, 64 rows of E by D columns as D/64
+// blocks): f(nb, i, row, col) with S[nb][i] entry (row, col) of the D × 64 slice, row = 64·nb + 8·(i/4) + c0 or
+// + 1, col = r0 or r0 + 8.
+template <int D, class F>
+__device__ __forceinline__ void wg_each_entry_t(int r0, int c0, F&& f) {
+#pragma unroll
+  for (int nb = 0; nb < D / 64; ++nb)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) f(nb, 4 * j + x, 64 * nb + 8 * j + c0 + (x & 1), r0 + ((x & 2) ? 8 : 0));
+}
+
+template <int D, int ES, bool T, class F>
+__device__ __forceinline__ void wg_each_state_entry(int r0, int c0, F&& f) {
+  if constexpr (T) wg_each_entry_t<D>(r0, c0, f);
+  else wg_each_entry<D, ES>(r0, c0, f);
 }
 
 // f(byte offset, x, y) for each pair of state entries a consumer thread holds, at the pair's place in a swizzled
@@ -411,11 +468,14 @@ struct WgConsumer {
   static constexpr bool SC = !BF16;  // the float16 state copy is scaled
 
   // The 16-bit state copy (N-major [D][ES], swizzled) of S, divided by 2^s for float16; returns 2^s.
+  // half: which of the two sets of per-warp maxima it meets through (TST, whose warps meet at no other barrier
+  // between two copies, alternates them).
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, u32 sb,
-                                                     int w, int l, int r0) {
+                                                     int w, int l, int r0, int half = 0) {
     float up = 1.f, down = 1.f;
     if (SC) {
-      const u32 s = state_scale_exp(wg_state_max<DB, NA, BARID>(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
+      u32* scl = reinterpret_cast<u32*>(smem + L::SCL) + 4 * half;
+      const u32 s = state_scale_exp(wg_state_max<DB, NA, BARID>(S, scl, w, l));
       up = __uint_as_float((127u + s) << 23);
       down = __uint_as_float((127u - s) << 23);
     }
@@ -426,17 +486,20 @@ struct WgConsumer {
     return up;
   }
 
-  // The CTA's D × ES slice of the initial state (0 without one) into the accumulator layout, and back out.
+  // The CTA's D × ES slice of the initial state (0 without one) into the accumulator layout, and back out; T: the
+  // state held transposed (TST).
+  template <bool T = false>
   static __device__ __forceinline__ void load_state(float (&S)[DB][NA], const float* __restrict__ s0, const Seg& seg,
                                                     int e0, int E, int r0, int c0) {
-    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+    wg_each_state_entry<D, ES, T>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
   }
+  template <bool T = false>
   static __device__ __forceinline__ void store_state(const float (&S)[DB][NA], float* __restrict__ sN, const Seg& seg,
                                                      int e0, int E, int r0, int c0) {
     if (seg.last && sN != nullptr)
-      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+      wg_each_state_entry<D, ES, T>(r0, c0, [&](int mb, int i, int row, int col) {
         sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
       });
   }
@@ -586,9 +649,15 @@ __global__ void chunk_wg_layout(int* out) {
 // PIPE (KERNEL_NOTES v20; one CTA per SM): the output warps issue chunk c + 1's Q Kᵀ and Q S_in before they store
 // chunk c's outputs, so the stores overlap the tensor pipe; chunk c's outputs and chunk c + 1's Q S_in are two
 // register arrays, taken in turn (the loop unrolled by two, so each is a compile-time array).
+// TST (KERNEL_NOTES v39; ES = 64): the state warps hold Sᵀ and update it as Sᵀ = λ^n Sᵀ + Ṽᵀ K, Ṽᵀ formed in
+// registers from the V tile (wg_decayed_vt): no Ṽ written to and read back from shared memory (24 of the ≈ 192 KB
+// a chunk moves through it), no barrier of the four state warps before the product. The copy of Sᵀ lies in the
+// K-major blocks of a K tile (write_copy's offsets for [D][64] are those of [64][D] in D/64 blocks of 64 rows), so
+// the output warps form Q S_in as they form Q Kᵀ.
 template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false,
-          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1>
+          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false>
 struct WgSplit {
+  static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
   using L = LAYOUT;
   using C1 = WgConsumer<D, ES, STAGES, BF16, 1, L, BARID>;  // its write_copy, state load and store, chunk start,
                                                             // output store
@@ -618,7 +687,8 @@ struct WgSplit {
     wg_fence();
     wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
     wg_commit();
-    wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
+    if constexpr (TST) wg_scores<D, BF16>(acc_o, qs, sbase + copy_at(buf), false);  // the copy holds Sᵀ
+    else wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
     wg_commit();
     meanwhile();
     wg_wait<1>();
@@ -703,7 +773,7 @@ struct WgSplit {
     const int buf = j & 1;
     if (j >= 2) mbar_wait(sbase + L::CBAR + 8 * (2 + buf), ((j >> 1) + 1) & 1);
     LB_STAMP(j - 1, 5);  // (chunk j - 1's row: the copy it publishes)
-    const float up = C1::write_copy(S, smem, sbase + copy_at(buf), w, l, r0);
+    const float up = C1::write_copy(S, smem, sbase + copy_at(buf), w, l, r0, TST ? buf : 0);
     if (t == 0) scales(smem)[buf] = up;
     fence_async_smem();
     mbar_arrive(sbase + L::CBAR + 8 * buf);
@@ -712,6 +782,10 @@ struct WgSplit {
 
   static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
                                                float* __restrict__ sN, const Seg& seg, int e0, int E, int t) {
+    if constexpr (TST) {
+      state_transposed(smem, s0, sN, seg, e0, E, t);
+      return;
+    }
     const u32 sbase = smem_u32(smem);
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
@@ -741,6 +815,48 @@ struct WgSplit {
     }
     C1::store_state(S, sN, seg, e0, E, r0, c0);
   }
+
+  // TST's state warps: S[nb] the block of Sᵀ over columns 64·nb.. of D. Each warp's Ṽᵀ is its own registers, so the
+  // warps meet only where write_copy's float16 maxima need it (two sets, alternating: a warp may write the next
+  // copy's maximum before another has read this one's).
+  static __device__ __forceinline__ void state_transposed(unsigned char* smem, const float* __restrict__ s0,
+                                                          float* __restrict__ sN, const Seg& seg, int e0, int E,
+                                                          int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    float S[DB][NA];
+    C1::template load_state<true>(S, s0, seg, e0, E, r0, c0);
+    publish(S, smem, 0, w, l, r0, t);
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES;
+      LB_STAMP(c, 0);
+      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+      LB_STAMP(c, 1);
+      const int nv = min(CH, seg.n - c * CH);
+      u32 va[4][4];
+      wg_decayed_vt<BF16>(va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
+      const float dn = tab[nv];
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+      wg_fence();
+      LB_STAMP(c, 2);
+      wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
+      wg_commit();
+      wg_wait<0>();
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+      LB_STAMP(c, 3);
+      LB_STAMP(c, 4);  // (no meeting here)
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share read the slot
+      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
+    }
+    C1::template store_state<true>(S, sN, seg, e0, E, r0, c0);
+  }
 };
 
 // wg_cta for the kernels with a state warpgroup apart (layout LY: Wg2Smem's head): a slot released by eight warps,
@@ -757,9 +873,10 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE: WgSplit's; EARLY:
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST: WgSplit's; EARLY:
 // wg_producer's.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false>
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false,
+          bool TST = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -768,7 +885,7 @@ __global__ void __launch_bounds__(288, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE>;
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST>;
   const int warp = warp_index();
   if (warp < 4) {
     if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);

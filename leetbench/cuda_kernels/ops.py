@@ -269,6 +269,8 @@ class ChunkPlan:
     #                      early_plan)
     wide: bool = False  # chunk_wg4: the output warps' Q S_in and P V over both slices as one product each (WIDE;
     #                     wide_plan)
+    tstate: bool = False  # chunk_wg2 at ES = 64: the state warps hold Sᵀ, Ṽᵀ formed in registers (TST;
+    #                       transposed_state_plan)
 
     @property
     def opts(self) -> int:
@@ -307,9 +309,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:  # the kernel's PIPE and EARLY, false by default
+            if self.wgs == 2:  # the kernel's PIPE, EARLY and TST, false by default
                 return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
-                        f"{_flags(self.pipe, self.early)}>")
+                        f"{_flags(self.pipe, self.early, self.tstate)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -355,6 +357,10 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # E=256, B=8) chunk_wg2 at one was 17% slower. Its producer announces early (KERNEL_NOTES v33: with
             # a chunk copied at ≈ 1 instruction per cp.async; bf16 B=1, D=E=128 through P=2 2-3% at N=16384 in
             # three runs, 0.237 → 0.231 ms; within the spread at N=65536, at B=4 and in fp16, never slower).
+            # Its state warps hold Sᵀ where the slice is 64 columns (TST, KERNEL_NOTES v39: no Ṽ through shared
+            # memory; H200, B=1, H=32, five interleaved rounds: D=E=128 through P=2 bf16 0.229 → 0.222 ms at
+            # N=16384, 0.912 → 0.855 at 65536, fp16 0.266 → 0.247, 1.042 → 0.940; D=64, E=256 one pass bf16
+            # level, fp16 0.303 → 0.260, 1.238 → 1.026).
             wgs = 2 if plan.minb == 1 else 1
             early = wgs == 2
     else:
@@ -368,7 +374,9 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     if wgs != 2:
         return plan
     split = split_plan(plan, dev, B * H * plan.cl)  # refused by name but for 16-bit gen 2
-    return early_plan(split) if early else split
+    if not early:
+        return split
+    return transposed_state_plan(early_plan(split)) if split.es == 64 else early_plan(split)
 
 
 def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:
@@ -459,7 +467,7 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     if plan.wgs != 1:
         raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
     minb = plan.minb if _depths("wg2", plan, dev, plan.minb) else 1
-    return replace(plan, copies=2, **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
+    return replace(plan, copies=2, tstate=False, **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
 
 
 def producer_split_plan(plan: ChunkPlan) -> ChunkPlan:
@@ -482,7 +490,7 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    return replace(plan, wgs=2, copies=1, early=False, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
+    return replace(plan, wgs=2, copies=1, early=False, tstate=False, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
 def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
@@ -492,7 +500,7 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     _wg16(plan, "two output warpgroups")
     if plan.pair or plan.early:
         raise ValueError(f"two output warpgroups take one E slice a CTA and the plain producer (got {plan.name})")
-    return replace(plan, wgs=3, copies=1, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
+    return replace(plan, wgs=3, copies=1, tstate=False, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
 def _qstage_bytes(es: int) -> int:
@@ -523,7 +531,8 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
         raise ValueError(f"shared scores: four warps' output staging ({_qstage_bytes(plan.es)} bytes at ES="
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
-    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, cl=plan.cl // 2,
+    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, tstate=False,
+                   cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
@@ -550,6 +559,14 @@ def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
     if plan.wgs != 2 or plan.minb != 1:
         raise ValueError(f"the pipelined output warps are chunk_wg2's at one CTA per SM (got {plan.name})")
     return replace(plan, pipe=True)
+
+
+def transposed_state_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2 at ES = 64) with its state warps holding Sᵀ and forming Ṽᵀ in registers (TST; KERNEL_NOTES
+    v39): Sᵀ = λ^n Sᵀ + Ṽᵀ K, no Ṽ in shared memory, no barrier before the product; the same shared memory."""
+    if plan.wgs != 2 or plan.pair or plan.es != 64:
+        raise ValueError(f"the transposed state is chunk_wg2's at ES=64 (got {plan.name})")
+    return replace(plan, tstate=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
