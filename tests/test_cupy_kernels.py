@@ -450,8 +450,8 @@ def test_wg_cubins_are_loaded_from_the_disk_cache(monkeypatch, tmp_path):
 
     monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path))
     plan = ops.chunk_plan(1, 2, 64, 64, "bfloat16", 0, gen=2, es=32, stages=2, minb=1)
-    key = (ops.kernel_files(plan.name), plan.name, 0)
-    monkeypatch.delitem(cuda_kernels._kernels, key, raising=False)
+    key = (ops.kernel_files(plan.name), plan.name, 0, ())  # kernel()'s in-process cache key: no macros defined
+    monkeypatch.delitem(cuda_kernels._kernels, key, raising=False)  # (compiled before by another test)
     kernel(*key)                                              # compiled, and stored
     assert list((tmp_path / "leetbench").glob("*.cubin"))
     monkeypatch.delitem(cuda_kernels._kernels, key)           # as in a new process
