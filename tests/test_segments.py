@@ -336,6 +336,28 @@ def test_transposed_state_plan(h200_gen2):
             ops.transposed_state_plan(other)
 
 
+def test_register_q_plan(h200_gen2):
+    """chunk_wg2 with Q in the output warps' registers (QREG): the kernel's tenth template argument, the same layout;
+    chunk_wg2 only and not with the pipelined output warps (that build spills), refused by name else; the plans
+    built from another form do not inherit it."""
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
+    q = ops.register_q_plan(rule)
+    assert (q.name, q.smem, q.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true>", rule.smem, 288)
+    assert ops.register_q_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16")).name == \
+        "chunk_wg2<128,32,4,4,true,1,false,true,false,true>"                    # ES = 32, the state not transposed
+    narrow = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)  # two CTAs per SM
+    with pytest.raises(ValueError, match=r"one CTA per SM: at two it spills \(got chunk_wg2<64,32,8,4,false,2>"):
+        ops.register_q_plan(narrow)
+    piped = ops.pipe_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ctas=512))
+    with pytest.raises(ValueError, match=r"Q in registers with the pipelined output warps spills \(got chunk_wg2"):
+        ops.register_q_plan(piped)
+    with pytest.raises(ValueError, match=r"the pipelined output warps with Q in registers spill \(got chunk_wg2"):
+        ops.pipe_plan(q)
+    with pytest.raises(ValueError, match=r"Q in registers is chunk_wg2's \(got chunk_wg4"):
+        ops.register_q_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
+    assert not ops.split_plan(q).qreg and not ops.shared_scores_plan(q).qreg
+
+
 def test_two_output_plan(h200_gen2):
     """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
     whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""

@@ -228,6 +228,40 @@ __device__ __forceinline__ void wg_query_state(float (&d)[NS * ES / 2], u32 q, u
       wg_ss<NS * ES, BF16, 0, 1>(d, wg_desc<128>(q + kb * WG_QKT + 32 * kk),
                                  wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES, lbo), acc || kb + kk > 0);
 }
+// QREG: warp w's A fragments of the chunk's Q tile — its 16 rows, D/16 k steps of 16 columns (k step ks in 64-column
+// block ks / 4, pieces 2·(ks mod 4) and + 1) — by ldmatrix (matrix m of lane group m: rows + 8 for odd m, columns
+// + 8 for m ≥ 2, so register m is the m16k16 fragment's a_m): Q read once for both of the output warps' Q
+// products, where each product with Q in shared memory reads it again.
+template <int D>
+__device__ __forceinline__ void wg_load_q(u32 (&qa)[D / 16][4], u32 q, int w, int l) {
+  const int m = l >> 3, row = 16 * w + ((m & 1) ? 8 : 0) + (l & 7);
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+    ldsm_x4(q + (ks / 4) * WG_QKT + swz<128>(row, 2 * (ks % 4) + (m >> 1)), qa[ks]);
+}
+// Keeps register-A fragments live (and unchanged) until here: after the wait for the products that read them.
+template <int N>
+__device__ __forceinline__ void wg_keep(const u32 (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" ::"r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]) : "memory");
+}
+// Q Kᵀ and Q S_in as wg_scores and wg_query_state form them, Q from registers (QREG).
+template <int D, bool BF16>
+__device__ __forceinline__ void wg_scores_rq(float (&d)[32], const u32 (&qa)[D / 16][4], u32 k, bool acc) {
+#pragma unroll
+  for (int kb = 0; kb < D / 64; ++kb)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wg_rs<64, BF16, 0>(d, qa[4 * kb + kk], wg_desc<128>(k + kb * WG_QKT + 32 * kk), acc || kb + kk > 0);
+}
+template <int D, int ES, bool BF16>
+__device__ __forceinline__ void wg_query_state_rq(float (&d)[ES / 2], const u32 (&qa)[D / 16][4], u32 s, bool acc) {
+#pragma unroll
+  for (int kb = 0; kb < D / 64; ++kb)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wg_rs<ES, BF16, 1>(d, qa[4 * kb + kk], wg_desc<2 * ES>(s + (64 * kb + 16 * kk) * 2 * ES), acc || kb + kk > 0);
+}
 // O += P V (64 × ES, K = 64 tokens), P the masked scores from registers (16-bit pairs per 16-token k step), V the
 // chunk's tile. NS = 2: two slices' V tiles as one operand, as in wg_query_state.
 template <int ES, bool BF16, int NS = 1>
@@ -654,8 +688,11 @@ __global__ void chunk_wg_layout(int* out) {
 // a chunk moves through it), no barrier of the four state warps before the product. The copy of Sᵀ lies in the
 // K-major blocks of a K tile (write_copy's offsets for [D][64] are those of [64][D] in D/64 blocks of 64 rows), so
 // the output warps form Q S_in as they form Q Kᵀ.
+// QREG (KERNEL_NOTES v40): the output warps load their rows of the chunk's Q once into registers (wg_load_q) and
+// form Q Kᵀ and Q S_in with Q from there: 16 of the ≈ 168 KB a chunk moves through shared memory at D = 128, 32
+// registers more a thread.
 template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false,
-          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false>
+          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false, bool QREG = false>
 struct WgSplit {
   static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
   using L = LAYOUT;
@@ -682,13 +719,19 @@ struct WgSplit {
     LB_STAMP(c, 1);
     const int nv = min(CH, seg_n - c * CH);
     const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
+    [[maybe_unused]] u32 qa[QREG ? D / 16 : 1][4];
+    if constexpr (QREG) wg_load_q<D>(qa, qs, r0 >> 4, l);  // (before the copy is awaited: the loads' latency)
     mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
     LB_STAMP(c, 2);
     wg_fence();
-    wg_scores<D, BF16>(acc_a, qs, sbase + L::KS + slot * DB * L::QKT, false);
+    const u32 ks = sbase + L::KS + slot * DB * L::QKT, cs = sbase + copy_at(buf);
+    if constexpr (QREG) wg_scores_rq<D, BF16>(acc_a, qa, ks, false);
+    else wg_scores<D, BF16>(acc_a, qs, ks, false);
     wg_commit();
-    if constexpr (TST) wg_scores<D, BF16>(acc_o, qs, sbase + copy_at(buf), false);  // the copy holds Sᵀ
-    else wg_query_state<D, ES, BF16>(acc_o, qs, sbase + copy_at(buf), false);
+    if constexpr (QREG && TST) wg_scores_rq<D, BF16>(acc_o, qa, cs, false);  // the copy holds Sᵀ
+    else if constexpr (QREG) wg_query_state_rq<D, ES, BF16>(acc_o, qa, cs, false);
+    else if constexpr (TST) wg_scores<D, BF16>(acc_o, qs, cs, false);
+    else wg_query_state<D, ES, BF16>(acc_o, qs, cs, false);
     wg_commit();
     meanwhile();
     wg_wait<1>();
@@ -700,6 +743,7 @@ struct WgSplit {
     wg_masked_scores<BF16>(acc_a, mask, pa);
     wg_wait<0>();
     wg_pin(acc_o);
+    if constexpr (QREG) wg_keep(qa);
     LB_STAMP(c, 4);
     const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
     if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
@@ -873,10 +917,10 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST: WgSplit's; EARLY:
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG: WgSplit's; EARLY:
 // wg_producer's.
 template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false,
-          bool TST = false>
+          bool TST = false, bool QREG = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -885,7 +929,7 @@ __global__ void __launch_bounds__(288, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST>;
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG>;
   const int warp = warp_index();
   if (warp < 4) {
     if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);

@@ -271,6 +271,8 @@ class ChunkPlan:
     #                     wide_plan)
     tstate: bool = False  # chunk_wg2 at ES = 64: the state warps hold Sᵀ, Ṽᵀ formed in registers (TST;
     #                       transposed_state_plan)
+    qreg: bool = False  # chunk_wg2: the output warps' Q products with Q loaded once into registers (QREG;
+    #                     register_q_plan)
 
     @property
     def opts(self) -> int:
@@ -309,9 +311,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:  # the kernel's PIPE, EARLY and TST, false by default
+            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST and QREG, false by default
                 return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
-                        f"{_flags(self.pipe, self.early, self.tstate)}>")
+                        f"{_flags(self.pipe, self.early, self.tstate, self.qreg)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -467,7 +469,8 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     if plan.wgs != 1:
         raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
     minb = plan.minb if _depths("wg2", plan, dev, plan.minb) else 1
-    return replace(plan, copies=2, tstate=False, **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
+    return replace(plan, copies=2, tstate=False, qreg=False,
+                   **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
 
 
 def producer_split_plan(plan: ChunkPlan) -> ChunkPlan:
@@ -490,7 +493,8 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    return replace(plan, wgs=2, copies=1, early=False, tstate=False, **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
+    return replace(plan, wgs=2, copies=1, early=False, tstate=False, qreg=False,
+                   **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
 def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
@@ -500,7 +504,7 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     _wg16(plan, "two output warpgroups")
     if plan.pair or plan.early:
         raise ValueError(f"two output warpgroups take one E slice a CTA and the plain producer (got {plan.name})")
-    return replace(plan, wgs=3, copies=1, tstate=False, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
+    return replace(plan, wgs=3, copies=1, tstate=False, qreg=False, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
 def _qstage_bytes(es: int) -> int:
@@ -532,7 +536,7 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
     return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, tstate=False,
-                   cl=plan.cl // 2,
+                   qreg=False, cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
@@ -558,6 +562,8 @@ def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
     before chunk c's outputs are stored (PIPE; the same shared memory, a second output accumulator)."""
     if plan.wgs != 2 or plan.minb != 1:
         raise ValueError(f"the pipelined output warps are chunk_wg2's at one CTA per SM (got {plan.name})")
+    if plan.qreg:
+        raise ValueError(f"the pipelined output warps with Q in registers spill (got {plan.name})")
     return replace(plan, pipe=True)
 
 
@@ -567,6 +573,20 @@ def transposed_state_plan(plan: ChunkPlan) -> ChunkPlan:
     if plan.wgs != 2 or plan.pair or plan.es != 64:
         raise ValueError(f"the transposed state is chunk_wg2's at ES=64 (got {plan.name})")
     return replace(plan, tstate=True)
+
+
+def register_q_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2) with its output warps loading their rows of each chunk's Q into registers once and forming
+    Q Kᵀ and Q S_in from there (QREG; KERNEL_NOTES v40): Q read from shared memory once instead of twice; the same
+    shared memory, 32 registers more a thread at D = 128 (at two CTAs per SM or with PIPE the build spills:
+    refused)."""
+    if plan.wgs != 2 or plan.pair:
+        raise ValueError(f"Q in registers is chunk_wg2's (got {plan.name})")
+    if plan.minb != 1:
+        raise ValueError(f"Q in registers needs chunk_wg2 at one CTA per SM: at two it spills (got {plan.name})")
+    if plan.pipe:
+        raise ValueError(f"Q in registers with the pipelined output warps spills (got {plan.name})")
+    return replace(plan, qreg=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
