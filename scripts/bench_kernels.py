@@ -9,7 +9,8 @@ choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importabl
 options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
 and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments; float32 on
 generation 2 also the state pass's other form, one set of pieces where the rule takes two, alone, `pass1` + `1S`,
-and in the whole call, `whole1S` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set). `agree` is the
+and in the whole call, `whole1S` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set; 16-bit
+at ES = 64 the state pass with its state transposed, `pass1T` and `wholeT`, v41). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
 tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
 (a short device call). Each row names the template instance behind every variant (`plan_*`;
@@ -211,6 +212,20 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
     return macs * (3 if plan.f32 else 1)
 
 
+def other_state_pass(state: ops.StatePlan, D: int, E: int, dtype: str) -> tuple[str, ops.StatePlan] | None:
+    """The rule's state pass in its other form, and its tag, where --passes times one beside it: float32 on
+    generation 2 with one set of pieces where the rule takes two (`1S`) or two where it takes one (`DB`; v37, v38);
+    16-bit on generation 2 at ES = 64 with the state held transposed (`T`; v41)."""
+    if state.gen != 2:
+        return None
+    if dtype == "float32":
+        other = ops.state_plan(D, E, dtype, 0, dbuf=not state.dbuf)
+        return ("DB" if other.dbuf else "1S"), other
+    if state.es == 64 and not state.tstate:
+        return "T", ops.transposed_state_pass(state)
+    return None
+
+
 def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
                passes: int | None = None, rounds: int = 1) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side; with
@@ -254,9 +269,9 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
         timed = {"pass1": lambda: ops._local_states(seq.state, 0, k, v, lam, seq.seg),
                  "pass2": lambda: ops._scan_cuda(local, lam, seq.seg, None),
                  "pass3": lambda: ops._outputs(out_plan, 0, q, k, v, lam, D ** -0.5, s_in, seq.seg)}
-        if seq.state.gen == 2 and dtype == "float32":  # the float32 state pass's other form (v37, v38), A/B:
-            other = ops.state_plan(D, E, dtype, 0, dbuf=not seq.state.dbuf)  # one set of pieces or two
-            tag = "DB" if other.dbuf else "1S"
+        other = other_state_pass(seq.state, D, E, dtype)
+        if other is not None:  # the state pass's other form, A/B
+            tag, other = other
             whole = {"whole": seq.state, f"whole{tag}": other}
             timed[f"pass1{tag}"] = lambda: ops._local_states(other, 0, k, v, lam, seq.seg)
             timed.update({name: functools.partial(
@@ -358,8 +373,8 @@ def main() -> None:
                 names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0, kw.get("segments"), kw.get("gen")))
         names |= set(ops.chunk_kernel_names(B, H, N, D, E, DTYPE[d], 0))  # the rule's, which --passes times
         seq = ops.seq_plan(B, H, N, D, E, DTYPE[d], 0) if args.passes is not None else None
-        if seq is not None and seq.state.gen == 2 and d == "fp32":  # and its state pass's other form (v37)
-            names.add(ops.state_plan(D, E, DTYPE[d], 0, dbuf=not seq.state.dbuf).name)
+        if seq is not None and (other := other_state_pass(seq.state, D, E, DTYPE[d])) is not None:
+            names.add(other[1].name)  # and its state pass's other form
     ops.precompile_chunked(names, 0, jobs=min(16, os.cpu_count() or 1))
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []

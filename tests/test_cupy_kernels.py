@@ -393,25 +393,30 @@ def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):
 
 
 @needs_wg
-@pytest.mark.parametrize("two_sets", [False, True])
+@pytest.mark.parametrize("form", ["plain", "two sets", "transposed"])
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("D, E", [(128, 128), (64, 32), (128, 96), (64, 256)])
-def test_wg_state_pass(dtype, D, E, two_sets):
+def test_wg_state_pass(dtype, D, E, form):
     """The generation-2 state pass alone (chunk_wg_state; chunk_wg32_state in float32): every piece's own end
     state Σ λ^(end-1-t) k_tᵀ v_t (from zero) against float64, on E slices of 64 and 32 columns (E = 96: 32
-    only) and both D, pieces of 8 chunks; float32 also with two sets of pieces and stagings (DBUF), there with
-    pieces of 1, 2 and 3 chunks too (its copies run two chunks ahead)."""
+    only) and both D, pieces of 8 chunks; float32 also with two sets of pieces and stagings (DBUF), 16-bit at
+    ES = 64 with the state held transposed (TST), both there with pieces of 1, 2 and 3 chunks too (DBUF's
+    copies run two chunks ahead)."""
     from leetbench.cuda_kernels import segments as sp
 
     B, H, N = 2, 3, 1500
     x = _inputs(B, H, N, D, E, dtype, "multiscale", False, seed=D + E)
     cuts = [sp.split(N, 3, 2)]
-    if two_sets and dtype != "float32":
-        pytest.skip("two sets of pieces are the float32 state pass's")
-    plan = ops.state_plan(D, E, dtype, 0, gen=2, dbuf=two_sets if dtype == "float32" else None)
+    if (form == "two sets") != (dtype == "float32") and form != "plain":
+        pytest.skip(f"{form}: the {'float32' if form == 'two sets' else '16-bit'} state pass's form")
+    plan = ops.state_plan(D, E, dtype, 0, gen=2, dbuf=(form == "two sets") if dtype == "float32" else None)
     assert plan.name.startswith("chunk_wg32_state<" if dtype == "float32" else "chunk_wg_state<")
-    assert plan.name.endswith(",true>") == two_sets
-    if two_sets:
+    if form == "transposed":
+        if plan.es != 64:
+            pytest.skip("the transposed state is 64 columns of E")
+        plan = ops.transposed_state_pass(plan)
+    assert plan.name.endswith(",true>") == (form != "plain")
+    if form != "plain":
         cuts += [sp.Segments(n=N, length=L, count=-(-N // L)) for L in (64, 128, 192)]
     lam = x.decay.double().cuda()[None, :, None]
     for seg in cuts:
@@ -602,12 +607,17 @@ _SANITIZE = textwrap.dedent("""
         # the state pass with two sets of pieces (DBUF): pieces of 1, 2, 3 and 8 chunks
         from leetbench.cuda_kernels import segments as sp
         k, v = (torch.randn(1, 2, 1100, 128, device="cuda") for _ in range(2))
-        dbuf = ops.state_plan(128, 128, "float32", 0, dbuf=True)
-        for L in (64, 128, 192, 512):
-            local = ops._local_states(dbuf, 0, k, v, decay_profile("multiscale", 2).cuda().double(),
-                                      sp.Segments(n=1100, length=L, count=-(-1100 // L)))
-            torch.cuda.synchronize()
-            assert torch.isfinite(local).all()
+        # and the 16-bit one with its state held transposed (TST)
+        lam2 = decay_profile("multiscale", 2).cuda().double()
+        forms = [(ops.state_plan(128, 128, "float32", 0, dbuf=True), torch.float32)]
+        forms += [(ops.transposed_state_pass(ops.state_plan(128, 128, str(d).removeprefix("torch."), 0)), d)
+                  for d in (torch.bfloat16, torch.float16)]
+        for pass1, d in forms:
+            for L in (64, 128, 192, 512):
+                local = ops._local_states(pass1, 0, k.to(d), v.to(d), lam2,
+                                          sp.Segments(n=1100, length=L, count=-(-1100 // L)))
+                torch.cuda.synchronize()
+                assert torch.isfinite(local).all()
     if GEN == 0:  # the kernels without a producer warp: recurrence and decode
         for dt in (torch.float32, torch.bfloat16):
             run(ops.recurrent, 2, 2, 37, 64, 40, dt, True)

@@ -336,6 +336,19 @@ def test_transposed_state_plan(h200_gen2):
             ops.transposed_state_plan(other)
 
 
+def test_transposed_state_pass(h200_gen2):
+    """The 16-bit state pass with its state held transposed (TST): chunk_wg_state's seventh template argument, the
+    same layout; not the rule; 16-bit generation 2 at ES = 64 only, refused by name else."""
+    rule = ops.state_plan(128, 128, "bfloat16")
+    t = ops.transposed_state_pass(rule)
+    assert rule.name == "chunk_wg_state<128,64,2,4,true,2>" and not rule.tstate
+    assert (t.name, t.smem, t.threads) == ("chunk_wg_state<128,64,2,4,true,2,true>", rule.smem, 160)
+    for other in (ops.state_plan(128, 96, "float16"), ops.state_plan(128, 128, "float32"),
+                  ops.state_plan(128, 128, "bfloat16", gen=1)):
+        with pytest.raises(ValueError, match=r"the transposed state pass is chunk_wg_state's at ES=64 \(got chunk_"):
+            ops.transposed_state_pass(other)
+
+
 def test_register_q_plan(h200_gen2):
     """chunk_wg2 with Q in the output warps' registers (QREG): the kernel's tenth template argument, the same layout;
     chunk_wg2 only and not with the pipelined output warps (that build spills), refused by name else; the plans
@@ -573,6 +586,18 @@ def _bench_module():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
+
+
+def test_bench_times_the_state_pass_in_its_other_form(h200_gen2):
+    """bench_kernels.py --passes times the rule's state pass beside its other form: float32 with one set of pieces
+    (the rule takes two), 16-bit at ES = 64 with the state transposed; nothing else."""
+    bench = _bench_module()
+    f32 = ops.state_plan(128, 128, "float32")
+    assert bench.other_state_pass(f32, 128, 128, "float32") == ("1S", ops.state_plan(128, 128, "float32", dbuf=False))
+    tag, t = bench.other_state_pass(ops.state_plan(128, 128, "bfloat16"), 128, 128, "bfloat16")
+    assert (tag, t.name) == ("T", "chunk_wg_state<128,64,2,4,true,2,true>")
+    assert bench.other_state_pass(ops.state_plan(128, 96, "float16"), 128, 96, "float16") is None  # ES = 32
+    assert bench.other_state_pass(ops.state_plan(128, 128, "bfloat16", gen=1), 128, 128, "bfloat16") is None
 
 
 def test_bench_names_the_instance_behind_each_variant(h200_gen2):

@@ -996,7 +996,9 @@ struct WgStateSmem {
   static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
 };
 
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB>
+// TST (KERNEL_NOTES v41; ES = 64): Sᵀ held and updated as chunk_wg2's TST state warps do (Ṽᵀ in registers, no Ṽ
+// tile, no barrier of the consumer warps), written back transposed.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool TST = false>
 __global__ void __launch_bounds__(160, MINB)
     chunk_wg_state(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
                    const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
@@ -1018,30 +1020,56 @@ __global__ void __launch_bounds__(160, MINB)
   float S[D / 64][ES / 2];
   wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int, int) { S[mb][i] = 0.f; });
   const int nchunks = (seg.n + CH - 1) / CH;
-  for (int c = 0; c < nchunks; ++c) {
-    const int slot = c % STAGES;
-    mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
-    const int nv = min(CH, seg.n - c * CH);
-    wg_decay_v<ES, BF16>(smem + LY::VS + slot * LY::VT, smem + LY::VD, tab, nv, tid);
-    const float dn = tab[nv];
+  if constexpr (TST) {
+    static_assert(ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES;
+      mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      u32 va[4][4];
+      wg_decayed_vt<BF16>(va, sbase + LY::VS + slot * LY::VT, tab, nv, w, l);
+      const float dn = tab[nv];
 #pragma unroll
-    for (int mb = 0; mb < D / 64; ++mb)
+      for (int mb = 0; mb < D / 64; ++mb)
 #pragma unroll
-      for (int i = 0; i < ES / 2; ++i) S[mb][i] *= dn;
-    fence_async_smem();
-    consumers_sync();  // Ṽ written by every consumer thread
-    wg_fence();
-    wg_state_update<D, ES, BF16>(S, sbase + LY::KS + slot * LY::DB * LY::QKT, sbase + LY::VD);
-    wg_commit();
-    wg_wait<0>();
+        for (int i = 0; i < ES / 2; ++i) S[mb][i] *= dn;
+      wg_fence();
+      wg_state_update_t<D, BF16>(S, va, sbase + LY::KS + slot * LY::DB * LY::QKT);
+      wg_commit();
+      wg_wait<0>();
 #pragma unroll
-    for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
-    consumers_sync();  // every share of the product done: Ṽ and the slot may be rewritten
-    if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));
+      for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
+      if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // this warp's share read the slot
+    }
+    wg_each_entry_t<D>(r0, c0, [&](int nb, int i, int row, int col) {
+      local[((u64)seg.idx * D + row) * E + e0 + col] = S[nb][i];
+    });
+  } else {
+    for (int c = 0; c < nchunks; ++c) {
+      const int slot = c % STAGES;
+      mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
+      const int nv = min(CH, seg.n - c * CH);
+      wg_decay_v<ES, BF16>(smem + LY::VS + slot * LY::VT, smem + LY::VD, tab, nv, tid);
+      const float dn = tab[nv];
+#pragma unroll
+      for (int mb = 0; mb < D / 64; ++mb)
+#pragma unroll
+        for (int i = 0; i < ES / 2; ++i) S[mb][i] *= dn;
+      fence_async_smem();
+      consumers_sync();  // Ṽ written by every consumer thread
+      wg_fence();
+      wg_state_update<D, ES, BF16>(S, sbase + LY::KS + slot * LY::DB * LY::QKT, sbase + LY::VD);
+      wg_commit();
+      wg_wait<0>();
+#pragma unroll
+      for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
+      consumers_sync();  // every share of the product done: Ṽ and the slot may be rewritten
+      if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));
+    }
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+      local[((u64)seg.idx * D + row) * E + e0 + col] = S[mb][i];
+    });
   }
-  wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-    local[((u64)seg.idx * D + row) * E + e0 + col] = S[mb][i];
-  });
 }
 
 template <int D, int ES, int STAGES>

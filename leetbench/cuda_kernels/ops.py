@@ -639,6 +639,7 @@ class StatePlan:
     minb: int = 2  # CTAs per SM
     producers: int = 1  # producer warps (chunk_wg32_state's NPW; one in the others)
     dbuf: bool = False  # chunk_wg32_state: two sets of pieces and stagings (DBUF; double_buffered_state_plan)
+    tstate: bool = False  # chunk_wg_state at ES = 64: Sᵀ held, Ṽᵀ formed in registers (TST; transposed_state_pass)
 
     @property
     def threads(self) -> int:
@@ -651,7 +652,8 @@ class StatePlan:
             return f"chunk_wg32_state<{self.D},{self.es},{self.cl},{self.producers}{dbuf}>"
         if self.gen == 2:
             bf16 = "true" if self.dt == _DT[torch.bfloat16] else "false"
-            return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}>"
+            tst = ",true" if self.tstate else ""  # the kernel's TST, false by default
+            return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{tst}>"
         return f"chunk_state<{self.D},{self.es},{self.cl},{self.stages},{self.dt}>"
 
     @property
@@ -710,6 +712,15 @@ def double_buffered_state_plan(plan: StatePlan, dev: int = 0) -> StatePlan:
         raise ValueError(f"chunk_wg32_state with two sets at D={plan.D}, ES={plan.es} needs {smem} bytes of shared "
                          "memory, more than a block may take")
     return replace(plan, dbuf=True, smem=smem)
+
+
+def transposed_state_pass(plan: StatePlan) -> StatePlan:
+    """`plan` (the 16-bit state pass on generation 2, chunk_wg_state, at ES = 64) holding Sᵀ and forming Ṽᵀ in
+    registers, as chunk_wg2's TST state warps do (KERNEL_NOTES v41): no Ṽ tile, no barrier of its warps; the same
+    shared memory."""
+    if not (plan.gen == 2 and plan.dt != _DT[torch.float32] and plan.es == 64):
+        raise ValueError(f"the transposed state pass is chunk_wg_state's at ES=64 (got {plan.name})")
+    return replace(plan, tstate=True)
 
 
 @dataclass(frozen=True)
