@@ -115,3 +115,35 @@ def results(folder: Path) -> pd.DataFrame:
 @pytest.fixture
 def plugins(tmp_path: Path) -> Path:
     return tmp_path / "plugins"
+
+
+# ---- kernel helpers compiled for the host (test_producer_copies, test_fragment_loads) ---------------------------
+KERNELS = Path(__file__).resolve().parent.parent / "leetbench" / "cuda_kernels"
+CXX = shutil.which("c++") or shutil.which("g++")
+
+
+def cut_definition(text: str, start: str) -> str:
+    """The definition beginning at `start` in a kernel source, through the first closing brace in column 0."""
+    i = text.index(start)
+    j = text.index("\n}\n", i)
+    return text[i:j + 3]
+
+
+def run_host_program(source: str, tmp_path: Path, name: str) -> tuple[int, str]:
+    """`source` (C++17) compiled with the host's compiler and run: its exit status and standard output."""
+    src = tmp_path / f"{name}.cpp"
+    src.write_text(source)
+    exe = tmp_path / name
+    build = subprocess.run([CXX, "-std=c++17", "-O1", "-Wno-unknown-pragmas", str(src), "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    return run.returncode, run.stdout
+
+
+def assert_planted_fault_caught(helper: str, good: str, bad: str, compare) -> None:
+    """`bad` planted for `good` in a helper's text: `compare(helper) -> (exit status, lines ending in a count of
+    mismatches)` must fail."""
+    assert good in helper, f"the fault's anchor {good!r} is no longer in the helper"
+    rc, out = compare(helper.replace(good, bad))
+    assert rc != 0 and any(line.split()[-1] != "0" for line in out.splitlines()), out

@@ -13,29 +13,19 @@ tokens from n on zeroed. Planted faults show the comparison can fail.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import CXX, KERNELS, assert_planted_fault_caught, cut_definition, run_host_program
 
-KERNELS = Path(__file__).resolve().parent.parent / "leetbench" / "cuda_kernels"
-CXX = shutil.which("c++") or shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
-
-
-def _cut(text: str, start: str) -> str:
-    """The definition beginning at `start`, through the first closing brace in column 0."""
-    i = text.index(start)
-    j = text.index("\n}\n", i)
-    return text[i:j + 3]
 
 
 def helper_source() -> str:
     wg = (KERNELS / "chunked_wg.cu").read_text()
-    swz = _cut((KERNELS / "hopper.cuh").read_text(), "template <int RB>\n__device__ __forceinline__ u32 swz(")
-    q = _cut(wg, "template <int D>\n__device__ __forceinline__ void wg_load_q(")
-    vt = _cut(wg, "template <bool BF16>\n__device__ __forceinline__ void wg_decayed_vt(")
+    swz = cut_definition((KERNELS / "hopper.cuh").read_text(), "template <int RB>\n__device__ __forceinline__ u32 swz(")
+    q = cut_definition(wg, "template <int D>\n__device__ __forceinline__ void wg_load_q(")
+    vt = cut_definition(wg, "template <bool BF16>\n__device__ __forceinline__ void wg_decayed_vt(")
     return "\n".join((swz, q, vt))
 
 
@@ -158,14 +148,7 @@ int main() {
 
 
 def run_comparison(helper: str, tmp_path: Path) -> tuple[int, str]:
-    src = tmp_path / "fragments.cpp"
-    src.write_text(PROGRAM.replace("HELPERS", helper))
-    exe = tmp_path / "fragments"
-    build = subprocess.run([CXX, "-std=c++17", "-O1", "-Wno-unknown-pragmas", str(src), "-o", str(exe)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
-    return run.returncode, run.stdout
+    return run_host_program(PROGRAM.replace("HELPERS", helper), tmp_path, "fragments")
 
 
 def test_fragments_follow_the_a_layout(tmp_path: Path) -> None:
@@ -188,8 +171,4 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_planted_fault_is_caught(fault: str, tmp_path: Path) -> None:
-    good, bad = FAULTS[fault]
-    helper = helper_source()
-    assert good in helper, f"the fault's anchor {good!r} is no longer in the helpers"
-    rc, out = run_comparison(helper.replace(good, bad), tmp_path)
-    assert rc != 0 and any(line.split()[-1] != "0" for line in out.splitlines()), out
+    assert_planted_fault_caught(helper_source(), *FAULTS[fault], lambda helper: run_comparison(helper, tmp_path))

@@ -11,14 +11,10 @@ loop, piece by piece and in order. The planted faults show the comparison can fa
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
-KERNELS = Path(__file__).resolve().parent.parent / "leetbench" / "cuda_kernels"
-CXX = shutil.which("c++") or shutil.which("g++")
+from conftest import CXX, KERNELS, assert_planted_fault_caught, cut_definition, run_host_program
 
 # (RB, PC, BLK) as wg_producer uses them: Q / K rows of D = 64, 128, 256 (128-byte tile rows, D/64 blocks of
 # WG_QKT bytes) and V row slices of ES = 64 and 32 (128- and 64-byte rows, one block).
@@ -26,18 +22,12 @@ LAYOUTS = [(128, 8, 8192), (128, 16, 8192), (128, 32, 8192), (128, 8, 0), (64, 4
 STRIDES = [128, 384]  # elements between source rows: D, or an E that is not a power of two
 
 
-def _cut(text: str, start: str) -> str:
-    """The definition beginning at `start`, through the first closing brace in column 0."""
-    i = text.index(start)
-    j = text.index("\n}\n", i)
-    return text[i:j + 3]
-
-
 def helper_source() -> str:
     wg = (KERNELS / "chunked_wg.cu").read_text()
     hopper = (KERNELS / "hopper.cuh").read_text()
-    swz = _cut(hopper, "template <int RB>\n__device__ __forceinline__ u32 swz(")
-    copy = _cut(wg, "template <int RB, int PC, int BLK, class F>\n__device__ __forceinline__ void wg_copy_rows(")
+    swz = cut_definition(hopper, "template <int RB>\n__device__ __forceinline__ u32 swz(")
+    copy = cut_definition(wg, "template <int RB, int PC, int BLK, class F>\n"
+                               "__device__ __forceinline__ void wg_copy_rows(")
     return swz + "\n" + copy
 
 
@@ -79,13 +69,7 @@ CALLS
 
 def run_comparison(helper: str, tmp_path: Path) -> tuple[int, str]:
     calls = "\n".join(f"  bad += check<{rb}, {pc}, {blk}>({s}ull);" for rb, pc, blk in LAYOUTS for s in STRIDES)
-    src = tmp_path / "copies.cpp"
-    src.write_text(PROGRAM.replace("HELPER", helper).replace("CALLS", calls))
-    exe = tmp_path / "copies"
-    build = subprocess.run([CXX, "-std=c++17", "-O1", str(src), "-o", str(exe)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
-    return run.returncode, run.stdout
+    return run_host_program(PROGRAM.replace("HELPER", helper).replace("CALLS", calls), tmp_path, "copies")
 
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
@@ -108,11 +92,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_planted_fault_is_caught(fault: str, tmp_path: Path) -> None:
-    good, bad = FAULTS[fault]
-    helper = helper_source()
-    assert good in helper, f"the fault's anchor {good!r} is no longer in wg_copy_rows"
-    rc, out = run_comparison(helper.replace(good, bad), tmp_path)
-    assert rc != 0 and any(line.split()[-1] != "0" for line in out.splitlines()), out
+    assert_planted_fault_caught(helper_source(), *FAULTS[fault], lambda helper: run_comparison(helper, tmp_path))
 
 
 def test_the_helper_is_found_in_the_sources() -> None:

@@ -824,18 +824,17 @@ struct WgSplit {
     LB_STAMP(j - 1, 6);
   }
 
+  // The state warps. TST: S holds Sᵀ (S[nb] its block over columns 64·nb.. of D) and each warp's Ṽᵀ is its own
+  // registers, so the warps meet only where write_copy's float16 maxima need it (two sets, alternating: a warp may
+  // write the next copy's maximum before another has read this one's).
   static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
                                                float* __restrict__ sN, const Seg& seg, int e0, int E, int t) {
-    if constexpr (TST) {
-      state_transposed(smem, s0, sN, seg, e0, E, t);
-      return;
-    }
     const u32 sbase = smem_u32(smem);
     const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     float S[DB][NA];
-    C1::load_state(S, s0, seg, e0, E, r0, c0);
+    C1::template load_state<TST>(S, s0, seg, e0, E, r0, c0);
     publish(S, smem, 0, w, l, r0, t);
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = 0; c < nchunks; ++c) {
@@ -844,62 +843,33 @@ struct WgSplit {
       mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
       LB_STAMP(c, 1);
       const int nv = min(CH, seg.n - c * CH);
-      C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
-      LB_STAMP(c, 2);
-      wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
+      if constexpr (TST) {
+        u32 va[4][4];
+        wg_decayed_vt<BF16>(va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
+        const float dn = tab[nv];
+#pragma unroll
+        for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+          for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
+        wg_fence();
+        LB_STAMP(c, 2);
+        wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
+      } else {
+        C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
+        LB_STAMP(c, 2);
+        wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
+      }
       wg_commit();
       wg_wait<0>();
 #pragma unroll
       for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
       LB_STAMP(c, 3);
-      wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
+      if constexpr (!TST) wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
       LB_STAMP(c, 4);
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // (TST: this warp's share read the slot)
       if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }
-    C1::store_state(S, sN, seg, e0, E, r0, c0);
-  }
-
-  // TST's state warps: S[nb] the block of Sᵀ over columns 64·nb.. of D. Each warp's Ṽᵀ is its own registers, so the
-  // warps meet only where write_copy's float16 maxima need it (two sets, alternating: a warp may write the next
-  // copy's maximum before another has read this one's).
-  static __device__ __forceinline__ void state_transposed(unsigned char* smem, const float* __restrict__ s0,
-                                                          float* __restrict__ sN, const Seg& seg, int e0, int E,
-                                                          int t) {
-    const u32 sbase = smem_u32(smem);
-    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
-    const int w = t >> 5, l = t & 31;
-    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
-    float S[DB][NA];
-    C1::template load_state<true>(S, s0, seg, e0, E, r0, c0);
-    publish(S, smem, 0, w, l, r0, t);
-    const int nchunks = (seg.n + CH - 1) / CH;
-    for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES;
-      LB_STAMP(c, 0);
-      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-      LB_STAMP(c, 1);
-      const int nv = min(CH, seg.n - c * CH);
-      u32 va[4][4];
-      wg_decayed_vt<BF16>(va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
-      const float dn = tab[nv];
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
-      wg_fence();
-      LB_STAMP(c, 2);
-      wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
-      wg_commit();
-      wg_wait<0>();
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-      LB_STAMP(c, 3);
-      LB_STAMP(c, 4);  // (no meeting here)
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share read the slot
-      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
-    }
-    C1::template store_state<true>(S, sN, seg, e0, E, r0, c0);
+    C1::template store_state<TST>(S, sN, seg, e0, E, r0, c0);
   }
 };
 
