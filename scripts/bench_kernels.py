@@ -75,7 +75,7 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
     two output warpgroups, two E slices sharing their scores, two state copies, the state held transposed, Q in
-    registers)."""
+    registers, bulk output stores)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
@@ -142,6 +142,9 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2wg2e", "v2wg2et", "v2P2wg2e", "v2P2wg2et"):  # Q in the output warps' registers (QREG)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "q"] = {**out[key], "plan": ops.register_q_plan(out[key]["plan"])}
+            for key in ("v2wg2et", "v2wg2etq", "v2P2wg2et", "v2P2wg2etq"):  # output rows by bulk copies (BULK)
+                if key in out and out[key]["plan"].wgs == 2:
+                    out[key + "b"] = {**out[key], "plan": ops.bulk_store_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
     return out

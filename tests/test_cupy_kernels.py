@@ -257,7 +257,7 @@ def test_fp16_state_beyond_65504(segments):
                       ops.wide_plan(ops.shared_scores_plan(base, 0)),  # WIDE: each slice's own copy scale
                       ops.transposed_state_plan(  # TST: Sᵀ's copy scaled; and with Q in registers
                           ops.split_plan(ops.chunk_plan(B, H, D, E, "float16", 0, es=64, gen=2, wgs=1), 0)),
-                      ops.register_q_plan(ops.split_plan(base, 0))):
+                      ops.register_q_plan(ops.split_plan(base, 0)), ops.bulk_store_plan(ops.split_plan(base, 0))):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -273,8 +273,8 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0)
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
     """Every E slice generation 2 allows for E, at the shallowest and deepest pipeline that fit, one and two
-    CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined or with Q in
-    registers; at ES = 64 also their state held transposed), with two output
+    CTAs per SM where two fit, with two consumer warpgroups (their output warps also pipelined, with Q in
+    registers or storing by bulk copies; at ES = 64 also their state held transposed), with two output
     warpgroups, with two E slices a CTA sharing their scores (their output products over both slices at once;
     at D = 128 also staged in Q, announced early), chunk_wg2's early producer, and with two state copies
     (float32: each count of producer warps, with and without their split of the chunk)."""
@@ -302,7 +302,10 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         # in the output warps' registers (QREG), with the state held either way
         tst = [ops.transposed_state_plan(p) for p in (ops.early_plan(split), shallow, ops.pipe_plan(split))] \
             if es == 64 else []
-        out += tst + [ops.register_q_plan(p) for p in tst[:1] + [ops.early_plan(shallow)] if p.minb == 1]
+        qreg = [ops.register_q_plan(p) for p in tst[:1] + [ops.early_plan(shallow)]]
+        out += tst + qreg
+        # and its output rows stored by bulk copies (BULK): after QREG (and TST), pipelined, two CTAs per SM
+        out += [ops.bulk_store_plan(p) for p in (qreg[0], ops.pipe_plan(shallow), crowded)]
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
@@ -582,6 +585,10 @@ _SANITIZE = textwrap.dedent("""
                 plan=ops.register_q_plan(ops.transposed_state_plan(split)), segments=3)
             run(ops.chunked, 1, 2, 333, 128, 96, dt, True, plan=ops.register_q_plan(plan(1, 2, 128, 96, dt, es=32,
                                                                                             wgs=2)))
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, segments=3,  # BULK: tails, segments, PIPE
+                plan=ops.bulk_store_plan(ops.register_q_plan(ops.transposed_state_plan(split))))
+            run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.bulk_store_plan(ops.pipe_plan(plan(1, 2, 64, 64,
+                                                                                                      dt, wgs=2))))
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
             three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)

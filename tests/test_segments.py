@@ -371,6 +371,19 @@ def test_register_q_plan(h200_gen2):
     assert not ops.split_plan(q).qreg and not ops.shared_scores_plan(q).qreg
 
 
+def test_bulk_store_plan(h200_gen2):
+    """chunk_wg2 with its output rows stored by bulk copies (BULK): the kernel's eleventh template argument, the same
+    layout, with every other chunk_wg2 form; refused by name for the other kernels; not inherited."""
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
+    b = ops.bulk_store_plan(ops.register_q_plan(rule))
+    assert (b.name, b.smem) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true,true>", rule.smem)
+    crowded = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
+    assert ops.bulk_store_plan(crowded).name == "chunk_wg2<64,32,8,4,false,2,false,false,false,false,true>"
+    with pytest.raises(ValueError, match=r"the bulk output stores are chunk_wg2's \(got chunk_wg4"):
+        ops.bulk_store_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
+    assert not ops.split_plan(b).bulk and not ops.shared_scores_plan(b).bulk
+
+
 def test_two_output_plan(h200_gen2):
     """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
     whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""

@@ -691,8 +691,11 @@ __global__ void chunk_wg_layout(int* out) {
 // QREG (KERNEL_NOTES v40): the output warps load their rows of the chunk's Q once into registers (wg_load_q) and
 // form Q Kᵀ and Q S_in with Q from there: 16 of the ≈ 168 KB a chunk moves through shared memory at D = 128, 32
 // registers more a thread.
+// BULK (KERNEL_NOTES v42): each output warp's staged rows leave as bulk copies (the TMA unit, a row a lane), so the
+// read back and the global stores are off the warp's chain (store).
 template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false,
-          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false, bool QREG = false>
+          class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false, bool QREG = false,
+          bool BULK = false>
 struct WgSplit {
   static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
   using L = LAYOUT;
@@ -703,6 +706,36 @@ struct WgSplit {
   static __device__ __forceinline__ u32 copy_at(int buf) { return buf ? L::SB2 : L::SB; }
   static __device__ __forceinline__ float* scales(unsigned char* smem) {
     return reinterpret_cast<float*>(smem + L::UP);
+  }
+
+  // A warp's 16 output rows of a chunk: staged at `ow` and stored (C1::store_outputs), or with BULK staged once
+  // the previous chunk's bulk copies have read the staging, then sent a row a lane (lanes 0-15) as 2·ES-byte bulk
+  // copies; `finish` (BULK) waits for the last ones before the CTA leaves.
+  static __device__ __forceinline__ void store(const float (&acc_o)[NA], u16* ow, u16* __restrict__ o, u64 trow,
+                                               int E, int e0, int rows_before, int nv, int l, int c0) {
+    if constexpr (!BULK) {
+      C1::store_outputs(acc_o, ow, o, trow, E, e0, rows_before, nv, l, c0);
+    } else {
+      if (l < 16) bulk_wait_read<0>();
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < ES / 8; ++j) {
+        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
+        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
+            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
+      }
+      fence_async_smem();  // each lane's rows visible to the bulk copies, which other lanes issue
+      __syncwarp();
+      if (l < 16) {
+        if (rows_before + l < nv) bulk_store(o + (trow + l) * E + e0, smem_u32(ow + l * L::OP), 2 * ES);
+        bulk_commit();
+      }
+    }
+  }
+  static __device__ __forceinline__ void finish(int l) {
+    if constexpr (BULK) {
+      if (l < 16) bulk_wait<0>();
+    }
   }
 
   // Chunk c on the output warps: its tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into acc_o)
@@ -769,9 +802,10 @@ struct WgSplit {
     for (int c = first; c < nchunks; c += step) {
       float acc_a[32], acc_o[NA];
       const int nv = chunk_products(smem, seg.n, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
-      C1::store_outputs(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
+      store(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
       LB_STAMP(c, 6);
     }
+    finish(l);
   }
 
   // PIPE: chunk c into cur, chunk c - 1's outputs (in prev) stored while chunk c's Q Kᵀ and Q S_in run. No product
@@ -781,7 +815,7 @@ struct WgSplit {
                                                     float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
                                                     float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
     chunk_products(smem, seg.n, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
-      if (c > 0) C1::store_outputs(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
+      if (c > 0) store(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
     });
   }
 
@@ -805,9 +839,10 @@ struct WgSplit {
     if (nchunks > 0) {  // the last chunk's outputs (rows from its n tokens on left alone)
       const int c = nchunks - 1, nv = seg.n - c * CH;
       const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
-      if (c & 1) C1::store_outputs(o1, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // branches, not a pointer:
-      else C1::store_outputs(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);        // both stay in registers
+      if (c & 1) store(o1, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // branches, not a pointer:
+      else store(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);        // both stay in registers
     }
+    finish(l);
   }
 
   // Copy j of the state (S_in of chunk j) into buffer j mod 2 once the output warps have read copy j - 2 from it.
@@ -887,10 +922,10 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG: WgSplit's; EARLY:
-// wg_producer's.
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG, BULK: WgSplit's;
+// EARLY: wg_producer's.
 template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false,
-          bool TST = false, bool QREG = false>
+          bool TST = false, bool QREG = false, bool BULK = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -899,7 +934,7 @@ __global__ void __launch_bounds__(288, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG>;
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK>;
   const int warp = warp_index();
   if (warp < 4) {
     if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);

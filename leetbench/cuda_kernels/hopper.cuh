@@ -40,6 +40,22 @@ __device__ __forceinline__ void wg_wait() {
 }
 // Shared memory written by ordinary stores (or cp.async), read next by wgmma (the async proxy).
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Bulk copies (the TMA unit without a tensor map) from shared to global memory, `bytes` a multiple of 16 at
+// 16-byte aligned addresses, in the issuing thread's bulk group; `bulk_wait_read<N>` returns once all but the N
+// newest of this thread's groups have read their shared source, `bulk_wait<N>` once they are complete.
+__device__ __forceinline__ void bulk_store(void* gdst, u32 ssrc, u32 bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gdst), "r"(ssrc), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+}
 // Keeps the compiler from moving accesses of an accumulator across the asynchronous product.
 template <int N>
 __device__ __forceinline__ void wg_pin(float (&d)[N]) {

@@ -273,6 +273,7 @@ class ChunkPlan:
     #                       transposed_state_plan)
     qreg: bool = False  # chunk_wg2: the output warps' Q products with Q loaded once into registers (QREG;
     #                     register_q_plan)
+    bulk: bool = False  # chunk_wg2: the output rows stored by bulk copies from their staging (BULK; bulk_store_plan)
 
     @property
     def opts(self) -> int:
@@ -311,9 +312,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST and QREG, false by default
+            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST, QREG and BULK, false by default
                 return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
-                        f"{_flags(self.pipe, self.early, self.tstate, self.qreg)}>")
+                        f"{_flags(self.pipe, self.early, self.tstate, self.qreg, self.bulk)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -469,7 +470,7 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     if plan.wgs != 1:
         raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
     minb = plan.minb if _depths("wg2", plan, dev, plan.minb) else 1
-    return replace(plan, copies=2, tstate=False, qreg=False,
+    return replace(plan, copies=2, tstate=False, qreg=False, bulk=False,
                    **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
 
 
@@ -493,7 +494,7 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    return replace(plan, wgs=2, copies=1, early=False, tstate=False, qreg=False,
+    return replace(plan, wgs=2, copies=1, early=False, tstate=False, qreg=False, bulk=False,
                    **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
@@ -504,7 +505,8 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     _wg16(plan, "two output warpgroups")
     if plan.pair or plan.early:
         raise ValueError(f"two output warpgroups take one E slice a CTA and the plain producer (got {plan.name})")
-    return replace(plan, wgs=3, copies=1, tstate=False, qreg=False, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
+    return replace(plan, wgs=3, copies=1, tstate=False, qreg=False, bulk=False,
+                   **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
 def _qstage_bytes(es: int) -> int:
@@ -536,7 +538,7 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
     return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, tstate=False,
-                   qreg=False, cl=plan.cl // 2,
+                   qreg=False, bulk=False, cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
@@ -587,6 +589,14 @@ def register_q_plan(plan: ChunkPlan) -> ChunkPlan:
     if plan.pipe:
         raise ValueError(f"Q in registers with the pipelined output warps spills (got {plan.name})")
     return replace(plan, qreg=True)
+
+
+def bulk_store_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2) with its output warps' staged rows stored by bulk copies, a row a lane (BULK; KERNEL_NOTES
+    v42): the read back of the staging and the global stores off the warps' chain; the same shared memory."""
+    if plan.wgs != 2 or plan.pair:
+        raise ValueError(f"the bulk output stores are chunk_wg2's (got {plan.name})")
+    return replace(plan, bulk=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
