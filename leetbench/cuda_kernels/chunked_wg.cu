@@ -552,17 +552,20 @@ struct WgConsumer {
     wg_fence();
   }
 
-  // A warp's 16 output rows of the chunk: staged in its slice of the output tile `ow`, then stored from row
-  // `trow` of o with 16-byte writes (rows from `nv` on, past the piece's end, left alone).
-  static __device__ __forceinline__ void store_outputs(const float (&acc_o)[NA], u16* ow, u16* __restrict__ o,
-                                                       u64 trow, int E, int e0, int rows_before, int nv, int l,
-                                                       int c0) {
+  // A warp's 16 output rows of the chunk: staged in its slice of the output tile `ow` (stage_outputs), then stored
+  // from row `trow` of o with 16-byte writes (rows from `nv` on, past the piece's end, left alone).
+  static __device__ __forceinline__ void stage_outputs(const float (&acc_o)[NA], u16* ow, int l, int c0) {
 #pragma unroll
     for (int j = 0; j < ES / 8; ++j) {
       *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
       *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
           pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
     }
+  }
+  static __device__ __forceinline__ void store_outputs(const float (&acc_o)[NA], u16* ow, u16* __restrict__ o,
+                                                       u64 trow, int E, int e0, int rows_before, int nv, int l,
+                                                       int c0) {
+    stage_outputs(acc_o, ow, l, c0);
     __syncwarp();
     wg_store_rows<ES, 2, L::OP>(o, ow, trow, E, e0, rows_before, nv, l);
     __syncwarp();
@@ -718,12 +721,7 @@ struct WgSplit {
     } else {
       if (l < 16) bulk_wait_read<0>();
       __syncwarp();
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        *reinterpret_cast<u32*>(ow + (l >> 2) * L::OP + 8 * j + c0) = pack2<BF16>(acc_o[4 * j], acc_o[4 * j + 1]);
-        *reinterpret_cast<u32*>(ow + ((l >> 2) + 8) * L::OP + 8 * j + c0) =
-            pack2<BF16>(acc_o[4 * j + 2], acc_o[4 * j + 3]);
-      }
+      C1::stage_outputs(acc_o, ow, l, c0);
       fence_async_smem();  // each lane's rows visible to the bulk copies, which other lanes issue
       __syncwarp();
       if (l < 16) {
