@@ -389,6 +389,20 @@ __device__ __forceinline__ void wg_decayed_vt(u32 (&va)[4][4], u32 vs, const flo
   }
 }
 
+// TST's chunk start (WgConsumer::begin_chunk's counterpart): the warp's Ṽᵀ fragments of the slot's V tile at `vs`,
+// Sᵀ decayed by λ^n, both fenced for the products; no barrier, Ṽᵀ being the warp's own registers.
+template <int D, bool BF16>
+__device__ __forceinline__ void wg_begin_chunk_t(float (&St)[D / 64][32], u32 (&va)[4][4], u32 vs, const float* tab,
+                                                 int nv, int w, int l) {
+  wg_decayed_vt<BF16>(va, vs, tab, nv, w, l);
+  const float dn = tab[nv];
+#pragma unroll
+  for (int nb = 0; nb < D / 64; ++nb)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) St[nb][i] *= dn;
+  wg_fence();
+}
+
 // TST: Sᵀ += Ṽᵀ K (64 × D as D/64 blocks St[nb], K = 64 tokens): Ṽᵀ from registers, the slot's K tile as an
 // MN-major operand (its 64-column block nb, 16 token rows a k step).
 template <int D, bool BF16>
@@ -878,13 +892,7 @@ struct WgSplit {
       const int nv = min(CH, seg.n - c * CH);
       if constexpr (TST) {
         u32 va[4][4];
-        wg_decayed_vt<BF16>(va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
-        const float dn = tab[nv];
-#pragma unroll
-        for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-          for (int i = 0; i < NA; ++i) S[mb][i] *= dn;
-        wg_fence();
+        wg_begin_chunk_t<D, BF16>(S, va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
         LB_STAMP(c, 2);
         wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
       } else {
@@ -1030,13 +1038,7 @@ __global__ void __launch_bounds__(160, MINB)
       mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
       const int nv = min(CH, seg.n - c * CH);
       u32 va[4][4];
-      wg_decayed_vt<BF16>(va, sbase + LY::VS + slot * LY::VT, tab, nv, w, l);
-      const float dn = tab[nv];
-#pragma unroll
-      for (int mb = 0; mb < D / 64; ++mb)
-#pragma unroll
-        for (int i = 0; i < ES / 2; ++i) S[mb][i] *= dn;
-      wg_fence();
+      wg_begin_chunk_t<D, BF16>(S, va, sbase + LY::VS + slot * LY::VT, tab, nv, w, l);
       wg_state_update_t<D, BF16>(S, va, sbase + LY::KS + slot * LY::DB * LY::QKT);
       wg_commit();
       wg_wait<0>();
