@@ -326,6 +326,10 @@ class ChunkPlan:
         return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
 
 
+# chunk_wg2's own forms (ChunkPlan's tstate, qreg, bulk) off: a plan another transform builds starts without them.
+_WG2_FORMS_OFF = {"tstate": False, "qreg": False, "bulk": False}
+
+
 def _flags(*flags: bool) -> str:
     """Trailing bool template arguments that default to false: each written up to the last true one."""
     last = max((i + 1 for i, f in enumerate(flags) if f), default=0)
@@ -470,7 +474,7 @@ def two_copy_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     if plan.wgs != 1:
         raise ValueError(f"two state copies are chunk_wg's (got {plan.name})")
     minb = plan.minb if _depths("wg2", plan, dev, plan.minb) else 1
-    return replace(plan, copies=2, tstate=False, qreg=False, bulk=False,
+    return replace(plan, copies=2, **_WG2_FORMS_OFF,
                    **_deepest("wg2", plan, dev, minb, "chunk_wg with two state copies"))
 
 
@@ -494,7 +498,7 @@ def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkP
     small = plan.es == 32  # at the bound (sm_90a): ≤ 16 bytes of stack; D = 64 at ES = 64 would spill 80-88
     minb = 2 if small and ctas is not None and ctas > device_limits(dev).sm_count and _depths("wg2", plan, dev, 2) \
         else 1
-    return replace(plan, wgs=2, copies=1, early=False, tstate=False, qreg=False, bulk=False,
+    return replace(plan, wgs=2, copies=1, early=False, **_WG2_FORMS_OFF,
                    **_deepest("wg2", plan, dev, minb, "chunk_wg2"))
 
 
@@ -505,8 +509,7 @@ def two_output_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     _wg16(plan, "two output warpgroups")
     if plan.pair or plan.early:
         raise ValueError(f"two output warpgroups take one E slice a CTA and the plain producer (got {plan.name})")
-    return replace(plan, wgs=3, copies=1, tstate=False, qreg=False, bulk=False,
-                   **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
+    return replace(plan, wgs=3, copies=1, **_WG2_FORMS_OFF, **_deepest("wg3", plan, dev, 1, "chunk_wg3"))
 
 
 def _qstage_bytes(es: int) -> int:
@@ -537,8 +540,8 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
         raise ValueError(f"shared scores: four warps' output staging ({_qstage_bytes(plan.es)} bytes at ES="
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
-    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, tstate=False,
-                   qreg=False, bulk=False, cl=plan.cl // 2,
+    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, **_WG2_FORMS_OFF,
+                   cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
 
