@@ -8,8 +8,8 @@ the one-pass kernel (`one`), the sequence-parallel path at P = 2, 4 (`P2`, `P4`;
 choice, 1 = one pass), fla's chunk_simple_gla and lightning_attn2 when importable; with --ab also the kernel
 options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); with --passes the state pass, scan
 and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments; float32 on
-generation 2 also the state pass's other form, one set of pieces where the rule takes two, alone, `pass1` + `1S`,
-and in the whole call, `whole1S` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set; 16-bit
+generation 2 also the state pass's other form, one set of pieces where the rule takes two, alone, `pass1one`,
+and in the whole call, `wholeone` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set; 16-bit
 at ES = 64 the state pass with its state transposed, `pass1T` and `wholeT`, v41). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
 tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
@@ -217,13 +217,13 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
 
 def other_state_pass(state: ops.StatePlan, D: int, E: int, dtype: str) -> tuple[str, ops.StatePlan] | None:
     """The rule's state pass in its other form, and its tag, where --passes times one beside it: float32 on
-    generation 2 with one set of pieces where the rule takes two (`1S`) or two where it takes one (`DB`; v37, v38);
+    generation 2 with one set of pieces where the rule takes two (`one`) or two where it takes one (`DB`; v37, v38);
     16-bit on generation 2 at ES = 64 with the state held transposed (`T`; v41)."""
     if state.gen != 2:
         return None
     if dtype == "float32":
         other = ops.state_plan(D, E, dtype, 0, dbuf=not state.dbuf)
-        return ("DB" if other.dbuf else "1S"), other
+        return ("DB" if other.dbuf else "one"), other
     if state.es == 64 and not state.tstate:
         return "T", ops.transposed_state_pass(state)
     return None

@@ -606,7 +606,7 @@ def test_bench_times_the_state_pass_in_its_other_form(h200_gen2):
     (the rule takes two), 16-bit at ES = 64 with the state transposed; nothing else."""
     bench = _bench_module()
     f32 = ops.state_plan(128, 128, "float32")
-    assert bench.other_state_pass(f32, 128, 128, "float32") == ("1S", ops.state_plan(128, 128, "float32", dbuf=False))
+    assert bench.other_state_pass(f32, 128, 128, "float32") == ("one", ops.state_plan(128, 128, "float32", dbuf=False))
     tag, t = bench.other_state_pass(ops.state_plan(128, 128, "bfloat16"), 128, 128, "bfloat16")
     assert (tag, t.name) == ("T", "chunk_wg_state<128,64,2,4,true,2,true>")
     assert bench.other_state_pass(ops.state_plan(128, 96, "float16"), 128, 96, "float16") is None  # ES = 32
