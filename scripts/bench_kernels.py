@@ -218,14 +218,16 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
 def other_state_pass(state: ops.StatePlan, D: int, E: int, dtype: str) -> tuple[str, ops.StatePlan] | None:
     """The rule's state pass in its other form, and its tag, where --passes times one beside it: float32 on
     generation 2 with one set of pieces where the rule takes two (`one`) or two where it takes one (`DB`; v37, v38);
-    16-bit on generation 2 at ES = 64 with the state held transposed (`T`; v41)."""
+    16-bit on generation 2 at ES = 64 with Ṽ through shared memory where the rule holds the state transposed
+    (`plain`) or transposed where it does not (`T`; v41, v43)."""
     if state.gen != 2:
         return None
     if dtype == "float32":
         other = ops.state_plan(D, E, dtype, 0, dbuf=not state.dbuf)
         return ("DB" if other.dbuf else "one"), other
-    if state.es == 64 and not state.tstate:
-        return "T", ops.transposed_state_pass(state)
+    if state.es == 64:
+        other = ops.state_plan(D, E, dtype, 0, tstate=not state.tstate)
+        return ("T" if other.tstate else "plain"), other
     return None
 
 

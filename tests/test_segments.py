@@ -263,7 +263,7 @@ def test_generation_two_plans(h200_gen2):
     assert narrow.minb == 2                                             # 1024 CTAs, two fit an SM
     sq = ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16")              # one pass would need ES = 32
     assert sq is not None and sq.seg.count == 2 and sq.out.es == 64 and sq.out.gen == 2 and sq.out.wgs == 2
-    assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2>"        # the state pass: one product a chunk
+    assert sq.state.name == "chunk_wg_state<128,64,2,4,true,2,true>"   # the state pass: one product a chunk, Sᵀ
     f32_state = ops.state_plan(128, 128, "float32")                    # float32: two sets of pieces (DBUF), NPW = 4
     assert (f32_state.name, f32_state.threads, f32_state.smem) == ("chunk_wg32_state<128,64,2,4,true>", 256, 202912)
     one = ops.state_plan(128, 128, "float32", dbuf=False)                # one set: chunk_wg32's layout
@@ -338,15 +338,22 @@ def test_transposed_state_plan(h200_gen2):
 
 def test_transposed_state_pass(h200_gen2):
     """The 16-bit state pass with its state held transposed (TST): chunk_wg_state's seventh template argument, the
-    same layout; not the rule; 16-bit generation 2 at ES = 64 only, refused by name else."""
+    same layout; the rule at ES = 64 (tstate=False names Ṽ through shared memory); 16-bit generation 2 at ES = 64
+    only, refused by name else."""
     rule = ops.state_plan(128, 128, "bfloat16")
-    t = ops.transposed_state_pass(rule)
-    assert rule.name == "chunk_wg_state<128,64,2,4,true,2>" and not rule.tstate
-    assert (t.name, t.smem, t.threads) == ("chunk_wg_state<128,64,2,4,true,2,true>", rule.smem, 160)
+    plain = ops.state_plan(128, 128, "bfloat16", tstate=False)
+    assert (rule.name, rule.smem, rule.threads) == ("chunk_wg_state<128,64,2,4,true,2,true>", plain.smem, 160)
+    assert plain.name == "chunk_wg_state<128,64,2,4,true,2>" and ops.transposed_state_pass(plain) == rule
+    assert ops.state_plan(64, 256, "float16").tstate and not ops.state_plan(128, 96, "float16").tstate  # ES = 32
     for other in (ops.state_plan(128, 96, "float16"), ops.state_plan(128, 128, "float32"),
                   ops.state_plan(128, 128, "bfloat16", gen=1)):
         with pytest.raises(ValueError, match=r"the transposed state pass is chunk_wg_state's at ES=64 \(got chunk_"):
             ops.transposed_state_pass(other)
+    with pytest.raises(ValueError, match=r"the transposed state pass is chunk_wg_state's at ES=64 \(got chunk_"):
+        ops.state_plan(128, 96, "bfloat16", tstate=True)
+    for dtype, gen in (("float32", None), ("bfloat16", 1)):
+        with pytest.raises(ValueError, match="the transposed state pass is generation 2's in 16 bits \\(got gen="):
+            ops.state_plan(128, 128, dtype, gen=gen, tstate=True)
 
 
 def test_register_q_plan(h200_gen2):
@@ -603,11 +610,14 @@ def _bench_module():
 
 def test_bench_times_the_state_pass_in_its_other_form(h200_gen2):
     """bench_kernels.py --passes times the rule's state pass beside its other form: float32 with one set of pieces
-    (the rule takes two), 16-bit at ES = 64 with the state transposed; nothing else."""
+    (the rule takes two), 16-bit at ES = 64 with Ṽ through shared memory (the rule holds the state transposed);
+    nothing else."""
     bench = _bench_module()
     f32 = ops.state_plan(128, 128, "float32")
     assert bench.other_state_pass(f32, 128, 128, "float32") == ("one", ops.state_plan(128, 128, "float32", dbuf=False))
     tag, t = bench.other_state_pass(ops.state_plan(128, 128, "bfloat16"), 128, 128, "bfloat16")
+    assert (tag, t.name) == ("plain", "chunk_wg_state<128,64,2,4,true,2>")
+    tag, t = bench.other_state_pass(t, 128, 128, "bfloat16")
     assert (tag, t.name) == ("T", "chunk_wg_state<128,64,2,4,true,2,true>")
     assert bench.other_state_pass(ops.state_plan(128, 96, "float16"), 128, 96, "float16") is None  # ES = 32
     assert bench.other_state_pass(ops.state_plan(128, 128, "bfloat16", gen=1), 128, 128, "bfloat16") is None

@@ -676,18 +676,22 @@ class StatePlan:
 
 @functools.lru_cache(maxsize=None)
 def state_plan(D: int, E: int, dtype: str, dev: int = 0, gen: int | None = None,
-               dbuf: bool | None = None) -> StatePlan:
+               dbuf: bool | None = None, tstate: bool | None = None) -> StatePlan:
     """Generation 1: the widest E slice whose state stays ≤ 64 floats per consumer lane (D·ES ≤ 8192; ≤ 168
     registers at D = E = 128), two CTAs per SM, deepest pipeline that fits them. Generation 2 (the shapes
     wg_supports): 16-bit, one warpgroup product per chunk, ES = 64 where E allows, two CTAs per SM where they
     fit, deepest pipeline that fits; float32 (chunk_wg32_state: three float16 products, split by the producer
     warps), one CTA per SM, ES = 64 where it fits, with two sets of pieces and stagings where they fit (dbuf
     None; False: chunk_wg32's layout, one set). H200, B=1, H=32, D=E=128, P=2 (KERNEL_NOTES v38): the state pass
-    0.240 → 0.191 ms at N=16384, 0.915 → 0.739 at 65536. gen None: 2 where the device runs it and the shape
-    allows."""
+    0.240 → 0.191 ms at N=16384, 0.915 → 0.739 at 65536. 16-bit at ES = 64 with its state held transposed (tstate
+    None; False: Ṽ through shared memory; transposed_state_pass), KERNEL_NOTES v43: H200, B=1, H=32, D=E=128,
+    P=2, five interleaved rounds, bf16 0.0517 → 0.0461 ms at N=16384, 0.1487 → 0.1414 at 65536; fp16 0.0514 →
+    0.0471, 0.1571 → 0.1402. gen None: 2 where the device runs it and the shape allows."""
     lim = device_limits(dev)
     if gen is None:
         gen = 2 if device_gen(dev) == 2 and wg_supports(D, E, dtype) else 1
+    if tstate and (gen != 2 or dtype == "float32"):
+        raise ValueError(f"the transposed state pass is generation 2's in 16 bits (got gen={gen}, {dtype})")
     if gen == 2 and dtype == "float32":
         options = [c for c in _WG_ES if E % c == 0 and lim.blocks_fit(smem_bytes("wg32", D, c, 1, dev), 1)]
         if not options:
@@ -701,8 +705,9 @@ def state_plan(D: int, E: int, dtype: str, dev: int = 0, gen: int | None = None,
         minb = 2 if lim.blocks_fit(smem_bytes("wgstate", D, es, 2, dev), 2) else 1
         fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wgstate", D, es, s, dev), minb)]
         st = max(fits) if fits else 2
-        return StatePlan(es=es, cl=E // es, stages=st, dt=_DT[_DT_NAMES[dtype]], D=D,
-                         smem=smem_bytes("wgstate", D, es, st, dev), gen=2, minb=minb)
+        plain = StatePlan(es=es, cl=E // es, stages=st, dt=_DT[_DT_NAMES[dtype]], D=D,
+                          smem=smem_bytes("wgstate", D, es, st, dev), gen=2, minb=minb)
+        return transposed_state_pass(plain) if (es == 64 if tstate is None else tstate) else plain
     kind = "state32" if dtype == "float32" else "state16"
     for es in _ES_ALL:
         if E % es or D * es > 8192:
@@ -730,7 +735,7 @@ def double_buffered_state_plan(plan: StatePlan, dev: int = 0) -> StatePlan:
 def transposed_state_pass(plan: StatePlan) -> StatePlan:
     """`plan` (the 16-bit state pass on generation 2, chunk_wg_state, at ES = 64) holding Sᵀ and forming Ṽᵀ in
     registers, as chunk_wg2's TST state warps do (KERNEL_NOTES v41): no Ṽ tile, no barrier of its warps; the same
-    shared memory."""
+    shared memory. state_plan's rule there (v43)."""
     if not (plan.gen == 2 and plan.dt != _DT[torch.float32] and plan.es == 64):
         raise ValueError(f"the transposed state pass is chunk_wg_state's at ES=64 (got {plan.name})")
     return replace(plan, tstate=True)
