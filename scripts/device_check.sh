@@ -18,7 +18,8 @@ run() {  # run <name> <seconds> <command...>: output to $log/<name>.log, the tai
 for stage in $stages; do
   case $stage in
     tests)  # ~16 min on one H200: SHARD=1/4 … 4/4, a call each; or PARTS=4, all of them at once, spread over
-            # the host's GPUs (6.8 min for two a GPU on two H200s). TEST_FILES: other test files.
+            # the host's GPUs (6.8 min for two a GPU on two H200s; 4.3 min for eight on one), then the tests marked
+            # `alone` in one process. TEST_FILES: other test files.
       suite=(python3 -m pytest -q -rfE -m "not slow" --maxfail=15 -p no:cacheprovider
              ${TEST_FILES:-tests/test_segments.py tests/test_cupy_kernels.py tests/test_peers_gpu.py
              tests/test_reference.py tests/test_inputs.py tests/test_attention.py tests/test_measure.py
@@ -32,7 +33,7 @@ for stage in $stages; do
         slots=$(( gpus > 0 ? gpus : 1 )) t0=$(date +%s) pids=()
         for i in $(seq 1 "$PARTS"); do  # part i on GPU (i - 1) mod slots
           CUDA_VISIBLE_DEVICES=$(( (i - 1) % slots )) timeout -s INT "${TESTS_S:-540}" "${suite[@]}" \
-            --shard "$i/$PARTS" > "$log/tests-$i.log" 2>&1 &
+            -m "not slow and not alone" --shard "$i/$PARTS" > "$log/tests-$i.log" 2>&1 &
           pids+=($!)
         done
         for i in $(seq 1 "$PARTS"); do
@@ -40,6 +41,9 @@ for stage in $stages; do
           echo "== tests part $i/$PARTS (GPU $(( (i - 1) % slots ))): exit $rc, $(tail -n 1 "$log/tests-$i.log")"
           grep -E "^(FAILED|ERROR) " "$log/tests-$i.log"
         done
+        # the tests that read how the GPU waits on the host, with the GPU to themselves
+        timeout -s INT 120 "${suite[@]}" -m "not slow and alone" > "$log/tests-alone.log" 2>&1
+        echo "== tests alone: exit $?, $(tail -n 1 "$log/tests-alone.log")"; grep -E "^(FAILED|ERROR) " "$log/tests-alone.log"
         echo "== tests: $PARTS parts over $gpus GPU(s) in $(( $(date +%s) - t0 )) s"
       fi ;;
     sync) run sync 50 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py -k synccheck ;;

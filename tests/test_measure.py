@@ -187,6 +187,7 @@ def test_the_worker_makes_a_methods_inputs_after_its_setup(monkeypatch) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.alone  # another process's kernels on the GPU delay its start events (waited 0.1 beside 8 others)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_call_the_host_holds_up_is_host_bound() -> None:
     """1 ms of host work before one tiny kernel: the GPU waits inside the event pair, the time is the host's."""
@@ -204,6 +205,7 @@ def test_a_call_the_host_holds_up_is_host_bound() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.alone
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_bound_call_is_not_host_bound() -> None:
     """Four 4096² float32 matrix products (milliseconds of GPU): issuing them takes the host microseconds."""
@@ -223,6 +225,7 @@ def test_a_gpu_bound_call_is_not_host_bound() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.alone
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_bound_call_that_fills_the_launch_queue_is_not_host_bound() -> None:
     """Many small kernels per call, many calls: the host runs ahead until the launch queue is full and then

@@ -39,15 +39,23 @@ def test_shards_split_the_suite():
 @pytest.mark.slow
 def test_device_check_runs_the_parts_side_by_side(tmp_path: Path):
     """`PARTS=2 bash scripts/device_check.sh tests` runs the suite's two --shard parts at once (spread over the
-    host's GPUs; here, without one, both on "GPU 0"), names each part's exit and summary, and together the parts
-    run every test once."""
-    env = {**os.environ, "PARTS": "2", "TEST_FILES": "tests/test_segments.py", "OUT": str(tmp_path),
+    host's GPUs; here, without one, both on "GPU 0"), names each part's exit and summary, then the tests marked
+    `alone` in one process after them; together every test runs once."""
+    files = "tests/test_segments.py tests/test_measure.py"
+    env = {**os.environ, "PARTS": "2", "TEST_FILES": files, "OUT": str(tmp_path),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(["bash", "scripts/device_check.sh", "tests"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     parts = re.findall(r"== tests part (\d)/2 \(GPU 0\): exit 0, (.*)", proc.stdout)
     assert [i for i, _ in parts] == ["1", "2"], proc.stdout
-    ran = sum(int(n) for _, summary in parts for n in re.findall(r"(\d+) (?:passed|skipped)", summary))
-    assert ran == len(ids())
+    alone = re.search(r"== tests alone: exit 0, (.*)", proc.stdout)
+    assert alone, proc.stdout
+
+    def count(summary: str) -> int:
+        return sum(int(n) for n in re.findall(r"(\d+) (?:passed|skipped)", summary))
+
+    assert count(alone.group(1)) == 3  # test_measure's three readings of how the GPU waits
+    everything = ids(*files.split()[1:], "-m", "not slow")
+    assert count(" ".join(s for _, s in parts)) + count(alone.group(1)) == len(everything) > 3
     assert "== tests: 2 parts over" in proc.stdout and (tmp_path / "check.tgz").exists()
