@@ -10,7 +10,8 @@ options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); wi
 and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments; float32 on
 generation 2 also the state pass's other form, one set of pieces where the rule takes two, alone, `pass1one`,
 and in the whole call, `wholeone` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set; 16-bit
-at ES = 64 the state pass with its state transposed, `pass1T` and `wholeT`, v41). `agree` is the
+at ES = 64 the state pass with Ṽ through shared memory, `pass1plain` and `wholeplain`, v41, v43; all of them in
+the same rounds as the variants). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
 tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
 (a short device call). Each row names the template instance behind every variant (`plan_*`;
@@ -231,6 +232,9 @@ def other_state_pass(state: ops.StatePlan, D: int, E: int, dtype: str) -> tuple[
     return None
 
 
+PASS = "pass:"  # time_shape's calls that are one pass of the rule's sequence-parallel plan (--passes)
+
+
 def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
                passes: int | None = None, rounds: int = 1) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side; with
@@ -286,9 +290,8 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
                 for name, plan in whole.items()})
             with torch.inference_mode():
                 row[f"agree_whole{tag}"] = worst(timed[f"whole{tag}"]()[0], timed["whole"]()[0])
-        for name, fn in timed.items():
-            with torch.inference_mode():
-                row[f"pass_ms_{name}"] = measure(fn, "cuda", TIMING).median_ms
+        # timed in the same rounds as the variants: `whole` and the rule's own variant then see the same card
+        calls.update({PASS + name: fn for name, fn in timed.items()})
     first = None
     timing = TIMING if rounds == 1 else replace(TIMING, warmup_ms=5, rep_ms=max(10, TIMING.rep_ms // rounds))
     times: dict[str, list[float]] = {}
@@ -298,7 +301,7 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
                 continue  # failed in the first round
             try:
                 with torch.inference_mode():
-                    if r == 0:
+                    if r == 0 and not name.startswith(PASS):
                         out = fn()
                         out = out[0] if isinstance(out, tuple) else out
                         out = out.transpose(1, 2) if name == "fla" else out
@@ -311,9 +314,10 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
                 print(f"  {name} failed: {type(exc).__name__}: {exc}")
                 times.pop(name, None)
     for name, each in times.items():
-        row[f"ms_{name}"] = statistics.median(each)
+        key = f"pass_ms_{name.removeprefix(PASS)}" if name.startswith(PASS) else f"ms_{name}"
+        row[key] = statistics.median(each)
         if rounds > 1:
-            row[f"rounds_{name}"] = each
+            row[f"rounds_{key.removeprefix('ms_')}"] = each
     return row
 
 
