@@ -76,7 +76,8 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
     two output warpgroups, two E slices sharing their scores, two state copies, the state held transposed, Q in
-    registers, bulk output stores)."""
+    registers, bulk output stores; float32: fewer producer warps, their split, the state chain apart: `v2sa32` in
+    one pass at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
@@ -92,6 +93,13 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             base = ops.chunk_plan(B, H, D, E, dtype, gen=2)
             out.update({f"v2pw{p}": {"plan": replace(base, producers=p)} for p in (1, 2) if p != base.producers})
             out["v2ps"] = {"plan": ops.producer_split_plan(base)}
+            # the state chain apart (chunk_wg32x2, v45): one pass in 32-column slices, and at P = 2 where it fits
+            for key, es, segs in (("v2sa32", 32, 1), ("v2P2sa", None, 2), ("v2P2sa32", 32, 2)):
+                try:
+                    apart = ops.float32_split_plan(ops.chunk_plan(B, segs * H, D, E, dtype, es=es, gen=2))
+                    out[key] = {"plan": apart, **({"segments": segs} if segs > 1 else {})}
+                except ValueError as exc:
+                    print(f"  {key}: {exc}")
         if dtype != "float32" and E % 32 == 0:  # two segments in 32-column slices, two CTAs per SM (B=1: 256)
             out["v2P2es32x2"] = {"plan": ops.chunk_plan(B, H, D, E, dtype, es=32, minb=2, gen=2), "segments": 2}
         if dtype != "float32":  # each consumer form in one pass and at P = 2 in 64-column slices: chunk_wg (wg1),

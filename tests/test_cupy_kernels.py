@@ -277,7 +277,8 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
     registers or storing by bulk copies; at ES = 64 also their state held transposed), with two output
     warpgroups, with two E slices a CTA sharing their scores (their output products over both slices at once;
     at D = 128 also staged in Q, announced early), chunk_wg2's early producer, and with two state copies
-    (float32: each count of producer warps, with and without their split of the chunk)."""
+    (float32: each count of producer warps, with and without their split of the chunk, and the state chain apart
+    where its second state copy fits)."""
     lim = device_limits(0)
     out = []
     for es in (64, 32):
@@ -287,6 +288,8 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
             if lim.blocks_fit(ops.smem_bytes("wg32", D, es, 1, 0), 1):  # splitting the chunk or not
                 plan = ops.chunk_plan(B, H, D, E, dtype, 0, es=es, gen=2)
                 out += [replace(plan, producers=p, psplit=ps) for p in (1, 2, 4) for ps in (False, True)]
+                if lim.blocks_fit(ops.smem_bytes("wg32x2", D, es, 1, 0), 1):  # chunk_wg32x2, with one producer too
+                    out += [ops.float32_split_plan(replace(plan, producers=p)) for p in (1, 4)]
             continue
         for minb in (1, 2):
             fits = [st for st in (2, 3, 4) if lim.blocks_fit(ops.smem_bytes("wg", D, es, st, 0), minb)]
@@ -357,6 +360,7 @@ def test_wg_each_product(dtype, es):
     forms = (1,) if dtype == "float32" else (1, 2, 3)  # 16-bit: chunk_wg, chunk_wg2, chunk_wg3
     plans = [ops.chunk_plan(B, H, D, E, dtype, 0, gen=2, es=es, wgs=w) for w in forms]
     plans += [ops.pipe_plan(plans[1])] if dtype != "float32" else []  # chunk_wg2 with pipelined output warps
+    plans += [ops.float32_split_plan(plans[0])] if dtype == "float32" else []  # float32's state chain apart
     x = _inputs(B, H, 192, D, E, dtype, "multiscale", True, seed=11)
     zero = torch.zeros_like
     cases = {
@@ -382,16 +386,19 @@ def test_wg_each_product(dtype, es):
 def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):
     """chunk_wg32 splits float32 into float16 pieces: the powers of two it scales tiles and rows by keep them
     in range, so inputs far outside float16's (2^±24, products up to 2^36; λ = 1 with an offset grows the
-    state) give float32's accuracy. The input scales are powers of two, so the reference is exact for them."""
+    state) give float32's accuracy. The input scales are powers of two, so the reference is exact for them. Also
+    with the state chain apart (chunk_wg32x2: its copies' scales in two buffers)."""
     bad = []
-    for decay, offset in (("multiscale", 0.0), (1.0, 0.5)):
+    plans = (ops.chunk_plan(1, 2, 128, 64, "float32", 0, gen=2),
+             ops.float32_split_plan(ops.chunk_plan(1, 2, 128, 64, "float32", 0, gen=2, es=32)))
+    for (decay, offset), plan in itertools.product((("multiscale", 0.0), (1.0, 0.5)), plans):
         x = _inputs(1, 2, 700, 128, 64, "float32", decay, True, seed=5)
         x = Inputs((x.q + offset) * qs, (x.k + offset) * ks, (x.v + offset) * vs, x.decay, x.scale,
                    x.initial_state * (ks * vs))
         try:
-            _direct(x, EXPECTED["float32"], plan=ops.chunk_plan(1, 2, 128, 64, "float32", 0, gen=2))
+            _direct(x, EXPECTED["float32"], plan=plan)
         except AssertionError as exc:
-            bad.append(f"λ={decay} offset={offset}: {exc}")
+            bad.append(f"{plan.name} λ={decay} offset={offset}: {exc}")
     assert not bad, "; ".join(bad)
 
 
@@ -494,6 +501,8 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wgstate", 128, 64, 2, 0) == 1024 + 2 * (16384 + 8192) + 8192 + 1024
         assert ops.smem_bytes("wg32s", 128, 64, 1, 0) == 1024 + 2 * (2 * 16384 + 2 * 8192) \
             + 2 * (64 * 132 * 4 + 64 * 68 * 4) + 2 * 4 * 16 + 2 * 16 + 1024      # _stub_wg32_state_smem
+        assert ops.smem_bytes("wg32x2", 128, 32, 1, 0) == 194560 == \
+            -(-(ops.smem_bytes("wg32", 128, 32, 1, 0) - 1024) // 1024) * 1024 + 2 * 128 * 64 + 1024  # _stub_wg32x2
         assert ops.smem_bytes("wg2", 128, 64, 3, 0) == ops.smem_bytes("wg", 128, 64, 3, 0) + 128 * 2 * 64
         assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
         assert ops.smem_bytes("wg4", 128, 64, 2, 0) == 200704                 # _stub_wg4_smem
@@ -610,6 +619,9 @@ _SANITIZE = textwrap.dedent("""
         run(ops.chunked, 1, 2, 1100, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32, es=64), segments=3)
         run(ops.chunked, 1, 2, 1100, 128, 64, f32, True, plan=ops.producer_split_plan(plan(1, 2, 128, 64, f32)),
             segments=3)  # the producers split the chunk (PSPLIT)
+        apart = ops.float32_split_plan(plan(1, 2, 128, 64, f32, es=32))  # the state chain apart (chunk_wg32x2)
+        run(ops.chunked, 1, 2, 1100, 128, 64, f32, True, plan=apart, segments=3)
+        run(ops.chunked, 1, 2, 131, 64, 64, f32, True, plan=ops.float32_split_plan(plan(1, 2, 64, 64, f32, es=64)))
         # the state pass with two sets of pieces (DBUF): pieces of 1, 2, 3 and 8 chunks
         from leetbench.cuda_kernels import segments as sp
         k, v = (torch.randn(1, 2, 1100, 128, device="cuda") for _ in range(2))

@@ -204,6 +204,12 @@ def _stub_wg32_smem(D: int, es: int) -> int:
     return 1024 + tiles + 2 * 64 * (D + 4) * 4 + 64 * (es + 4) * 4 + 2 * 64 + 16 + 1024
 
 
+def _stub_wg32x2_smem(D: int, es: int) -> int:
+    """chunked_wg32.cu's Wg32x2Smem::ALLOC: Wg32Smem's bytes up to a 1024-byte boundary, then a second state copy
+    (hi and lo)."""
+    return -(-(_stub_wg32_smem(D, es) - 1024) // 1024) * 1024 + 2 * D * 2 * es + 1024
+
+
 def _stub_wg32_state_smem(D: int, es: int) -> int:
     """chunked_wg32.cu's Wg32StateSmem::ALLOC (DBUF): two sets of float16 hi and lo tiles of K and Ṽ, two float32
     stagings of K and V rows (pitches D + 4, ES + 4), four maxima per producer warp (up to four) twice, four scale
@@ -226,6 +232,7 @@ def h200_gen2(h200, monkeypatch):
              "wg4q": lambda D, es, st: _stub_wg4_smem(D, es, st, qstage=True),
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wg32s": lambda D, es, st: _stub_wg32_state_smem(D, es),
+             "wg32x2": lambda D, es, st: _stub_wg32x2_smem(D, es),
              "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
                         else real(kind, D, es, st, dev))
@@ -295,6 +302,28 @@ def test_float32_state_pass_takes_one_set_where_two_do_not_fit(h200_gen2, monkey
     assert ops.state_plan(128, 128, "float32").name == "chunk_wg32_state<128,64,2,4>"
     with pytest.raises(ValueError, match="needs 300000 bytes of shared memory"):
         ops.state_plan(128, 128, "float32", dbuf=True)
+
+
+def test_float32_split_plan(h200_gen2):
+    """The float32 state chain apart (chunk_wg32x2): chunk_wg32's plan with a second consumer warpgroup, its layout
+    with a second state copy, one CTA per SM; refused by name where that copy does not fit (D = 128 at ES = 64), with
+    PSPLIT, and in 16 bits. Not the rule."""
+    narrow = ops.chunk_plan(1, 32, 128, 128, "float32", es=32)
+    apart = ops.float32_split_plan(narrow)
+    assert (apart.name, apart.threads, apart.kind, apart.minb) == ("chunk_wg32x2<128,32,4,4>", 384, "wg32x2", 1)
+    assert apart.smem == _stub_wg32x2_smem(128, 32) == 194560 and apart.sized(0) == apart
+    assert ops.float32_split_plan(ops.chunk_plan(1, 32, 64, 128, "float32", es=64)).name == "chunk_wg32x2<64,64,2,4>"
+    assert ops.chunk_plan(1, 32, 128, 128, "float32").wgs == 1  # the rule: chunk_wg32
+    assert ops.chunk_plan(1, 32, 128, 128, "float32", es=32, wgs=2) == apart  # or by name
+    with pytest.raises(ValueError, match=r"chunk_wg32x2 at D=128, ES=64 needs 251904 bytes .* \(valid: ES=32"):
+        ops.float32_split_plan(ops.chunk_plan(8, 32, 128, 128, "float32", es=64))
+    for other in (ops.producer_split_plan(narrow), ops.chunk_plan(1, 32, 128, 128, "bfloat16")):
+        with pytest.raises(ValueError, match=r"the float32 state chain apart is chunk_wg32's without PSPLIT \(got"):
+            ops.float32_split_plan(other)
+    wide = ops.float32_split_plan(ops.chunk_plan(1, 32, 64, 128, "float32", es=64))
+    for form in (ops.pipe_plan, ops.transposed_state_plan, ops.register_q_plan, ops.bulk_store_plan):
+        with pytest.raises(ValueError, match=r"chunk_wg2's.*\(got chunk_wg32x2<"):  # chunk_wg2's forms, 16-bit
+            form(wide)
 
 
 def test_split_plan(h200_gen2):
@@ -580,6 +609,19 @@ def test_bench_times_the_variants_asked_for(h200_gen2):
     assert bench.select_variants(shapes, None) is shapes
     with pytest.raises(ValueError, match=r"--variants: v9 matches no variant \(valid: v1, v1one, v2, "):
         bench.select_variants(shapes, "v2,v9")
+
+
+def test_bench_times_the_float32_state_chain_apart(h200_gen2, capsys):
+    """bench_kernels.py --gen times chunk_wg32x2 in float32 where its layout fits: one pass at ES = 32 and P = 2 at
+    ES = 32, not at D = 128, ES = 64 (said why); none in 16 bits."""
+    bench = _bench_module()
+    kws = bench.gen_variants(1, 32, 128, 128, "float32")
+    assert kws["v2sa32"] == {"plan": ops.float32_split_plan(ops.chunk_plan(1, 32, 128, 128, "float32", es=32))}
+    assert kws["v2P2sa32"]["plan"].name == "chunk_wg32x2<128,32,4,4>" and kws["v2P2sa32"]["segments"] == 2
+    assert "v2P2sa" not in kws and "v2P2sa: chunk_wg32x2 at D=128, ES=64 needs" in capsys.readouterr().out
+    assert not any("sa" in name for name in bench.gen_variants(1, 32, 128, 128, "bfloat16"))
+    assert bench.variant_products(1, 32, 16384, 128, 128, "float32", kws["v2sa32"]) == 3 * (64 * 128 * 4 + 64 * 128
+                                                                                           + 2 * 128 * 128)
 
 
 def test_bench_counts_each_variants_products(h200_gen2):

@@ -313,18 +313,99 @@ struct Wg32Consumer {
   // wait a chunk), which keeps it within 255 registers without spilling
   static constexpr int UB = (DB == 2 && ES == 64) ? 1 : DB;
 
-  // The state copy as hi / lo pieces (N-major [D][ES], swizzled) of S·2^-s, one s for the CTA; returns 2^s.
+  // The state copy as hi / lo pieces (N-major [D][ES], swizzled, at SH and SL) of S·2^-s, one s for the CTA, its
+  // warps meeting at named barrier BARID for the maxima (in set SET of the scratch); returns 2^s.
+  template <int BARID = 1, int SH = L::SH, int SL = L::SL, int SET = 0>
   static __device__ __forceinline__ float write_copy(const float (&S)[DB][NA], unsigned char* smem, int w, int l,
                                                      int r0) {
-    const int s = piece_exp(wg_state_max(S, reinterpret_cast<u32*>(smem + L::SCL), w, l));
+    const int s = piece_exp(wg_state_max<DB, NA, BARID>(S, reinterpret_cast<u32*>(smem + L::SCL) + 4 * SET, w, l));
     const float down = pow2(-s);
     wg_copy_pairs<DB, NA, VRB>(S, l, r0, [&](u32 at, float x, float y) {
       u32 hi, lo;
       split2(x * down, y * down, hi, lo);
-      *reinterpret_cast<u32*>(smem + L::SH + at) = hi;
-      *reinterpret_cast<u32*>(smem + L::SL + at) = lo;
+      *reinterpret_cast<u32*>(smem + SH + at) = hi;
+      *reinterpret_cast<u32*>(smem + SL + at) = lo;
     });
     return pow2(s);
+  }
+
+  // P = scores · mask · fa (fa = 2^(sq+sk)), each of the thread's two rows scaled by its own power of two 2^-p into
+  // float16 pieces ph, pl (the A fragments of P V); returns p of the two rows.
+  static __device__ __forceinline__ int2 pieces_of_p(float (&acc_a)[32], const float* tab, float scale, int r0,
+                                                     int c0, float fa, u32 (&ph)[4][4], u32 (&pl)[4][4]) {
+    float mask[32];  // formed here each chunk (32 reads of the λ table), not held across it: registers
+    wg_decay_mask(mask, tab, scale, r0, c0);
+    float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      acc_a[i] *= mask[i] * fa;
+      if (i & 2) m1 = fmaxf(m1, fabsf(acc_a[i]));
+      else m0 = fmaxf(m0, fabsf(acc_a[i]));
+    }
+    m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 1));
+    m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 2));
+    m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 1));
+    m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 2));
+    const int p0 = piece_exp(m0), p1 = piece_exp(m1);
+    const float d0 = pow2(-p0), d1 = pow2(-p1);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float dr = (r & 1) ? d1 : d0;  // r = 0, 2: the first row; 1, 3: the second
+        split2(acc_a[8 * kk + 2 * r] * dr, acc_a[8 * kk + 2 * r + 1] * dr, ph[kk][r], pl[kk][r]);
+      }
+    return make_int2(p0, p1);
+  }
+
+  // acc_o += P V over the V pieces at vh, vl: three products a 16-token block, the small pieces first.
+  static __device__ __forceinline__ void values(float (&acc_o)[NA], const u32 (&ph)[4][4], const u32 (&pl)[4][4],
+                                                u32 vh, u32 vl) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wg_rs<ES, false, 1>(acc_o, pl[kk], wg_desc<VRB>(vh + 16 * VRB * kk), true);
+      wg_rs<ES, false, 1>(acc_o, ph[kk], wg_desc<VRB>(vl + 16 * VRB * kk), true);
+      wg_rs<ES, false, 1>(acc_o, ph[kk], wg_desc<VRB>(vh + 16 * VRB * kk), true);
+    }
+  }
+
+  // The thread's outputs of chunk c straight from the accumulator, its rows times o0 and o1: each 8-column group of
+  // a row is 32 contiguous bytes from four lanes (whole sectors), so no staging tile.
+  static __device__ __forceinline__ void store(const float (&acc_o)[NA], float* __restrict__ o, const Seg& seg, int c,
+                                               int nv, int e0, int E, int r0, int c0, float o0, float o1) {
+    float* out0 = o + (seg.tok0 + (u64)c * CH + r0) * E + e0 + c0;
+#pragma unroll
+    for (int j = 0; j < ES / 8; ++j) {
+      if (r0 < nv) *reinterpret_cast<float2*>(out0 + 8 * j) = make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
+      if (r0 + 8 < nv)
+        *reinterpret_cast<float2*>(out0 + 8 * E + 8 * j) = make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
+    }
+  }
+
+  // The chunk's four scale exponents from the producer warps' maxima (read before the staging is released: the
+  // producers rewrite them for the next chunk).
+  static __device__ __forceinline__ void chunk_scales(const unsigned char* smem, int (&sc)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float m = 0.f;
+#pragma unroll
+      for (int pw = 0; pw < NPW; ++pw) m = fmaxf(m, reinterpret_cast<const float*>(smem + L::RS)[4 * pw + i]);
+      sc[i] = piece_exp(m);
+    }
+  }
+
+  static __device__ __forceinline__ void load_state(float (&S)[DB][NA], const float* __restrict__ s0, const Seg& seg,
+                                                    int e0, int E, int r0, int c0) {
+    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
+    });
+  }
+  static __device__ __forceinline__ void store_state(const float (&S)[DB][NA], float* __restrict__ sN, const Seg& seg,
+                                                     int e0, int E, int r0, int c0) {
+    if (seg.last && sN != nullptr)
+      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
+        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
+      });
   }
 
   // The chunk's staging split into the pieces' tiles: thread t takes row t mod 64, half t / 64 of Q's and K's
@@ -375,9 +456,7 @@ struct Wg32Consumer {
     const int c0 = 2 * (l & 3);
 
     float S[DB][NA];
-    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-      S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
-    });
+    load_state(S, s0, seg, e0, E, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
     float up = write_copy(S, smem, w, l, r0);
     const int nchunks = (seg.n + CH - 1) / CH;
@@ -393,14 +472,7 @@ struct Wg32Consumer {
         const int4 e = *reinterpret_cast<const int4*>(smem + L::PSC);
         sc[0] = e.x; sc[1] = e.y; sc[2] = e.z; sc[3] = e.w;
       } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float m = 0.f;
-#pragma unroll
-          for (int pw = 0; pw < NPW; ++pw)
-            m = fmaxf(m, reinterpret_cast<const float*>(smem + L::RS)[4 * pw + i]);
-          sc[i] = piece_exp(m);
-        }
+        chunk_scales(smem, sc);
         split_chunk(smem, tab, nv, tid, sc);
         __syncwarp();
         if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producer may load the next chunk
@@ -424,30 +496,9 @@ struct Wg32Consumer {
       // P = scores · mask · 2^(sq+sk), each row scaled by its own power of two into float16 pieces
       wg_wait<2>();
       wg_pin(acc_a);
-      float mask[32];  // formed here each chunk (32 reads of the λ table), not held across it: registers
-      wg_decay_mask(mask, tab, scale, r0, c0);
-      const float fa = pow2(sc[0]) * pow2(sc[1]);
-      float m0 = 0.f, m1 = 0.f;
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        acc_a[i] *= mask[i] * fa;
-        if (i & 2) m1 = fmaxf(m1, fabsf(acc_a[i]));
-        else m0 = fmaxf(m0, fabsf(acc_a[i]));
-      }
-      m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 1));
-      m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 2));
-      m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 1));
-      m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 2));
-      const int p0 = piece_exp(m0), p1 = piece_exp(m1);
-      const float d0 = pow2(-p0), d1 = pow2(-p1);
       u32 ph[4][4], pl[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const float dr = (r & 1) ? d1 : d0;  // r = 0, 2: the first row; 1, 3: the second
-          split2(acc_a[8 * kk + 2 * r] * dr, acc_a[8 * kk + 2 * r + 1] * dr, ph[kk][r], pl[kk][r]);
-        }
+      const int2 pp = pieces_of_p(acc_a, tab, scale, r0, c0, pow2(sc[0]) * pow2(sc[1]), ph, pl);
+      const int p0 = pp.x, p1 = pp.y;
       wg_wait<1>();
       wg_pin(acc_o);
       // acc_o in units of the row's P V scale 2^(p + sv) until P V is added
@@ -459,12 +510,7 @@ struct Wg32Consumer {
         acc_o[4 * j + 2] *= g1; acc_o[4 * j + 3] *= g1;
       }
       wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        wg_rs<ES, false, 1>(acc_o, pl[kk], wg_desc<VRB>(vh + 16 * VRB * kk), true);
-        wg_rs<ES, false, 1>(acc_o, ph[kk], wg_desc<VRB>(vl + 16 * VRB * kk), true);
-        wg_rs<ES, false, 1>(acc_o, ph[kk], wg_desc<VRB>(vh + 16 * VRB * kk), true);
-      }
+      values(acc_o, ph, pl, vh, vl);
       wg_commit();
       wg_wait<0>();
       wg_pin(acc_o);
@@ -496,21 +542,10 @@ struct Wg32Consumer {
       }
       consumers_sync();  // every warp's share of every product done: the pieces may be rewritten
       up = write_copy(S, smem, w, l, r0);
-      // outputs straight from the accumulator: each 8-column group of a row is 32 contiguous bytes from four
-      // lanes (whole sectors), so no staging tile — its shared memory lets ES = 64 fit at D = 128
-      const float o0 = pow2(p0) * pow2(sc[2]), o1 = pow2(p1) * pow2(sc[2]);
-      float* out0 = o + (seg.tok0 + (u64)c * CH + r0) * E + e0 + c0;
-#pragma unroll
-      for (int j = 0; j < ES / 8; ++j) {
-        if (r0 < nv) *reinterpret_cast<float2*>(out0 + 8 * j) = make_float2(acc_o[4 * j] * o0, acc_o[4 * j + 1] * o0);
-        if (r0 + 8 < nv)
-          *reinterpret_cast<float2*>(out0 + 8 * E + 8 * j) = make_float2(acc_o[4 * j + 2] * o1, acc_o[4 * j + 3] * o1);
-      }
+      // outputs straight from the accumulator (no staging tile: its shared memory lets ES = 64 fit at D = 128)
+      store(acc_o, o, seg, c, nv, e0, E, r0, c0, pow2(p0) * pow2(sc[2]), pow2(p1) * pow2(sc[2]));
     }
-    if (seg.last && sN != nullptr)
-      wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-        sN[((u64)seg.bh * D + row) * E + e0 + col] = S[mb][i];
-      });
+    store_state(S, sN, seg, e0, E, r0, c0);
   }
 };
 
@@ -538,6 +573,177 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
 template <int D, int ES>
 __global__ void chunk_wg32_layout(int* out) {
   out[0] = Wg32Smem<D, ES>::ALLOC;
+}
+
+// ---- the state chain apart (KERNEL_NOTES v45): chunk_wg32x2 -------------------------------------------------------
+// chunk_wg32's consumer warpgroup is one chain a chunk: the split, nine products of the outputs and three of the
+// state, the float32 update, the state copy, the stores. As chunk_wg2 does in 16 bits, here
+//   warps 0-3, outputs: the split of the staging into the pieces (all of them: one warpgroup writes them, so one
+//                       named barrier orders them), Q Kᵀ and Q S_in (from the copy the state warps wrote), P, P V,
+//                       the stores;
+//   warps 4-7, state:   Kᵀ Ṽ from the pieces, S = λ^n S + 2^(sk+sw) Kᵀ Ṽ in IEEE float32, the copy of the new S;
+//   warps 8-..: the producers, as in chunk_wg32 (copies into the staging and their maxima).
+// Hand-overs (mbarriers in the head): pieces ready (128 arrivals: each output thread after fencing its own writes,
+// with the chunk's scales left at PSC), pieces free (4: each state warp after its share of Kᵀ Ṽ), and chunk_wg2's
+// double-buffered state copy — copy j (the state entering chunk j, its scale 2^s at UP) in buffer j mod 2, full
+// after 128 arrivals of the state threads, empty after the four output warps' shares of Q S_in. The state warps'
+// float16 maxima alternate between two sets of the scratch (they meet at no other barrier a chunk).
+template <int D, int ES>
+struct Wg32x2Smem : Wg32Smem<D, ES> {
+  using Base = Wg32Smem<D, ES>;
+  static constexpr int CBAR = SM_HEAD;       // copy full [2], copy empty [2]
+  static constexpr int PBAR = CBAR + 4 * 8;  // pieces ready, pieces free
+  static constexpr int UP = PBAR + 2 * 8;    // the copies' scales 2^s [2]
+  static constexpr int SH2 = (Base::BYTES + 1023) / 1024 * 1024;  // the second copy, hi and lo (swizzled tiles)
+  static constexpr int SL2 = SH2 + D * Base::VRB;
+  static constexpr int BYTES = SL2 + D * Base::VRB;
+  static constexpr int ALLOC = BYTES + 1024;
+  static_assert(UP + 2 * 4 <= WG_HEAD, "hand-over barriers overlap the tiles");
+};
+
+template <int D, int ES, int NPW>
+struct Wg32Split {
+  using L = Wg32x2Smem<D, ES>;
+  using C1 = Wg32Consumer<D, ES, NPW, false>;  // its split, copy, P, P V, stores, state load and store
+  static constexpr int DB = L::DB, NA = ES / 2, VRB = L::VRB;
+  static constexpr int STATE_BAR = 2;  // the state warps' named barrier (the output warps take 1)
+
+  // The output warps.
+  static __device__ __forceinline__ void outputs(unsigned char* smem, float* __restrict__ o, const Seg& seg, int e0,
+                                                 int E, float scale, int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
+    const u32 qh = sbase + L::QH, ql = sbase + L::QL, kh = sbase + L::KH, kl = sbase + L::KL;
+    const u32 vh = sbase + L::VH, vl = sbase + L::VL;
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      const int buf = c & 1;
+      mbar_wait(sbase + L::BAR, c & 1);  // chunk c in the staging, every producer warp's maxima beside it
+      const int nv = min(CH, seg.n - c * CH);
+      int sc[4];
+      C1::chunk_scales(smem, sc);
+      if (c > 0) mbar_wait(sbase + L::PBAR + 8, (c - 1) & 1);  // the state warps' Kᵀ Ṽ of chunk c - 1 is done
+      C1::split_chunk(smem, tab, nv, t, sc);
+      __syncwarp();
+      if (l == 0) mbar_arrive(sbase + L::BAR + 8);  // staging read: the producers may load the next chunk
+      if (t == 0) *reinterpret_cast<int4*>(smem + L::PSC) = make_int4(sc[0], sc[1], sc[2], sc[3]);
+      fence_async_smem();
+      mbar_arrive(sbase + L::PBAR);  // this thread's pieces (and thread 0's scales) for the state warps
+      wg_sync<1>();                   // every output thread's pieces, for this warpgroup's own products
+      mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
+      wg_fence();
+      const u32 sh = sbase + (buf ? L::SH2 : L::SH), sl = sbase + (buf ? L::SL2 : L::SL);
+      float acc_a[32], acc_o[NA];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) wg_scores<D, false>(acc_a, k == 0 ? ql : qh, k == 1 ? kl : kh, k > 0);
+      wg_commit();
+#pragma unroll
+      for (int k = 0; k < 3; ++k) wg_query_state<D, ES, false>(acc_o, k == 0 ? ql : qh, k == 1 ? sl : sh, k > 0);
+      wg_commit();
+      wg_wait<1>();
+      wg_pin(acc_a);
+      u32 ph[4][4], pl[4][4];
+      const int2 p = C1::pieces_of_p(acc_a, tab, scale, r0, c0, pow2(sc[0]) * pow2(sc[1]), ph, pl);
+      wg_wait<0>();
+      wg_pin(acc_o);
+      const float up = reinterpret_cast<const float*>(smem + L::UP)[buf];  // before the release: copy c + 2 rewrites it
+      if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
+      // acc_o in units of the row's P V scale 2^(p + sv) until P V is added
+      wg_scale_rows<NA>(acc_o, f0 * up * pow2(sc[0]) * pow2(-p.x) * pow2(-sc[2]),
+                        f1 * up * pow2(sc[0]) * pow2(-p.y) * pow2(-sc[2]));
+      wg_fence();
+      C1::values(acc_o, ph, pl, vh, vl);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin(acc_o);
+      wg_sync<1>();  // every output warp's products done: the next split may rewrite the pieces
+      C1::store(acc_o, o, seg, c, nv, e0, E, r0, c0, pow2(p.x) * pow2(sc[2]), pow2(p.y) * pow2(sc[2]));
+    }
+  }
+
+  // Copy j of the state into buffer j mod 2 once the output warps have read copy j - 2 from it.
+  static __device__ __forceinline__ void publish(const float (&S)[DB][NA], unsigned char* smem, int j, int w, int l,
+                                                 int r0, int t) {
+    const u32 sbase = smem_u32(smem);
+    const int buf = j & 1;
+    if (j >= 2) mbar_wait(sbase + L::CBAR + 8 * (2 + buf), ((j >> 1) + 1) & 1);
+    const float up = buf ? C1::template write_copy<STATE_BAR, L::SH2, L::SL2, 1>(S, smem, w, l, r0)
+                         : C1::template write_copy<STATE_BAR, L::SH, L::SL, 0>(S, smem, w, l, r0);
+    if (t == 0) reinterpret_cast<float*>(smem + L::UP)[buf] = up;
+    fence_async_smem();
+    mbar_arrive(sbase + L::CBAR + 8 * buf);
+  }
+
+  // The state warps.
+  static __device__ __forceinline__ void state(unsigned char* smem, const float* __restrict__ s0,
+                                               float* __restrict__ sN, const Seg& seg, int e0, int E, int t) {
+    const u32 sbase = smem_u32(smem);
+    const float* tab = reinterpret_cast<const float*>(smem + L::TAB);
+    const int w = t >> 5, l = t & 31;
+    const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
+    const u32 kh = sbase + L::KH, kl = sbase + L::KL, wh = sbase + L::WH, wl = sbase + L::WL;
+    float S[DB][NA];
+    C1::load_state(S, s0, seg, e0, E, r0, c0);
+    publish(S, smem, 0, w, l, r0, t);
+    const int nchunks = (seg.n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      mbar_wait(sbase + L::PBAR, c & 1);  // chunk c's pieces and scales
+      const int nv = min(CH, seg.n - c * CH);
+      const int4 e = *reinterpret_cast<const int4*>(smem + L::PSC);  // read before the release below
+      wg_fence();
+      float U[DB][NA];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) wg_state_update<D, ES, false>(U, k == 0 ? kl : kh, k == 1 ? wl : wh, k > 0);
+      wg_commit();
+      wg_wait<0>();
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
+      if (l == 0) mbar_arrive(sbase + L::PBAR + 8);  // this warp's share of Kᵀ Ṽ read the pieces
+      // IEEE float32, as chunk_wg32 (the tensor cores' accumulation truncates)
+      const float dk = tab[nv], un = pow2(e.y) * pow2(e.w);
+#pragma unroll
+      for (int mb = 0; mb < DB; ++mb)
+#pragma unroll
+        for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
+    }
+    C1::store_state(S, sN, seg, e0, E, r0, c0);
+  }
+};
+
+// Grid: B·H·RUNS·NSL CTAs of 256 + 32·NPW threads, one per SM; arguments as chunk_wg32's.
+template <int D, int ES, int NSL, int NPW>
+__global__ void __launch_bounds__(256 + 32 * NPW, 1)
+    chunk_wg32x2(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                 float* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
+                 const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
+  static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
+  using LY = Wg32x2Smem<D, ES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);  // empty: the output warps
+  if (threadIdx.x == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+    mbar_init(cta.sbase + LY::PBAR, 128);    // pieces ready: every output thread
+    mbar_init(cta.sbase + LY::PBAR + 8, 4);  // pieces free: every state warp
+    fence_mbar_init();
+  }
+  __syncthreads();
+  const int tid = threadIdx.x, warp = warp_index();
+  using SP = Wg32Split<D, ES, NPW>;
+  if (warp < 4)
+    SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+  else if (warp < 8)
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
+  else
+    wg32_producer<D, ES, NPW>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, (tid - 256) >> 5, tid & 31, cta.smem);
+}
+
+template <int D, int ES>
+__global__ void chunk_wg32x2_layout(int* out) {
+  out[0] = Wg32x2Smem<D, ES>::ALLOC;
 }
 
 // ---- the state pass of the sequence-parallel path, float32 on generation 2 (KERNEL_NOTES v18) -------------------

@@ -141,13 +141,13 @@ _layouts: dict[tuple[str, int, int, int, int], int] = {}
 def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     """Dynamic shared memory of a kernel instance (kind: f32, half, state16, state32 in chunked.cu; wg in
     chunked_wg.cu with its two- and three-warpgroup forms wg2, wg3 and its state pass wgstate, wg32 in
-    chunked_wg32.cu, whose one staging slot makes `stages` 1, and wg32s, its state pass with two sets of pieces
-    and stagings), as the compiled module defines it (chunk_layout,
-    chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout; wg4:
-    chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu)."""
+    chunked_wg32.cu, whose one staging slot makes `stages` 1, wg32s, its state pass with two sets of pieces
+    and stagings, and wg32x2, its state chain apart with two state copies), as the compiled module defines it
+    (chunk_layout, chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout,
+    chunk_wg32x2_layout; wg4: chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wg32s", "wgstate"):
+        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wg32s", "wg32x2", "wgstate"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -181,16 +181,17 @@ _WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its m
 
 def _read_wg_layouts(dev: int) -> None:
     """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout,
-    chunk_wg4_layout and chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout."""
+    chunk_wg4_layout and chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout, chunk_wg32_state_layout and
+    chunk_wg32x2_layout."""
     combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wg4", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
     combos += [("wg4q", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES if _qstage_fits(D, es)]
-    combos += [(kind, D, es, 1) for kind in ("wg32", "wg32s") for D in _WG_D for es in _WG_ES]
+    combos += [(kind, D, es, 1) for kind in ("wg32", "wg32s", "wg32x2") for D in _WG_D for es in _WG_ES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
                 "wg3": "chunk_wg3_layout<{},{},{}>", "wg4": "chunk_wg4_layout<{},{},{}>",
                 "wg4q": "chunk_wg4_layout<{},{},{},true>",
                 "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>",
-                "wg32s": "chunk_wg32_state_layout<{},{}>"}
+                "wg32s": "chunk_wg32_state_layout<{},{}>", "wg32x2": "chunk_wg32x2_layout<{},{}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
         _layouts[(kind, D, es, st, dev)] = nbytes
@@ -257,8 +258,9 @@ class ChunkPlan:
     smem: int = 0  # dynamic shared memory (bytes); 0: read from the module at launch
     gen: int = 1   # 1: chunked.cu (mma.sync, four consumer warps); 2: chunked_wg.cu (wgmma, warpgroups)
     producers: int = 1  # producer warps (chunk_wg32's NPW; one in every other kernel)
-    wgs: int = 1  # generation 2, 16-bit: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan;
-    #               3: chunk_wg3, two output warpgroups taking alternate chunks; two_output_plan)
+    wgs: int = 1  # generation 2: consumer warpgroups (2: chunk_wg2, outputs and state apart; split_plan; float32
+    #               chunk_wg32x2, float32_split_plan; 3: chunk_wg3, two output warpgroups taking alternate chunks;
+    #               two_output_plan)
     copies: int = 1  # chunk_wg's 16-bit state copies (2: one written while the other is read; two_copy_plan)
     psplit: bool = False  # chunk_wg32: the producer warps split the chunk into pieces (producer_split_plan)
     pipe: bool = False  # chunk_wg2: the output warps issue chunk c + 1's products before storing c's (pipe_plan)
@@ -280,6 +282,12 @@ class ChunkPlan:
         return default_opt(self.f32, self.bf16) if self.opt is None else self.opt
 
     @property
+    def wg2(self) -> bool:
+        """Whether this is chunk_wg2 (16-bit, the state warpgroup apart), whose forms pipe_plan,
+        transposed_state_plan, register_q_plan and bulk_store_plan take."""
+        return self.gen == 2 and not self.f32 and self.wgs == 2 and not self.pair
+
+    @property
     def threads(self) -> int:
         """Threads per CTA: the consumer warpgroups and the producer warps."""
         return 128 * self.wgs + 32 * self.producers
@@ -290,7 +298,7 @@ class ChunkPlan:
         at two copies)."""
         if self.gen == 2:
             if self.f32:
-                return "wg32"
+                return "wg32x2" if self.wgs == 2 else "wg32"
             if self.pair:
                 return "wg4q" if self.qstage else "wg4"
             return "wg3" if self.wgs == 3 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
@@ -303,6 +311,8 @@ class ChunkPlan:
     @property
     def name(self) -> str:
         if self.gen == 2 and self.f32:
+            if self.wgs == 2:
+                return f"chunk_wg32x2<{self.D},{self.es},{self.cl},{self.producers}>"
             psplit = ",true" if self.psplit else ""  # the kernel's PSPLIT, false by default
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
@@ -342,8 +352,9 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
                gen: int | None = None, wgs: int | None = None, pair: bool | None = None) -> ChunkPlan:
     """The one-pass launch plan (B·H·E/ES CTAs): kernel generation, columns per CTA (ES), pipeline depth,
     CTAs per SM. gen None: 2 where the device runs it and the shape is one it handles (wg_supports), else 1.
-    wgs (generation 2, 16-bit): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither
-    minb nor stages (a pinned chunk_wg shape stays one warpgroup), 1, 2 (split_plan) or 3 (two_output_plan).
+    wgs (generation 2): consumer warpgroups; None: the rule of _wg_plan where the caller pinned neither minb nor
+    stages (a pinned chunk_wg shape stays one warpgroup), 1, 2 (split_plan; float32: float32_split_plan) or 3
+    (two_output_plan, 16-bit).
     pair: two E slices a CTA (shared_scores_plan; its outputs staged in Q where that deepens the pipeline, its
     output products over both slices: _paired); None: the rule of _pairs where the caller pinned nothing.
     """
@@ -380,6 +391,8 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
         return two_output_plan(plan, dev)
     if wgs != 2:
         return plan
+    if plan.f32 and plan.gen == 2:
+        return float32_split_plan(plan, dev)  # chunk_wg32x2 (named: not the rule)
     split = split_plan(plan, dev, B * H * plan.cl)  # refused by name but for 16-bit gen 2
     if not early:
         return split
@@ -486,6 +499,20 @@ def producer_split_plan(plan: ChunkPlan) -> ChunkPlan:
     return replace(plan, psplit=True)
 
 
+def float32_split_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+    """`plan` (generation 2, float32: chunk_wg32) with its state chain apart (chunk_wg32x2, KERNEL_NOTES v45): four
+    output warps splitting the chunk and forming the outputs, four state warps forming Kᵀ Ṽ, the float32 update
+    and the state copy, double-buffered; the same producer warps. One CTA per SM; refused where the second state
+    copy does not fit (D = 128 at ES = 64)."""
+    if plan.gen != 2 or not plan.f32 or plan.psplit:
+        raise ValueError(f"the float32 state chain apart is chunk_wg32's without PSPLIT (got {plan.name})")
+    smem = smem_bytes("wg32x2", plan.D, plan.es, 1, dev)
+    if not device_limits(dev).blocks_fit(smem, 1):
+        raise ValueError(f"chunk_wg32x2 at D={plan.D}, ES={plan.es} needs {smem} bytes of shared memory, more than "
+                         "a block may take (valid: ES=32 at D=128)")
+    return replace(plan, wgs=2, smem=smem)
+
+
 def split_plan(plan: ChunkPlan, dev: int = 0, ctas: int | None = None) -> ChunkPlan:
     """`plan` (generation 2, 16-bit) with two consumer warpgroups (chunk_wg2: the state chain apart from the
     outputs, CTAs of 288 threads): two CTAs per SM where the grid (`ctas`, default none) has more CTAs than SMs
@@ -565,7 +592,7 @@ def wide_plan(plan: ChunkPlan) -> ChunkPlan:
 def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
     """`plan` (chunk_wg2 at one CTA per SM) with its output warps pipelined: chunk c + 1's Q Kᵀ and Q S_in issued
     before chunk c's outputs are stored (PIPE; the same shared memory, a second output accumulator)."""
-    if plan.wgs != 2 or plan.minb != 1:
+    if not plan.wg2 or plan.minb != 1:
         raise ValueError(f"the pipelined output warps are chunk_wg2's at one CTA per SM (got {plan.name})")
     if plan.qreg:
         raise ValueError(f"the pipelined output warps with Q in registers spill (got {plan.name})")
@@ -575,7 +602,7 @@ def pipe_plan(plan: ChunkPlan) -> ChunkPlan:
 def transposed_state_plan(plan: ChunkPlan) -> ChunkPlan:
     """`plan` (chunk_wg2 at ES = 64) with its state warps holding Sᵀ and forming Ṽᵀ in registers (TST; KERNEL_NOTES
     v39): Sᵀ = λ^n Sᵀ + Ṽᵀ K, no Ṽ in shared memory, no barrier before the product; the same shared memory."""
-    if plan.wgs != 2 or plan.pair or plan.es != 64:
+    if not plan.wg2 or plan.es != 64:
         raise ValueError(f"the transposed state is chunk_wg2's at ES=64 (got {plan.name})")
     return replace(plan, tstate=True)
 
@@ -585,7 +612,7 @@ def register_q_plan(plan: ChunkPlan) -> ChunkPlan:
     Q Kᵀ and Q S_in from there (QREG; KERNEL_NOTES v40): Q read from shared memory once instead of twice; the same
     shared memory, 32 registers more a thread at D = 128 (at two CTAs per SM or with PIPE the build spills:
     refused)."""
-    if plan.wgs != 2 or plan.pair:
+    if not plan.wg2:
         raise ValueError(f"Q in registers is chunk_wg2's (got {plan.name})")
     if plan.minb != 1:
         raise ValueError(f"Q in registers needs chunk_wg2 at one CTA per SM: at two it spills (got {plan.name})")
@@ -597,7 +624,7 @@ def register_q_plan(plan: ChunkPlan) -> ChunkPlan:
 def bulk_store_plan(plan: ChunkPlan) -> ChunkPlan:
     """`plan` (chunk_wg2) with its output warps' staged rows stored by bulk copies, a row a lane (BULK; KERNEL_NOTES
     v42): the read back of the staging and the global stores off the warps' chain; the same shared memory."""
-    if plan.wgs != 2 or plan.pair:
+    if not plan.wg2:
         raise ValueError(f"the bulk output stores are chunk_wg2's (got {plan.name})")
     return replace(plan, bulk=True)
 
