@@ -305,6 +305,28 @@ __device__ __forceinline__ void wg32_split_producer(const float* q, const float*
   }
 }
 
+// S = λ^n S + 2^(sk+sw) Kᵀ Ṽ (dk = λ^n, un = 2^(sk+sw)): Kᵀ Ṽ as three float16 products of the pieces (K at kh,
+// kl; Ṽ at wh, wl) into an accumulator of its own, waited for, then `read()` (the warp's share has read the
+// pieces), then added in IEEE float32 — the tensor cores' accumulation truncates (Fasi et al. 2021, on earlier
+// cards), which over thousands of chunks at λ = 1 would bias the state.
+template <int D, int ES, class F>
+__device__ __forceinline__ void wg32_state_step(float (&S)[D / 64][ES / 2], u32 kh, u32 kl, u32 wh, u32 wl, float dk,
+                                                float un, F&& read) {
+  wg_fence();
+  float U[D / 64][ES / 2];
+#pragma unroll
+  for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
+  wg_commit();
+  wg_wait<0>();
+#pragma unroll
+  for (int mb = 0; mb < D / 64; ++mb) wg_pin(U[mb]);
+  read();
+#pragma unroll
+  for (int mb = 0; mb < D / 64; ++mb)
+#pragma unroll
+    for (int i = 0; i < ES / 2; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+}
+
 template <int D, int ES, int NPW, bool PSPLIT>
 struct Wg32Consumer {
   using L = Wg32Smem<D, ES>;
@@ -693,21 +715,9 @@ struct Wg32Split {
       mbar_wait(sbase + L::PBAR, c & 1);  // chunk c's pieces and scales
       const int nv = min(CH, seg.n - c * CH);
       const int4 e = *reinterpret_cast<const int4*>(smem + L::PSC);  // read before the release below
-      wg_fence();
-      float U[DB][NA];
-#pragma unroll
-      for (int k = 0; k < 3; ++k) wg_state_update<D, ES, false>(U, k == 0 ? kl : kh, k == 1 ? wl : wh, k > 0);
-      wg_commit();
-      wg_wait<0>();
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
-      if (l == 0) mbar_arrive(sbase + L::PBAR + 8);  // this warp's share of Kᵀ Ṽ read the pieces
-      // IEEE float32, as chunk_wg32 (the tensor cores' accumulation truncates)
-      const float dk = tab[nv], un = pow2(e.y) * pow2(e.w);
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+      wg32_state_step<D, ES>(S, kh, kl, wh, wl, tab[nv], pow2(e.y) * pow2(e.w), [&] {
+        if (l == 0) mbar_arrive(sbase + L::PBAR + 8);  // this warp's share of Kᵀ Ṽ read the pieces
+      });
       if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }
     C1::store_state(S, sN, seg, e0, E, r0, c0);
@@ -786,20 +796,9 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
     const u32 set = DBUF ? b * Wg32StateSmem<D, ES>::SET : 0;
     const u32 kh = sbase + LY::KH + set, kl = sbase + LY::KL + set, wh = sbase + LY::WH + set,
               wl = sbase + LY::WL + set;
-    wg_fence();
-    float U[DB][NA];
-#pragma unroll
-    for (int t = 0; t < 3; ++t) wg_state_update<D, ES, false>(U, t == 0 ? kl : kh, t == 1 ? wl : wh, t > 0);
-    wg_commit();
-    wg_wait<0>();
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb) wg_pin(U[mb]);
-    if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (SETS + b));  // this warp's share of the products read the pieces
-    const float dk = tab[nv], un = pow2(e.y) * pow2(e.w);
-#pragma unroll
-    for (int mb = 0; mb < DB; ++mb)
-#pragma unroll
-      for (int i = 0; i < NA; ++i) S[mb][i] = fmaf(S[mb][i], dk, U[mb][i] * un);
+    wg32_state_step<D, ES>(S, kh, kl, wh, wl, tab[nv], pow2(e.y) * pow2(e.w), [&] {
+      if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (SETS + b));  // this warp's share of the products read the pieces
+    });
   }
   wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
     local[((u64)seg.idx * D + row) * E + cta.e0 + col] = S[mb][i];
