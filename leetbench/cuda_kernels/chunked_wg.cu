@@ -410,7 +410,6 @@ __device__ __forceinline__ void wg_state_update_t(float (&St)[D / 64][32], const
 #pragma unroll
   for (int nb = 0; nb < D / 64; ++nb)
 #pragma unroll
-#pragma unroll
     for (int kk = 0; kk < 4; ++kk)
       wg_rs<64, BF16, 1>(St[nb], va[kk], wg_desc<128>(k + nb * WG_QKT + 16 * 128 * kk), true);
 }
@@ -1031,29 +1030,16 @@ __global__ void __launch_bounds__(160, MINB)
   float S[D / 64][ES / 2];
   wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int, int) { S[mb][i] = 0.f; });
   const int nchunks = (seg.n + CH - 1) / CH;
-  if constexpr (TST) {
-    static_assert(ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
-    for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES;
-      mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
-      const int nv = min(CH, seg.n - c * CH);
+  static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
+  for (int c = 0; c < nchunks; ++c) {
+    const int slot = c % STAGES;
+    mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
+    const int nv = min(CH, seg.n - c * CH);
+    if constexpr (TST) {
       u32 va[4][4];
       wg_begin_chunk_t<D, BF16>(S, va, sbase + LY::VS + slot * LY::VT, tab, nv, w, l);
       wg_state_update_t<D, BF16>(S, va, sbase + LY::KS + slot * LY::DB * LY::QKT);
-      wg_commit();
-      wg_wait<0>();
-#pragma unroll
-      for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
-      if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // this warp's share read the slot
-    }
-    wg_each_entry_t<D>(r0, c0, [&](int nb, int i, int row, int col) {
-      local[((u64)seg.idx * D + row) * E + e0 + col] = S[nb][i];
-    });
-  } else {
-    for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES;
-      mbar_wait(sbase + LY::BAR + 8 * slot, (c / STAGES) & 1);
-      const int nv = min(CH, seg.n - c * CH);
+    } else {
       wg_decay_v<ES, BF16>(smem + LY::VS + slot * LY::VT, smem + LY::VD, tab, nv, tid);
       const float dn = tab[nv];
 #pragma unroll
@@ -1064,17 +1050,17 @@ __global__ void __launch_bounds__(160, MINB)
       consumers_sync();  // Ṽ written by every consumer thread
       wg_fence();
       wg_state_update<D, ES, BF16>(S, sbase + LY::KS + slot * LY::DB * LY::QKT, sbase + LY::VD);
-      wg_commit();
-      wg_wait<0>();
-#pragma unroll
-      for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
-      consumers_sync();  // every share of the product done: Ṽ and the slot may be rewritten
-      if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));
     }
-    wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
-      local[((u64)seg.idx * D + row) * E + e0 + col] = S[mb][i];
-    });
+    wg_commit();
+    wg_wait<0>();
+#pragma unroll
+    for (int mb = 0; mb < D / 64; ++mb) wg_pin(S[mb]);
+    if constexpr (!TST) consumers_sync();  // every share of the product done: Ṽ and the slot may be rewritten
+    if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // (TST: this warp's share read the slot)
   }
+  wg_each_state_entry<D, ES, TST>(r0, c0, [&](int mb, int i, int row, int col) {
+    local[((u64)seg.idx * D + row) * E + e0 + col] = S[mb][i];
+  });
 }
 
 template <int D, int ES, int STAGES>
