@@ -681,6 +681,24 @@ __global__ void chunk_wg_layout(int* out) {
   out[0] = WgSmem<D, ES, STAGES>::ALLOC;
 }
 
+// The state copy's hand-over from a state warpgroup to the output warps (chunk_wg2, chunk_wg32x2): copy j (the state
+// entering chunk j) in buffer j mod 2, its scale 2^s at ups[j mod 2], behind the barriers at cbar — full [2] (128
+// arrivals: every state thread after fencing its own writes for the tensor cores) and empty [2] (4: every output
+// warp after its share of Q S_in, which reads the whole copy). Initialised by thread 0.
+__device__ __forceinline__ void wg_copy_barriers_init(u32 cbar) {
+  for (int b = 0; b < 4; ++b) mbar_init(cbar + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+}
+// Copy j, written by write(buf) (which returns its scale 2^s), once the output warps have released copy j - 2.
+template <class F>
+__device__ __forceinline__ void wg_publish_copy(u32 cbar, float* ups, int j, int t, F&& write) {
+  const int buf = j & 1;
+  if (j >= 2) mbar_wait(cbar + 8 * (2 + buf), ((j >> 1) + 1) & 1);
+  const float up = write(buf);
+  if (t == 0) ups[buf] = up;
+  fence_async_smem();
+  mbar_arrive(cbar + 8 * buf);
+}
+
 // ---- two consumer warpgroups (KERNEL_NOTES v14, v15) ---------------------------------------------------------------
 // One consumer warpgroup issued in 35% of its slots, every warp stalled on its own results (v13's profile), and
 // handing Q Kᵀ, the mask and P V to a second warpgroup gained nothing (v14: chunk_wg's time is its chain's). Here
@@ -860,13 +878,10 @@ struct WgSplit {
   static __device__ __forceinline__ void publish(const float (&S)[DB][NA], unsigned char* smem, int j, int w, int l,
                                                  int r0, int t) {
     const u32 sbase = smem_u32(smem);
-    const int buf = j & 1;
-    if (j >= 2) mbar_wait(sbase + L::CBAR + 8 * (2 + buf), ((j >> 1) + 1) & 1);
-    LB_STAMP(j - 1, 5);  // (chunk j - 1's row: the copy it publishes)
-    const float up = C1::write_copy(S, smem, sbase + copy_at(buf), w, l, r0, TST ? buf : 0);
-    if (t == 0) scales(smem)[buf] = up;
-    fence_async_smem();
-    mbar_arrive(sbase + L::CBAR + 8 * buf);
+    wg_publish_copy(sbase + L::CBAR, scales(smem), j, t, [&](int buf) {
+      LB_STAMP(j - 1, 5);  // (chunk j - 1's row: the copy it publishes)
+      return C1::write_copy(S, smem, sbase + copy_at(buf), w, l, r0, TST ? buf : 0);
+    });
     LB_STAMP(j - 1, 6);
   }
 
@@ -914,13 +929,13 @@ struct WgSplit {
 };
 
 // wg_cta for the kernels with a state warpgroup apart (layout LY: Wg2Smem's head): a slot released by eight warps,
-// and the state copies' full (128 arrivals) and empty (4) barriers.
+// and the state copies' hand-over barriers.
 template <int D, int ES, int NSL, int STAGES, class LY>
 __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS, int L, int N, const double* lam,
                                               int H) {
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
   if (threadIdx.x == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+    wg_copy_barriers_init(cta.sbase + LY::CBAR);
     fence_mbar_init();
   }
   __syncthreads();

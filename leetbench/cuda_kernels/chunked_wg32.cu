@@ -689,14 +689,10 @@ struct Wg32Split {
   // Copy j of the state into buffer j mod 2 once the output warps have read copy j - 2 from it.
   static __device__ __forceinline__ void publish(const float (&S)[DB][NA], unsigned char* smem, int j, int w, int l,
                                                  int r0, int t) {
-    const u32 sbase = smem_u32(smem);
-    const int buf = j & 1;
-    if (j >= 2) mbar_wait(sbase + L::CBAR + 8 * (2 + buf), ((j >> 1) + 1) & 1);
-    const float up = buf ? C1::template write_copy<STATE_BAR, L::SH2, L::SL2, 1>(S, smem, w, l, r0)
-                         : C1::template write_copy<STATE_BAR, L::SH, L::SL, 0>(S, smem, w, l, r0);
-    if (t == 0) reinterpret_cast<float*>(smem + L::UP)[buf] = up;
-    fence_async_smem();
-    mbar_arrive(sbase + L::CBAR + 8 * buf);
+    wg_publish_copy(smem_u32(smem) + L::CBAR, reinterpret_cast<float*>(smem + L::UP), j, t, [&](int buf) {
+      return buf ? C1::template write_copy<STATE_BAR, L::SH2, L::SL2, 1>(S, smem, w, l, r0)
+                 : C1::template write_copy<STATE_BAR, L::SH, L::SL, 0>(S, smem, w, l, r0);
+    });
   }
 
   // The state warps.
@@ -735,7 +731,7 @@ __global__ void __launch_bounds__(256 + 32 * NPW, 1)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);  // empty: the output warps
   if (threadIdx.x == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(cta.sbase + LY::CBAR + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+    wg_copy_barriers_init(cta.sbase + LY::CBAR);
     mbar_init(cta.sbase + LY::PBAR, 128);    // pieces ready: every output thread
     mbar_init(cta.sbase + LY::PBAR + 8, 4);  // pieces free: every state warp
     fence_mbar_init();
