@@ -141,6 +141,13 @@ def run_host_program(source: str, tmp_path: Path, name: str) -> tuple[int, str]:
     return run.returncode, run.stdout
 
 
+def assert_no_mismatch(rc: int, out: str, rows: int) -> None:
+    """A host program's comparison passed: exit status 0 and `rows` lines, each ending in a count of 0 mismatches."""
+    lines = [line.split() for line in out.splitlines()]
+    assert len(lines) == rows
+    assert rc == 0 and all(line[-1] == "0" for line in lines), out
+
+
 def assert_planted_fault_caught(helper: str, good: str, bad: str, compare) -> None:
     """`bad` planted for `good` in a helper's text: `compare(helper) -> (exit status, lines ending in a count of
     mismatches)` must fail."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CXX, KERNELS, assert_planted_fault_caught, cut_definition, run_host_program
+from conftest import (CXX, KERNELS, assert_no_mismatch, assert_planted_fault_caught, cut_definition,
+                      run_host_program)
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 
@@ -152,10 +153,7 @@ def run_comparison(helper: str, tmp_path: Path) -> tuple[int, str]:
 
 
 def test_fragments_follow_the_a_layout(tmp_path: Path) -> None:
-    rc, out = run_comparison(helper_source(), tmp_path)
-    rows = [line.split() for line in out.splitlines()]
-    assert len(rows) == 5
-    assert rc == 0 and all(r[-1] == "0" for r in rows), out
+    assert_no_mismatch(*run_comparison(helper_source(), tmp_path), rows=5)
 
 
 # Each replacement plants a fault in a helper's text; the comparison must see it.

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import CXX, KERNELS, assert_planted_fault_caught, cut_definition, run_host_program
+from conftest import (CXX, KERNELS, assert_no_mismatch, assert_planted_fault_caught, cut_definition,
+                      run_host_program)
 
 # (RB, PC, BLK) as wg_producer uses them: Q / K rows of D = 64, 128, 256 (128-byte tile rows, D/64 blocks of
 # WG_QKT bytes) and V row slices of ES = 64 and 32 (128- and 64-byte rows, one block).
@@ -76,10 +77,7 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 
 
 def test_whole_chunk_copies_match_the_plain_loop(tmp_path: Path) -> None:
-    rc, out = run_comparison(helper_source(), tmp_path)
-    rows = [line.split() for line in out.splitlines()]
-    assert len(rows) == len(LAYOUTS) * len(STRIDES)
-    assert rc == 0 and all(r[-1] == "0" for r in rows), out
+    assert_no_mismatch(*run_comparison(helper_source(), tmp_path), rows=len(LAYOUTS) * len(STRIDES))
 
 
 # Each replacement plants a fault in the helper's text; the comparison must see it.
