@@ -57,3 +57,41 @@ def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "none.csv")], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "none.csv" in proc.stderr
+
+
+
+ROOT = SCRIPT.parent.parent
+PUBLISHED = ROOT / "results" / "gpu-NVIDIA-H200" / "results.csv"
+
+
+def table_lines(text: str) -> dict[str, dict[tuple[str, str], str]]:
+    """The (B, N) lines of each markdown table in `text`, by dtype and (B, N): a header naming `` fp32`` columns
+    starts float32's table, any other bfloat16's (README's published section shows those two)."""
+    tables: dict[str, dict[tuple[str, str], str]] = {}
+    dtype = None
+    for line in text.splitlines():
+        if line.startswith("| B | N |"):
+            dtype = "float32" if "` fp32" in line else "bfloat16"
+            tables[dtype] = {}
+        elif dtype and line.startswith("| ") and not line.startswith("|---"):
+            tables[dtype][tuple(line.split(" | ")[:2])] = line
+        elif not line.startswith("|"):
+            dtype = None
+    return tables
+
+
+def test_readme_published_tables_are_the_published_rows() -> None:
+    """Each (B, N) line of README's published tables is the line readme_tables.py prints for it from the published
+    results.csv — a hand edit or a republish without its tables fails here."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Published leaderboard: NVIDIA H200\n", 1)[1].split("\n## ", 1)[0]
+    readme = table_lines(section)
+    assert set(readme) == {"bfloat16", "float32"} and all(len(t) >= 8 for t in readme.values()), readme
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(PUBLISHED), "--dtypes", "bfloat16,float32", "--methods",
+                           "cupy_chunked,cupy_recurrent,fla_chunk,lightning_attn2,mamba2_ssd"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    printed = table_lines(proc.stdout)
+    wrong = [f"{dtype}: README {line!r}\n  rows   {printed[dtype].get(bn)!r}"
+             for dtype, table in readme.items() for bn, line in table.items() if printed[dtype].get(bn) != line]
+    assert not wrong, "\n".join(wrong)
