@@ -836,12 +836,13 @@ __device__ __forceinline__ void consumers(const typename K::Ctx& x, int warp, bo
 // ---- output kernels ----------------------------------------------------------------------------------------------
 // Grid: B·H·RUNS·NSL CTAs of 160 threads. s0: per-piece initial states [B·H·RUNS, D, E] (or null: zeros);
 // sN: final states [B·H, D, E], written by the last piece of each (b, h).
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, int OPT>
-__global__ void __launch_bounds__(160, MINB)
-    chunk_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
-              u16* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
-              const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
-  using K = Half<D, ES, STAGES, BF16, !BF16 && (OPT & OPT_SCALE16) != 0>;
+// Their one body: the CTA's piece and E slice, the λ^j table, then warps 0-3 consume (K: Half or F32) and warp 4
+// copies Q, K, V tiles of EB-byte elements.
+template <class K, int D, int ES, int NSL, int STAGES, int EB, int OPT, class T>
+__device__ __forceinline__ void chunk_out(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                          T* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
+                                          const double* __restrict__ lam, int H, int N, int E, float scale, int L,
+                                          int RUNS) {
   using LY = typename K::L;
   extern __shared__ __align__(128) unsigned char smem[];
   const u32 sbase = smem_u32(smem);
@@ -853,10 +854,19 @@ __global__ void __launch_bounds__(160, MINB)
     const typename K::Ctx x(smem, o, s0, sN, seg, e0, E, scale, lane);
     consumers<K>(x, warp, (OPT & OPT_ONELOOP) != 0);
   } else {
-    chunk_producer<D, ES, STAGES, 2, LY::QP, LY::VP, true>(q, k, v, seg.tok0, seg.n, E, e0, lane, sbase + LY::QS,
-                                                            sbase + LY::KS, sbase + LY::VS, sbase + LY::BAR,
-                                                            sbase + LY::BAR + 8 * STAGES);
+    chunk_producer<D, ES, STAGES, EB, LY::QP, LY::VP, true>(q, k, v, seg.tok0, seg.n, E, e0, lane, sbase + LY::QS,
+                                                             sbase + LY::KS, sbase + LY::VS, sbase + LY::BAR,
+                                                             sbase + LY::BAR + 8 * STAGES);
   }
+}
+
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, int OPT>
+__global__ void __launch_bounds__(160, MINB)
+    chunk_fwd(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+              u16* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
+              const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
+  using K = Half<D, ES, STAGES, BF16, !BF16 && (OPT & OPT_SCALE16) != 0>;
+  chunk_out<K, D, ES, NSL, STAGES, 2, OPT>(q, k, v, o, s0, sN, lam, H, N, E, scale, L, RUNS);
 }
 
 template <int D, int ES, int NSL, int STAGES, int OPT>
@@ -864,22 +874,7 @@ __global__ void __launch_bounds__(160, 1)
     chunk_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
               float* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
               const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS) {
-  using K = F32<D, ES, STAGES>;
-  using LY = typename K::L;
-  extern __shared__ __align__(128) unsigned char smem[];
-  const u32 sbase = smem_u32(smem);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int e0 = (blockIdx.x % NSL) * ES;
-  const Seg seg = seg_of(blockIdx.x / NSL, RUNS, L, N);
-  chunk_prologue<STAGES>(sbase + LY::BAR, reinterpret_cast<float*>(smem + LY::TAB), lam[seg.bh % H], tid);
-  if (warp < 4) {
-    const typename K::Ctx x(smem, o, s0, sN, seg, e0, E, scale, lane);
-    consumers<K>(x, warp, (OPT & OPT_ONELOOP) != 0);
-  } else {
-    chunk_producer<D, ES, STAGES, 4, LY::QP, LY::VP, true>(q, k, v, seg.tok0, seg.n, E, e0, lane, sbase + LY::QS,
-                                                            sbase + LY::KS, sbase + LY::VS, sbase + LY::BAR,
-                                                            sbase + LY::BAR + 8 * STAGES);
-  }
+  chunk_out<F32<D, ES, STAGES>, D, ES, NSL, STAGES, 4, OPT>(q, k, v, o, s0, sN, lam, H, N, E, scale, L, RUNS);
 }
 
 // ---- state-only pass (sequence parallel, pass 1) -------------------------------------------------------------------
