@@ -72,12 +72,15 @@ def peers() -> dict[str, Callable]:
     return out
 
 
+LOOKBACK_PIECES = (256, 512, 1024, 2048)  # tokens per piece of the look-back kernel's variants
+
+
 def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
     two output warpgroups, two E slices sharing their scores, two state copies, the state held transposed, Q in
-    registers, bulk output stores; float32: fewer producer warps, their split, the state chain apart: `v2sa32` in
-    one pass at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2)."""
+    registers, bulk output stores, the look-back kernel; float32: fewer producer warps, their split, the state chain
+    apart: `v2sa32` in one pass at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
@@ -148,14 +151,16 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2wg2e", "v2wg2ep", "v2P2wg2e", "v2P2wg2p", "v2P2wg2ep"):  # the state held transposed (TST)
                 if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].es == 64:
                     out[key + "t"] = {**out[key], "plan": ops.transposed_state_plan(out[key]["plan"])}
-            for key in ("v2wg2e", "v2wg2et", "v2P2wg2e", "v2P2wg2et"):  # Q in the output warps' registers (QREG)
-                if key in out and out[key]["plan"].wgs == 2:
+            for key in ("v2wg2e", "v2wg2et", "v2P2wg2e", "v2P2wg2et"):  # Q in the output warps' registers (QREG;
+                if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].minb == 1:  # one CTA per SM)
                     out[key + "q"] = {**out[key], "plan": ops.register_q_plan(out[key]["plan"])}
             for key in ("v2wg2et", "v2wg2etq", "v2P2wg2et", "v2P2wg2etq"):  # output rows by bulk copies (BULK)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "b"] = {**out[key], "plan": ops.bulk_store_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
+            if E % 64 == 0:  # the look-back kernel (chunk_wg2lb, v48) over pieces of L tokens: `v2lb<L>`
+                out.update({f"v2lb{L}": {"lookback": L} for L in LOOKBACK_PIECES})
     return out
 
 
@@ -198,8 +203,11 @@ def worst(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((num / torch.linalg.vector_norm(b.float().flatten(2), dim=-1).clamp_min(1e-30)).max())
 
 
-def variant_launch(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> tuple[ops.ChunkPlan, int]:
+def variant_launch(B: int, H: int, N: int, D: int, E: int, dtype: str,
+                   kw: dict) -> tuple[ops.ChunkPlan | ops.LookbackPlan, int]:
     """The plan a variant's outputs come from and its segments (1: one pass), as `ops.chunked` resolves `kw`."""
+    if "lookback" in kw:
+        return ops.lookback_plan(D, E, dtype, kw["lookback"]), 1
     if "plan" in kw:
         return kw["plan"], kw.get("segments", 1)
     seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))
@@ -209,6 +217,8 @@ def variant_launch(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict)
 def variant_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dict) -> str:
     """The template instance a variant's outputs come from (its state pass and scan left out)."""
     plan, segments = variant_launch(B, H, N, D, E, dtype, kw)
+    if isinstance(plan, ops.LookbackPlan):
+        return f"{plan.name} L={plan.piece}"
     return plan.name if segments == 1 else f"{plan.name} P={segments}"
 
 
@@ -216,8 +226,11 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
     """Multiply-adds a variant's kernels issue per token and head, counted as KERNEL_NOTES v24 and v29 count
     them (generation 2; None for generation 1): Q Kᵀ once per CTA's columns (each of the plan's `cl` slices, a
     pair's two sharing theirs), P V, Q S_in and Kᵀ Ṽ, and in P segments the state pass's Kᵀ V over all but the
-    last; three of each in float32 (float16 pieces). Its rate is the kernel's ceiling where memory is not."""
+    last (the look-back kernel: over every token); three of each in float32 (float16 pieces). Its rate is the
+    kernel's ceiling where memory is not."""
     plan, segments = variant_launch(B, H, N, D, E, dtype, kw)
+    if isinstance(plan, ops.LookbackPlan):
+        return ops.CHUNK * D * plan.cl + ops.CHUNK * E + 3 * D * E
     if plan.gen != 2:
         return None
     macs = ops.CHUNK * D * plan.cl + ops.CHUNK * E + 2 * D * E + D * E * (segments - 1) / segments

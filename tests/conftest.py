@@ -122,11 +122,12 @@ KERNELS = Path(__file__).resolve().parent.parent / "leetbench" / "cuda_kernels"
 CXX = shutil.which("c++") or shutil.which("g++")
 
 
-def cut_definition(text: str, start: str) -> str:
-    """The definition beginning at `start` in a kernel source, through the first closing brace in column 0."""
+def cut_definition(text: str, start: str, end: str = "\n}\n") -> str:
+    """The definition beginning at `start` in a kernel source, through the first `end` (a closing brace in column
+    0; "\n};\n" for a struct)."""
     i = text.index(start)
-    j = text.index("\n}\n", i)
-    return text[i:j + 3]
+    j = text.index(end, i)
+    return text[i:j + len(end)]
 
 
 def run_host_program(source: str, tmp_path: Path, name: str) -> tuple[int, str]:

@@ -350,6 +350,43 @@ def test_wg_plans(dtype, D, E):
 
 
 @needs_wg
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("D, E", [(128, 128), (64, 64), (64, 256), (128, 192)])
+def test_lookback(dtype, D, E):
+    """The look-back kernel (chunk_wg2lb) against float64: pieces of one chunk to many, a piece cut short at the
+    sequence's end and a sequence shorter than one piece, an initial state, λ = 1 and λ = 1e-6, B, H > 1, and far
+    more work items than SMs (each CTA taking many tickets, each pair a long chain of look-backs)."""
+    bad = []
+    cases = [((1, 2, 1000, "multiscale", True), (64, 128, 192, 2048)), ((2, 3, 131, 1.0, False), (64, 128)),
+             ((2, 3, 200, 1e-6, True), (64, 192)), ((1, 4, 8192, "retnet", True), (64, 512)),
+             ((3, 5, 4099, 0.5, False), (256,))]
+    for (B, H, N, decay, s0), pieces in cases:
+        x = _inputs(B, H, N, D, E, dtype, decay, s0, seed=N + D + E)
+        for L in pieces:
+            try:
+                _direct(x, EXPECTED[dtype], lookback=L)
+            except AssertionError as exc:
+                bad.append(f"B{B} H{H} N{N} L{L}: {exc}")
+    assert not bad, "\n".join(bad)
+
+
+@needs_wg
+def test_lookback_refuses_what_it_cannot_take():
+    """lookback: a one-line ValueError naming the bad value (float32, E not a multiple of 64, a piece that is not a
+    positive multiple of 64 tokens, a plan or segments beside it)."""
+    x = _inputs(1, 2, 256, 64, 64, "bfloat16", "multiscale", False)
+    for kw, words in (({"lookback": 100}, "lookback=100"), ({"lookback": 0}, "lookback=0"),
+                      ({"lookback": 64, "segments": 2}, "segments")):
+        with pytest.raises(ValueError, match=words):
+            ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale, **kw)
+    with pytest.raises(ValueError, match="E=96"):
+        ops.chunked(x.q, x.k, x.v[..., :32].repeat(1, 1, 1, 3), x.decay, scale=x.scale, lookback=64)
+    f = _inputs(1, 2, 256, 64, 64, "float32", "multiscale", False)
+    with pytest.raises(ValueError, match="float32"):
+        ops.chunked(f.q, f.k, f.v, f.decay, scale=f.scale, lookback=64)
+
+
+@needs_wg
 @pytest.mark.parametrize("es", [64, 32])
 @pytest.mark.parametrize("dtype", ALL)
 def test_wg_each_product(dtype, es):
@@ -507,6 +544,7 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
         assert ops.smem_bytes("wg4", 128, 64, 2, 0) == 200704                 # _stub_wg4_smem
         assert ops.smem_bytes("wg4q", 128, 64, 3, 0) == 231424 == ops.smem_bytes("wg4", 128, 64, 3, 0) - 2 * 64 * 72 * 2
+        assert ops.smem_bytes("wglb", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 2 * 80 * 4  # _stub_wglb
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 
@@ -610,6 +648,8 @@ _SANITIZE = textwrap.dedent("""
             run(ops.chunked, 2, 1, 131, 64, 64, dt, True, plan=ops.shared_scores_plan(plan(2, 1, 64, 64, dt, es=32)))
             copies = ops.two_copy_plan(plan(1, 2, 128, 128, dt, es=64, wgs=1))  # chunk_wg, two state copies
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=copies, segments=3)
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, lookback=128)  # chunk_wg2lb: look-backs, tails
+            run(ops.chunked, 2, 1, 131, 64, 64, dt, False, lookback=64)
     f32 = torch.float32
     if GEN == 1:
         run(ops.chunked, 1, 2, 131, 64, 64, f32, True, plan=plan(1, 2, 64, 64, f32))  # 3xTF32 path

@@ -160,13 +160,13 @@ def _stub_smem(kind: str, D: int, es: int, stages: int, dev: int) -> int:
 
 @pytest.fixture
 def h200(monkeypatch):
-    for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan):
+    for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan, ops.lookback_plan):
         fn.cache_clear()
     monkeypatch.setattr(ops, "device_limits", lambda dev: Limits(132, 232448, 233472, 1024))
     monkeypatch.setattr(ops, "smem_bytes", _stub_smem)
     monkeypatch.setattr(ops, "device_gen", lambda dev: 1)  # the rules of generation 1 (chunked.cu)
     yield
-    for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan):
+    for fn in (ops.chunk_plan, ops.state_plan, ops.seq_plan, ops.lookback_plan):
         fn.cache_clear()
 
 
@@ -218,6 +218,11 @@ def _stub_wg32_state_smem(D: int, es: int) -> int:
     return 1024 + 2 * tiles + 2 * (64 * (D + 4) * 4 + 64 * (es + 4) * 4) + 2 * 4 * 16 + 2 * 16 + 1024
 
 
+def _stub_wglb_smem(D: int, stages: int) -> int:
+    """chunked_wglb.cu's WgLbSmem::ALLOC: Wg2Smem's at ES = 64, then a second λ table (2·80 floats)."""
+    return _stub_wg2_smem(D, 64, stages) + 2 * 80 * 4
+
+
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
     """chunked_wg.cu's WgStateSmem::ALLOC: K and V tiles per stage, Ṽ, behind a 1 KB head, plus 1 KB to align."""
     vt = 64 * 2 * es
@@ -233,7 +238,8 @@ def h200_gen2(h200, monkeypatch):
              "wg32": lambda D, es, st: _stub_wg32_smem(D, es),
              "wg32s": lambda D, es, st: _stub_wg32_state_smem(D, es),
              "wg32x2": lambda D, es, st: _stub_wg32x2_smem(D, es),
-             "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st)}
+             "wgstate": lambda D, es, st: _stub_wgstate_smem(D, es, st),
+             "wglb": lambda D, es, st: _stub_wglb_smem(D, st)}
     monkeypatch.setattr(ops, "smem_bytes", lambda kind, D, es, st, dev: stubs[kind](D, es, st) if kind in stubs
                         else real(kind, D, es, st, dev))
     monkeypatch.setattr(ops, "device_gen", lambda dev: 2)
@@ -642,6 +648,19 @@ def test_bench_counts_each_variants_products(h200_gen2):
     assert bench.line(row).startswith("bf16 B8 H32 N65536 D128 E128 P=1: v2=5.536*(73%, 298 TF) fla=12.000(34%)")
 
 
+def test_bench_times_the_lookback_kernel(h200_gen2):
+    """bench_kernels.py --gen times chunk_wg2lb in 16 bits at E a multiple of 64 over pieces of 256 … 2048 tokens,
+    names its instance with the piece and counts its state products over every token; none in float32 or at
+    E = 32."""
+    bench = _bench_module()
+    kws = bench.gen_variants(1, 32, 128, 128, "bfloat16")
+    assert [n for n in kws if n.startswith("v2lb")] == ["v2lb256", "v2lb512", "v2lb1024", "v2lb2048"]
+    assert bench.variant_plan(1, 32, 16384, 128, 128, "bfloat16", kws["v2lb1024"]) == "chunk_wg2lb<128,2,4,true> L=1024"
+    assert bench.variant_products(1, 32, 16384, 128, 128, "bfloat16", kws["v2lb512"]) == 57344 + 128 * 128
+    assert not any(n.startswith("v2lb") for n in bench.gen_variants(1, 32, 128, 128, "float32"))
+    assert not any(n.startswith("v2lb") for n in bench.gen_variants(8, 32, 64, 32, "float16"))
+
+
 def _bench_module():
     spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parent.parent / "scripts"
                                                   / "bench_kernels.py")
@@ -678,3 +697,15 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
 
+
+def test_lookback_plan(h200_gen2):
+    """chunk_wg2lb: 16-bit, E in 64-column slices, the deepest pipeline one CTA per SM holds; a one-line error naming
+    the bad value otherwise."""
+    lb = ops.lookback_plan(128, 128, "bfloat16", 1024)
+    assert (lb.name, lb.piece, lb.smem) == ("chunk_wg2lb<128,2,4,true>", 1024, _stub_wglb_smem(128, 4))
+    assert ops.lookback_plan(64, 256, "float16", 64).name == "chunk_wg2lb<64,4,4,false>"
+    for args, words in (((128, 128, "float32", 1024), "bfloat16 or float16 .got float32"),
+                        ((128, 96, "bfloat16", 1024), "E=96"), ((256, 128, "bfloat16", 1024), "D=256"),
+                        ((128, 128, "bfloat16", 1000), "lookback=1000"), ((128, 128, "bfloat16", 0), "lookback=0")):
+        with pytest.raises(ValueError, match=words):
+            ops.lookback_plan(*args)

@@ -34,7 +34,8 @@ KERNEL_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
 # Sources that use architecture-specific instructions (wgmma needs sm_90a, which CuPy's RawModule cannot
 # name: it appends its own -arch=sm_XX), compiled through NVRTC directly for that target.
-ARCH_SPECIFIC = {"chunked_wg.cu": "sm_90a", "chunked_wg32.cu": "sm_90a", "chunked_wg4.cu": "sm_90a"}
+ARCH_SPECIFIC = {"chunked_wg.cu": "sm_90a", "chunked_wg32.cu": "sm_90a", "chunked_wg4.cu": "sm_90a",
+                 "chunked_wglb.cu": "sm_90a"}
 _DEFAULT_SMEM = 48 * 1024
 _CU_FUNC_ATTRIBUTE_NUM_REGS = 4  # CUfunction_attribute values (cuda.h)
 _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8

@@ -209,9 +209,15 @@ struct EvenSplit {
 
 // ---- pieces every kernel shares ------------------------------------------------------------------------------
 
+// Entry j of the table λ^j, j = 0..C: formed in float64 from log λ, and at +TAB_LO floats its float64 remainder.
+__device__ __forceinline__ void decay_table_entry(float* tab, double lam, int j) {
+  const double p = exp(log(lam) * (double)j);
+  tab[j] = (float)p;
+  tab[TAB_LO + j] = (float)(p - (double)(float)p);
+}
+
 // mbarriers from shared offset 0: full[STAGES] (the producer's lanes), empty[STAGES] (the consumer warps).
-// Then the table λ^j, j = 0..C, formed in float64 from log λ, and at +TAB_LO floats the float64 remainder of
-// each power.
+// Then the table λ^j (decay_table_entry).
 template <int STAGES>
 __device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam, int tid, u32 producers = 32,
                                                u32 consumer_warps = 4) {
@@ -223,11 +229,7 @@ __device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam,
     }
     fence_mbar_init();
   }
-  if (tid <= CH) {
-    const double p = exp(log(lam) * (double)tid);
-    tab[tid] = (float)p;
-    tab[TAB_LO + tid] = (float)(p - (double)(float)p);
-  }
+  if (tid <= CH) decay_table_entry(tab, lam, tid);
   __syncthreads();
 }
 

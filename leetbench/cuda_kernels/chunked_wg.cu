@@ -124,6 +124,49 @@ __device__ __forceinline__ void wg_copy_rows(int lane, u64 stride, F&& f) {
   for (int i = 0; i < CH / RPI; ++i) f(at[i % PERIOD] + (u32)(i * RPI * RB), src + (u64)(i * RPI) * stride);
 }
 
+// One chunk's copies into slot `slot` (Q — unless LOADQ is false — K, and NV V slices; see wg_producer), rows from
+// token row t0 on; a partial chunk (nv < CH) through the plain loop, which zero-fills the rows past the piece's end.
+template <class L, int D, int STAGES, bool LOADQ, int NV = 1>
+__device__ __forceinline__ void wg_copy_chunk(const u16* q, const u16* k, const u16* v, u64 t0, int nv, int E, int e0,
+                                              int lane, u32 sbase, int slot) {
+  constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
+  constexpr int VPC = L::VRB / 16;  // per V row slice
+  const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
+  const u32 vd = sbase + L::VS + slot * L::VT;
+  if (nv == CH) {  // every chunk but a piece's partial last one
+    const u16 *qc = q + t0 * D, *kc = k + t0 * D;
+    wg_copy_rows<128, QPC, L::QKT>(lane, D, [&](u32 so, u64 off) {
+      if (LOADQ) cp_async16(qd + so, qc + off, 16u);
+      cp_async16(kd + so, kc + off, 16u);
+    });
+#pragma unroll
+    for (int sl = 0; sl < NV; ++sl) {
+      const u16* vc = v + t0 * E + e0 + sl * (L::VRB / 2);
+      const u32 vs = vd + sl * STAGES * L::VT;
+      wg_copy_rows<L::VRB, VPC, 0>(lane, (u64)E, [&](u32 so, u64 off) { cp_async16(vs + so, vc + off, 16u); });
+    }
+  } else {
+#pragma unroll 8
+    for (int idx = lane; idx < CH * QPC; idx += 32) {
+      const int row = idx / QPC, p = idx % QPC;
+      const bool ok = row < nv;
+      const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
+      const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
+      if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
+      cp_async16(kd + so, k + off, ok ? 16u : 0u);
+    }
+#pragma unroll
+    for (int sl = 0; sl < NV; ++sl)
+#pragma unroll 4
+      for (int idx = lane; idx < CH * VPC; idx += 32) {
+        const int row = idx / VPC, p = idx % VPC;
+        const bool ok = row < nv;
+        cp_async16(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
+                   v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
+      }
+  }
+}
+
 // The producer warp: chunk c into slot c mod STAGES (Q — unless LOADQ is false — and K as D/64 blocks of
 // 64 × 128 bytes, this CTA's V slice as 64 rows of VRB bytes, at layout L's offsets; NV slices side by side in
 // E, slice s's tiles STAGES·VT bytes after slice s - 1's), then chunk c-1's copies awaited, fenced for the async
@@ -134,8 +177,6 @@ __device__ __forceinline__ void wg_copy_rows(int lane, u64 stride, F&& f) {
 template <class L, int D, int STAGES, bool LOADQ, int NV = 1, bool EARLY = false>
 __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u16* v, u64 tok0, int n, int E,
                                             int e0, int lane, u32 sbase) {
-  constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
-  constexpr int VPC = L::VRB / 16;  // per V row slice
   const int nchunks = (n + CH - 1) / CH;
   for (int c = 0; c < nchunks; ++c) {
     LB_STAMP(c, 0);
@@ -153,40 +194,7 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
     LB_STAMP(c, 1);
     const int nv = min(CH, n - c * CH);
     const u64 t0 = tok0 + (u64)c * CH;
-    const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
-    const u32 vd = sbase + L::VS + slot * L::VT;
-    if (nv == CH) {  // every chunk but a piece's partial last one
-      const u16 *qc = q + t0 * D, *kc = k + t0 * D;
-      wg_copy_rows<128, QPC, L::QKT>(lane, D, [&](u32 so, u64 off) {
-        if (LOADQ) cp_async16(qd + so, qc + off, 16u);
-        cp_async16(kd + so, kc + off, 16u);
-      });
-#pragma unroll
-      for (int sl = 0; sl < NV; ++sl) {
-        const u16* vc = v + t0 * E + e0 + sl * (L::VRB / 2);
-        const u32 vs = vd + sl * STAGES * L::VT;
-        wg_copy_rows<L::VRB, VPC, 0>(lane, (u64)E, [&](u32 so, u64 off) { cp_async16(vs + so, vc + off, 16u); });
-      }
-    } else {
-#pragma unroll 8
-      for (int idx = lane; idx < CH * QPC; idx += 32) {
-        const int row = idx / QPC, p = idx % QPC;
-        const bool ok = row < nv;
-        const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
-        const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
-        if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
-        cp_async16(kd + so, k + off, ok ? 16u : 0u);
-      }
-#pragma unroll
-      for (int sl = 0; sl < NV; ++sl)
-#pragma unroll 4
-        for (int idx = lane; idx < CH * VPC; idx += 32) {
-          const int row = idx / VPC, p = idx % VPC;
-          const bool ok = row < nv;
-          cp_async16(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
-                     v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
-        }
-    }
+    wg_copy_chunk<L, D, STAGES, LOADQ, NV>(q, k, v, t0, nv, E, e0, lane, sbase, slot);
     cp_async_commit();
     LB_STAMP(c, 2);
     if (c > 0 && !told) {
@@ -767,23 +775,24 @@ struct WgSplit {
     }
   }
 
-  // Chunk c on the output warps: its tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into acc_o)
-  // issued, `meanwhile()` run while they do, P = (Q Kᵀ) ⊙ M formed, O = c·diag(λ^(i+1)) 2^s Q S_in + P V into
-  // acc_o, the copy and the slot released. Returns the chunk's token count.
+  // A chunk on the output warps (min(CH, rest) tokens), the c-th through the slots and the j-th through the state
+  // copies (in chunk_wg2 both its index; chunk_wg2lb's walks count on): its tiles and state copy awaited, Q Kᵀ (into
+  // acc_a) and Q S_in (into acc_o) issued, `meanwhile()` run while they do, P = (Q Kᵀ) ⊙ M formed,
+  // O = c·diag(λ^(i+1)) 2^s Q S_in + P V into acc_o, the copy and the slot released. Returns its token count.
   template <class F>
-  static __device__ __forceinline__ int chunk_products(unsigned char* smem, int seg_n, int c, float (&acc_a)[32],
+  static __device__ __forceinline__ int chunk_products(unsigned char* smem, int rest, int c, int j, float (&acc_a)[32],
                                                         float (&acc_o)[NA], float (&mask)[32], float scale, float f0,
                                                         float f1, int l, int r0, int c0, F&& meanwhile) {
     const u32 sbase = smem_u32(smem);
-    const int slot = c % STAGES, buf = c & 1;
+    const int slot = c % STAGES, buf = j & 1;
     LB_STAMP(c, 0);
     mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
     LB_STAMP(c, 1);
-    const int nv = min(CH, seg_n - c * CH);
+    const int nv = min(CH, rest);
     const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
     [[maybe_unused]] u32 qa[QREG ? D / 16 : 1][4];
     if constexpr (QREG) wg_load_q<D>(qa, qs, r0 >> 4, l);  // (before the copy is awaited: the loads' latency)
-    mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
+    mbar_wait(sbase + L::CBAR + 8 * buf, (j >> 1) & 1);  // copy j from the state warps
     LB_STAMP(c, 2);
     wg_fence();
     const u32 ks = sbase + L::KS + slot * DB * L::QKT, cs = sbase + copy_at(buf);
@@ -807,8 +816,8 @@ struct WgSplit {
     wg_pin(acc_o);
     if constexpr (QREG) wg_keep(qa);
     LB_STAMP(c, 4);
-    const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
-    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
+    const float up = scales(smem)[buf];  // read before the copy is released: copy j + 2 rewrites it
+    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy j
     wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
     LB_STAMP(c, 5);
     if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
@@ -830,7 +839,7 @@ struct WgSplit {
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = first; c < nchunks; c += step) {
       float acc_a[32], acc_o[NA];
-      const int nv = chunk_products(smem, seg.n, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
+      const int nv = chunk_products(smem, seg.n - c * CH, c, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
       store(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
       LB_STAMP(c, 6);
     }
@@ -843,7 +852,7 @@ struct WgSplit {
                                                     int e0, int E, float scale, int c, float (&acc_a)[32],
                                                     float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
                                                     float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
-    chunk_products(smem, seg.n, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
+    chunk_products(smem, seg.n - c * CH, c, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
       if (c > 0) store(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
     });
   }
@@ -885,6 +894,35 @@ struct WgSplit {
     LB_STAMP(j - 1, 6);
   }
 
+  // The state warps' step over the c-th chunk through the slots (min(CH, rest) tokens): S = λ^n S + Kᵀ Ṽ, the slot
+  // released by this warpgroup's share.
+  static __device__ __forceinline__ void state_chunk(float (&S)[DB][NA], unsigned char* smem, u32 sbase, const float* tab,
+                                                     int c, int rest, int w, int l, int t) {
+    const int slot = c % STAGES;
+    LB_STAMP(c, 0);
+    mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+    LB_STAMP(c, 1);
+    const int nv = min(CH, rest);
+    if constexpr (TST) {
+      u32 va[4][4];
+      wg_begin_chunk_t<D, BF16>(S, va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
+      LB_STAMP(c, 2);
+      wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
+    } else {
+      C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
+      LB_STAMP(c, 2);
+      wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
+    }
+    wg_commit();
+    wg_wait<0>();
+#pragma unroll
+    for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
+    LB_STAMP(c, 3);
+    if constexpr (!TST) wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
+    LB_STAMP(c, 4);
+    if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // (TST: this warp's share read the slot)
+  }
+
   // The state warps. TST: S holds Sᵀ (S[nb] its block over columns 64·nb.. of D) and each warp's Ṽᵀ is its own
   // registers, so the warps meet only where write_copy's float16 maxima need it (two sets, alternating: a warp may
   // write the next copy's maximum before another has read this one's).
@@ -899,29 +937,7 @@ struct WgSplit {
     publish(S, smem, 0, w, l, r0, t);
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES;
-      LB_STAMP(c, 0);
-      mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
-      LB_STAMP(c, 1);
-      const int nv = min(CH, seg.n - c * CH);
-      if constexpr (TST) {
-        u32 va[4][4];
-        wg_begin_chunk_t<D, BF16>(S, va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
-        LB_STAMP(c, 2);
-        wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
-      } else {
-        C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
-        LB_STAMP(c, 2);
-        wg_state_update<D, ES, BF16>(S, sbase + L::KS + slot * DB * L::QKT, sbase + L::VD);
-      }
-      wg_commit();
-      wg_wait<0>();
-#pragma unroll
-      for (int mb = 0; mb < DB; ++mb) wg_pin(S[mb]);
-      LB_STAMP(c, 3);
-      if constexpr (!TST) wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
-      LB_STAMP(c, 4);
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // (TST: this warp's share read the slot)
+      state_chunk(S, smem, sbase, tab, c, seg.n - c * CH, w, l, t);
       if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
     }
     C1::template store_state<TST>(S, sN, seg, e0, E, r0, c0);

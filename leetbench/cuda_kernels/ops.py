@@ -127,7 +127,8 @@ def setup_recurrent(problem) -> None:
 # ---- chunked, tensor cores ---------------------------------------------------------------------------------
 
 _CHUNK_FILES = ("common.cuh", "chunked.cu")
-_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu", "chunked_wg4.cu")  # gen 2
+_WG_FILES = ("common.cuh", "chunked.cu", "hopper.cuh", "chunked_wg.cu", "chunked_wg32.cu", "chunked_wg4.cu",
+             "chunked_wglb.cu")  # gen 2
 CHUNKED_FILES = tuple(dict.fromkeys(_CHUNK_FILES + _WG_FILES))  # every source a chunked kernel compiles from
 OPT_SCALE16 = 1  # chunked.cu OPT bit: float16 state copy scaled by powers of two (never Inf)
 OPT_ONELOOP = 2  # chunked.cu OPT bit: one consumer loop, one bar.sync (compute-sanitizer synccheck passes)
@@ -144,10 +145,11 @@ def smem_bytes(kind: str, D: int, es: int, stages: int, dev: int) -> int:
     chunked_wg32.cu, whose one staging slot makes `stages` 1, wg32s, its state pass with two sets of pieces
     and stagings, and wg32x2, its state chain apart with two state copies), as the compiled module defines it
     (chunk_layout, chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout, chunk_wg_state_layout, chunk_wg32_layout,
-    chunk_wg32x2_layout; wg4: chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu)."""
+    chunk_wg32x2_layout; wg4: chunk_wg4_layout, two E slices of `es` columns per CTA in chunked_wg4.cu; wglb:
+    chunk_wg2lb_layout in chunked_wglb.cu, `es` 64)."""
     key = (kind, D, es, stages, dev)
     if key not in _layouts:
-        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wg32s", "wg32x2", "wgstate"):
+        if kind in ("wg", "wg2", "wg3", "wg4", "wg4q", "wg32", "wg32s", "wg32x2", "wgstate", "wglb"):
             _read_wg_layouts(dev)
         else:
             _read_layouts(dev)
@@ -181,17 +183,19 @@ _WG32_PRODUCERS = 4  # chunk_wg32's producer warps: the chunk's copies and its m
 
 def _read_wg_layouts(dev: int) -> None:
     """Every generation-2 layout: 16-bit (D, ES, stages) from chunk_wg_layout, chunk_wg2_layout, chunk_wg3_layout,
-    chunk_wg4_layout and chunk_wg_state_layout, float32 (D, ES) from chunk_wg32_layout, chunk_wg32_state_layout and
-    chunk_wg32x2_layout."""
+    chunk_wg4_layout, chunk_wg_state_layout and chunk_wg2lb_layout (ES = 64), float32 (D, ES) from
+    chunk_wg32_layout, chunk_wg32_state_layout and chunk_wg32x2_layout."""
     combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wg4", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
     combos += [("wg4q", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES if _qstage_fits(D, es)]
     combos += [(kind, D, es, 1) for kind in ("wg32", "wg32s", "wg32x2") for D in _WG_D for es in _WG_ES]
+    combos += [("wglb", D, 64, st) for D in _WG_D for st in _STAGES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
                 "wg3": "chunk_wg3_layout<{},{},{}>", "wg4": "chunk_wg4_layout<{},{},{}>",
                 "wg4q": "chunk_wg4_layout<{},{},{},true>",
                 "wgstate": "chunk_wg_state_layout<{},{},{}>", "wg32": "chunk_wg32_layout<{},{}>",
-                "wg32s": "chunk_wg32_state_layout<{},{}>", "wg32x2": "chunk_wg32x2_layout<{},{}>"}
+                "wg32s": "chunk_wg32_state_layout<{},{}>", "wg32x2": "chunk_wg32x2_layout<{},{}>",
+                "wglb": "chunk_wg2lb_layout<{0},{2}>"}
     names = [template[kind].format(D, es, st) for kind, D, es, st in combos]
     for (kind, D, es, st), nbytes in zip(combos, _read_back(_WG_FILES, names, dev)):
         _layouts[(kind, D, es, st, dev)] = nbytes
@@ -856,8 +860,67 @@ def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg:
     return o, sN
 
 
+@dataclass(frozen=True)
+class LookbackPlan:
+    """chunk_wg2lb (chunked_wglb.cu): one persistent kernel over pieces of `piece` tokens of every (head, 64-column
+    E slice), each piece's entering state handed over from the piece before by a look-back, k and v read from
+    DRAM once (KERNEL_NOTES v48)."""
+
+    D: int
+    cl: int      # E slices of 64 columns
+    stages: int
+    bf16: bool
+    piece: int   # L: tokens per piece, a multiple of CHUNK
+    smem: int
+    threads: int = 288
+    files: tuple[str, ...] = _WG_FILES
+
+    @property
+    def name(self) -> str:
+        return f"chunk_wg2lb<{self.D},{self.cl},{self.stages},{str(self.bf16).lower()}>"
+
+
+@functools.lru_cache(maxsize=None)
+def lookback_plan(D: int, E: int, dtype: str, piece: int, dev: int = 0) -> LookbackPlan:
+    """chunk_wg2lb's plan: 16-bit inputs on generation 2, D in (64, 128), E a multiple of 64, pieces of `piece`
+    tokens (a positive multiple of 64); the deepest pipeline that fits one CTA per SM. ValueError naming what is
+    not so."""
+    if dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"the look-back kernel takes bfloat16 or float16 (got {dtype})")
+    if D not in _WG_D or E % 64:
+        raise ValueError(f"the look-back kernel needs D in {_WG_D} and E a multiple of 64 (got D={D}, E={E})")
+    if piece <= 0 or piece % CHUNK:
+        raise ValueError(f"lookback={piece}: pieces are a positive multiple of {CHUNK} tokens")
+    if device_gen(dev) != 2:
+        raise ValueError("the look-back kernel is generation 2's (compute capability 9.0)")
+    lim = device_limits(dev)
+    fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wglb", D, 64, s, dev), 1)]
+    if not fits:
+        raise ValueError(f"the look-back kernel's tiles at D={D} do not fit shared memory")
+    return LookbackPlan(D=D, cl=E // 64, stages=max(fits), bf16=dtype == "bfloat16", piece=piece,
+                        smem=smem_bytes("wglb", D, 64, max(fits), dev))
+
+
+def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
+    """chunk_wg2lb over B·H·cl·⌈N / piece⌉ work items on min(SMs, items) CTAs: (o, final state)."""
+    B, H, N, D = q.shape
+    E = v.shape[-1]
+    runs = -(-N // plan.piece)
+    pairs = B * H * plan.cl
+    o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
+    sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
+    ring = torch.empty(pairs * 2 * D * 64, dtype=torch.float32, device=v.device)  # two published states a pair
+    flags = torch.zeros(pairs * 2 + 1, dtype=torch.int32, device=v.device)  # and the ticket counter
+    i32 = np.int32
+    args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s0), _ptr(sN), _ptr(decay), i32(H), i32(N), i32(E),
+            np.float32(scale), i32(plan.piece), i32(runs), i32(B * H), _ptr(ring), _ptr(flags))
+    grid = min(device_limits(dev).sm_count, pairs * runs)
+    kernel(plan.files, plan.name, dev)(grid, plan.threads, args, plan.smem)
+    return o, sN
+
+
 def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None,
-            segments: int | None = None, scan: str = "cuda", gen: int | None = None):
+            segments: int | None = None, scan: str = "cuda", gen: int | None = None, lookback: int | None = None):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
     Warpgroup products (wgmma) on compute capability 9.0 for D ∈ {64, 128}, E a multiple of 32 (generation
@@ -866,6 +929,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     segments: None = sequence parallel when the plan's rule says so (seq_plan), 1 = one pass, P ≥ 2 = P
     segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
     gen: the kernel generation of the default plans (None: the newest the device and shape allow).
+    lookback: pieces of this many tokens through the look-back kernel (lookback_plan), instead of any of the above.
     """
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
@@ -875,6 +939,12 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
         if t.data_ptr() % 16:
             raise ValueError("chunked: q, k, v must be 16-byte aligned")
     dtype = str(q.dtype).removeprefix("torch.")
+    if lookback is not None:
+        if plan is not None or segments is not None:
+            raise ValueError("chunked: lookback is a plan of its own (got a plan or segments as well)")
+        lb = lookback_plan(D, E, dtype, lookback, dev)
+        if N:  # (no pieces at N = 0: the one-pass kernel below hands S0 back)
+            return _lookback(lb, dev, q, k, v, decay, scale, s0)
     seq = None if (plan is not None and segments is None) or N == 0 else seq_plan(
         B, H, N, D, E, dtype, dev, segments, plan, gen)
     if seq is None:
