@@ -544,7 +544,7 @@ def test_layouts_and_limits():
         assert ops.smem_bytes("wg3", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 64 * 72 * 2
         assert ops.smem_bytes("wg4", 128, 64, 2, 0) == 200704                 # _stub_wg4_smem
         assert ops.smem_bytes("wg4q", 128, 64, 3, 0) == 231424 == ops.smem_bytes("wg4", 128, 64, 3, 0) - 2 * 64 * 72 * 2
-        assert ops.smem_bytes("wglb", 128, 64, 4, 0) == ops.smem_bytes("wg2", 128, 64, 4, 0) + 2 * 80 * 4  # _stub_wglb
+        assert ops.smem_bytes("wglb", 128, 64, 3, 0) == 217984                 # _stub_wglb_smem
     assert ops.smem_bytes("f32", 64, 32, 2, 0) == 768 + 2 * 2 * 64 * 72 * 4 + 2 * 64 * 40 * 4 + 2 * 32 * 72 * 4 \
         + 4 * 16 * 36 * 4
 

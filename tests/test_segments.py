@@ -219,8 +219,11 @@ def _stub_wg32_state_smem(D: int, es: int) -> int:
 
 
 def _stub_wglb_smem(D: int, stages: int) -> int:
-    """chunked_wglb.cu's WgLbSmem::ALLOC: Wg2Smem's at ES = 64, then a second λ table (2·80 floats)."""
-    return _stub_wg2_smem(D, 64, stages) + 2 * 80 * 4
+    """chunked_wglb.cu's WgLbSmem::ALLOC at ES = 64: ring A's Q, K and V tiles (`stages`), ring B's K and V tiles
+    (two), two state copies, output staging and three more λ tables (2·80 floats each), behind a 1 KB head, plus
+    1 KB to align."""
+    kt, vt = (D // 64) * 8192, 8192
+    return 1024 + stages * (2 * kt + vt) + 2 * (kt + vt) + 2 * D * 128 + 64 * 72 * 2 + 3 * 2 * 80 * 4 + 1024
 
 
 def _stub_wgstate_smem(D: int, es: int, stages: int) -> int:
@@ -655,7 +658,7 @@ def test_bench_times_the_lookback_kernel(h200_gen2):
     bench = _bench_module()
     kws = bench.gen_variants(1, 32, 128, 128, "bfloat16")
     assert [n for n in kws if n.startswith("v2lb")] == ["v2lb256", "v2lb512", "v2lb1024", "v2lb2048"]
-    assert bench.variant_plan(1, 32, 16384, 128, 128, "bfloat16", kws["v2lb1024"]) == "chunk_wg2lb<128,2,4,true> L=1024"
+    assert bench.variant_plan(1, 32, 16384, 128, 128, "bfloat16", kws["v2lb1024"]) == "chunk_wg2lb<128,2,3,true> L=1024"
     assert bench.variant_products(1, 32, 16384, 128, 128, "bfloat16", kws["v2lb512"]) == 57344 + 128 * 128
     assert not any(n.startswith("v2lb") for n in bench.gen_variants(1, 32, 128, 128, "float32"))
     assert not any(n.startswith("v2lb") for n in bench.gen_variants(8, 32, 64, 32, "float16"))
@@ -702,8 +705,9 @@ def test_lookback_plan(h200_gen2):
     """chunk_wg2lb: 16-bit, E in 64-column slices, the deepest pipeline one CTA per SM holds; a one-line error naming
     the bad value otherwise."""
     lb = ops.lookback_plan(128, 128, "bfloat16", 1024)
-    assert (lb.name, lb.piece, lb.smem) == ("chunk_wg2lb<128,2,4,true>", 1024, _stub_wglb_smem(128, 4))
-    assert ops.lookback_plan(64, 256, "float16", 64).name == "chunk_wg2lb<64,4,4,false>"
+    assert (lb.name, lb.piece, lb.smem) == ("chunk_wg2lb<128,2,3,true>", 1024, 217984)  # four stages would not fit
+    assert _stub_wglb_smem(128, 4) > 232448
+    assert ops.lookback_plan(64, 256, "float16", 64).name == "chunk_wg2lb<64,4,4,false>"  # four stages fit at D=64
     for args, words in (((128, 128, "float32", 1024), "bfloat16 or float16 .got float32"),
                         ((128, 96, "bfloat16", 1024), "E=96"), ((256, 128, "bfloat16", 1024), "D=256"),
                         ((128, 128, "bfloat16", 1000), "lookback=1000"), ((128, 128, "bfloat16", 0), "lookback=0")):

@@ -19,18 +19,40 @@
 // (one of two, by the item's parity) and λ^n before it hands the ticket over, and the consumers hand the ticket's
 // entry back once done with the item.
 
-// chunk_wg2's layout at ES = 64, and in its head behind the copy barriers the tickets' barriers — full [2] (the
-// producer's 32 lanes, after the ticket and the table are written) and empty [2] (the eight consumer warps, done
-// with the item) — and the two tickets; the second λ table behind the tiles.
-template <int D, int STAGES>
-struct WgLbSmem : Wg2Smem<D, 64, STAGES> {
-  using Base = Wg2Smem<D, 64, STAGES>;
-  static constexpr int TBAR = Base::UP + 8;  // behind the copies' two scales
-  static constexpr int TK = TBAR + 4 * 8;
-  static constexpr int TAB2 = Base::BYTES;
-  static constexpr int BYTES = TAB2 + 2 * TAB_LO * 4;
+// Shared memory. The head: ring A's slot barriers (full [SA]: the producer's lanes; empty [SA]: the eight consumer
+// warps), the float16 scales, λ table 0, the state copies' barriers and scales (chunk_wg2's), ring B's slot
+// barriers (full [2]: the producer's lanes; empty [2]: the four state warps), the tickets' barriers (full [4]: the
+// producer's lanes, once the ticket and its table are written; empty [4]: the eight consumer warps, done with the
+// item) and the four tickets. Then ring A's Q, K and V tiles (walk 2), ring B's K and V tiles (walk 1), the two
+// state copies, the output staging and λ tables 1-3. chunk_wg2's Ṽ tile is not needed (the state held
+// transposed forms Ṽᵀ in registers).
+template <int D, int SA>
+struct WgLbSmem {
+  static constexpr int DB = D / 64, QKT = WG_QKT, VRB = 128, VT = 64 * VRB, OP = 64 + 8;
+  static constexpr int BAR = 0, SCL = SM_SCL, TAB = SM_TAB;
+  static constexpr int CBAR = SM_HEAD, UP = CBAR + 4 * 8;
+  static constexpr int BBAR = UP + 8;
+  static constexpr int TBAR = BBAR + 4 * 8;
+  static constexpr int TK = TBAR + 8 * 8;
+  static constexpr int QS = WG_HEAD;
+  static constexpr int KS = QS + SA * DB * QKT;
+  static constexpr int VS = KS + SA * DB * QKT;
+  static constexpr int KB = VS + SA * VT;
+  static constexpr int VB = KB + 2 * DB * QKT;
+  static constexpr int SB = VB + 2 * VT;
+  static constexpr int SB2 = SB + D * VRB;
+  static constexpr int OS = SB2 + D * VRB;
+  static constexpr int TABS = OS + 64 * OP * 2;
+  static constexpr int BYTES = TABS + 3 * 2 * TAB_LO * 4;
   static constexpr int ALLOC = BYTES + 1024;
-  static_assert(TK + 2 * 4 <= WG_HEAD, "ticket barriers overlap the tiles");
+  static_assert(2 * SA * 8 <= SM_SCL, "ring A's barriers overlap the scales");
+  static_assert(TK + 4 * 4 <= WG_HEAD, "ticket barriers overlap the tiles");
+};
+// Ring B as the producer's copies see a layout: K and V tiles only (no Q).
+template <class LY>
+struct LbRingB {
+  static constexpr int DB = LY::DB, QKT = LY::QKT, VRB = LY::VRB, VT = LY::VT;
+  static constexpr int QS = LY::KB, KS = LY::KB, VS = LY::VB;
 };
 constexpr int LB_LAMN = CH + 8;  // λ^n of the item's piece, in its table behind λ^0..λ^C
 
@@ -63,160 +85,240 @@ struct LbWork {
   }
 };
 
-// The item a consumer warp takes i-th (0, 1, …): its ticket, once the producer has handed it over.
+// The item a consumer warp takes i-th (0, 1, …): its ticket, once the producer has handed it over (entry i mod 4),
+// and its λ table.
 template <class LY>
 __device__ __forceinline__ u32 lb_ticket(unsigned char* smem, int i) {
-  mbar_wait(smem_u32(smem) + LY::TBAR + 8 * (i & 1), (i >> 1) & 1);
-  return reinterpret_cast<volatile u32*>(smem + LY::TK)[i & 1];
+  mbar_wait(smem_u32(smem) + LY::TBAR + 8 * (i & 3), (i >> 2) & 1);
+  return reinterpret_cast<volatile u32*>(smem + LY::TK)[i & 3];
 }
 template <class LY>
-__device__ __forceinline__ const float* lb_table(unsigned char* smem, int i) {
-  return reinterpret_cast<const float*>(smem + ((i & 1) ? LY::TAB2 : LY::TAB));
+__device__ __forceinline__ float* lb_table(unsigned char* smem, int i) {
+  const int e = i & 3;
+  return reinterpret_cast<float*>(smem + (e == 0 ? LY::TAB : LY::TABS + (e - 1) * 2 * TAB_LO * 4));
 }
 // Item i done with (its ticket entry and table free), by one lane of each consumer warp.
 template <class LY>
 __device__ __forceinline__ void lb_done(unsigned char* smem, int i, int l) {
-  if (l == 0) mbar_arrive(smem_u32(smem) + LY::TBAR + 8 * (2 + (i & 1)));
+  if (l == 0) mbar_arrive(smem_u32(smem) + LY::TBAR + 8 * (4 + (i & 3)));
 }
 
-// The producer's g-th chunk through the slots: slot g mod STAGES awaited free, the piece's chunk from token row t0
-// (nv tokens) copied, chunk g - 1 announced once its copies have landed (as wg_producer does).
-template <class LY, int D, int STAGES, bool LOADQ>
-__device__ __forceinline__ void lb_produce(const u16* q, const u16* k, const u16* v, u64 t0, int nv, int E, int e0,
-                                           int lane, u32 sbase, int g) {
-  const int slot = g % STAGES;
-  if (g >= STAGES) mbar_wait(sbase + LY::BAR + 8 * (STAGES + slot), ((g / STAGES) + 1) & 1);
-  wg_copy_chunk<LY, D, STAGES, LOADQ>(q, k, v, t0, nv, E, e0, lane, sbase, slot);
-  cp_async_commit();
-  if (g > 0) {
-    cp_async_wait<1>();
-    fence_async_smem();
-    mbar_arrive(sbase + LY::BAR + 8 * ((g - 1) % STAGES));
+// The producer warp. Its schedule, which the consumers follow: walk 1 of the CTA's first item through ring B, then
+// per item i steps c = 0, 1, …: chunk c of item i's walk 2 through ring A and chunk c of item i + 1's walk 1
+// through ring B (while each has one). Each step's chunks are announced once the next step's are issued (the
+// copies of all but the newest groups awaited), the last ones when no item is left. A ticket is handed over (with
+// its table and λ^n) before its first chunk; the next one is taken while the item's chunks are copied.
+template <class LY, int D, int SA>
+struct LbProducer {
+  const u16 *q, *k, *v;
+  int E, lane;
+  u32 sbase;
+  int ga = 0, gb = 0;                // chunks through rings A and B
+  int pend_a = -1, pend_b = -1;      // slots issued in the last step, not yet announced
+  template <bool A>
+  __device__ __forceinline__ void issue(const LbItem& it, int c) {
+    const u64 t0 = it.seg.tok0 + (u64)c * CH;
+    const int nv = min(CH, it.seg.n - c * CH);
+    if (A) {
+      const int slot = ga % SA;
+      if (ga >= SA) mbar_wait(sbase + LY::BAR + 8 * (SA + slot), ((ga / SA) + 1) & 1);
+      wg_copy_chunk<LY, D, SA, true>(q, k, v, t0, nv, E, it.e0, lane, sbase, slot);
+      ++ga;
+    } else {
+      const int slot = gb & 1;
+      if (gb >= 2) mbar_wait(sbase + LY::BBAR + 8 * (2 + slot), ((gb >> 1) + 1) & 1);
+      wg_copy_chunk<LbRingB<LY>, D, 2, false>(q, k, v, t0, nv, E, it.e0, lane, sbase, slot);
+      ++gb;
+    }
+    cp_async_commit();
   }
+  // The last step's chunks announced: every copy group but the `newer` just issued has landed.
+  __device__ __forceinline__ void announce(int newer) {
+    if (pend_a < 0 && pend_b < 0) return;
+    if (newer == 2) cp_async_wait<2>();
+    else if (newer == 1) cp_async_wait<1>();
+    else cp_async_wait<0>();
+    fence_async_smem();
+    if (pend_a >= 0) mbar_arrive(sbase + LY::BAR + 8 * pend_a);
+    if (pend_b >= 0) mbar_arrive(sbase + LY::BBAR + 8 * pend_b);
+  }
+  // One step: chunk c of walk 2 of `a` (if ha) and of walk 1 of `b` (if hb).
+  __device__ __forceinline__ void step(const LbItem& a, bool ha, const LbItem& b, bool hb, int c) {
+    const int sa = ga % SA, sb = gb & 1;
+    if (ha) issue<true>(a, c);
+    if (hb) issue<false>(b, c);
+    announce((int)ha + (int)hb);
+    pend_a = ha ? sa : -1;
+    pend_b = hb ? sb : -1;
+  }
+};
+
+template <class LY>
+__device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, const LbWork& W, const double* lam,
+                                             int H, int lane) {
+  const u32 sbase = smem_u32(smem);
+  if (i >= 4) mbar_wait(sbase + LY::TBAR + 8 * (4 + (i & 3)), ((i >> 2) + 1) & 1);  // item i - 4 done with
+  if (t < W.items) {
+    const LbItem it = W.item(t);
+    float* tab = lb_table<LY>(smem, i);
+    const double lm = lam[it.seg.bh % H];
+    for (int j = lane; j <= CH; j += 32) decay_table_entry(tab, lm, j);
+    if (lane == 0) tab[LB_LAMN] = (float)exp(log(lm) * (double)it.seg.n);
+  }
+  if (lane == 0) reinterpret_cast<volatile u32*>(smem + LY::TK)[i & 3] = t;
+  mbar_arrive(sbase + LY::TBAR + 8 * (i & 3));  // every lane, after its own table entries
 }
 
-// The producer warp: a ticket per item (the next one taken while the item's chunks are copied), the item's table,
-// then its chunks through the slots — walk 1's K and V, walk 2's Q, K and V — the last announced when no item is
-// left.
-template <class LY, int D, int STAGES>
+template <class LY, int D, int SA>
 __device__ __forceinline__ void lb_producer(const u16* q, const u16* k, const u16* v, const double* lam, int H, int E,
                                             const LbWork& W, unsigned* ticket, unsigned char* smem, int lane) {
-  const u32 sbase = smem_u32(smem);
-  int g = 0;  // chunks through the slots
+  LbProducer<LY, D, SA> P{q, k, v, E, lane, smem_u32(smem)};
   u32 t = 0;
   if (lane == 0) t = atomicAdd(ticket, 1u);
   t = __shfl_sync(0xffffffffu, t, 0);
+  lb_hand_over<LY>(smem, 0, t, W, lam, H, lane);
+  if (t >= W.items) return;
+  u32 next = 0;
+  if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the copies
+  LbItem it = W.item(t);
+  for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c) P.step(it, false, it, true, c);
   for (int i = 0;; ++i) {
-    const int b = i & 1;
-    if (i >= 2) mbar_wait(sbase + LY::TBAR + 8 * (2 + b), ((i >> 1) + 1) & 1);  // item i - 2 done with
-    const bool more = t < W.items;
-    const LbItem it = W.item(more ? t : 0u);
-    if (more) {
-      float* tab = reinterpret_cast<float*>(smem + (b ? LY::TAB2 : LY::TAB));
-      const double lm = lam[it.seg.bh % H];
-      for (int j = lane; j <= CH; j += 32) decay_table_entry(tab, lm, j);
-      if (lane == 0) tab[LB_LAMN] = (float)exp(log(lm) * (double)it.seg.n);
-    }
-    if (lane == 0) reinterpret_cast<volatile u32*>(smem + LY::TK)[b] = t;
-    mbar_arrive(sbase + LY::TBAR + 8 * b);  // every lane, after its own table entries
+    const u32 tn = __shfl_sync(0xffffffffu, next, 0);
+    lb_hand_over<LY>(smem, i + 1, tn, W, lam, H, lane);
+    const bool more = tn < W.items;
+    if (more && lane == 0) next = atomicAdd(ticket, 1u);
+    const LbItem nx = W.item(more ? tn : 0u);
+    const int n = (it.seg.n + CH - 1) / CH, m = more ? (nx.seg.n + CH - 1) / CH : 0;
+    for (int c = 0; c < max(n, m); ++c) P.step(it, c < n, nx, c < m, c);
     if (!more) break;
-    u32 next = 0;
-    if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the item's copies
-    const int nch = (it.seg.n + CH - 1) / CH;
-    for (int c = 0; c < nch; ++c, ++g)
-      lb_produce<LY, D, STAGES, false>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0, lane,
-                                       sbase, g);
-    for (int c = 0; c < nch; ++c, ++g)
-      lb_produce<LY, D, STAGES, true>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0, lane,
-                                      sbase, g);
-    t = __shfl_sync(0xffffffffu, next, 0);
+    it = nx;
   }
-  if (g > 0) {
-    cp_async_wait<0>();
-    fence_async_smem();
-    mbar_arrive(sbase + LY::BAR + 8 * ((g - 1) % STAGES));
-  }
+  P.announce(0);
 }
 
-// The state warps (t = 0..127): walk 1, the link, walk 2 (SP: chunk_wg2's WgSplit with its state held transposed).
-template <class SP, class LY, int D>
+// Walk 1's step on ring B's g-th chunk (the state warps): S = λ^n S + Kᵀ Ṽ as WgSplit::state_chunk forms it
+// (held transposed), this warp's share of the slot released.
+template <class LY, int D, bool BF16>
+__device__ __forceinline__ void lb_own_chunk(float (&S)[D / 64][32], u32 sbase, const float* tab, int g, int rest,
+                                             int w, int l) {
+  const int slot = g & 1;
+  mbar_wait(sbase + LY::BBAR + 8 * slot, (g >> 1) & 1);
+  u32 va[4][4];
+  wg_begin_chunk_t<D, BF16>(S, va, sbase + LY::VB + slot * LY::VT, tab, min(CH, rest), w, l);
+  wg_state_update_t<D, BF16>(S, va, sbase + LY::KB + slot * LY::DB * LY::QKT);
+  wg_commit();
+  wg_wait<0>();
+#pragma unroll
+  for (int nb = 0; nb < D / 64; ++nb) wg_pin(S[nb]);
+  if (l == 0) mbar_arrive(sbase + LY::BBAR + 8 * (2 + slot));
+}
+
+// The link of item `it` (the state warps, t = 0..127): S_in (into Sin) = S0 for the first piece, else the inclusive
+// state the piece before published (acquired on its flag); S_inc = λ^n S_in + S_own (formed in So) published for
+// the piece after (released), or stored as the final state.
+template <class SP, int D>
+__device__ __forceinline__ void lb_link(const LbItem& it, float (&Sin)[D / 64][32], float (&So)[D / 64][32],
+                                        float an, const float* __restrict__ s0, float* __restrict__ sN,
+                                        float* __restrict__ ring, unsigned* __restrict__ flags, int E, int t) {
+  constexpr int DB = D / 64;
+  const int r0 = 16 * (t >> 5) + ((t & 31) >> 2), c0 = 2 * (t & 3);
+  const int pair2 = 2 * it.pair;
+  if (it.p == 0) {
+    Seg s = it.seg;
+    s.idx = s.bh;  // S0 is [B·H, D, E]
+    SP::C1::template load_state<true>(Sin, s0, s, it.e0, E, r0, c0);
+  } else {
+    const int e = pair2 + ((it.p - 1) & 1);
+    while (ld_acquire_gpu(flags + e) != (unsigned)it.p) {
+    }
+    const float* src = ring + (u64)e * (D * 64);
+#pragma unroll
+    for (int nb = 0; nb < DB; ++nb)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) Sin[nb][x] = __ldcg(src + (32 * nb + x) * 128 + t);
+  }
+#pragma unroll
+  for (int nb = 0; nb < DB; ++nb)
+#pragma unroll
+    for (int x = 0; x < 32; ++x) So[nb][x] = fmaf(an, Sin[nb][x], So[nb][x]);  // S_inc
+  if (it.seg.last) {
+    SP::C1::template store_state<true>(So, sN, it.seg, it.e0, E, r0, c0);
+    return;
+  }
+  const int e = pair2 + (it.p & 1);
+  float* dst = ring + (u64)e * (D * 64);
+#pragma unroll
+  for (int nb = 0; nb < DB; ++nb)
+#pragma unroll
+    for (int x = 0; x < 32; ++x) __stcg(dst + (32 * nb + x) * 128 + t, So[nb][x]);
+  __threadfence();
+  wg_sync<1>();  // every state thread's entries written and fenced
+  if (t == 0) st_release_gpu(flags + e, (unsigned)it.p + 1u);
+}
+
+// The state warps (t = 0..127), on the producer's schedule: walk 1 of the first item and its link; then per item
+// its walk 2 (the state chain from S_in, each chunk's 16-bit copy published for the output warps) interleaved
+// chunk by chunk with walk 1 of the next item, whose link follows.
+template <class SP, class LY, int D, bool BF16>
 __device__ __forceinline__ void lb_state(unsigned char* smem, const float* __restrict__ s0, float* __restrict__ sN,
                                          float* __restrict__ ring, unsigned* __restrict__ flags, const LbWork& W,
                                          int E, int t) {
   constexpr int DB = D / 64;
   const u32 sbase = smem_u32(smem);
   const int w = t >> 5, l = t & 31;
-  const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
-  int g = 0, j = 0;  // chunks through the slots, state copies
+  const int r0 = 16 * w + (l >> 2);
+  u32 tk = lb_ticket<LY>(smem, 0);
+  if (tk >= W.items) return;
+  LbItem it = W.item(tk);
+  float S[DB][32], So[DB][32];
+  auto zero = [](float (&X)[DB][32]) {
+#pragma unroll
+    for (int nb = 0; nb < DB; ++nb)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) X[nb][x] = 0.f;
+  };
+  zero(So);
+  int ga = 0, gb = 0, j = 0;  // chunks through rings A and B, state copies
+  {
+    const float* tab = lb_table<LY>(smem, 0);
+    const int n = (it.seg.n + CH - 1) / CH;
+    for (int c = 0; c < n; ++c) lb_own_chunk<LY, D, BF16>(So, sbase, tab, gb + c, it.seg.n - c * CH, w, l);
+    gb += n;
+    lb_link<SP, D>(it, S, So, tab[LB_LAMN], s0, sN, ring, flags, E, t);
+  }
   for (int i = 0;; ++i) {
-    const u32 tk = lb_ticket<LY>(smem, i);
-    if (tk >= W.items) break;
-    const LbItem it = W.item(tk);
-    const float* tab = lb_table<LY>(smem, i);
-    const int nch = (it.seg.n + CH - 1) / CH;
-    float S[DB][32];
-#pragma unroll
-    for (int nb = 0; nb < DB; ++nb)
-#pragma unroll
-      for (int x = 0; x < 32; ++x) S[nb][x] = 0.f;
-    for (int c = 0; c < nch; ++c)
-      SP::state_chunk(S, smem, sbase, tab, g + c, it.seg.n - c * CH, w, l, t);
-    g += nch;
-
-    float Sin[DB][32];  // the state entering the piece
-    const int pair2 = 2 * it.pair;
-    if (it.p == 0) {
-      Seg s = it.seg;
-      s.idx = s.bh;  // S0 is [B·H, D, E]
-      SP::C1::template load_state<true>(Sin, s0, s, it.e0, E, r0, c0);
-    } else {
-      const int e = pair2 + ((it.p - 1) & 1);
-      while (ld_acquire_gpu(flags + e) != (unsigned)it.p) {
+    const u32 tn = lb_ticket<LY>(smem, i + 1);
+    const bool more = tn < W.items;
+    const LbItem nx = W.item(more ? tn : 0u);
+    const float *tab = lb_table<LY>(smem, i), *tabn = lb_table<LY>(smem, i + 1);
+    const int n = (it.seg.n + CH - 1) / CH, m = more ? (nx.seg.n + CH - 1) / CH : 0;
+    SP::publish(S, smem, j, w, l, r0, t);
+    zero(So);
+    for (int c = 0; c < max(n, m); ++c) {
+      if (c < n) {
+        SP::state_chunk(S, smem, sbase, tab, ga + c, it.seg.n - c * CH, w, l, t);
+        if (c + 1 < n) SP::publish(S, smem, j + c + 1, w, l, r0, t);
       }
-      const float* src = ring + (u64)e * (D * 64);
-#pragma unroll
-      for (int nb = 0; nb < DB; ++nb)
-#pragma unroll
-        for (int x = 0; x < 32; ++x) Sin[nb][x] = __ldcg(src + (32 * nb + x) * 128 + t);
+      if (c < m) lb_own_chunk<LY, D, BF16>(So, sbase, tabn, gb + c, nx.seg.n - c * CH, w, l);
     }
-    const float an = tab[LB_LAMN];
-#pragma unroll
-    for (int nb = 0; nb < DB; ++nb)
-#pragma unroll
-      for (int x = 0; x < 32; ++x) S[nb][x] = fmaf(an, Sin[nb][x], S[nb][x]);  // S_inc
-    if (it.seg.last) {
-      SP::C1::template store_state<true>(S, sN, it.seg, it.e0, E, r0, c0);
-    } else {
-      const int e = pair2 + (it.p & 1);
-      float* dst = ring + (u64)e * (D * 64);
-#pragma unroll
-      for (int nb = 0; nb < DB; ++nb)
-#pragma unroll
-        for (int x = 0; x < 32; ++x) __stcg(dst + (32 * nb + x) * 128 + t, S[nb][x]);
-      __threadfence();
-      wg_sync<1>();  // every state thread's entries written and fenced
-      if (t == 0) st_release_gpu(flags + e, (unsigned)it.p + 1u);
-    }
-
-    SP::publish(Sin, smem, j, w, l, r0, t);
-    for (int c = 0; c < nch; ++c) {
-      SP::state_chunk(Sin, smem, sbase, tab, g + c, it.seg.n - c * CH, w, l, t);
-      if (c + 1 < nch) SP::publish(Sin, smem, j + c + 1, w, l, r0, t);
-    }
-    g += nch;
-    j += nch;
+    ga += n;
+    j += n;
+    gb += m;
     lb_done<LY>(smem, i, l);
+    if (!more) break;
+    lb_link<SP, D>(nx, S, So, tabn[LB_LAMN], s0, sN, ring, flags, E, t);
+    it = nx;
   }
 }
 
 // The output warps (t = 0..127): walk 2 of every item, as chunk_wg2's output warps walk a piece.
-template <class SP, class LY, int D, int STAGES>
+template <class SP, class LY, int D>
 __device__ __forceinline__ void lb_outputs(unsigned char* smem, u16* __restrict__ o, const LbWork& W, int E,
                                            float scale, int t) {
   const int w = t >> 5, l = t & 31;
   const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
   u16* ow = reinterpret_cast<u16*>(smem + LY::OS) + 16 * w * LY::OP;
-  int g = 0, j = 0;
+  int g = 0;  // chunks through ring A (and state copies: one each)
   for (int i = 0;; ++i) {
     const u32 tk = lb_ticket<LY>(smem, i);
     if (tk >= W.items) break;
@@ -225,58 +327,76 @@ __device__ __forceinline__ void lb_outputs(unsigned char* smem, u16* __restrict_
     float mask[32];
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
-    const int nch = (it.seg.n + CH - 1) / CH;
-    for (int c = 0; c < nch; ++c, ++g) {  // walk 1: the state warps' products; each slot seen filled, released
-      mbar_wait(smem_u32(smem) + LY::BAR + 8 * (g % STAGES), (g / STAGES) & 1);
-      if (l == 0) mbar_arrive(smem_u32(smem) + LY::BAR + 8 * (STAGES + g % STAGES));
-    }
-    for (int c = 0; c < nch; ++c) {
+    const int n = (it.seg.n + CH - 1) / CH;
+    for (int c = 0; c < n; ++c) {
       float acc_a[32], acc_o[32];
-      const int nv = SP::chunk_products(smem, it.seg.n - c * CH, g + c, j + c, acc_a, acc_o, mask, scale, f0, f1, l,
+      const int nv = SP::chunk_products(smem, it.seg.n - c * CH, g + c, g + c, acc_a, acc_o, mask, scale, f0, f1, l,
                                         r0, c0, [] {});
       SP::store(acc_o, ow, o, it.seg.tok0 + (u64)c * CH + 16 * w, E, it.e0, 16 * w, nv, l, c0);
     }
-    g += nch;
-    j += nch;
+    g += n;
     lb_done<LY>(smem, i, l);
   }
   SP::finish(l);
 }
 
-// Grid: min(SMs, BH·NSL·RUNS) CTAs of 288 threads, one per SM; ES = 64 (the state held transposed). Arguments as
-// chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then BH = B·H, the ring of published states
-// [BH·NSL][2][D·64] float32 and the flags [BH·NSL][2] with the ticket counter behind them, all three zero.
-template <int D, int NSL, int STAGES, bool BF16>
-__global__ void __launch_bounds__(288, 1)
+// Grid: min(SMs, BH·NSL·RUNS) CTAs of 384 threads (three warpgroups: outputs, state, the producer warp and three
+// idle ones), one per SM; ES = 64 (the state held transposed), SA stages in
+// ring A, two in ring B. Arguments as chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then
+// BH = B·H, the ring of published states [BH·NSL][2][D·64] float32 and the flags [BH·NSL][2] with the ticket
+// counter behind them, the flags and the counter zero.
+// The registers a warpgroup's threads may hold from here on (all four warps of it execute this): the state warps'
+// two states (the chain's and walk 1's, 64 floats each at D = 128) and the output warps' accumulators take more
+// than the 168 a thread of a 384-thread CTA gets, the producer far less.
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
+}
+
+template <int D, int NSL, int SA, bool BF16>
+__global__ void __launch_bounds__(384, 1)
     chunk_wg2lb(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
                 const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
                 int E, float scale, int L, int RUNS, int BH, float* __restrict__ ring, unsigned* __restrict__ flags) {
-  using LY = WgLbSmem<D, STAGES>;
-  using SP = WgSplit<D, 64, STAGES, BF16, true, false, LY, 1, true>;  // the mask held, the state transposed
+  using LY = WgLbSmem<D, SA>;
+  using SP = WgSplit<D, 64, SA, BF16, true, false, LY, 1, true>;  // the mask held, the state transposed
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const u32 sbase = smem_u32(smem);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(sbase + LY::BAR + 8 * s, 32);            // full: the producer's lanes
-      mbar_init(sbase + LY::BAR + 8 * (STAGES + s), 8);  // empty: the eight consumer warps
+    for (int s = 0; s < SA; ++s) {
+      mbar_init(sbase + LY::BAR + 8 * s, 32);        // ring A full: the producer's lanes
+      mbar_init(sbase + LY::BAR + 8 * (SA + s), 8);  // ring A empty: the eight consumer warps
     }
     wg_copy_barriers_init(sbase + LY::CBAR);
     for (int b = 0; b < 2; ++b) {
-      mbar_init(sbase + LY::TBAR + 8 * b, 32);       // ticket handed over: the producer's lanes
-      mbar_init(sbase + LY::TBAR + 8 * (2 + b), 8);  // item done with: the eight consumer warps
+      mbar_init(sbase + LY::BBAR + 8 * b, 32);       // ring B full: the producer's lanes
+      mbar_init(sbase + LY::BBAR + 8 * (2 + b), 4);  // ring B empty: the four state warps
+    }
+    for (int e = 0; e < 4; ++e) {
+      mbar_init(sbase + LY::TBAR + 8 * e, 32);       // ticket handed over: the producer's lanes
+      mbar_init(sbase + LY::TBAR + 8 * (4 + e), 8);  // item done with: the eight consumer warps
     }
     fence_mbar_init();
   }
   __syncthreads();
   const LbWork W{BH * NSL, NSL, RUNS, L, N, (u32)(BH * NSL * RUNS)};
   const int warp = warp_index(), tid = threadIdx.x;
-  if (warp < 4) lb_outputs<SP, LY, D, STAGES>(smem, o, W, E, scale, tid);
-  else if (warp < 8) lb_state<SP, LY, D>(smem, s0, sN, ring, flags, W, E, tid - 128);
-  else lb_producer<LY, D, STAGES>(q, k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
+  if (warp < 8) {  // each role's code inside its own register budget
+    setmaxnreg_inc<200>();
+    if (warp < 4) lb_outputs<SP, LY, D>(smem, o, W, E, scale, tid);
+    else lb_state<SP, LY, D, BF16>(smem, s0, sN, ring, flags, W, E, tid - 128);
+  } else {
+    setmaxnreg_dec<96>();  // 128 · 96 + 256 · 200 ≤ 65536: no spills (ptxas -v)
+    if (warp == 8) lb_producer<LY, D, SA>(q, k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
+  }
 }
 
-template <int D, int STAGES>
+template <int D, int SA>
 __global__ void chunk_wg2lb_layout(int* out) {
-  out[0] = WgLbSmem<D, STAGES>::ALLOC;
+  out[0] = WgLbSmem<D, SA>::ALLOC;
 }

@@ -868,11 +868,11 @@ class LookbackPlan:
 
     D: int
     cl: int      # E slices of 64 columns
-    stages: int
+    stages: int  # ring A's (walk 2: Q, K, V); ring B (walk 1: K, V) has two
     bf16: bool
     piece: int   # L: tokens per piece, a multiple of CHUNK
     smem: int
-    threads: int = 288
+    threads: int = 384  # three warpgroups: outputs, state, the producer (one warp of four)
     files: tuple[str, ...] = _WG_FILES
 
     @property
@@ -883,7 +883,7 @@ class LookbackPlan:
 @functools.lru_cache(maxsize=None)
 def lookback_plan(D: int, E: int, dtype: str, piece: int, dev: int = 0) -> LookbackPlan:
     """chunk_wg2lb's plan: 16-bit inputs on generation 2, D in (64, 128), E a multiple of 64, pieces of `piece`
-    tokens (a positive multiple of 64); the deepest pipeline that fits one CTA per SM. ValueError naming what is
+    tokens (a positive multiple of 64); the deepest ring A that fits one CTA per SM. ValueError naming what is
     not so."""
     if dtype not in ("bfloat16", "float16"):
         raise ValueError(f"the look-back kernel takes bfloat16 or float16 (got {dtype})")
