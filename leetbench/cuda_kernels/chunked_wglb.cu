@@ -1,29 +1,30 @@
-// ---- one kernel, a look-back between pieces (KERNEL_NOTES v48) --------------------------------------------------
+// ---- one kernel, a look-back between pieces (KERNEL_NOTES v48, v49) -------------------------------------------
 // The sequence-parallel passes (segments.py) read k and v of every segment but the last twice from DRAM, once for
 // the state pass and once for the outputs: at B=1, H=32, D=E=128 in 16 bits at two segments, a quarter more bytes
-// than the operator's q, k, v and o. chunk_wg2lb reads them from DRAM once. Persistent CTAs (one an SM, chunk_wg2's
-// roles: warps 0-3 the outputs, 4-7 the state, warp 8 the producer) take work items by an atomic ticket. Item t is
-// piece p = t / (BH·NSL) (L tokens from p·L) of the pair (head bh, E slice s) numbered t mod BH·NSL, so the piece
-// before it on the same pair was taken BH·NSL tickets earlier, by a CTA already running. Per item:
-//   walk 1, the state warps (K and V copied):  S_own = Σ_j λ^(n-1-j) k_jᵀ v_j over the piece, from zero; the
-//             output warps only see each chunk's slot filled and release it, so that every role meets every
-//             phase of every slot barrier (a waiter that skipped one could mistake a phase two ahead for its own);
+// than the operator's q, k, v and o. chunk_wg2lb reads them from DRAM once. Persistent CTAs (one an SM) take work
+// items by an atomic ticket. Item t is piece p = t / (BH·NSL) (L tokens from p·L) of the pair (head bh, E slice s)
+// numbered t mod BH·NSL, so the piece before it on the same pair was taken BH·NSL tickets earlier, by a CTA already
+// running. Per item:
+//   walk 1 (K, V through ring B):  S_own = Σ_j λ^(n-1-j) k_jᵀ v_j over the piece, from zero;
 //   the link: S_in = S0 (or 0) for p = 0, else the inclusive state piece p - 1 published (acquired on its flag);
 //             S_inc = λ^n S_in + S_own is published for piece p + 1 (released), or is the final state at the end;
-//   walk 2, chunk_wg2's output warps and state chain over the piece from S_in (Q, K and V copied: K and V, read
-//             one walk earlier, mostly from L2).
+//   walk 2 (Q, K, V through ring A; K and V, read a walk earlier, mostly from L2): chunk_wg2's output warps and
+//             state chain over the piece from S_in.
+// Roles: warps 0-3 the outputs (walk 2), warps 4-7 the state — walk 2's chain of item i interleaved chunk by chunk
+// with walk 1 of item i + 1, whose link follows — warp 8 ring A's producer, warp 9 ring B's, which also takes the
+// tickets and writes each item's λ table and λ^n before handing its ticket over (four in flight); every warp that
+// takes an item hands its ticket back when done with it. The state warps hold two states (the chain's, walk 1's):
+// setmaxnreg gives the consumer warpgroups 200 registers a thread and the producers' 96.
 // Each pair has a ring of two published states: piece p + 2 rewrites entry p mod 2 only after it has seen piece
 // p + 1's flag, which piece p + 1 set after it had read entry p mod 2. A flag holds p + 1; the launcher clears the
 // flags and the ticket counter behind them. No CTA waits on a ticket not yet taken, and the CTA holding a taken
-// ticket is running, so the chain always moves. λ is the item's head's: the producer writes each item's λ^j table
-// (one of two, by the item's parity) and λ^n before it hands the ticket over, and the consumers hand the ticket's
-// entry back once done with the item.
+// ticket is running, so the chain always moves.
 
-// Shared memory. The head: ring A's slot barriers (full [SA]: the producer's lanes; empty [SA]: the eight consumer
+// Shared memory. The head: ring A's slot barriers (full [SA]: its producer's lanes; empty [SA]: the eight consumer
 // warps), the float16 scales, λ table 0, the state copies' barriers and scales (chunk_wg2's), ring B's slot
-// barriers (full [2]: the producer's lanes; empty [2]: the four state warps), the tickets' barriers (full [4]: the
-// producer's lanes, once the ticket and its table are written; empty [4]: the eight consumer warps, done with the
-// item) and the four tickets. Then ring A's Q, K and V tiles (walk 2), ring B's K and V tiles (walk 1), the two
+// barriers (full [2]: its producer's lanes; empty [2]: the four state warps), the tickets' barriers (full [4]: ring
+// B producer's lanes, once the ticket and its table are written; empty [4]: the eight consumer warps and ring A's
+// producer, done with the item) and the four tickets. Then ring A's Q, K and V tiles (walk 2), ring B's K and V tiles (walk 1), the two
 // state copies, the output staging and λ tables 1-3. chunk_wg2's Ṽ tile is not needed (the state held
 // transposed forms Ṽᵀ in registers).
 template <int D, int SA>
@@ -52,7 +53,7 @@ struct WgLbSmem {
 template <class LY>
 struct LbRingB {
   static constexpr int DB = LY::DB, QKT = LY::QKT, VRB = LY::VRB, VT = LY::VT;
-  static constexpr int QS = LY::KB, KS = LY::KB, VS = LY::VB;
+  static constexpr int BAR = LY::BBAR, QS = LY::KB, KS = LY::KB, VS = LY::VB;
 };
 constexpr int LB_LAMN = CH + 8;  // λ^n of the item's piece, in its table behind λ^0..λ^C
 
@@ -85,8 +86,8 @@ struct LbWork {
   }
 };
 
-// The item a consumer warp takes i-th (0, 1, …): its ticket, once the producer has handed it over (entry i mod 4),
-// and its λ table.
+// The item a warp takes i-th (0, 1, …): its ticket, once ring B's producer has handed it over (entry i mod 4), and
+// its λ table.
 template <class LY>
 __device__ __forceinline__ u32 lb_ticket(unsigned char* smem, int i) {
   mbar_wait(smem_u32(smem) + LY::TBAR + 8 * (i & 3), (i >> 2) & 1);
@@ -97,62 +98,40 @@ __device__ __forceinline__ float* lb_table(unsigned char* smem, int i) {
   const int e = i & 3;
   return reinterpret_cast<float*>(smem + (e == 0 ? LY::TAB : LY::TABS + (e - 1) * 2 * TAB_LO * 4));
 }
-// Item i done with (its ticket entry and table free), by one lane of each consumer warp.
+// Item i done with (its ticket entry and table free), by one lane of each warp that took it.
 template <class LY>
 __device__ __forceinline__ void lb_done(unsigned char* smem, int i, int l) {
   if (l == 0) mbar_arrive(smem_u32(smem) + LY::TBAR + 8 * (4 + (i & 3)));
 }
 
-// The producer warp. Its schedule, which the consumers follow: walk 1 of the CTA's first item through ring B, then
-// per item i steps c = 0, 1, …: chunk c of item i's walk 2 through ring A and chunk c of item i + 1's walk 1
-// through ring B (while each has one). Each step's chunks are announced once the next step's are issued (the
-// copies of all but the newest groups awaited), the last ones when no item is left. A ticket is handed over (with
-// its table and λ^n) before its first chunk; the next one is taken while the item's chunks are copied.
-template <class LY, int D, int SA>
-struct LbProducer {
-  const u16 *q, *k, *v;
-  int E, lane;
-  u32 sbase;
-  int ga = 0, gb = 0;                // chunks through rings A and B
-  int pend_a = -1, pend_b = -1;      // slots issued in the last step, not yet announced
-  template <bool A>
-  __device__ __forceinline__ void issue(const LbItem& it, int c) {
-    const u64 t0 = it.seg.tok0 + (u64)c * CH;
-    const int nv = min(CH, it.seg.n - c * CH);
-    if (A) {
-      const int slot = ga % SA;
-      if (ga >= SA) mbar_wait(sbase + LY::BAR + 8 * (SA + slot), ((ga / SA) + 1) & 1);
-      wg_copy_chunk<LY, D, SA, true>(q, k, v, t0, nv, E, it.e0, lane, sbase, slot);
-      ++ga;
-    } else {
-      const int slot = gb & 1;
-      if (gb >= 2) mbar_wait(sbase + LY::BBAR + 8 * (2 + slot), ((gb >> 1) + 1) & 1);
-      wg_copy_chunk<LbRingB<LY>, D, 2, false>(q, k, v, t0, nv, E, it.e0, lane, sbase, slot);
-      ++gb;
-    }
-    cp_async_commit();
-  }
-  // The last step's chunks announced: every copy group but the `newer` just issued has landed.
-  __device__ __forceinline__ void announce(int newer) {
-    if (pend_a < 0 && pend_b < 0) return;
-    if (newer == 2) cp_async_wait<2>();
-    else if (newer == 1) cp_async_wait<1>();
-    else cp_async_wait<0>();
+// One producer's g-th chunk through its ring R (ring A: the layout itself; ring B: LbRingB) of STAGES slots: the
+// slot awaited free, the piece's chunk from token row t0 (nv tokens) copied, chunk g - 1 announced once its copies
+// have landed (as wg_producer does).
+template <class R, int D, int STAGES, bool LOADQ>
+__device__ __forceinline__ void lb_produce(const u16* q, const u16* k, const u16* v, const LbItem& it, int c, int E,
+                                           int lane, u32 sbase, int g) {
+  const int slot = g % STAGES;
+  if (g >= STAGES) mbar_wait(sbase + R::BAR + 8 * (STAGES + slot), ((g / STAGES) + 1) & 1);
+  wg_copy_chunk<R, D, STAGES, LOADQ>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0,
+                                     lane, sbase, slot);
+  cp_async_commit();
+  if (g > 0) {
+    cp_async_wait<1>();
     fence_async_smem();
-    if (pend_a >= 0) mbar_arrive(sbase + LY::BAR + 8 * pend_a);
-    if (pend_b >= 0) mbar_arrive(sbase + LY::BBAR + 8 * pend_b);
+    mbar_arrive(sbase + R::BAR + 8 * ((g - 1) % STAGES));
   }
-  // One step: chunk c of walk 2 of `a` (if ha) and of walk 1 of `b` (if hb).
-  __device__ __forceinline__ void step(const LbItem& a, bool ha, const LbItem& b, bool hb, int c) {
-    const int sa = ga % SA, sb = gb & 1;
-    if (ha) issue<true>(a, c);
-    if (hb) issue<false>(b, c);
-    announce((int)ha + (int)hb);
-    pend_a = ha ? sa : -1;
-    pend_b = hb ? sb : -1;
-  }
-};
+}
+// The last chunk a producer copied (g of them), announced.
+template <class R, int STAGES>
+__device__ __forceinline__ void lb_produced(u32 sbase, int g) {
+  if (g == 0) return;
+  cp_async_wait<0>();
+  fence_async_smem();
+  mbar_arrive(sbase + R::BAR + 8 * ((g - 1) % STAGES));
+}
 
+// The tickets, handed over by ring B's producer: item i's (entry i mod 4) with its λ table and λ^n, once every
+// warp that took item i - 4 is done with it.
 template <class LY>
 __device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, const LbWork& W, const double* lam,
                                              int H, int lane) {
@@ -169,31 +148,46 @@ __device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, 
   mbar_arrive(sbase + LY::TBAR + 8 * (i & 3));  // every lane, after its own table entries
 }
 
-template <class LY, int D, int SA>
-__device__ __forceinline__ void lb_producer(const u16* q, const u16* k, const u16* v, const double* lam, int H, int E,
-                                            const LbWork& W, unsigned* ticket, unsigned char* smem, int lane) {
-  LbProducer<LY, D, SA> P{q, k, v, E, lane, smem_u32(smem)};
+// Ring B's producer (warp 9): the tickets (the next one taken while an item's chunks are copied) and walk 1 of
+// every item, K and V; it runs ahead of the state warps by ring B's two slots.
+template <class LY, int D>
+__device__ __forceinline__ void lb_producer_b(const u16* k, const u16* v, const double* lam, int H, int E,
+                                              const LbWork& W, unsigned* ticket, unsigned char* smem, int lane) {
+  using RB = LbRingB<LY>;
+  const u32 sbase = smem_u32(smem);
+  int g = 0;
   u32 t = 0;
   if (lane == 0) t = atomicAdd(ticket, 1u);
   t = __shfl_sync(0xffffffffu, t, 0);
-  lb_hand_over<LY>(smem, 0, t, W, lam, H, lane);
-  if (t >= W.items) return;
-  u32 next = 0;
-  if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the copies
-  LbItem it = W.item(t);
-  for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c) P.step(it, false, it, true, c);
   for (int i = 0;; ++i) {
-    const u32 tn = __shfl_sync(0xffffffffu, next, 0);
-    lb_hand_over<LY>(smem, i + 1, tn, W, lam, H, lane);
-    const bool more = tn < W.items;
-    if (more && lane == 0) next = atomicAdd(ticket, 1u);
-    const LbItem nx = W.item(more ? tn : 0u);
-    const int n = (it.seg.n + CH - 1) / CH, m = more ? (nx.seg.n + CH - 1) / CH : 0;
-    for (int c = 0; c < max(n, m); ++c) P.step(it, c < n, nx, c < m, c);
-    if (!more) break;
-    it = nx;
+    lb_hand_over<LY>(smem, i, t, W, lam, H, lane);
+    if (t >= W.items) break;
+    u32 next = 0;
+    if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the copies
+    const LbItem it = W.item(t);
+    for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
+      lb_produce<RB, D, 2, false>(nullptr, k, v, it, c, E, lane, sbase, g);
+    t = __shfl_sync(0xffffffffu, next, 0);
   }
-  P.announce(0);
+  lb_produced<RB, 2>(sbase, g);
+}
+
+// Ring A's producer (warp 8): walk 2 of every item, Q, K and V, as its ticket comes (it takes part in the tickets'
+// hand-back).
+template <class LY, int D, int SA>
+__device__ __forceinline__ void lb_producer_a(const u16* q, const u16* k, const u16* v, int E, const LbWork& W,
+                                              unsigned char* smem, int lane) {
+  const u32 sbase = smem_u32(smem);
+  int g = 0;
+  for (int i = 0;; ++i) {
+    const u32 t = lb_ticket<LY>(smem, i);
+    if (t >= W.items) break;
+    const LbItem it = W.item(t);
+    for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
+      lb_produce<LY, D, SA, true>(q, k, v, it, c, E, lane, sbase, g);
+    lb_done<LY>(smem, i, lane);
+  }
+  lb_produced<LY, SA>(sbase, g);
 }
 
 // Walk 1's step on ring B's g-th chunk (the state warps): S = λ^n S + Kᵀ Ṽ as WgSplit::state_chunk forms it
@@ -340,7 +334,7 @@ __device__ __forceinline__ void lb_outputs(unsigned char* smem, u16* __restrict_
   SP::finish(l);
 }
 
-// Grid: min(SMs, BH·NSL·RUNS) CTAs of 384 threads (three warpgroups: outputs, state, the producer warp and three
+// Grid: min(SMs, BH·NSL·RUNS) CTAs of 384 threads (three warpgroups: outputs, state, the two producer warps and two
 // idle ones), one per SM; ES = 64 (the state held transposed), SA stages in
 // ring A, two in ring B. Arguments as chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then
 // BH = B·H, the ring of published states [BH·NSL][2][D·64] float32 and the flags [BH·NSL][2] with the ticket
@@ -379,7 +373,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     for (int e = 0; e < 4; ++e) {
       mbar_init(sbase + LY::TBAR + 8 * e, 32);       // ticket handed over: the producer's lanes
-      mbar_init(sbase + LY::TBAR + 8 * (4 + e), 8);  // item done with: the eight consumer warps
+      mbar_init(sbase + LY::TBAR + 8 * (4 + e), 9);  // item done with: the consumer warps and ring A's producer
     }
     fence_mbar_init();
   }
@@ -392,7 +386,8 @@ __global__ void __launch_bounds__(384, 1)
     else lb_state<SP, LY, D, BF16>(smem, s0, sN, ring, flags, W, E, tid - 128);
   } else {
     setmaxnreg_dec<96>();  // 128 · 96 + 256 · 200 ≤ 65536: no spills (ptxas -v)
-    if (warp == 8) lb_producer<LY, D, SA>(q, k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
+    if (warp == 8) lb_producer_a<LY, D, SA>(q, k, v, E, W, smem, tid & 31);
+    else if (warp == 9) lb_producer_b<LY, D>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
   }
 }
 
