@@ -10,23 +10,23 @@
 //             S_inc = λ^n S_in + S_own is published for piece p + 1 (released), or is the final state at the end;
 //   walk 2 (Q, K, V through ring A; K and V, read a walk earlier, mostly from L2): chunk_wg2's output warps and
 //             state chain over the piece from S_in.
-// Roles: warps 0-3 the outputs (walk 2), warps 4-7 the state — walk 2's chain of item i interleaved chunk by chunk
-// with walk 1 of item i + 1, whose link follows — warp 8 ring A's producer, warp 9 ring B's, which also takes the
-// tickets and writes each item's λ table and λ^n before handing its ticket over (four in flight); every warp that
-// takes an item hands its ticket back when done with it. The state warps hold two states (the chain's, walk 1's):
-// setmaxnreg gives the consumer warpgroups 200 registers a thread and the producers' 96.
+// Roles: warps 0-3 the outputs and 4-7 the state chain (walk 2 of item i), warps 8-11 walk 1 and the link (of item
+// i + 1 meanwhile; S_in handed to the state warps through a scratch of the CTA's), warp 12 ring A's producer, warp
+// 13 ring B's, which also takes the tickets and writes each item's λ table and λ^n before handing its ticket over
+// (four in flight); every warp that takes an item hands its ticket back when done with it. setmaxnreg gives the
+// consumer warpgroups 152 registers a thread and the producers' 56.
 // Each pair has a ring of two published states: piece p + 2 rewrites entry p mod 2 only after it has seen piece
 // p + 1's flag, which piece p + 1 set after it had read entry p mod 2. A flag holds p + 1; the launcher clears the
 // flags and the ticket counter behind them. No CTA waits on a ticket not yet taken, and the CTA holding a taken
 // ticket is running, so the chain always moves.
 
-// Shared memory. The head: ring A's slot barriers (full [SA]: its producer's lanes; empty [SA]: the eight consumer
-// warps), the float16 scales, λ table 0, the state copies' barriers and scales (chunk_wg2's), ring B's slot
-// barriers (full [2]: its producer's lanes; empty [2]: the four state warps), the tickets' barriers (full [4]: ring
-// B producer's lanes, once the ticket and its table are written; empty [4]: the eight consumer warps and ring A's
-// producer, done with the item) and the four tickets. Then ring A's Q, K and V tiles (walk 2), ring B's K and V tiles (walk 1), the two
-// state copies, the output staging and λ tables 1-3. chunk_wg2's Ṽ tile is not needed (the state held
-// transposed forms Ṽᵀ in registers).
+// Shared memory. The head: ring A's slot barriers (full [SA]: its producer's lanes; empty [SA]: the output and state
+// warps), the float16 scales, λ table 0, the state copies' barriers and scales (chunk_wg2's), ring B's slot barriers
+// (full [2]: its producer's lanes; empty [2]: walk 1's warps), the tickets' barriers (full [4]: ring B producer's
+// lanes, once the ticket and its table are written; empty [4]: every warp that took the item, done with it), the
+// four tickets and the S_in hand-over's barriers. Then ring A's Q, K and V tiles (walk 2), ring B's K and V tiles
+// (walk 1), the two state copies, the output staging and λ tables 1-3. chunk_wg2's Ṽ tile is not needed (the
+// state held transposed forms Ṽᵀ in registers).
 template <int D, int SA>
 struct WgLbSmem {
   static constexpr int DB = D / 64, QKT = WG_QKT, VRB = 128, VT = 64 * VRB, OP = 64 + 8;
@@ -35,6 +35,7 @@ struct WgLbSmem {
   static constexpr int BBAR = UP + 8;
   static constexpr int TBAR = BBAR + 4 * 8;
   static constexpr int TK = TBAR + 8 * 8;
+  static constexpr int SINBAR = TK + 4 * 4;  // S_in handed over: full [2], empty [2]
   static constexpr int QS = WG_HEAD;
   static constexpr int KS = QS + SA * DB * QKT;
   static constexpr int VS = KS + SA * DB * QKT;
@@ -47,7 +48,7 @@ struct WgLbSmem {
   static constexpr int BYTES = TABS + 3 * 2 * TAB_LO * 4;
   static constexpr int ALLOC = BYTES + 1024;
   static_assert(2 * SA * 8 <= SM_SCL, "ring A's barriers overlap the scales");
-  static_assert(TK + 4 * 4 <= WG_HEAD, "ticket barriers overlap the tiles");
+  static_assert(SINBAR + 4 * 8 <= WG_HEAD, "the head's barriers overlap the tiles");
 };
 // Ring B as the producer's copies see a layout: K and V tiles only (no Q).
 template <class LY>
@@ -210,7 +211,7 @@ __device__ __forceinline__ void lb_own_chunk(float (&S)[D / 64][32], u32 sbase, 
 // The link of item `it` (the state warps, t = 0..127): S_in (into Sin) = S0 for the first piece, else the inclusive
 // state the piece before published (acquired on its flag); S_inc = λ^n S_in + S_own (formed in So) published for
 // the piece after (released), or stored as the final state.
-template <class SP, int D>
+template <class SP, int D, int BARID>
 __device__ __forceinline__ void lb_link(const LbItem& it, float (&Sin)[D / 64][32], float (&So)[D / 64][32],
                                         float an, const float* __restrict__ s0, float* __restrict__ sN,
                                         float* __restrict__ ring, unsigned* __restrict__ flags, int E, int t) {
@@ -246,62 +247,76 @@ __device__ __forceinline__ void lb_link(const LbItem& it, float (&Sin)[D / 64][3
 #pragma unroll
     for (int x = 0; x < 32; ++x) __stcg(dst + (32 * nb + x) * 128 + t, So[nb][x]);
   __threadfence();
-  wg_sync<1>();  // every state thread's entries written and fenced
+  wg_sync<BARID>();  // every thread's entries written and fenced
   if (t == 0) st_release_gpu(flags + e, (unsigned)it.p + 1u);
 }
 
-// The state warps (t = 0..127), on the producer's schedule: walk 1 of the first item and its link; then per item
-// its walk 2 (the state chain from S_in, each chunk's 16-bit copy published for the output warps) interleaved
-// chunk by chunk with walk 1 of the next item, whose link follows.
+// Walk 1's warps (t = 0..127): per item its own end state through ring B, the link, and S_in handed to the state
+// warps through this CTA's scratch [2][D·64] (entry i mod 2, in the ring's per-thread order) behind the barriers at
+// SINBAR: full [2] (its 128 threads), empty [2] (the state warps' 128, once read).
 template <class SP, class LY, int D, bool BF16>
-__device__ __forceinline__ void lb_state(unsigned char* smem, const float* __restrict__ s0, float* __restrict__ sN,
-                                         float* __restrict__ ring, unsigned* __restrict__ flags, const LbWork& W,
-                                         int E, int t) {
+__device__ __forceinline__ void lb_walk1(unsigned char* smem, const float* __restrict__ s0, float* __restrict__ sN,
+                                         float* __restrict__ ring, unsigned* __restrict__ flags,
+                                         float* __restrict__ scratch, const LbWork& W, int E, int t) {
+  constexpr int DB = D / 64;
+  const u32 sbase = smem_u32(smem);
+  const int w = t >> 5, l = t & 31;
+  int g = 0;  // chunks through ring B
+  for (int i = 0;; ++i) {
+    const u32 tk = lb_ticket<LY>(smem, i);
+    if (tk >= W.items) break;
+    const LbItem it = W.item(tk);
+    const float* tab = lb_table<LY>(smem, i);
+    float So[DB][32], Sin[DB][32];
+#pragma unroll
+    for (int nb = 0; nb < DB; ++nb)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) So[nb][x] = 0.f;
+    const int n = (it.seg.n + CH - 1) / CH;
+    for (int c = 0; c < n; ++c, ++g) lb_own_chunk<LY, D, BF16>(So, sbase, tab, g, it.seg.n - c * CH, w, l);
+    lb_link<SP, D, 2>(it, Sin, So, tab[LB_LAMN], s0, sN, ring, flags, E, t);
+    if (i >= 2) mbar_wait(sbase + LY::SINBAR + 8 * (2 + (i & 1)), ((i >> 1) + 1) & 1);  // S_in(i - 2) read
+    float* dst = scratch + (u64)(i & 1) * (D * 64);
+#pragma unroll
+    for (int nb = 0; nb < DB; ++nb)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) dst[(32 * nb + x) * 128 + t] = Sin[nb][x];
+    mbar_arrive(sbase + LY::SINBAR + 8 * (i & 1));
+    lb_done<LY>(smem, i, l);
+  }
+}
+
+// The state warps (t = 0..127): per item the chain of walk 2 from the S_in walk 1's warps handed over, each chunk's
+// 16-bit copy published for the output warps.
+template <class SP, class LY, int D>
+__device__ __forceinline__ void lb_state(unsigned char* smem, const float* __restrict__ scratch, const LbWork& W,
+                                         int t) {
   constexpr int DB = D / 64;
   const u32 sbase = smem_u32(smem);
   const int w = t >> 5, l = t & 31;
   const int r0 = 16 * w + (l >> 2);
-  u32 tk = lb_ticket<LY>(smem, 0);
-  if (tk >= W.items) return;
-  LbItem it = W.item(tk);
-  float S[DB][32], So[DB][32];
-  auto zero = [](float (&X)[DB][32]) {
+  int g = 0;  // chunks through ring A (and state copies: one each)
+  for (int i = 0;; ++i) {
+    const u32 tk = lb_ticket<LY>(smem, i);
+    if (tk >= W.items) break;
+    const LbItem it = W.item(tk);
+    const float* tab = lb_table<LY>(smem, i);
+    float S[DB][32];
+    mbar_wait(sbase + LY::SINBAR + 8 * (i & 1), (i >> 1) & 1);
+    const float* src = scratch + (u64)(i & 1) * (D * 64);
 #pragma unroll
     for (int nb = 0; nb < DB; ++nb)
 #pragma unroll
-      for (int x = 0; x < 32; ++x) X[nb][x] = 0.f;
-  };
-  zero(So);
-  int ga = 0, gb = 0, j = 0;  // chunks through rings A and B, state copies
-  {
-    const float* tab = lb_table<LY>(smem, 0);
+      for (int x = 0; x < 32; ++x) S[nb][x] = __ldcg(src + (32 * nb + x) * 128 + t);
+    mbar_arrive(sbase + LY::SINBAR + 8 * (2 + (i & 1)));
     const int n = (it.seg.n + CH - 1) / CH;
-    for (int c = 0; c < n; ++c) lb_own_chunk<LY, D, BF16>(So, sbase, tab, gb + c, it.seg.n - c * CH, w, l);
-    gb += n;
-    lb_link<SP, D>(it, S, So, tab[LB_LAMN], s0, sN, ring, flags, E, t);
-  }
-  for (int i = 0;; ++i) {
-    const u32 tn = lb_ticket<LY>(smem, i + 1);
-    const bool more = tn < W.items;
-    const LbItem nx = W.item(more ? tn : 0u);
-    const float *tab = lb_table<LY>(smem, i), *tabn = lb_table<LY>(smem, i + 1);
-    const int n = (it.seg.n + CH - 1) / CH, m = more ? (nx.seg.n + CH - 1) / CH : 0;
-    SP::publish(S, smem, j, w, l, r0, t);
-    zero(So);
-    for (int c = 0; c < max(n, m); ++c) {
-      if (c < n) {
-        SP::state_chunk(S, smem, sbase, tab, ga + c, it.seg.n - c * CH, w, l, t);
-        if (c + 1 < n) SP::publish(S, smem, j + c + 1, w, l, r0, t);
-      }
-      if (c < m) lb_own_chunk<LY, D, BF16>(So, sbase, tabn, gb + c, nx.seg.n - c * CH, w, l);
+    SP::publish(S, smem, g, w, l, r0, t);
+    for (int c = 0; c < n; ++c) {
+      SP::state_chunk(S, smem, sbase, tab, g + c, it.seg.n - c * CH, w, l, t);
+      if (c + 1 < n) SP::publish(S, smem, g + c + 1, w, l, r0, t);
     }
-    ga += n;
-    j += n;
-    gb += m;
+    g += n;
     lb_done<LY>(smem, i, l);
-    if (!more) break;
-    lb_link<SP, D>(nx, S, So, tabn[LB_LAMN], s0, sN, ring, flags, E, t);
-    it = nx;
   }
 }
 
@@ -334,14 +349,8 @@ __device__ __forceinline__ void lb_outputs(unsigned char* smem, u16* __restrict_
   SP::finish(l);
 }
 
-// Grid: min(SMs, BH·NSL·RUNS) CTAs of 384 threads (three warpgroups: outputs, state, the two producer warps and two
-// idle ones), one per SM; ES = 64 (the state held transposed), SA stages in
-// ring A, two in ring B. Arguments as chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then
-// BH = B·H, the ring of published states [BH·NSL][2][D·64] float32 and the flags [BH·NSL][2] with the ticket
-// counter behind them, the flags and the counter zero.
-// The registers a warpgroup's threads may hold from here on (all four warps of it execute this): the state warps'
-// two states (the chain's and walk 1's, 64 floats each at D = 128) and the output warps' accumulators take more
-// than the 168 a thread of a 384-thread CTA gets, the producer far less.
+// The registers a warpgroup's threads may hold from here on (all four warps of it execute this): the consumer
+// warpgroups' states and accumulators take more than the 128 a thread of a 512-thread CTA gets, the producers less.
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
@@ -351,11 +360,17 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
 }
 
+// Grid: min(SMs, BH·NSL·RUNS) CTAs of 512 threads (warpgroups: outputs, the state chain, walk 1, the two producer
+// warps and two idle ones), one per SM; ES = 64 (the state held transposed), SA stages in ring A, two in ring B.
+// Arguments as chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then BH = B·H, the ring of
+// published states [BH·NSL][2][D·64] float32, the flags [BH·NSL][2] with the ticket counter behind them (the flags
+// and the counter zero), and a scratch [grid][2][D·64] float32 for each CTA's S_in hand-over.
 template <int D, int NSL, int SA, bool BF16>
-__global__ void __launch_bounds__(384, 1)
+__global__ void __launch_bounds__(512, 1)
     chunk_wg2lb(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
                 const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
-                int E, float scale, int L, int RUNS, int BH, float* __restrict__ ring, unsigned* __restrict__ flags) {
+                int E, float scale, int L, int RUNS, int BH, float* __restrict__ ring, unsigned* __restrict__ flags,
+                float* __restrict__ scratch) {
   using LY = WgLbSmem<D, SA>;
   using SP = WgSplit<D, 64, SA, BF16, true, false, LY, 1, true>;  // the mask held, the state transposed
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -363,31 +378,35 @@ __global__ void __launch_bounds__(384, 1)
   const u32 sbase = smem_u32(smem);
   if (threadIdx.x == 0) {
     for (int s = 0; s < SA; ++s) {
-      mbar_init(sbase + LY::BAR + 8 * s, 32);        // ring A full: the producer's lanes
-      mbar_init(sbase + LY::BAR + 8 * (SA + s), 8);  // ring A empty: the eight consumer warps
+      mbar_init(sbase + LY::BAR + 8 * s, 32);        // ring A full: its producer's lanes
+      mbar_init(sbase + LY::BAR + 8 * (SA + s), 8);  // ring A empty: the output and state warps
     }
     wg_copy_barriers_init(sbase + LY::CBAR);
     for (int b = 0; b < 2; ++b) {
-      mbar_init(sbase + LY::BBAR + 8 * b, 32);       // ring B full: the producer's lanes
-      mbar_init(sbase + LY::BBAR + 8 * (2 + b), 4);  // ring B empty: the four state warps
+      mbar_init(sbase + LY::BBAR + 8 * b, 32);         // ring B full: its producer's lanes
+      mbar_init(sbase + LY::BBAR + 8 * (2 + b), 4);    // ring B empty: walk 1's warps
+      mbar_init(sbase + LY::SINBAR + 8 * b, 128);      // S_in handed over: walk 1's threads
+      mbar_init(sbase + LY::SINBAR + 8 * (2 + b), 128);  // and read: the state threads
     }
     for (int e = 0; e < 4; ++e) {
-      mbar_init(sbase + LY::TBAR + 8 * e, 32);       // ticket handed over: the producer's lanes
-      mbar_init(sbase + LY::TBAR + 8 * (4 + e), 9);  // item done with: the consumer warps and ring A's producer
+      mbar_init(sbase + LY::TBAR + 8 * e, 32);        // ticket handed over: ring B producer's lanes
+      mbar_init(sbase + LY::TBAR + 8 * (4 + e), 13);  // item done with: the 12 consumer warps, ring A's producer
     }
     fence_mbar_init();
   }
   __syncthreads();
   const LbWork W{BH * NSL, NSL, RUNS, L, N, (u32)(BH * NSL * RUNS)};
   const int warp = warp_index(), tid = threadIdx.x;
-  if (warp < 8) {  // each role's code inside its own register budget
-    setmaxnreg_inc<200>();
+  float* own = scratch + (u64)blockIdx.x * 2 * (D * 64);
+  if (warp < 12) {  // each role's code inside its own register budget
+    setmaxnreg_inc<152>();
     if (warp < 4) lb_outputs<SP, LY, D>(smem, o, W, E, scale, tid);
-    else lb_state<SP, LY, D, BF16>(smem, s0, sN, ring, flags, W, E, tid - 128);
+    else if (warp < 8) lb_state<SP, LY, D>(smem, own, W, tid - 128);
+    else lb_walk1<SP, LY, D, BF16>(smem, s0, sN, ring, flags, own, W, E, tid - 256);
   } else {
-    setmaxnreg_dec<96>();  // 128 · 96 + 256 · 200 ≤ 65536: no spills (ptxas -v)
-    if (warp == 8) lb_producer_a<LY, D, SA>(q, k, v, E, W, smem, tid & 31);
-    else if (warp == 9) lb_producer_b<LY, D>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
+    setmaxnreg_dec<56>();  // 128 · 56 + 384 · 152 ≤ 65536 (ptxas -v: 8 bytes of the consumers' spill)
+    if (warp == 12) lb_producer_a<LY, D, SA>(q, k, v, E, W, smem, tid & 31);
+    else if (warp == 13) lb_producer_b<LY, D>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
   }
 }
 

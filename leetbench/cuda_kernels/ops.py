@@ -872,7 +872,7 @@ class LookbackPlan:
     bf16: bool
     piece: int   # L: tokens per piece, a multiple of CHUNK
     smem: int
-    threads: int = 384  # three warpgroups: outputs, state, the producer (one warp of four)
+    threads: int = 512  # four warpgroups: outputs, the state chain, walk 1, the two producer warps
     files: tuple[str, ...] = _WG_FILES
 
     @property
@@ -911,10 +911,11 @@ def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
     sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
     ring = torch.empty(pairs * 2 * D * 64, dtype=torch.float32, device=v.device)  # two published states a pair
     flags = torch.zeros(pairs * 2 + 1, dtype=torch.int32, device=v.device)  # and the ticket counter
+    grid = min(device_limits(dev).sm_count, pairs * runs)
+    scratch = torch.empty(grid * 2 * D * 64, dtype=torch.float32, device=v.device)  # each CTA's S_in hand-over
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s0), _ptr(sN), _ptr(decay), i32(H), i32(N), i32(E),
-            np.float32(scale), i32(plan.piece), i32(runs), i32(B * H), _ptr(ring), _ptr(flags))
-    grid = min(device_limits(dev).sm_count, pairs * runs)
+            np.float32(scale), i32(plan.piece), i32(runs), i32(B * H), _ptr(ring), _ptr(flags), _ptr(scratch))
     kernel(plan.files, plan.name, dev)(grid, plan.threads, args, plan.smem)
     return o, sN
 
