@@ -106,14 +106,14 @@ __device__ __forceinline__ void lb_done(unsigned char* smem, int i, int l) {
 }
 
 // One producer's g-th chunk through its ring R (ring A: the layout itself; ring B: LbRingB) of STAGES slots: the
-// slot awaited free, the piece's chunk from token row t0 (nv tokens) copied, chunk g - 1 announced once its copies
-// have landed (as wg_producer does).
-template <class R, int D, int STAGES, bool LOADQ>
+// slot awaited free, the piece's chunk from token row t0 (nv tokens) copied under L2 policy L2P, chunk g - 1
+// announced once its copies have landed (as wg_producer does).
+template <class R, int D, int STAGES, bool LOADQ, int L2P>
 __device__ __forceinline__ void lb_produce(const u16* q, const u16* k, const u16* v, const LbItem& it, int c, int E,
                                            int lane, u32 sbase, int g) {
   const int slot = g % STAGES;
   if (g >= STAGES) mbar_wait(sbase + R::BAR + 8 * (STAGES + slot), ((g / STAGES) + 1) & 1);
-  wg_copy_chunk<R, D, STAGES, LOADQ>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0,
+  wg_copy_chunk<R, D, STAGES, LOADQ, 1, L2P>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0,
                                      lane, sbase, slot);
   cp_async_commit();
   if (g > 0) {
@@ -149,9 +149,10 @@ __device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, 
   mbar_arrive(sbase + LY::TBAR + 8 * (i & 3));  // every lane, after its own table entries
 }
 
-// Ring B's producer (warp 9): the tickets (the next one taken while an item's chunks are copied) and walk 1 of
-// every item, K and V; it runs ahead of the state warps by ring B's two slots.
-template <class LY, int D>
+// Ring B's producer (warp 13): the tickets (the next one taken while an item's chunks are copied) and walk 1 of
+// every item, K and V (HINTS: kept in L2 over other lines for walk 2); it runs ahead of walk 1's warps by ring B's
+// two slots.
+template <class LY, int D, bool HINTS>
 __device__ __forceinline__ void lb_producer_b(const u16* k, const u16* v, const double* lam, int H, int E,
                                               const LbWork& W, unsigned* ticket, unsigned char* smem, int lane) {
   using RB = LbRingB<LY>;
@@ -167,15 +168,15 @@ __device__ __forceinline__ void lb_producer_b(const u16* k, const u16* v, const 
     if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the copies
     const LbItem it = W.item(t);
     for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
-      lb_produce<RB, D, 2, false>(nullptr, k, v, it, c, E, lane, sbase, g);
+      lb_produce<RB, D, 2, false, HINTS ? L2_LAST : 0>(nullptr, k, v, it, c, E, lane, sbase, g);
     t = __shfl_sync(0xffffffffu, next, 0);
   }
   lb_produced<RB, 2>(sbase, g);
 }
 
-// Ring A's producer (warp 8): walk 2 of every item, Q, K and V, as its ticket comes (it takes part in the tickets'
-// hand-back).
-template <class LY, int D, int SA>
+// Ring A's producer (warp 12): walk 2 of every item, Q, K and V (HINTS: given up first in L2, each read for the
+// last time), as its ticket comes (it takes part in the tickets' hand-back).
+template <class LY, int D, int SA, bool HINTS>
 __device__ __forceinline__ void lb_producer_a(const u16* q, const u16* k, const u16* v, int E, const LbWork& W,
                                               unsigned char* smem, int lane) {
   const u32 sbase = smem_u32(smem);
@@ -185,7 +186,7 @@ __device__ __forceinline__ void lb_producer_a(const u16* q, const u16* k, const 
     if (t >= W.items) break;
     const LbItem it = W.item(t);
     for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
-      lb_produce<LY, D, SA, true>(q, k, v, it, c, E, lane, sbase, g);
+      lb_produce<LY, D, SA, true, HINTS ? L2_FIRST : 0>(q, k, v, it, c, E, lane, sbase, g);
     lb_done<LY>(smem, i, lane);
   }
   lb_produced<LY, SA>(sbase, g);
@@ -267,6 +268,9 @@ __device__ __forceinline__ void lb_walk1(unsigned char* smem, const float* __res
     if (tk >= W.items) break;
     const LbItem it = W.item(tk);
     const float* tab = lb_table<LY>(smem, i);
+    // No further than one item ahead of walk 2 (S_in(i - 1) read: walk 2 of item i - 1 begun), so that this walk's
+    // K and V are still in L2 when walk 2 reads them again an item later.
+    if (i >= 1) mbar_wait(sbase + LY::SINBAR + 8 * (2 + ((i - 1) & 1)), ((i - 1) >> 1) & 1);
     float So[DB][32], Sin[DB][32];
 #pragma unroll
     for (int nb = 0; nb < DB; ++nb)
@@ -275,7 +279,6 @@ __device__ __forceinline__ void lb_walk1(unsigned char* smem, const float* __res
     const int n = (it.seg.n + CH - 1) / CH;
     for (int c = 0; c < n; ++c, ++g) lb_own_chunk<LY, D, BF16>(So, sbase, tab, g, it.seg.n - c * CH, w, l);
     lb_link<SP, D, 2>(it, Sin, So, tab[LB_LAMN], s0, sN, ring, flags, E, t);
-    if (i >= 2) mbar_wait(sbase + LY::SINBAR + 8 * (2 + (i & 1)), ((i >> 1) + 1) & 1);  // S_in(i - 2) read
     float* dst = scratch + (u64)(i & 1) * (D * 64);
 #pragma unroll
     for (int nb = 0; nb < DB; ++nb)
@@ -364,8 +367,9 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 // warps and two idle ones), one per SM; ES = 64 (the state held transposed), SA stages in ring A, two in ring B.
 // Arguments as chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then BH = B·H, the ring of
 // published states [BH·NSL][2][D·64] float32, the flags [BH·NSL][2] with the ticket counter behind them (the flags
-// and the counter zero), and a scratch [grid][2][D·64] float32 for each CTA's S_in hand-over.
-template <int D, int NSL, int SA, bool BF16>
+// and the counter zero), and a scratch [grid][2][D·64] float32 for each CTA's S_in hand-over. HINTS: the producers'
+// L2 policies (walk 1's K and V kept, walk 2's copies given up first).
+template <int D, int NSL, int SA, bool BF16, bool HINTS = true>
 __global__ void __launch_bounds__(512, 1)
     chunk_wg2lb(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
                 const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -405,8 +409,8 @@ __global__ void __launch_bounds__(512, 1)
     else lb_walk1<SP, LY, D, BF16>(smem, s0, sN, ring, flags, own, W, E, tid - 256);
   } else {
     setmaxnreg_dec<56>();  // 128 · 56 + 384 · 152 ≤ 65536 (ptxas -v: 8 bytes of the consumers' spill)
-    if (warp == 12) lb_producer_a<LY, D, SA>(q, k, v, E, W, smem, tid & 31);
-    else if (warp == 13) lb_producer_b<LY, D>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
+    if (warp == 12) lb_producer_a<LY, D, SA, HINTS>(q, k, v, E, W, smem, tid & 31);
+    else if (warp == 13) lb_producer_b<LY, D, HINTS>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
   }
 }
 
