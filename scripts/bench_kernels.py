@@ -161,8 +161,6 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
             if E % 64 == 0:  # the look-back kernel (chunk_wg2lb, v48) over pieces of L tokens: `v2lb<L>`
                 out.update({f"v2lb{L}": {"lookback": L} for L in LOOKBACK_PIECES})
-                out.update({f"v2lb{L}u": {"lookback": replace(ops.lookback_plan(D, E, dtype, L), hints=False)}
-                            for L in LOOKBACK_PIECES})  # u: without the producers' L2 policies
     return out
 
 
@@ -209,8 +207,7 @@ def variant_launch(B: int, H: int, N: int, D: int, E: int, dtype: str,
                    kw: dict) -> tuple[ops.ChunkPlan | ops.LookbackPlan, int]:
     """The plan a variant's outputs come from and its segments (1: one pass), as `ops.chunked` resolves `kw`."""
     if "lookback" in kw:
-        lb = kw["lookback"]
-        return (lb if isinstance(lb, ops.LookbackPlan) else ops.lookback_plan(D, E, dtype, lb)), 1
+        return ops.lookback_plan(D, E, dtype, kw["lookback"]), 1
     if "plan" in kw:
         return kw["plan"], kw.get("segments", 1)
     seq = ops.seq_plan(B, H, N, D, E, dtype, segments=kw.get("segments"), gen=kw.get("gen"))

@@ -126,16 +126,9 @@ __device__ __forceinline__ void wg_copy_rows(int lane, u64 stride, F&& f) {
 
 // One chunk's copies into slot `slot` (Q — unless LOADQ is false — K, and NV V slices; see wg_producer), rows from
 // token row t0 on; a partial chunk (nv < CH) through the plain loop, which zero-fills the rows past the piece's end.
-// L2P: the copies' L2 policy (0: none; L2_FIRST, L2_LAST: l2_policy's).
-template <class L, int D, int STAGES, bool LOADQ, int NV = 1, int L2P = 0>
+template <class L, int D, int STAGES, bool LOADQ, int NV = 1>
 __device__ __forceinline__ void wg_copy_chunk(const u16* q, const u16* k, const u16* v, u64 t0, int nv, int E, int e0,
                                               int lane, u32 sbase, int slot) {
-  [[maybe_unused]] u64 pol = 0;
-  if constexpr (L2P != 0) pol = l2_policy<L2P>();
-  auto cp = [&](u32 dst, const void* src, u32 bytes) {
-    if constexpr (L2P != 0) cp_async16_hint(dst, src, bytes, pol);
-    else cp_async16(dst, src, bytes);
-  };
   constexpr int QPC = D / 8;        // 16-byte pieces per Q / K row
   constexpr int VPC = L::VRB / 16;  // per V row slice
   const u32 qd = sbase + L::QS + slot * L::DB * L::QKT, kd = sbase + L::KS + slot * L::DB * L::QKT;
@@ -143,14 +136,14 @@ __device__ __forceinline__ void wg_copy_chunk(const u16* q, const u16* k, const 
   if (nv == CH) {  // every chunk but a piece's partial last one
     const u16 *qc = q + t0 * D, *kc = k + t0 * D;
     wg_copy_rows<128, QPC, L::QKT>(lane, D, [&](u32 so, u64 off) {
-      if (LOADQ) cp(qd + so, qc + off, 16u);
-      cp(kd + so, kc + off, 16u);
+      if (LOADQ) cp_async16(qd + so, qc + off, 16u);
+      cp_async16(kd + so, kc + off, 16u);
     });
 #pragma unroll
     for (int sl = 0; sl < NV; ++sl) {
       const u16* vc = v + t0 * E + e0 + sl * (L::VRB / 2);
       const u32 vs = vd + sl * STAGES * L::VT;
-      wg_copy_rows<L::VRB, VPC, 0>(lane, (u64)E, [&](u32 so, u64 off) { cp(vs + so, vc + off, 16u); });
+      wg_copy_rows<L::VRB, VPC, 0>(lane, (u64)E, [&](u32 so, u64 off) { cp_async16(vs + so, vc + off, 16u); });
     }
   } else {
 #pragma unroll 8
@@ -159,8 +152,8 @@ __device__ __forceinline__ void wg_copy_chunk(const u16* q, const u16* k, const 
       const bool ok = row < nv;
       const u64 off = (t0 + (ok ? row : 0)) * D + p * 8;
       const u32 so = (u32)((p >> 3) * L::QKT) + swz<128>(row, p & 7);
-      if (LOADQ) cp(qd + so, q + off, ok ? 16u : 0u);
-      cp(kd + so, k + off, ok ? 16u : 0u);
+      if (LOADQ) cp_async16(qd + so, q + off, ok ? 16u : 0u);
+      cp_async16(kd + so, k + off, ok ? 16u : 0u);
     }
 #pragma unroll
     for (int sl = 0; sl < NV; ++sl)
@@ -168,8 +161,8 @@ __device__ __forceinline__ void wg_copy_chunk(const u16* q, const u16* k, const 
       for (int idx = lane; idx < CH * VPC; idx += 32) {
         const int row = idx / VPC, p = idx % VPC;
         const bool ok = row < nv;
-        cp(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
-           v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
+        cp_async16(vd + sl * STAGES * L::VT + swz<L::VRB>(row, p),
+                   v + (t0 + (ok ? row : 0)) * E + e0 + sl * (L::VRB / 2) + p * 8, ok ? 16u : 0u);
       }
   }
 }

@@ -106,14 +106,14 @@ __device__ __forceinline__ void lb_done(unsigned char* smem, int i, int l) {
 }
 
 // One producer's g-th chunk through its ring R (ring A: the layout itself; ring B: LbRingB) of STAGES slots: the
-// slot awaited free, the piece's chunk from token row t0 (nv tokens) copied under L2 policy L2P, chunk g - 1
-// announced once its copies have landed (as wg_producer does).
-template <class R, int D, int STAGES, bool LOADQ, int L2P>
+// slot awaited free, the piece's chunk from token row t0 (nv tokens) copied, chunk g - 1 announced once its copies
+// have landed (as wg_producer does).
+template <class R, int D, int STAGES, bool LOADQ>
 __device__ __forceinline__ void lb_produce(const u16* q, const u16* k, const u16* v, const LbItem& it, int c, int E,
                                            int lane, u32 sbase, int g) {
   const int slot = g % STAGES;
   if (g >= STAGES) mbar_wait(sbase + R::BAR + 8 * (STAGES + slot), ((g / STAGES) + 1) & 1);
-  wg_copy_chunk<R, D, STAGES, LOADQ, 1, L2P>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0,
+  wg_copy_chunk<R, D, STAGES, LOADQ>(q, k, v, it.seg.tok0 + (u64)c * CH, min(CH, it.seg.n - c * CH), E, it.e0,
                                      lane, sbase, slot);
   cp_async_commit();
   if (g > 0) {
@@ -150,9 +150,8 @@ __device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, 
 }
 
 // Ring B's producer (warp 13): the tickets (the next one taken while an item's chunks are copied) and walk 1 of
-// every item, K and V (HINTS: kept in L2 over other lines for walk 2); it runs ahead of walk 1's warps by ring B's
-// two slots.
-template <class LY, int D, bool HINTS>
+// every item, K and V; it runs ahead of walk 1's warps by ring B's two slots.
+template <class LY, int D>
 __device__ __forceinline__ void lb_producer_b(const u16* k, const u16* v, const double* lam, int H, int E,
                                               const LbWork& W, unsigned* ticket, unsigned char* smem, int lane) {
   using RB = LbRingB<LY>;
@@ -168,15 +167,15 @@ __device__ __forceinline__ void lb_producer_b(const u16* k, const u16* v, const 
     if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the copies
     const LbItem it = W.item(t);
     for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
-      lb_produce<RB, D, 2, false, HINTS ? L2_LAST : 0>(nullptr, k, v, it, c, E, lane, sbase, g);
+      lb_produce<RB, D, 2, false>(nullptr, k, v, it, c, E, lane, sbase, g);
     t = __shfl_sync(0xffffffffu, next, 0);
   }
   lb_produced<RB, 2>(sbase, g);
 }
 
-// Ring A's producer (warp 12): walk 2 of every item, Q, K and V (HINTS: given up first in L2, each read for the
-// last time), as its ticket comes (it takes part in the tickets' hand-back).
-template <class LY, int D, int SA, bool HINTS>
+// Ring A's producer (warp 12): walk 2 of every item, Q, K and V, as its ticket comes (it takes part in the tickets'
+// hand-back).
+template <class LY, int D, int SA>
 __device__ __forceinline__ void lb_producer_a(const u16* q, const u16* k, const u16* v, int E, const LbWork& W,
                                               unsigned char* smem, int lane) {
   const u32 sbase = smem_u32(smem);
@@ -186,7 +185,7 @@ __device__ __forceinline__ void lb_producer_a(const u16* q, const u16* k, const 
     if (t >= W.items) break;
     const LbItem it = W.item(t);
     for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
-      lb_produce<LY, D, SA, true, HINTS ? L2_FIRST : 0>(q, k, v, it, c, E, lane, sbase, g);
+      lb_produce<LY, D, SA, true>(q, k, v, it, c, E, lane, sbase, g);
     lb_done<LY>(smem, i, lane);
   }
   lb_produced<LY, SA>(sbase, g);
@@ -367,9 +366,8 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 // warps and two idle ones), one per SM; ES = 64 (the state held transposed), SA stages in ring A, two in ring B.
 // Arguments as chunk_wg2's (pieces of L tokens, RUNS = ⌈N / L⌉ of them per head), then BH = B·H, the ring of
 // published states [BH·NSL][2][D·64] float32, the flags [BH·NSL][2] with the ticket counter behind them (the flags
-// and the counter zero), and a scratch [grid][2][D·64] float32 for each CTA's S_in hand-over. HINTS: the producers'
-// L2 policies (walk 1's K and V kept, walk 2's copies given up first).
-template <int D, int NSL, int SA, bool BF16, bool HINTS = true>
+// and the counter zero), and a scratch [grid][2][D·64] float32 for each CTA's S_in hand-over.
+template <int D, int NSL, int SA, bool BF16>
 __global__ void __launch_bounds__(512, 1)
     chunk_wg2lb(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
                 const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -409,8 +407,8 @@ __global__ void __launch_bounds__(512, 1)
     else lb_walk1<SP, LY, D, BF16>(smem, s0, sN, ring, flags, own, W, E, tid - 256);
   } else {
     setmaxnreg_dec<56>();  // 128 · 56 + 384 · 152 ≤ 65536 (ptxas -v: 8 bytes of the consumers' spill)
-    if (warp == 12) lb_producer_a<LY, D, SA, HINTS>(q, k, v, E, W, smem, tid & 31);
-    else if (warp == 13) lb_producer_b<LY, D, HINTS>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
+    if (warp == 12) lb_producer_a<LY, D, SA>(q, k, v, E, W, smem, tid & 31);
+    else if (warp == 13) lb_producer_b<LY, D>(k, v, lam, H, E, W, flags + 2 * W.pairs, smem, tid & 31);
   }
 }
 

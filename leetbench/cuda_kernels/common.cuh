@@ -189,22 +189,6 @@ __device__ __forceinline__ float2 lds64(const float* p) { return *reinterpret_ca
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, u32 src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
-// The same with an L2 eviction policy (l2_policy): which lines L2 gives up first.
-__device__ __forceinline__ void cp_async16_hint(u32 dst, const void* src, u32 src_bytes, u64 policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(dst), "l"(src),
-               "r"(src_bytes), "l"(policy) : "memory");
-}
-// L2 policies for cp_async16_hint: LAST keeps the lines over others (read again soon), FIRST gives them up first
-// (read for the last time).
-#define L2_FIRST 1
-#define L2_LAST 2
-template <int P>
-__device__ __forceinline__ u64 l2_policy() {
-  u64 p;
-  if (P == L2_LAST) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
-  else asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-  return p;
-}
 // Arrive on `bar` once all of this thread's earlier cp.async have landed (counts toward the expected count).
 __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");

@@ -872,14 +872,12 @@ class LookbackPlan:
     bf16: bool
     piece: int   # L: tokens per piece, a multiple of CHUNK
     smem: int
-    hints: bool = True  # the producers' L2 policies (walk 1's K and V kept for walk 2; the kernel's HINTS)
     threads: int = 512  # four warpgroups: outputs, the state chain, walk 1, the two producer warps
     files: tuple[str, ...] = _WG_FILES
 
     @property
     def name(self) -> str:
-        hints = "" if self.hints else ",false"  # the kernel's HINTS, true by default
-        return f"chunk_wg2lb<{self.D},{self.cl},{self.stages},{str(self.bf16).lower()}{hints}>"
+        return f"chunk_wg2lb<{self.D},{self.cl},{self.stages},{str(self.bf16).lower()}>"
 
 
 @functools.lru_cache(maxsize=None)
@@ -923,8 +921,7 @@ def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
 
 
 def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None,
-            segments: int | None = None, scan: str = "cuda", gen: int | None = None,
-            lookback: "int | LookbackPlan | None" = None):
+            segments: int | None = None, scan: str = "cuda", gen: int | None = None, lookback: int | None = None):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
     Warpgroup products (wgmma) on compute capability 9.0 for D ∈ {64, 128}, E a multiple of 32 (generation
@@ -933,8 +930,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     segments: None = sequence parallel when the plan's rule says so (seq_plan), 1 = one pass, P ≥ 2 = P
     segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
     gen: the kernel generation of the default plans (None: the newest the device and shape allow).
-    lookback: pieces of this many tokens through the look-back kernel (lookback_plan; or that kernel's plan itself),
-    instead of any of the above.
+    lookback: pieces of this many tokens through the look-back kernel (lookback_plan), instead of any of the above.
     """
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
@@ -947,7 +943,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     if lookback is not None:
         if plan is not None or segments is not None:
             raise ValueError("chunked: lookback is a plan of its own (got a plan or segments as well)")
-        lb = lookback if isinstance(lookback, LookbackPlan) else lookback_plan(D, E, dtype, lookback, dev)
+        lb = lookback_plan(D, E, dtype, lookback, dev)
         if N:  # (no pieces at N = 0: the one-pass kernel below hands S0 back)
             return _lookback(lb, dev, q, k, v, decay, scale, s0)
     seq = None if (plan is not None and segments is None) or N == 0 else seq_plan(
