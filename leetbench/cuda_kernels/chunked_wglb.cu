@@ -15,10 +15,11 @@
 // 13 ring B's, which also takes the tickets and writes each item's λ table and λ^n before handing its ticket over
 // (four in flight); every warp that takes an item hands its ticket back when done with it. setmaxnreg gives the
 // consumer warpgroups 152 registers a thread and the producers' 56.
-// Each pair has a ring of two published states: piece p + 2 rewrites entry p mod 2 only after it has seen piece
-// p + 1's flag, which piece p + 1 set after it had read entry p mod 2. A flag holds p + 1; the launcher clears the
-// flags and the ticket counter behind them. No CTA waits on a ticket not yet taken, and the CTA holding a taken
-// ticket is running, so the chain always moves.
+// Each pair has a ring of two published states ([D·64] float32 in per-thread order — entry (32·nb + j)·128 + t
+// holds thread t's Sᵀ[nb][j] — so a warp reads and writes whole 128-byte lines; the CTAs' S_in hand-over alike):
+// piece p + 2 rewrites entry p mod 2 only after it has seen piece p + 1's flag, which piece p + 1 set after it had
+// read entry p mod 2. A flag holds p + 1; the launcher clears the flags and the ticket counter behind them. No CTA
+// waits on a ticket not yet taken, and the CTA holding a taken ticket is running, so the chain always moves.
 
 // Shared memory. The head: ring A's slot barriers (full [SA]: its producer's lanes; empty [SA]: the output and state
 // warps), the float16 scales, λ table 0, the state copies' barriers and scales (chunk_wg2's), ring B's slot barriers
@@ -99,6 +100,18 @@ __device__ __forceinline__ float* lb_table(unsigned char* smem, int i) {
   const int e = i & 3;
   return reinterpret_cast<float*>(smem + (e == 0 ? LY::TAB : LY::TABS + (e - 1) * 2 * TAB_LO * 4));
 }
+// Both at once for a consumer warp (ok false once no item is left).
+struct LbTaken {
+  bool ok;
+  LbItem it;
+  const float* tab;
+};
+template <class LY>
+__device__ __forceinline__ LbTaken lb_take(unsigned char* smem, int i, const LbWork& W) {
+  const u32 tk = lb_ticket<LY>(smem, i);
+  return {tk < W.items, W.item(tk < W.items ? tk : 0u), lb_table<LY>(smem, i)};
+}
+
 // Item i done with (its ticket entry and table free), by one lane of each warp that took it.
 template <class LY>
 __device__ __forceinline__ void lb_done(unsigned char* smem, int i, int l) {
@@ -263,10 +276,8 @@ __device__ __forceinline__ void lb_walk1(unsigned char* smem, const float* __res
   const int w = t >> 5, l = t & 31;
   int g = 0;  // chunks through ring B
   for (int i = 0;; ++i) {
-    const u32 tk = lb_ticket<LY>(smem, i);
-    if (tk >= W.items) break;
-    const LbItem it = W.item(tk);
-    const float* tab = lb_table<LY>(smem, i);
+    const auto [ok, it, tab] = lb_take<LY>(smem, i, W);
+    if (!ok) break;
     // No further than one item ahead of walk 2 (S_in(i - 1) read: walk 2 of item i - 1 begun), so that this walk's
     // K and V are still in L2 when walk 2 reads them again an item later.
     if (i >= 1) mbar_wait(sbase + LY::SINBAR + 8 * (2 + ((i - 1) & 1)), ((i - 1) >> 1) & 1);
@@ -299,10 +310,8 @@ __device__ __forceinline__ void lb_state(unsigned char* smem, const float* __res
   const int r0 = 16 * w + (l >> 2);
   int g = 0;  // chunks through ring A (and state copies: one each)
   for (int i = 0;; ++i) {
-    const u32 tk = lb_ticket<LY>(smem, i);
-    if (tk >= W.items) break;
-    const LbItem it = W.item(tk);
-    const float* tab = lb_table<LY>(smem, i);
+    const auto [ok, it, tab] = lb_take<LY>(smem, i, W);
+    if (!ok) break;
     float S[DB][32];
     mbar_wait(sbase + LY::SINBAR + 8 * (i & 1), (i >> 1) & 1);
     const float* src = scratch + (u64)(i & 1) * (D * 64);
@@ -331,10 +340,8 @@ __device__ __forceinline__ void lb_outputs(unsigned char* smem, u16* __restrict_
   u16* ow = reinterpret_cast<u16*>(smem + LY::OS) + 16 * w * LY::OP;
   int g = 0;  // chunks through ring A (and state copies: one each)
   for (int i = 0;; ++i) {
-    const u32 tk = lb_ticket<LY>(smem, i);
-    if (tk >= W.items) break;
-    const LbItem it = W.item(tk);
-    const float* tab = lb_table<LY>(smem, i);
+    const auto [ok, it, tab] = lb_take<LY>(smem, i, W);
+    if (!ok) break;
     float mask[32];
     wg_decay_mask(mask, tab, scale, r0, c0);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
