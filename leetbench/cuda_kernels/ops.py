@@ -872,8 +872,15 @@ class LookbackPlan:
     bf16: bool
     piece: int   # L: tokens per piece, a multiple of CHUNK
     smem: int
-    threads: int = 512  # four warpgroups: outputs, the state chain, walk 1, the two producer warps
-    files: tuple[str, ...] = _WG_FILES
+
+    @property
+    def threads(self) -> int:
+        """Four warpgroups: the outputs, the state chain, walk 1, the two producer warps (and two idle ones)."""
+        return 512
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return _WG_FILES
 
     @property
     def name(self) -> str:
