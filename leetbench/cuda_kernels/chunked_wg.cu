@@ -896,8 +896,8 @@ struct WgSplit {
 
   // The state warps' step over the c-th chunk through the slots (min(CH, rest) tokens): S = λ^n S + Kᵀ Ṽ, the slot
   // released by this warpgroup's share.
-  static __device__ __forceinline__ void state_chunk(float (&S)[DB][NA], unsigned char* smem, u32 sbase, const float* tab,
-                                                     int c, int rest, int w, int l, int t) {
+  static __device__ __forceinline__ void state_chunk(float (&S)[DB][NA], unsigned char* smem, u32 sbase,
+                                                     const float* tab, int c, int rest, int w, int l, int t) {
     const int slot = c % STAGES;
     LB_STAMP(c, 0);
     mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);

@@ -1,15 +1,16 @@
-// ---- one kernel, a look-back between pieces (KERNEL_NOTES v48, v49) -------------------------------------------
+// ---- one kernel, a look-back between pieces (KERNEL_NOTES v48-v50) --------------------------------------------
 // The sequence-parallel passes (segments.py) read k and v of every segment but the last twice from DRAM, once for
 // the state pass and once for the outputs: at B=1, H=32, D=E=128 in 16 bits at two segments, a quarter more bytes
-// than the operator's q, k, v and o. chunk_wg2lb reads them from DRAM once. Persistent CTAs (one an SM) take work
+// than the operator's q, k, v and o. chunk_wg2lb means to read them from DRAM once (it does not yet: v50 found its
+// second walk reading them from DRAM again, 20% slower than the passes at best). Persistent CTAs (one an SM) take work
 // items by an atomic ticket. Item t is piece p = t / (BH·NSL) (L tokens from p·L) of the pair (head bh, E slice s)
 // numbered t mod BH·NSL, so the piece before it on the same pair was taken BH·NSL tickets earlier, by a CTA already
 // running. Per item:
 //   walk 1 (K, V through ring B):  S_own = Σ_j λ^(n-1-j) k_jᵀ v_j over the piece, from zero;
 //   the link: S_in = S0 (or 0) for p = 0, else the inclusive state piece p - 1 published (acquired on its flag);
 //             S_inc = λ^n S_in + S_own is published for piece p + 1 (released), or is the final state at the end;
-//   walk 2 (Q, K, V through ring A; K and V, read a walk earlier, mostly from L2): chunk_wg2's output warps and
-//             state chain over the piece from S_in.
+//   walk 2 (Q, K, V through ring A; K and V read a walk earlier, meant to come from L2): chunk_wg2's output warps
+//             and state chain over the piece from S_in.
 // Roles: warps 0-3 the outputs and 4-7 the state chain (walk 2 of item i), warps 8-11 walk 1 and the link (of item
 // i + 1 meanwhile; S_in handed to the state warps through a scratch of the CTA's), warp 12 ring A's producer, warp
 // 13 ring B's, which also takes the tickets and writes each item's λ table and λ^n before handing its ticket over
