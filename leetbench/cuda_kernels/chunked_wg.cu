@@ -775,16 +775,16 @@ struct WgSplit {
     }
   }
 
-  // A chunk on the output warps (min(CH, rest) tokens), the c-th through the slots and the j-th through the state
-  // copies (in chunk_wg2 both its index; chunk_wg2lb's walks count on): its tiles and state copy awaited, Q Kᵀ (into
-  // acc_a) and Q S_in (into acc_o) issued, `meanwhile()` run while they do, P = (Q Kᵀ) ⊙ M formed,
-  // O = c·diag(λ^(i+1)) 2^s Q S_in + P V into acc_o, the copy and the slot released. Returns its token count.
+  // The c-th chunk through the slots and state copies on the output warps (chunk_wg2lb's count on from piece to
+  // piece), min(CH, rest) tokens: its tiles and state copy awaited, Q Kᵀ (into acc_a) and Q S_in (into acc_o)
+  // issued, `meanwhile()` run while they do, P = (Q Kᵀ) ⊙ M formed, O = c·diag(λ^(i+1)) 2^s Q S_in + P V into
+  // acc_o, the copy and the slot released. Returns its token count.
   template <class F>
-  static __device__ __forceinline__ int chunk_products(unsigned char* smem, int rest, int c, int j, float (&acc_a)[32],
+  static __device__ __forceinline__ int chunk_products(unsigned char* smem, int rest, int c, float (&acc_a)[32],
                                                         float (&acc_o)[NA], float (&mask)[32], float scale, float f0,
                                                         float f1, int l, int r0, int c0, F&& meanwhile) {
     const u32 sbase = smem_u32(smem);
-    const int slot = c % STAGES, buf = j & 1;
+    const int slot = c % STAGES, buf = c & 1;
     LB_STAMP(c, 0);
     mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
     LB_STAMP(c, 1);
@@ -792,7 +792,7 @@ struct WgSplit {
     const u32 qs = sbase + L::QS + slot * DB * L::QKT, vs = sbase + L::VS + slot * L::VT;
     [[maybe_unused]] u32 qa[QREG ? D / 16 : 1][4];
     if constexpr (QREG) wg_load_q<D>(qa, qs, r0 >> 4, l);  // (before the copy is awaited: the loads' latency)
-    mbar_wait(sbase + L::CBAR + 8 * buf, (j >> 1) & 1);  // copy j from the state warps
+    mbar_wait(sbase + L::CBAR + 8 * buf, (c >> 1) & 1);  // copy c from the state warps
     LB_STAMP(c, 2);
     wg_fence();
     const u32 ks = sbase + L::KS + slot * DB * L::QKT, cs = sbase + copy_at(buf);
@@ -816,8 +816,8 @@ struct WgSplit {
     wg_pin(acc_o);
     if constexpr (QREG) wg_keep(qa);
     LB_STAMP(c, 4);
-    const float up = scales(smem)[buf];  // read before the copy is released: copy j + 2 rewrites it
-    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy j
+    const float up = scales(smem)[buf];  // read before the copy is released: copy c + 2 rewrites it
+    if (l == 0) mbar_arrive(sbase + L::CBAR + 8 * (2 + buf));  // this warp's share of Q S_in read copy c
     wg_chunk_outputs<ES, BF16>(acc_o, pa, vs, f0 * up, f1 * up);
     LB_STAMP(c, 5);
     if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads the slot
@@ -839,7 +839,7 @@ struct WgSplit {
     const int nchunks = (seg.n + CH - 1) / CH;
     for (int c = first; c < nchunks; c += step) {
       float acc_a[32], acc_o[NA];
-      const int nv = chunk_products(smem, seg.n - c * CH, c, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
+      const int nv = chunk_products(smem, seg.n - c * CH, c, acc_a, acc_o, mask, scale, f0, f1, l, r0, c0, [] {});
       store(acc_o, ow, o, seg.tok0 + (u64)c * CH + 16 * w, E, e0, 16 * w, nv, l, c0);
       LB_STAMP(c, 6);
     }
@@ -852,7 +852,7 @@ struct WgSplit {
                                                     int e0, int E, float scale, int c, float (&acc_a)[32],
                                                     float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
                                                     float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
-    chunk_products(smem, seg.n - c * CH, c, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
+    chunk_products(smem, seg.n - c * CH, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
       if (c > 0) store(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
     });
   }

@@ -349,8 +349,8 @@ __device__ __forceinline__ void lb_outputs(unsigned char* smem, u16* __restrict_
     const int n = (it.seg.n + CH - 1) / CH;
     for (int c = 0; c < n; ++c) {
       float acc_a[32], acc_o[32];
-      const int nv = SP::chunk_products(smem, it.seg.n - c * CH, g + c, g + c, acc_a, acc_o, mask, scale, f0, f1, l,
-                                        r0, c0, [] {});
+      const int nv = SP::chunk_products(smem, it.seg.n - c * CH, g + c, acc_a, acc_o, mask, scale, f0, f1, l, r0,
+                                        c0, [] {});
       SP::store(acc_o, ow, o, it.seg.tok0 + (u64)c * CH + 16 * w, E, it.e0, 16 * w, nv, l, c0);
     }
     g += n;
