@@ -59,7 +59,6 @@ def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "none.csv" in proc.stderr
 
 
-
 ROOT = SCRIPT.parent.parent
 PUBLISHED = ROOT / "results" / "gpu-NVIDIA-H200" / "results.csv"
 

@@ -462,14 +462,14 @@ def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | Non
                      smem=smem_bytes("wg", D, es, stages, dev))
 
 
-def _depths(kind: str, plan: ChunkPlan, dev: int, per_sm: int) -> list[int]:
+def _depths(kind: str, plan: "ChunkPlan | LookbackPlan", dev: int, per_sm: int) -> list[int]:
     """Pipeline depths at which `plan`'s tiles in layout `kind` (wg2: two state copies, wg3: and a second output
     staging) fit `per_sm` CTAs on an SM."""
     lim = device_limits(dev)
     return [s for s in _STAGES if lim.blocks_fit(smem_bytes(kind, plan.D, plan.es, s, dev), per_sm)]
 
 
-def _deepest(kind: str, plan: ChunkPlan, dev: int, per_sm: int, form: str) -> dict:
+def _deepest(kind: str, plan: "ChunkPlan | LookbackPlan", dev: int, per_sm: int, form: str) -> dict:
     """The deepest pipeline of layout `kind` at `per_sm` CTAs per SM, as ChunkPlan fields (stages, smem, minb);
     ValueError naming the kernel `form` where none fits."""
     fits = _depths(kind, plan, dev, per_sm)
@@ -863,8 +863,8 @@ def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg:
 @dataclass(frozen=True)
 class LookbackPlan:
     """chunk_wg2lb (chunked_wglb.cu): one persistent kernel over pieces of `piece` tokens of every (head, 64-column
-    E slice), each piece's entering state handed over from the piece before by a look-back, k and v read from
-    DRAM once (KERNEL_NOTES v48)."""
+    E slice), each piece's entering state handed over from the piece before by a look-back, meant to read k and v
+    from DRAM once (KERNEL_NOTES v48-v50: its second walk still reads them from DRAM; not the rule)."""
 
     D: int
     cl: int      # E slices of 64 columns
@@ -872,6 +872,11 @@ class LookbackPlan:
     bf16: bool
     piece: int   # L: tokens per piece, a multiple of CHUNK
     smem: int
+
+    @property
+    def es(self) -> int:
+        """Columns of E a work item covers (its state held transposed: wgmma's M)."""
+        return 64
 
     @property
     def threads(self) -> int:
@@ -900,12 +905,9 @@ def lookback_plan(D: int, E: int, dtype: str, piece: int, dev: int = 0) -> Lookb
         raise ValueError(f"lookback={piece}: pieces are a positive multiple of {CHUNK} tokens")
     if device_gen(dev) != 2:
         raise ValueError("the look-back kernel is generation 2's (compute capability 9.0)")
-    lim = device_limits(dev)
-    fits = [s for s in _STAGES if lim.blocks_fit(smem_bytes("wglb", D, 64, s, dev), 1)]
-    if not fits:
-        raise ValueError(f"the look-back kernel's tiles at D={D} do not fit shared memory")
-    return LookbackPlan(D=D, cl=E // 64, stages=max(fits), bf16=dtype == "bfloat16", piece=piece,
-                        smem=smem_bytes("wglb", D, 64, max(fits), dev))
+    plan = LookbackPlan(D=D, cl=E // 64, stages=0, bf16=dtype == "bfloat16", piece=piece, smem=0)
+    deepest = _deepest("wglb", plan, dev, 1, "chunk_wg2lb")
+    return replace(plan, stages=deepest["stages"], smem=deepest["smem"])
 
 
 def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
@@ -916,10 +918,10 @@ def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
     pairs = B * H * plan.cl
     o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
     sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
-    ring = torch.empty(pairs * 2 * D * 64, dtype=torch.float32, device=v.device)  # two published states a pair
+    ring = torch.empty(pairs * 2 * D * plan.es, dtype=torch.float32, device=v.device)  # two published states a pair
     flags = torch.zeros(pairs * 2 + 1, dtype=torch.int32, device=v.device)  # and the ticket counter
     grid = min(device_limits(dev).sm_count, pairs * runs)
-    scratch = torch.empty(grid * 2 * D * 64, dtype=torch.float32, device=v.device)  # each CTA's S_in hand-over
+    scratch = torch.empty(grid * 2 * D * plan.es, dtype=torch.float32, device=v.device)  # each CTA's S_in hand-over
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s0), _ptr(sN), _ptr(decay), i32(H), i32(N), i32(E),
             np.float32(scale), i32(plan.piece), i32(runs), i32(B * H), _ptr(ring), _ptr(flags), _ptr(scratch))
