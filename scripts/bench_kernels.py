@@ -254,14 +254,17 @@ def other_state_pass(state: ops.StatePlan, D: int, E: int, dtype: str) -> tuple[
 
 
 PASS = "pass:"  # time_shape's calls that are one pass of the rule's sequence-parallel plan (--passes)
+STREAM = "stream"  # time_shape's call that moves the operator's floor bytes and computes nothing (--stream)
 
 
 def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kws: dict[str, dict], peer: dict,
-               passes: int | None = None, rounds: int = 1) -> dict:
+               passes: int | None = None, rounds: int = 1, stream: bool = False) -> dict:
     """The shape's variants (`kws`: ops.chunked's keyword arguments by name) and peers, timed side by side; with
     rounds > 1 in that many interleaved rounds (each call timed once a round, shorter), the median of the rounds'
     medians kept and each round's in `rounds_*`: a card whose clock drifts during the run then biases no variant
-    by its place in the order."""
+    by its place in the order. stream (D = E): also one elementwise kernel that reads q, k, v and writes o
+    (`torch.addcmul`, `stream_ms`) — the operator's floor bytes in its read-write mix, with no arithmetic to speak
+    of: how close to the copy bandwidth that mix itself comes on this card."""
     dt = DT[dname]
     g = torch.Generator(device="cuda").manual_seed(N + B)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -313,6 +316,9 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
                 row[f"agree_whole{tag}"] = worst(timed[f"whole{tag}"]()[0], timed["whole"]()[0])
         # timed in the same rounds as the variants: `whole` and the rule's own variant then see the same card
         calls.update({PASS + name: fn for name, fn in timed.items()})
+    if stream and D == E:
+        o = torch.empty_like(v)
+        calls[STREAM] = lambda: torch.addcmul(q, k, v, out=o)
     first = None
     timing = TIMING if rounds == 1 else replace(TIMING, warmup_ms=5, rep_ms=max(10, TIMING.rep_ms // rounds))
     times: dict[str, list[float]] = {}
@@ -322,7 +328,7 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
                 continue  # failed in the first round
             try:
                 with torch.inference_mode():
-                    if r == 0 and not name.startswith(PASS):
+                    if r == 0 and not name.startswith(PASS) and name != STREAM:
                         out = fn()
                         out = out[0] if isinstance(out, tuple) else out
                         out = out.transpose(1, 2) if name == "fla" else out
@@ -335,7 +341,8 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
                 print(f"  {name} failed: {type(exc).__name__}: {exc}")
                 times.pop(name, None)
     for name, each in times.items():
-        key = f"pass_ms_{name.removeprefix(PASS)}" if name.startswith(PASS) else f"ms_{name}"
+        key = (f"pass_ms_{name.removeprefix(PASS)}" if name.startswith(PASS)
+               else f"{STREAM}_ms" if name == STREAM else f"ms_{name}")
         row[key] = statistics.median(each)
         if rounds > 1:
             row[f"rounds_{key.removeprefix('ms_')}"] = each
@@ -352,8 +359,11 @@ def line(row: dict) -> str:
     cells = " ".join(f"{k}={v:.3f}{'*' if v == best else ''}({row['floor_bytes'] / v / 1e6 / row['bw_gbps']:.0%}"
                      f"{rate(k, v)})" for k, v in ms.items())
     bad = [k[6:] for k, v in row.items() if k.startswith("agree_") and v > 3e-2]
-    passes = " ".join(f"{k[8:]}={v:.4f}" for k, v in row.items() if k.startswith("pass_ms_"))
-    passes += f" ({row['passes_plan']})" if "passes_plan" in row else ""
+    extra = [f"{k[8:]}={v:.4f}" for k, v in row.items() if k.startswith("pass_ms_")]
+    extra += [f"({row['passes_plan']})"] if "passes_plan" in row else []
+    if (st := row.get(f"{STREAM}_ms")) is not None:
+        extra.append(f"{STREAM}={st:.4f}({row['floor_bytes'] / st / 1e6 / row['bw_gbps']:.0%})")
+    passes = " ".join(extra)
     shape = f"{row['dtype']} B{row['B']} H{row['H']} N{row['N']:5d} D{row['D']} E{row['E']}"
     return (f"{shape} P={row['segments_auto']}: {cells}"
             + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else "")
@@ -373,6 +383,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, nargs="?", const=0, default=None, metavar="P",
                     help="also time the three passes of the default sequence-parallel plan, or of P segments, "
                          "each alone (pass_ms_*)")
+    ap.add_argument("--stream", action="store_true",
+                    help="also time an elementwise kernel that moves the floor bytes (reads q, k, v, writes o; D = E)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--variants", default=None, metavar="GLOBS",
                     help="time only the variants whose names match one of these comma-separated globs (v2,v2P2*)")
@@ -409,7 +421,7 @@ def main() -> None:
     print(f"{name}, copy {bw:.0f} GB/s, {len(names)} kernels compiled in {time.time() - t0:.0f} s", flush=True)
     table = []
     for (d, B, H, N, D, E) in shapes:
-        row = time_shape(B, H, N, D, E, d, bw, kws[(d, B, H, N, D, E)], peer, args.passes, args.rounds)
+        row = time_shape(B, H, N, D, E, d, bw, kws[(d, B, H, N, D, E)], peer, args.passes, args.rounds, args.stream)
         table.append(line(row))
         print(table[-1], flush=True)
         if args.out:

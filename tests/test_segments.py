@@ -651,6 +651,15 @@ def test_bench_counts_each_variants_products(h200_gen2):
     assert bench.line(row).startswith("bf16 B8 H32 N65536 D128 E128 P=1: v2=5.536*(73%, 298 TF) fla=12.000(34%)")
 
 
+def test_bench_prints_the_stream_beside_the_variants():
+    """bench_kernels.py --stream's elementwise kernel (the floor bytes, nothing computed) is printed after the
+    variants with its share of the copy bandwidth, and is neither a variant nor the fastest."""
+    bench = _bench_module()
+    row = {"dtype": "bf16", "B": 1, "H": 32, "N": 16384, "D": 128, "E": 128, "bw_gbps": 4240.0,
+           "floor_bytes": 32 * 16384 * 1024, "segments_auto": 2, "ms_v2": 0.221, "stream_ms": 0.15}
+    assert bench.line(row) == "bf16 B1 H32 N16384 D128 E128 P=2: v2=0.221*(57%)  [stream=0.1500(84%)]"
+
+
 def test_bench_times_the_lookback_kernel(h200_gen2):
     """bench_kernels.py --gen times chunk_wg2lb in 16 bits at E a multiple of 64 over pieces of 256 … 2048 tokens,
     names its instance with the piece and counts its state products over every token; none in float32 or at
