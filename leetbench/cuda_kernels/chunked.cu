@@ -223,10 +223,7 @@ __device__ __forceinline__ void chunk_prologue(u32 bars, float* tab, double lam,
                                                u32 consumer_warps = 4) {
   static_assert(2 * STAGES * 8 <= SM_SCL, "barriers overlap the fp16 scales");
   if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(bars + 8 * s, producers);                   // one arrive from each producer lane
-      mbar_init(bars + 8 * (STAGES + s), consumer_warps);   // one arrive per consumer warp
-    }
+    ring_barriers_init(bars, STAGES, producers, consumer_warps);  // an arrive per producer lane, per consumer warp
     fence_mbar_init();
   }
   if (tid <= CH) decay_table_entry(tab, lam, tid);

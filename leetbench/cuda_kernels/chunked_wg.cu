@@ -694,7 +694,7 @@ __global__ void chunk_wg_layout(int* out) {
 // arrivals: every state thread after fencing its own writes for the tensor cores) and empty [2] (4: every output
 // warp after its share of Q S_in, which reads the whole copy). Initialised by thread 0.
 __device__ __forceinline__ void wg_copy_barriers_init(u32 cbar) {
-  for (int b = 0; b < 4; ++b) mbar_init(cbar + 8 * b, b < 2 ? 128 : 4);  // copy full, empty
+  ring_barriers_init(cbar, 2, 128, 4);  // copy full, empty
 }
 // Copy j, written by write(buf) (which returns its scale 2^s), once the output warps have released copy j - 2.
 template <class F>
@@ -895,19 +895,22 @@ struct WgSplit {
   }
 
   // The state warps' step over the c-th chunk through the slots (min(CH, rest) tokens): S = λ^n S + Kᵀ Ṽ, the slot
-  // released by this warpgroup's share.
+  // released by this warpgroup's share. The slots are the layout's ring of STAGES, or (TST) another ring R of RS
+  // slots with the same K and V tiles (chunk_wg2lb's walk 1).
+  template <class R = L, int RS = STAGES>
   static __device__ __forceinline__ void state_chunk(float (&S)[DB][NA], unsigned char* smem, u32 sbase,
                                                      const float* tab, int c, int rest, int w, int l, int t) {
-    const int slot = c % STAGES;
+    static_assert(TST || (R::BAR == L::BAR && RS == STAGES), "another ring needs the state held transposed");
+    const int slot = c % RS;
     LB_STAMP(c, 0);
-    mbar_wait(sbase + L::BAR + 8 * slot, (c / STAGES) & 1);
+    mbar_wait(sbase + R::BAR + 8 * slot, (c / RS) & 1);
     LB_STAMP(c, 1);
     const int nv = min(CH, rest);
     if constexpr (TST) {
       u32 va[4][4];
-      wg_begin_chunk_t<D, BF16>(S, va, sbase + L::VS + slot * L::VT, tab, nv, w, l);
+      wg_begin_chunk_t<D, BF16>(S, va, sbase + R::VS + slot * R::VT, tab, nv, w, l);
       LB_STAMP(c, 2);
-      wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
+      wg_state_update_t<D, BF16>(S, va, sbase + R::KS + slot * DB * R::QKT);
     } else {
       C1::begin_chunk(S, smem, tab, slot, nv, t);  // named barrier 1: the state warps only
       LB_STAMP(c, 2);
@@ -920,7 +923,7 @@ struct WgSplit {
     LB_STAMP(c, 3);
     if constexpr (!TST) wg_sync<BARID>();  // every state warp's share of Kᵀ Ṽ done before Ṽ is rewritten
     LB_STAMP(c, 4);
-    if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // (TST: this warp's share read the slot)
+    if (l == 0) mbar_arrive(sbase + R::BAR + 8 * (RS + slot));  // (TST: this warp's share read the slot)
   }
 
   // The state warps. TST: S holds Sᵀ (S[nb] its block over columns 64·nb.. of D) and each warp's Ṽᵀ is its own

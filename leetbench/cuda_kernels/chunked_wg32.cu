@@ -732,8 +732,7 @@ __global__ void __launch_bounds__(256 + 32 * NPW, 1)
   const WgCta cta = wg_cta<D, ES, NSL, 1, LY>(smem_raw, RUNS, L, N, lam, H, 32 * NPW);  // empty: the output warps
   if (threadIdx.x == 0) {
     wg_copy_barriers_init(cta.sbase + LY::CBAR);
-    mbar_init(cta.sbase + LY::PBAR, 128);    // pieces ready: every output thread
-    mbar_init(cta.sbase + LY::PBAR + 8, 4);  // pieces free: every state warp
+    ring_barriers_init(cta.sbase + LY::PBAR, 1, 128, 4);  // pieces ready: every output thread; free: every state warp
     fence_mbar_init();
   }
   __syncthreads();

@@ -195,8 +195,7 @@ __global__ void __launch_bounds__(416, 1)
   WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 12);
   cta.e0 *= 2;  // wg_cta's slice index times ES: this CTA's two slices start at 2·ES times it
   if (threadIdx.x == 0) {
-    for (int b = 0; b < 8; ++b)  // per slice: copy full [2] (128 state threads), copy empty [2] (4 output warps)
-      mbar_init(cta.sbase + LY::CBAR + 40 * (b >> 2) + 8 * (b & 3), (b & 3) < 2 ? 128 : 4);
+    for (int sl = 0; sl < 2; ++sl) wg_copy_barriers_init(cta.sbase + LY::CBAR + 40 * sl);  // per slice
     fence_mbar_init();
   }
   __syncthreads();

@@ -145,15 +145,14 @@ __device__ __forceinline__ void lb_produced(u32 sbase, int g) {
   mbar_arrive(sbase + R::BAR + 8 * ((g - 1) % STAGES));
 }
 
-// The tickets, handed over by ring B's producer: item i's (entry i mod 4) with its λ table and λ^n, once every
-// warp that took item i - 4 is done with it.
+// The tickets, handed over by ring B's producer: item i's (entry i mod 4; ticket t, item `it` where ok) with its
+// λ table and λ^n, once every warp that took item i - 4 is done with it.
 template <class LY>
-__device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, const LbWork& W, const double* lam,
-                                             int H, int lane) {
+__device__ __forceinline__ void lb_hand_over(unsigned char* smem, int i, u32 t, bool ok, const LbItem& it,
+                                             const double* lam, int H, int lane) {
   const u32 sbase = smem_u32(smem);
   if (i >= 4) mbar_wait(sbase + LY::TBAR + 8 * (4 + (i & 3)), ((i >> 2) + 1) & 1);  // item i - 4 done with
-  if (t < W.items) {
-    const LbItem it = W.item(t);
+  if (ok) {
     float* tab = lb_table<LY>(smem, i);
     const double lm = lam[it.seg.bh % H];
     for (int j = lane; j <= CH; j += 32) decay_table_entry(tab, lm, j);
@@ -175,11 +174,12 @@ __device__ __forceinline__ void lb_producer_b(const u16* k, const u16* v, const 
   if (lane == 0) t = atomicAdd(ticket, 1u);
   t = __shfl_sync(0xffffffffu, t, 0);
   for (int i = 0;; ++i) {
-    lb_hand_over<LY>(smem, i, t, W, lam, H, lane);
-    if (t >= W.items) break;
+    const bool ok = t < W.items;
+    const LbItem it = W.item(ok ? t : 0u);
+    lb_hand_over<LY>(smem, i, t, ok, it, lam, H, lane);
+    if (!ok) break;
     u32 next = 0;
     if (lane == 0) next = atomicAdd(ticket, 1u);  // its latency hidden behind the copies
-    const LbItem it = W.item(t);
     for (int c = 0, n = (it.seg.n + CH - 1) / CH; c < n; ++c, ++g)
       lb_produce<RB, D, 2, false>(nullptr, k, v, it, c, E, lane, sbase, g);
     t = __shfl_sync(0xffffffffu, next, 0);
@@ -203,23 +203,6 @@ __device__ __forceinline__ void lb_producer_a(const u16* q, const u16* k, const 
     lb_done<LY>(smem, i, lane);
   }
   lb_produced<LY, SA>(sbase, g);
-}
-
-// Walk 1's step on ring B's g-th chunk (the state warps): S = λ^n S + Kᵀ Ṽ as WgSplit::state_chunk forms it
-// (held transposed), this warp's share of the slot released.
-template <class LY, int D, bool BF16>
-__device__ __forceinline__ void lb_own_chunk(float (&S)[D / 64][32], u32 sbase, const float* tab, int g, int rest,
-                                             int w, int l) {
-  const int slot = g & 1;
-  mbar_wait(sbase + LY::BBAR + 8 * slot, (g >> 1) & 1);
-  u32 va[4][4];
-  wg_begin_chunk_t<D, BF16>(S, va, sbase + LY::VB + slot * LY::VT, tab, min(CH, rest), w, l);
-  wg_state_update_t<D, BF16>(S, va, sbase + LY::KB + slot * LY::DB * LY::QKT);
-  wg_commit();
-  wg_wait<0>();
-#pragma unroll
-  for (int nb = 0; nb < D / 64; ++nb) wg_pin(S[nb]);
-  if (l == 0) mbar_arrive(sbase + LY::BBAR + 8 * (2 + slot));
 }
 
 // The link of item `it` (the state warps, t = 0..127): S_in (into Sin) = S0 for the first piece, else the inclusive
@@ -268,7 +251,7 @@ __device__ __forceinline__ void lb_link(const LbItem& it, float (&Sin)[D / 64][3
 // Walk 1's warps (t = 0..127): per item its own end state through ring B, the link, and S_in handed to the state
 // warps through this CTA's scratch [2][D·64] (entry i mod 2, in the ring's per-thread order) behind the barriers at
 // SINBAR: full [2] (its 128 threads), empty [2] (the state warps' 128, once read).
-template <class SP, class LY, int D, bool BF16>
+template <class SP, class LY, int D>
 __device__ __forceinline__ void lb_walk1(unsigned char* smem, const float* __restrict__ s0, float* __restrict__ sN,
                                          float* __restrict__ ring, unsigned* __restrict__ flags,
                                          float* __restrict__ scratch, const LbWork& W, int E, int t) {
@@ -288,7 +271,8 @@ __device__ __forceinline__ void lb_walk1(unsigned char* smem, const float* __res
 #pragma unroll
       for (int x = 0; x < 32; ++x) So[nb][x] = 0.f;
     const int n = (it.seg.n + CH - 1) / CH;
-    for (int c = 0; c < n; ++c, ++g) lb_own_chunk<LY, D, BF16>(So, sbase, tab, g, it.seg.n - c * CH, w, l);
+    for (int c = 0; c < n; ++c, ++g)  // So = λ^n So + Kᵀ Ṽ over ring B's g-th chunk
+      SP::template state_chunk<LbRingB<LY>, 2>(So, smem, sbase, tab, g, it.seg.n - c * CH, w, l, t);
     lb_link<SP, D, 2>(it, Sin, So, tab[LB_LAMN], s0, sN, ring, flags, E, t);
     float* dst = scratch + (u64)(i & 1) * (D * 64);
 #pragma unroll
@@ -387,21 +371,12 @@ __global__ void __launch_bounds__(512, 1)
   unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const u32 sbase = smem_u32(smem);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < SA; ++s) {
-      mbar_init(sbase + LY::BAR + 8 * s, 32);        // ring A full: its producer's lanes
-      mbar_init(sbase + LY::BAR + 8 * (SA + s), 8);  // ring A empty: the output and state warps
-    }
+    // (full: who arrives once a slot is filled; empty: once it has been read)
+    ring_barriers_init(sbase + LY::BAR, SA, 32, 8);       // ring A: its producer's lanes; the output, state warps
     wg_copy_barriers_init(sbase + LY::CBAR);
-    for (int b = 0; b < 2; ++b) {
-      mbar_init(sbase + LY::BBAR + 8 * b, 32);         // ring B full: its producer's lanes
-      mbar_init(sbase + LY::BBAR + 8 * (2 + b), 4);    // ring B empty: walk 1's warps
-      mbar_init(sbase + LY::SINBAR + 8 * b, 128);      // S_in handed over: walk 1's threads
-      mbar_init(sbase + LY::SINBAR + 8 * (2 + b), 128);  // and read: the state threads
-    }
-    for (int e = 0; e < 4; ++e) {
-      mbar_init(sbase + LY::TBAR + 8 * e, 32);        // ticket handed over: ring B producer's lanes
-      mbar_init(sbase + LY::TBAR + 8 * (4 + e), 13);  // item done with: the 12 consumer warps, ring A's producer
-    }
+    ring_barriers_init(sbase + LY::BBAR, 2, 32, 4);       // ring B: its producer's lanes; walk 1's warps
+    ring_barriers_init(sbase + LY::SINBAR, 2, 128, 128);  // S_in: walk 1's threads; the state threads
+    ring_barriers_init(sbase + LY::TBAR, 4, 32, 13);      // tickets: ring B producer's lanes; the 13 warps taking each
     fence_mbar_init();
   }
   __syncthreads();
@@ -412,7 +387,7 @@ __global__ void __launch_bounds__(512, 1)
     setmaxnreg_inc<152>();
     if (warp < 4) lb_outputs<SP, LY, D>(smem, o, W, E, scale, tid);
     else if (warp < 8) lb_state<SP, LY, D>(smem, own, W, tid - 128);
-    else lb_walk1<SP, LY, D, BF16>(smem, s0, sN, ring, flags, own, W, E, tid - 256);
+    else lb_walk1<SP, LY, D>(smem, s0, sN, ring, flags, own, W, E, tid - 256);
   } else {
     setmaxnreg_dec<56>();  // 128 · 56 + 384 · 152 ≤ 65536 (ptxas -v: 8 bytes of the consumers' spill)
     if (warp == 12) lb_producer_a<LY, D, SA>(q, k, v, E, W, smem, tid & 31);

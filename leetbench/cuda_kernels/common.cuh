@@ -119,6 +119,13 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4], u32 b
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
 }
+// A ring of n slots' barriers from `bars`: full[n] (each expecting `full` arrivals), then empty[n] (`empty`).
+__device__ __forceinline__ void ring_barriers_init(u32 bars, int n, u32 full, u32 empty) {
+  for (int s = 0; s < n; ++s) {
+    mbar_init(bars + 8 * s, full);
+    mbar_init(bars + 8 * (n + s), empty);
+  }
+}
 __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
