@@ -80,11 +80,12 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
     two output warpgroups, two E slices sharing their scores, two state copies, the state held transposed, Q in
     registers, bulk output stores, the look-back kernel; float32: fewer producer warps, their split, the state chain
-    apart: `v2sa32` in one pass at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2)."""
+    apart: `v2sa32` in one pass at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2); `v2serial`: the rule with its
+    sequence-parallel passes launched one after another (not as programmatic dependents)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
-                    "v2P4": {"gen": 2, "segments": 4}})
+                    "v2P4": {"gen": 2, "segments": 4}, "v2serial": {"gen": 2, "overlap": False}})
         plans = {f"v2es{c}": dict(es=c) for c in (64, 32) if E % c == 0}  # each E slice, and the default slice
         plans.update({f"v2x{minb}": dict(minb=minb) for minb in (1, 2)})  # at one and at two CTAs per SM
         for name, kw in plans.items():

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from leetbench.cuda_kernels import cubin_cache
+from leetbench.cuda_kernels.dependent_launch import launch_dependent
 
 KERNEL_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
@@ -86,7 +87,15 @@ class Kernel:
 
         driver.funcSetAttribute(self.fn.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
 
-    def __call__(self, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0) -> None:
+    @property
+    def handle(self) -> int:
+        """The CUfunction (CuPy's RawKernel holds it in `.kernel`)."""
+        return int(self.fn.ptr if self.module is not None else self.fn.kernel.ptr)
+
+    def __call__(self, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0,
+                 dependent: bool = False) -> None:
+        """Launch on torch's current stream; `dependent`: as a programmatic dependent of the kernel before it there
+        (dependent_launch; the kernel's own griddepcontrol.wait guards what it reads of that kernel's outputs)."""
         cp = _cupy()
         if shared_mem > self._smem_limit:
             with cp.cuda.Device(self.device_index):
@@ -95,11 +104,18 @@ class Kernel:
         grid = grid if isinstance(grid, tuple) else (int(grid),)
         block = block if isinstance(block, tuple) else (int(block),)
         stream = torch_stream(self.device_index)
+
+        def launch() -> None:
+            if dependent:
+                launch_dependent(self.handle, grid, block, args, int(shared_mem), int(stream.ptr))
+            else:
+                self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
+
         if cp.cuda.runtime.getDevice() != self.device_index:
             with cp.cuda.Device(self.device_index):
-                self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
+                launch()
         else:
-            self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
+            launch()
 
 
 _kernels: dict[tuple[tuple[str, ...], str, int, tuple[str, ...]], Kernel] = {}

@@ -249,6 +249,7 @@ __device__ __forceinline__ void consumers_sync() { wg_sync<1>(); }
 template <int D, int MB, int NB, int WM, int WN, bool SACT>
 __device__ __forceinline__ void load_state(float (&S)[WM][WN][4], const float* __restrict__ s0, int idx, int e0,
                                            int E, int g, int t4) {
+  griddep_wait();  // (s0 may be the scan's s_in: a dependent launch waits for it here)
 #pragma unroll
   for (int mt = 0; mt < WM; ++mt)
 #pragma unroll
@@ -921,6 +922,7 @@ template <int D, int ES, int NSL, int STAGES, int DT>
 __global__ void __launch_bounds__(160, 2)
     chunk_state(const void* __restrict__ k, const void* __restrict__ v, float* __restrict__ local,
                 const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
+  griddep_launch_dependents();  // the scan may be resident and waiting while this pass runs
   constexpr int EB = DT == DT_F32 ? 4 : 2;
   using LY = StateSmem<D, ES, STAGES, EB>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -952,6 +954,8 @@ __global__ void __launch_bounds__(256)
     segment_scan(const float* __restrict__ local, const float* __restrict__ s0, float* __restrict__ s_in,
                  const double* __restrict__ lam, int BH, int H, int DE4, int PS, int R, int P, int Lp) {
   static_assert(V == 4, "float4 entries");
+  griddep_launch_dependents();  // the output pass may take the SMs the state pass leaves, up to its own wait
+  griddep_wait();               // the state pass's `local` written
   const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (u64)BH * DE4) return;
   const int bh = (int)(i / DE4);

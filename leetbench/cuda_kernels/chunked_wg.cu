@@ -546,6 +546,7 @@ struct WgConsumer {
   template <bool T = false>
   static __device__ __forceinline__ void load_state(float (&S)[DB][NA], const float* __restrict__ s0, const Seg& seg,
                                                     int e0, int E, int r0, int c0) {
+    griddep_wait();  // (s0 may be the scan's s_in: a dependent launch waits for it here)
     wg_each_state_entry<D, ES, T>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
@@ -1046,6 +1047,7 @@ template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool TST = fa
 __global__ void __launch_bounds__(160, MINB)
     chunk_wg_state(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
                    const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
+  griddep_launch_dependents();  // the scan may be resident and waiting while this pass runs
   using LY = WgStateSmem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);

@@ -418,6 +418,7 @@ struct Wg32Consumer {
 
   static __device__ __forceinline__ void load_state(float (&S)[DB][NA], const float* __restrict__ s0, const Seg& seg,
                                                     int e0, int E, int r0, int c0) {
+    griddep_wait();  // (s0 may be the scan's s_in: a dependent launch waits for it here)
     wg_each_entry<D, ES>(r0, c0, [&](int mb, int i, int row, int col) {
       S[mb][i] = s0 != nullptr ? s0[((u64)seg.idx * D + row) * E + e0 + col] : 0.f;
     });
@@ -763,6 +764,7 @@ __global__ void __launch_bounds__(128 + 32 * NPW, 1)
     chunk_wg32_state(const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ local,
                      const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
   static_assert(NPW >= 1 && NPW <= WG32_MAX_PRODUCERS, "1 to 4 producer warps");
+  griddep_launch_dependents();  // the scan may be resident and waiting while this pass runs
   using LY = typename StateLayout<DBUF, D, ES>::type;
   constexpr int SETS = DBUF ? 2 : 1;
   extern __shared__ __align__(1024) unsigned char smem_raw[];

@@ -150,6 +150,19 @@ __device__ __forceinline__ bool mbar_test(u32 bar, u32 parity) {
       : "=r"(ok) : "r"(bar), "r"(parity) : "memory");
   return __shfl_sync(0xffffffffu, ok, 0) != 0;
 }
+// Programmatic dependent launch (dependent_launch.py; compute capability ≥ 9.0, else nothing): a kernel launched as
+// a dependent waits (griddep_wait) before it reads what the kernel before it wrote; that kernel lets its dependent
+// be launched (griddep_launch_dependents) once all its CTAs have said so. In an ordinary launch both do nothing.
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void fence_mbar_init() {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }

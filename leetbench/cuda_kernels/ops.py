@@ -817,13 +817,14 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
 
 
 def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int,
-                defines: tuple[str, ...] = ()) -> None:
-    """The output kernel over B·H·runs segments of L tokens (`defines`: a build with those macros)."""
+                defines: tuple[str, ...] = (), dependent: bool = False) -> None:
+    """The output kernel over B·H·runs segments of L tokens (`defines`: a build with those macros; `dependent`: a
+    programmatic dependent of the kernel before it, which wrote s_in)."""
     B, H, N, _ = q.shape
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
-    kernel(plan.files, plan.name, dev, defines)(B * H * runs * plan.cl, plan.threads, args, plan.smem)
+    kernel(plan.files, plan.name, dev, defines)(B * H * runs * plan.cl, plan.threads, args, plan.smem, dependent)
 
 
 def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> torch.Tensor:
@@ -839,24 +840,27 @@ def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> t
     return local
 
 
-def _scan_cuda(local: torch.Tensor, decay, seg: sp.Segments, initial_state) -> torch.Tensor:
-    """Pass 2 on the GPU (segment_scan; float64 carry): s_in [B, H, P, D, E] float32."""
+def _scan_cuda(local: torch.Tensor, decay, seg: sp.Segments, initial_state, dependent: bool = False) -> torch.Tensor:
+    """Pass 2 on the GPU (segment_scan; float64 carry): s_in [B, H, P, D, E] float32; `dependent`: launched as a
+    programmatic dependent of pass 1, whose CTAs let it be resident while they run (dependent_launch.py)."""
     B, H, PS, D, E = local.shape
     s_in = torch.empty(B, H, seg.count, D, E, dtype=torch.float32, device=local.device)
     de4 = D * E // 4
     i32 = np.int32
     args = (_ptr(local), _ptr(initial_state), _ptr(s_in), _ptr(decay), i32(B * H), i32(H), i32(de4), i32(PS),
             i32(seg.sub), i32(seg.count), i32(seg.piece))
-    kernel(_CHUNK_FILES, _SCAN, local.device.index or 0)(-(-B * H * de4 // 256), 256, args)
+    kernel(_CHUNK_FILES, _SCAN, local.device.index or 0)(-(-B * H * de4 // 256), 256, args, 0, dependent)
     return s_in
 
 
-def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg: sp.Segments):
-    """Pass 3 on the GPU: every segment from its state; the last one's end state is the final state."""
+def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg: sp.Segments,
+             dependent: bool = False):
+    """Pass 3 on the GPU: every segment from its state; the last one's end state is the final state. `dependent`:
+    launched as a programmatic dependent of the scan (its CTAs take the SMs pass 1 leaves and wait for s_in)."""
     B, H, N, D = q.shape
     o = torch.empty(B, H, N, v.shape[-1], dtype=v.dtype, device=v.device)
     sN = torch.empty(B, H, D, v.shape[-1], dtype=torch.float32, device=v.device)
-    _launch_out(plan, dev, q, k, v, o, s_in, sN, decay, scale, seg.length, seg.count)
+    _launch_out(plan, dev, q, k, v, o, s_in, sN, decay, scale, seg.length, seg.count, dependent=dependent)
     return o, sN
 
 
@@ -930,7 +934,8 @@ def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
 
 
 def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None,
-            segments: int | None = None, scan: str = "cuda", gen: int | None = None, lookback: int | None = None):
+            segments: int | None = None, scan: str = "cuda", gen: int | None = None, lookback: int | None = None,
+            overlap: bool | None = None):
     """Chunked algorithm on tensor cores: (o, final_state float32).
 
     Warpgroup products (wgmma) on compute capability 9.0 for D ∈ {64, 128}, E a multiple of 32 (generation
@@ -940,6 +945,8 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     segments; a `plan` without `segments` means one pass with that plan. scan: "cuda" or "torch" (pass 2).
     gen: the kernel generation of the default plans (None: the newest the device and shape allow).
     lookback: pieces of this many tokens through the look-back kernel (lookback_plan), instead of any of the above.
+    overlap: the sequence-parallel passes' scan and outputs launched as programmatic dependents, each taking the SMs
+    the pass before leaves (dependent_launch.py); None: where the device has it (compute capability ≥ 9.0).
     """
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
@@ -963,10 +970,16 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
         sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
         _launch_out(plan, dev, q, k, v, o, s0, sN, decay, scale, N, 1)
         return o, sN
+    cc = torch.cuda.get_device_capability(dev)
+    if overlap and cc < (9, 0):
+        raise ValueError(f"chunked: overlap=True needs compute capability ≥ 9.0 (got {cc[0]}.{cc[1]}); "
+                         "valid: None or False")
+    dep = cc >= (9, 0) if overlap is None else overlap
     return sp.run(q, k, v, decay, scale=scale, initial_state=s0, seg=seq.seg,
                   local_states=functools.partial(_local_states, seq.state, dev),
-                  outputs=functools.partial(_outputs, seq.out.sized(dev), dev),
-                  scan=_scan_cuda if scan == "cuda" else sp.scan_states)
+                  outputs=functools.partial(_outputs, seq.out.sized(dev), dev,
+                                            dependent=dep and scan == "cuda"),  # (a dependent of the scan kernel)
+                  scan=functools.partial(_scan_cuda, dependent=dep) if scan == "cuda" else sp.scan_states)
 
 
 def chunk_kernel_names(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0,

@@ -1,0 +1,73 @@
+"""Programmatic dependent launch (compute capability ≥ 9.0) through the driver's `cuLaunchKernelEx`.
+
+A kernel launched this way may begin before the kernel ahead of it on the stream has ended: its CTAs become resident
+as that kernel's leave the SMs (or at once, where it has triggered `griddepcontrol.launch_dependents`) and run up
+to their `griddepcontrol.wait`, which returns once that kernel has completed and its writes are visible. Both
+instructions are no-ops in a kernel launched the ordinary way, so one build serves both launches. CuPy launches
+through `cuLaunchKernel`, which takes no launch attributes; hence this thin ctypes call (the driver's structures as
+cuda.h declares them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any, Sequence
+
+import numpy as np
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: an id, padding, a 64-byte value union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared_mem", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)),
+                ("num_attrs", ctypes.c_uint)]
+
+
+_C_TYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.uint32): ctypes.c_uint32,
+            np.dtype(np.int64): ctypes.c_int64, np.dtype(np.uint64): ctypes.c_uint64,
+            np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+
+
+def c_argument(a: Any) -> ctypes._SimpleCData:
+    """A kernel argument as the C value the kernel's parameter holds: numpy scalars by their dtype, a Python int
+    (a device pointer, as `Tensor.data_ptr()` gives it) as 64 bits — what CuPy's launcher passes for each."""
+    if isinstance(a, np.generic):
+        ctype = _C_TYPES.get(a.dtype)
+        if ctype is None:
+            raise TypeError(f"kernel argument {a!r}: dtype {a.dtype} is not one of {sorted(map(str, _C_TYPES))}")
+        return ctype(a.item())
+    if isinstance(a, (bool, float)) or not isinstance(a, int):
+        raise TypeError(f"kernel argument {a!r}: expected a numpy scalar or a Python int (a device pointer)")
+    return ctypes.c_uint64(a)
+
+
+@functools.lru_cache(maxsize=1)
+def _driver() -> Any:
+    lib = ctypes.CDLL("libcuda.so.1")
+    fn = lib.cuLaunchKernelEx
+    fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def launch_dependent(function: int, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
+                     shared_mem: int, stream: int) -> None:
+    """Launch the CUfunction `function` on `stream` (a CUstream handle) as a programmatic dependent of the kernel
+    before it there; RuntimeError with the driver's code if the launch is refused."""
+    values = [c_argument(a) for a in args]
+    params = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p)
+                                                       for v in values])
+    attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value[0] = 1  # programmaticStreamSerializationAllowed
+    dims = lambda d: (ctypes.c_uint * 3)(*(list(d) + [1, 1, 1])[:3])  # noqa: E731
+    config = _LaunchConfig(grid=dims(grid), block=dims(block), shared_mem=shared_mem, stream=stream,
+                           attrs=ctypes.pointer(attr), num_attrs=1)
+    rc = _driver()(ctypes.byref(config), function, params, None)
+    if rc != 0:
+        raise RuntimeError(f"cuLaunchKernelEx (programmatic dependent launch) failed: CUresult {rc}")
