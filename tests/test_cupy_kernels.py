@@ -185,63 +185,6 @@ def test_segment_scan_kernel():
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-_PDL_PROBE = r"""
-extern "C" __global__ void pdl_primary(volatile unsigned* flag, long long spin_ns) {
-  griddep_launch_dependents();
-  long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < spin_ns);
-  if (threadIdx.x == 0) *flag = 1u;
-}
-extern "C" __global__ void pdl_dependent(const volatile unsigned* flag, unsigned* before, unsigned* after) {
-  if (threadIdx.x == 0) before[blockIdx.x] = *flag;
-  griddep_wait();
-  if (threadIdx.x == 0) after[blockIdx.x] = *flag;
-}
-"""
-
-
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability(0) < (9, 0),
-                    reason="programmatic dependent launch needs compute capability 9.0")
-def test_dependent_launch_overlaps_and_waits():
-    """Kernel(dependent=True) really launches early — its CTAs run while the kernel before spins, which let them be
-    launched at its start — and griddep_wait (common.cuh) returns only once that kernel's write is visible; an
-    ordinary launch starts after it."""
-    import cupy as cp
-    import numpy as np
-
-    from leetbench.cuda_kernels import Kernel, source
-
-    module = cp.RawModule(code=source("common.cuh") + _PDL_PROBE)
-    primary, dependent = (Kernel(module.get_function(n), n, 0) for n in ("pdl_primary", "pdl_dependent"))
-    for early in (True, False):
-        flag = torch.zeros(1, dtype=torch.int32, device="cuda")
-        before, after = (torch.full((8,), 7, dtype=torch.int32, device="cuda") for _ in range(2))
-        primary(1, 32, (flag.data_ptr(), np.int64(2_000_000)))  # spins 2 ms, then writes 1
-        dependent(8, 32, (flag.data_ptr(), before.data_ptr(), after.data_ptr()), 0, early)
-        torch.cuda.synchronize()
-        assert after.tolist() == [1] * 8, f"dependent={early}: read {after.tolist()} after its wait"
-        assert before.tolist() == ([0] * 8 if early else [1] * 8), f"dependent={early}: read {before.tolist()} first"
-
-
-@needs_wg
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_overlapped_passes_match_serial_ones(dtype):
-    """The sequence-parallel passes launched as dependents (the default on compute capability 9.0: the scan and the
-    outputs taking the SMs the pass before leaves) give the serial launches' outputs and final state bit for bit —
-    an output kernel reading s_in before the scan wrote it would read the poisoned NaN; overlap=True is refused by
-    name on a card without it (not here)."""
-    x = _inputs(1, 8, 8192, 128, 128, dtype, "multiscale", True, seed=5)
-    got = {}
-    for overlap in (True, False):
-        _poison()
-        got[overlap] = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=x.initial_state,
-                                   segments=2, overlap=overlap)
-    torch.cuda.synchronize()
-    assert all(torch.equal(a, b) for a, b in zip(got[True], got[False]))
-    assert not any(t.isnan().any() for t in got[True])
-
-
 def _variants() -> list[tuple[str, int, int, ops.ChunkPlan]]:
     """Every E slice at the shallowest and deepest pipeline, and both consumer-loop options (dtype, D, E, plan)."""
     out = []
@@ -326,6 +269,63 @@ def test_fp16_state_beyond_65504(segments):
 # ---- generation 2 (chunked_wg.cu: wgmma, Hopper only) -----------------------------------------------------
 needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or ops.device_gen(0) != 2,
                               reason="generation 2 runs on compute capability 9.0 only")
+
+
+_PDL_PROBE = r"""
+extern "C" __global__ void pdl_primary(volatile unsigned* flag, long long spin_ns) {
+  griddep_launch_dependents();
+  long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < spin_ns);
+  if (threadIdx.x == 0) *flag = 1u;
+}
+extern "C" __global__ void pdl_dependent(const volatile unsigned* flag, unsigned* before, unsigned* after) {
+  if (threadIdx.x == 0) before[blockIdx.x] = *flag;
+  griddep_wait();
+  if (threadIdx.x == 0) after[blockIdx.x] = *flag;
+}
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability(0) < (9, 0),
+                    reason="programmatic dependent launch needs compute capability 9.0")
+def test_dependent_launch_overlaps_and_waits():
+    """Kernel(dependent=True) really launches early — its CTAs run while the kernel before spins, which let them be
+    launched at its start — and griddep_wait (common.cuh) returns only once that kernel's write is visible; an
+    ordinary launch starts after it."""
+    import cupy as cp
+    import numpy as np
+
+    from leetbench.cuda_kernels import Kernel, source
+
+    module = cp.RawModule(code=source("common.cuh") + _PDL_PROBE)
+    primary, dependent = (Kernel(module.get_function(n), n, 0) for n in ("pdl_primary", "pdl_dependent"))
+    for early in (True, False):
+        flag = torch.zeros(1, dtype=torch.int32, device="cuda")
+        before, after = (torch.full((8,), 7, dtype=torch.int32, device="cuda") for _ in range(2))
+        primary(1, 32, (flag.data_ptr(), np.int64(2_000_000)))  # spins 2 ms, then writes 1
+        dependent(8, 32, (flag.data_ptr(), before.data_ptr(), after.data_ptr()), 0, early)
+        torch.cuda.synchronize()
+        assert after.tolist() == [1] * 8, f"dependent={early}: read {after.tolist()} after its wait"
+        assert before.tolist() == ([0] * 8 if early else [1] * 8), f"dependent={early}: read {before.tolist()} first"
+
+
+@needs_wg
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_overlapped_passes_match_serial_ones(dtype):
+    """The sequence-parallel passes launched as dependents (the default on compute capability 9.0: the scan and the
+    outputs taking the SMs the pass before leaves) give the serial launches' outputs and final state bit for bit —
+    an output kernel reading s_in before the scan wrote it would read the poisoned NaN; overlap=True is refused by
+    name on a card without it (not here)."""
+    x = _inputs(1, 8, 8192, 128, 128, dtype, "multiscale", True, seed=5)
+    got = {}
+    for overlap in (True, False):
+        _poison()
+        got[overlap] = ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=x.initial_state,
+                                   segments=2, overlap=overlap)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(got[True], got[False]))
+    assert not any(t.isnan().any() for t in got[True])
 
 
 def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]:
