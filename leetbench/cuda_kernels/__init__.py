@@ -5,7 +5,8 @@ Methods written as CuPy RawModules share memory with torch and run on torch's st
 - tensors go to kernels as raw device pointers (`t.data_ptr()`): zero-copy, with no per-call DLPack
   round trip; `as_cupy` gives a zero-copy `cupy.ndarray` view (DLPack) where an array is wanted;
 - every launch goes on torch's current stream (`cupy.cuda.ExternalStream`), so CUDA events recorded by the
-  timing code bracket the kernel;
+  timing code bracket the kernel; `Kernel(..., dependent=True)` launches as a programmatic dependent of the
+  kernel before it (dependent_launch.py);
 - sources are `.cu` files beside this module (no headers: NVRTC on the GPU machine cannot include <mma.h> or
   <cuda_bf16.h>, so 16-bit values are raw bit patterns and conversions and matrix products are inline PTX);
   each template instance is compiled once per process and device (`kernel`), from a method's `setup=`, so
