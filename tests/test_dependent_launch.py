@@ -28,3 +28,30 @@ def test_arguments_become_the_c_values_cupy_would_pass():
 def test_an_argument_it_cannot_pass_is_named(bad, words):
     with pytest.raises(TypeError, match=words):
         c_argument(bad)
+
+
+def test_the_driver_gets_the_launch_as_cuda_h_lays_it_out(monkeypatch):
+    """launch_dependent hands cuLaunchKernelEx a CUlaunchConfig (grid, block, shared memory, stream, one attribute:
+    programmatic stream serialization allowed) and a pointer per argument to its C value — read back here from a
+    stand-in for the driver; a refused launch is a RuntimeError naming the driver's code."""
+    from leetbench.cuda_kernels import dependent_launch as dl
+
+    seen = {}
+
+    def driver(config, function, params, extra):
+        c = config._obj
+        attr = c.attrs[0]
+        seen.update(grid=list(c.grid), block=list(c.block), smem=c.shared_mem, stream=c.stream, n=c.num_attrs,
+                    attr=(attr.id, attr.value[0]), function=function, extra=extra,
+                    args=[ctypes.cast(params[0], ctypes.POINTER(ctypes.c_uint64))[0],
+                          ctypes.cast(params[1], ctypes.POINTER(ctypes.c_int32))[0],
+                          ctypes.cast(params[2], ctypes.POINTER(ctypes.c_float))[0]])
+        return seen.get("rc", 0)
+
+    monkeypatch.setattr(dl, "_driver", lambda: driver)
+    dl.launch_dependent(0xABC, (128,), (384, 1), (0x7F00_0000_1000, np.int32(-3), np.float32(0.5)), 4096, 77)
+    assert seen == {"grid": [128, 1, 1], "block": [384, 1, 1], "smem": 4096, "stream": 77, "n": 1, "attr": (6, 1),
+                    "function": 0xABC, "extra": None, "args": [0x7F00_0000_1000, -3, 0.5]}
+    seen["rc"] = 1
+    with pytest.raises(RuntimeError, match=r"cuLaunchKernelEx .* failed: CUresult 1"):
+        dl.launch_dependent(0xABC, (1,), (32,), (np.int32(1), np.int32(2), np.float32(0)), 0, 0)

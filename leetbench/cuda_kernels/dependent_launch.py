@@ -29,22 +29,29 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
                 ("num_attrs", ctypes.c_uint)]
 
 
-_C_TYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.uint32): ctypes.c_uint32,
-            np.dtype(np.int64): ctypes.c_int64, np.dtype(np.uint64): ctypes.c_uint64,
-            np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+_C_TYPES = {np.int32: ctypes.c_int32, np.uint32: ctypes.c_uint32, np.int64: ctypes.c_int64,
+            np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float, np.float64: ctypes.c_double,
+            int: ctypes.c_uint64}  # (a Python int: a device pointer, as `Tensor.data_ptr()` gives it)
 
 
 def c_argument(a: Any) -> ctypes._SimpleCData:
     """A kernel argument as the C value the kernel's parameter holds: numpy scalars by their dtype, a Python int
-    (a device pointer, as `Tensor.data_ptr()` gives it) as 64 bits — what CuPy's launcher passes for each."""
+    (a device pointer) as 64 bits — what CuPy's launcher passes for each. (By exact type: this runs per launch.)"""
+    ctype = _C_TYPES.get(type(a))
+    if ctype is not None:
+        return ctype(a)
     if isinstance(a, np.generic):
-        ctype = _C_TYPES.get(a.dtype)
-        if ctype is None:
-            raise TypeError(f"kernel argument {a!r}: dtype {a.dtype} is not one of {sorted(map(str, _C_TYPES))}")
-        return ctype(a.item())
-    if isinstance(a, (bool, float)) or not isinstance(a, int):
-        raise TypeError(f"kernel argument {a!r}: expected a numpy scalar or a Python int (a device pointer)")
-    return ctypes.c_uint64(a)
+        raise TypeError(f"kernel argument {a!r}: dtype {a.dtype} is not one of "
+                        f"{sorted(np.dtype(t).name for t in _C_TYPES if t is not int)}")
+    raise TypeError(f"kernel argument {a!r}: expected a numpy scalar or a Python int (a device pointer)")
+
+
+@functools.lru_cache(maxsize=1)
+def _serialization() -> Any:
+    """The one launch attribute, made once (the driver only reads it): programmaticStreamSerializationAllowed = 1."""
+    attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value[0] = 1
+    return ctypes.pointer(attr)
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,14 +67,9 @@ def launch_dependent(function: int, grid: Sequence[int], block: Sequence[int], a
                      shared_mem: int, stream: int) -> None:
     """Launch the CUfunction `function` on `stream` (a CUstream handle) as a programmatic dependent of the kernel
     before it there; RuntimeError with the driver's code if the launch is refused."""
-    values = [c_argument(a) for a in args]
-    params = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p)
-                                                       for v in values])
-    attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
-    attr.value[0] = 1  # programmaticStreamSerializationAllowed
-    dims = lambda d: (ctypes.c_uint * 3)(*(list(d) + [1, 1, 1])[:3])  # noqa: E731
-    config = _LaunchConfig(grid=dims(grid), block=dims(block), shared_mem=shared_mem, stream=stream,
-                           attrs=ctypes.pointer(attr), num_attrs=1)
+    values = [c_argument(a) for a in args]  # (alive until the call returns: the driver copies them)
+    params = (ctypes.c_void_p * max(1, len(values)))(*map(ctypes.addressof, values))
+    config = _LaunchConfig((*grid, 1, 1)[:3], (*block, 1, 1)[:3], shared_mem, stream, _serialization(), 1)
     rc = _driver()(ctypes.byref(config), function, params, None)
     if rc != 0:
         raise RuntimeError(f"cuLaunchKernelEx (programmatic dependent launch) failed: CUresult {rc}")
