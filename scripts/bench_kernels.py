@@ -320,6 +320,8 @@ def time_shape(B: int, H: int, N: int, D: int, E: int, dname: str, bw: float, kw
     if stream and D == E:
         o = torch.empty_like(v)
         calls[STREAM] = lambda: torch.addcmul(q, k, v, out=o)
+    elif stream:
+        print(f"  stream left out: it needs D = E (got D = {D}, E = {E})")
     first = None
     timing = TIMING if rounds == 1 else replace(TIMING, warmup_ms=5, rep_ms=max(10, TIMING.rep_ms // rounds))
     times: dict[str, list[float]] = {}
@@ -364,10 +366,10 @@ def line(row: dict) -> str:
     extra += [f"({row['passes_plan']})"] if "passes_plan" in row else []
     if (st := row.get(f"{STREAM}_ms")) is not None:
         extra.append(f"{STREAM}={st:.4f}({row['floor_bytes'] / st / 1e6 / row['bw_gbps']:.0%})")
-    passes = " ".join(extra)
+    aside = " ".join(extra)
     shape = f"{row['dtype']} B{row['B']} H{row['H']} N{row['N']:5d} D{row['D']} E{row['E']}"
     return (f"{shape} P={row['segments_auto']}: {cells}"
-            + (f"  [{passes}]" if passes else "") + (f"  DISAGREE: {bad}" if bad else "")
+            + (f"  [{aside}]" if aside else "") + (f"  DISAGREE: {bad}" if bad else "")
             + "".join(f"\n    one instance: {'='.join(names)}" for names in row.get("same_plan", [])))
 
 
