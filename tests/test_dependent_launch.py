@@ -55,3 +55,14 @@ def test_the_driver_gets_the_launch_as_cuda_h_lays_it_out(monkeypatch):
     seen["rc"] = 1
     with pytest.raises(RuntimeError, match=r"cuLaunchKernelEx .* failed: CUresult 1"):
         dl.launch_dependent(0xABC, (1,), (32,), (np.int32(1), np.int32(2), np.float32(0)), 0, 0)
+
+
+def test_chunked_names_an_overlap_it_cannot_take():
+    """ops.chunked(overlap=…) takes None, True or False; anything else is a one-line ValueError naming it (before
+    any tensor is looked at)."""
+    from leetbench.cuda_kernels import ops
+
+    for bad in ("yes", 2, "auto"):
+        with pytest.raises(ValueError, match=rf"chunked: overlap={bad!r}; valid: None \(where the device has it\), "
+                                             r"True or False"):
+            ops.chunked(None, None, None, None, scale=1.0, overlap=bad)

@@ -948,6 +948,8 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     overlap: the sequence-parallel passes' scan and outputs launched as programmatic dependents, each taking the SMs
     the pass before leaves (dependent_launch.py); None: where the device has it (compute capability ≥ 9.0).
     """
+    if overlap not in (None, True, False):
+        raise ValueError(f"chunked: overlap={overlap!r}; valid: None (where the device has it), True or False")
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
     E = v.shape[-1]
