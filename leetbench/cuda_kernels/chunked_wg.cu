@@ -927,6 +927,19 @@ struct WgSplit {
     if (l == 0) mbar_arrive(sbase + R::BAR + 8 * (RS + slot));  // (TST: this warp's share read the slot)
   }
 
+  // The state chain over n tokens through the slots and state copies from the g-th on (chunk_wg2lb's count runs on
+  // from piece to piece): the copy entering each chunk published, then the chunk's step; returns the chunks walked.
+  static __device__ __forceinline__ int state_walk(float (&S)[DB][NA], unsigned char* smem, u32 sbase,
+                                                   const float* tab, int g, int n, int w, int l, int r0, int t) {
+    publish(S, smem, g, w, l, r0, t);
+    const int nchunks = (n + CH - 1) / CH;
+    for (int c = 0; c < nchunks; ++c) {
+      state_chunk(S, smem, sbase, tab, g + c, n - c * CH, w, l, t);
+      if (c + 1 < nchunks) publish(S, smem, g + c + 1, w, l, r0, t);
+    }
+    return nchunks;
+  }
+
   // The state warps. TST: S holds Sᵀ (S[nb] its block over columns 64·nb.. of D) and each warp's Ṽᵀ is its own
   // registers, so the warps meet only where write_copy's float16 maxima need it (two sets, alternating: a warp may
   // write the next copy's maximum before another has read this one's).
@@ -938,12 +951,7 @@ struct WgSplit {
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     float S[DB][NA];
     C1::template load_state<TST>(S, s0, seg, e0, E, r0, c0);
-    publish(S, smem, 0, w, l, r0, t);
-    const int nchunks = (seg.n + CH - 1) / CH;
-    for (int c = 0; c < nchunks; ++c) {
-      state_chunk(S, smem, sbase, tab, c, seg.n - c * CH, w, l, t);
-      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
-    }
+    state_walk(S, smem, sbase, tab, 0, seg.n, w, l, r0, t);
     C1::template store_state<TST>(S, sN, seg, e0, E, r0, c0);
   }
 };

@@ -305,13 +305,7 @@ __device__ __forceinline__ void lb_state(unsigned char* smem, const float* __res
 #pragma unroll
       for (int x = 0; x < 32; ++x) S[nb][x] = __ldcg(src + (32 * nb + x) * 128 + t);
     mbar_arrive(sbase + LY::SINBAR + 8 * (2 + (i & 1)));
-    const int n = (it.seg.n + CH - 1) / CH;
-    SP::publish(S, smem, g, w, l, r0, t);
-    for (int c = 0; c < n; ++c) {
-      SP::state_chunk(S, smem, sbase, tab, g + c, it.seg.n - c * CH, w, l, t);
-      if (c + 1 < n) SP::publish(S, smem, g + c + 1, w, l, r0, t);
-    }
-    g += n;
+    g += SP::state_walk(S, smem, sbase, tab, g, it.seg.n, w, l, r0, t);
     lb_done<LY>(smem, i, l);
   }
 }
