@@ -816,6 +816,14 @@ def seq_plan(B: int, H: int, N: int, D: int, E: int, dtype: str, dev: int = 0, s
     return SeqPlan(seg=seg, out=out, state=state)
 
 
+def _output_buffers(q, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunked call's results, unwritten: o [B, H, N, E] in v's dtype and the final state [B, H, D, E] float32."""
+    B, H, N, D = q.shape
+    E = v.shape[-1]
+    return (torch.empty(B, H, N, E, dtype=v.dtype, device=v.device),
+            torch.empty(B, H, D, E, dtype=torch.float32, device=v.device))
+
+
 def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int,
                 defines: tuple[str, ...] = (), dependent: bool = False) -> None:
     """The output kernel over B·H·runs segments of L tokens (`defines`: a build with those macros; `dependent`: a
@@ -857,9 +865,7 @@ def _outputs(plan: ChunkPlan, dev: int, q, k, v, decay, scale: float, s_in, seg:
              dependent: bool = False):
     """Pass 3 on the GPU: every segment from its state; the last one's end state is the final state. `dependent`:
     launched as a programmatic dependent of the scan (its CTAs take the SMs pass 1 leaves and wait for s_in)."""
-    B, H, N, D = q.shape
-    o = torch.empty(B, H, N, v.shape[-1], dtype=v.dtype, device=v.device)
-    sN = torch.empty(B, H, D, v.shape[-1], dtype=torch.float32, device=v.device)
+    o, sN = _output_buffers(q, v)
     _launch_out(plan, dev, q, k, v, o, s_in, sN, decay, scale, seg.length, seg.count, dependent=dependent)
     return o, sN
 
@@ -920,8 +926,7 @@ def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
     E = v.shape[-1]
     runs = -(-N // plan.piece)
     pairs = B * H * plan.cl
-    o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
-    sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
+    o, sN = _output_buffers(q, v)
     ring = torch.empty(pairs * 2 * D * plan.es, dtype=torch.float32, device=v.device)  # two published states a pair
     flags = torch.zeros(pairs * 2 + 1, dtype=torch.int32, device=v.device)  # and the ticket counter
     grid = min(device_limits(dev).sm_count, pairs * runs)
@@ -968,8 +973,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
         B, H, N, D, E, dtype, dev, segments, plan, gen)
     if seq is None:
         plan = (plan or chunk_plan(B, H, D, E, dtype, dev, gen=gen)).sized(dev)
-        o = torch.empty(B, H, N, E, dtype=v.dtype, device=v.device)
-        sN = torch.empty(B, H, D, E, dtype=torch.float32, device=v.device)
+        o, sN = _output_buffers(q, v)
         _launch_out(plan, dev, q, k, v, o, s0, sN, decay, scale, N, 1)
         return o, sN
     cc = torch.cuda.get_device_capability(dev)
