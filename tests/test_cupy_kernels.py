@@ -257,7 +257,9 @@ def test_fp16_state_beyond_65504(segments):
                       ops.wide_plan(ops.shared_scores_plan(base, 0)),  # WIDE: each slice's own copy scale
                       ops.transposed_state_plan(  # TST: Sᵀ's copy scaled; and with Q in registers
                           ops.split_plan(ops.chunk_plan(B, H, D, E, "float16", 0, es=64, gen=2, wgs=1), 0)),
-                      ops.register_q_plan(ops.split_plan(base, 0)), ops.bulk_store_plan(ops.split_plan(base, 0))):
+                      ops.register_q_plan(ops.split_plan(base, 0)), ops.bulk_store_plan(ops.split_plan(base, 0)),
+                      ops.direct_store_plan(ops.split_plan(base, 0)),  # DIRECT: the outputs from the accumulators
+                      ops.direct_store_plan(ops.wide_plan(ops.shared_scores_plan(base, 0)))):
             _direct(x, EXPECTED["float16"], plan=other, **({"segments": segments} if segments > 1 else {}))
     if segments == 1:  # the unscaled copy (the old kernel) overflows on this input: the test has teeth
         plan = ops.chunk_plan(B, H, D, E, "float16", 0, gen=1)
@@ -366,8 +368,11 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
             if es == 64 else []
         qreg = [ops.register_q_plan(p) for p in tst[:1] + [ops.early_plan(shallow)]]
         out += tst + qreg
-        # and its output rows stored by bulk copies (BULK): after QREG (and TST), pipelined, two CTAs per SM
+        # and its output rows stored by bulk copies (BULK): after QREG (and TST), pipelined, two CTAs per SM; or
+        # straight from the accumulators (DIRECT): the rule's form (TST after EARLY), pipelined, two CTAs per SM
         out += [ops.bulk_store_plan(p) for p in (qreg[0], ops.pipe_plan(shallow), crowded)]
+        out += [ops.direct_store_plan(p) for p in (tst[0] if tst else ops.early_plan(split), ops.pipe_plan(shallow),
+                                                   crowded)]
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
@@ -376,6 +381,8 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
             if D == 128:  # and, where the rule takes it, its outputs staged in Q and the early producer
                 staged = ops.shared_scores_plan(base, 0, qstage=True)
                 out += [staged, ops.early_plan(pair), ops.early_plan(staged), ops.wide_plan(staged)]
+            # and its outputs straight from the accumulators (DIRECT), with WIDE and without
+            out += [ops.direct_store_plan(pair), ops.direct_store_plan(ops.wide_plan(pair))]
         out += [crowded] if crowded.minb == 2 else []
         # chunk_wg with two state copies, at one and (where both fit) two CTAs per SM
         for minb in (1, 2):
@@ -473,6 +480,33 @@ def test_wg_each_product(dtype, es):
         err_s = _worst(s, ref_s) if ref_s.abs().max() > 0 else float(s.abs().max())
         if not (err_o <= EXPECTED[dtype] and err_s <= EXPECTED[dtype]):
             bad.append(f"{plan.name} {what}: o_err {err_o:.3g}, state_err {err_s:.3g}")
+    assert not bad, "; ".join(bad)
+
+
+@needs_wg
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_direct_stores_equal_staged_ones(dtype):
+    """DIRECT (each output warp's rows stored from its accumulator through one shuffle a word pair) writes the 16-bit
+    values the staged store writes, bit for bit, every row of a tail and none past it (the buffers poisoned with
+    NaN first): chunk_wg2 in the rule's form at ES = 64, pipelined, at two CTAs per SM in 32-column slices, and
+    chunk_wg4 (in QSTAGE's layout; the rule's WIDE pair) — over three segments with an initial state."""
+    bad = []
+    for D, E, es, N in ((128, 128, 64, 1000), (64, 64, 32, 131), (64, 256, 32, 200)):
+        x = _inputs(2, 3, N, D, E, dtype, "multiscale", True, seed=3)
+        base = ops.chunk_plan(2, 3, D, E, dtype, 0, es=es, gen=2, wgs=1)
+        split = ops.early_plan(ops.split_plan(base, 0))
+        staged = [split, ops.pipe_plan(split), ops.split_plan(base, 0, ctas=1 << 20),
+                  ops.wide_plan(ops.shared_scores_plan(base, 0))]
+        staged += [ops.transposed_state_plan(split)] if es == 64 else []
+        for plan in staged:
+            got = []
+            for p in (plan, ops.direct_store_plan(plan, 0)):
+                _poison()
+                got.append(ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=x.initial_state,
+                                       plan=p, segments=3))
+            torch.cuda.synchronize()
+            if not all(torch.equal(a, b) for a, b in zip(*got)) or got[1][0].isnan().any():
+                bad.append(f"{ops.direct_store_plan(plan, 0).name} at D={D}, E={E}, N={N}")
     assert not bad, "; ".join(bad)
 
 
@@ -694,6 +728,12 @@ _SANITIZE = textwrap.dedent("""
                 plan=ops.bulk_store_plan(ops.register_q_plan(ops.transposed_state_plan(split))))
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.bulk_store_plan(ops.pipe_plan(plan(1, 2, 64, 64,
                                                                                                       dt, wgs=2))))
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, segments=3,  # DIRECT: tails, segments, PIPE, the pair
+                plan=ops.direct_store_plan(ops.transposed_state_plan(split)))
+            run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.direct_store_plan(ops.pipe_plan(plan(1, 2, 64, 64,
+                                                                                                        dt, wgs=2))))
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, segments=3,
+                plan=ops.direct_store_plan(plan(1, 2, 128, 128, dt, pair=True)))
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
             three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)

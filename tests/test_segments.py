@@ -330,7 +330,8 @@ def test_float32_split_plan(h200_gen2):
         with pytest.raises(ValueError, match=r"the float32 state chain apart is chunk_wg32's without PSPLIT \(got"):
             ops.float32_split_plan(other)
     wide = ops.float32_split_plan(ops.chunk_plan(1, 32, 64, 128, "float32", es=64))
-    for form in (ops.pipe_plan, ops.transposed_state_plan, ops.register_q_plan, ops.bulk_store_plan):
+    for form in (ops.pipe_plan, ops.transposed_state_plan, ops.register_q_plan, ops.bulk_store_plan,
+                 ops.direct_store_plan):
         with pytest.raises(ValueError, match=r"chunk_wg2's.*\(got chunk_wg32x2<"):  # chunk_wg2's forms, 16-bit
             form(wide)
 
@@ -427,6 +428,37 @@ def test_bulk_store_plan(h200_gen2):
     with pytest.raises(ValueError, match=r"the bulk output stores are chunk_wg2's \(got chunk_wg4"):
         ops.bulk_store_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
     assert not ops.split_plan(b).bulk and not ops.shared_scores_plan(b).bulk
+
+
+def test_direct_store_plan(h200_gen2):
+    """The output rows straight from the accumulators (DIRECT): chunk_wg2's twelfth template argument in its own
+    layout; chunk_wg4's ninth in QSTAGE's layout (no staging), at that layout's deepest pipeline, QSTAGE itself
+    off; refused by name for the other kernels and beside BULK; not inherited by a plan of another kernel."""
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)  # chunk_wg2 at ES = 64 (B = 1's segments')
+    d = ops.direct_store_plan(rule)
+    assert (d.name, d.smem, d.kind) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,false,false,true>", rule.smem,
+                                        "wg2")
+    crowded = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
+    assert ops.direct_store_plan(crowded).name == \
+        "chunk_wg2<64,32,8,4,false,2,false,false,false,false,false,true>"
+    pair = ops.chunk_plan(8, 32, 128, 128, "bfloat16")  # the rule's pair: WIDE, staged in Q, three stages
+    dp = ops.direct_store_plan(pair)
+    assert (dp.name, dp.kind, dp.stages, dp.smem) == ("chunk_wg4<128,64,1,3,true,false,false,true,true>", "wg4q", 3,
+                                                      pair.smem)
+    plain = ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1))  # two stages with staging,
+    assert (plain.stages, ops.direct_store_plan(plain).stages) == (2, 3)                # three without
+    for other in (ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ops.chunk_plan(8, 32, 128, 128, "float32")):
+        with pytest.raises(ValueError, match=r"the direct output stores are chunk_wg2's and chunk_wg4's \(got chunk_wg"):
+            ops.direct_store_plan(other)
+    with pytest.raises(ValueError, match=r"the output rows leave one way: bulk copies or straight from registers"):
+        ops.direct_store_plan(ops.bulk_store_plan(rule))
+    with pytest.raises(ValueError, match=r"the output rows leave one way"):
+        ops.bulk_store_plan(d)
+    assert not ops.split_plan(d).direct and not ops.shared_scores_plan(d).direct
+    assert ops.early_plan(ops.direct_store_plan(plain)).direct and ops.wide_plan(dp).direct
+    b1 = _bench_module().gen_variants(1, 32, 128, 128, "bfloat16")  # bench_kernels.py's `…d` variants
+    assert b1["v2P2wg2etd"] == {"plan": ops.direct_store_plan(b1["v2P2wg2et"]["plan"]), "segments": 2}
+    assert _bench_module().gen_variants(8, 32, 128, 128, "bfloat16")["v2pairwd"]["plan"].name == dp.name
 
 
 def test_two_output_plan(h200_gen2):

@@ -509,6 +509,31 @@ __device__ __forceinline__ void wg_store_rows(void* o, const void* staged, u64 t
   }
 }
 
+// A warp's 16 output rows stored straight from its accumulator (DIRECT), no staging: thread l holds columns
+// 8j + 2(l mod 4), + 1 of each 8-column group j (acc[4j + 2h], acc[4j + 2h + 1] of row l/4 + 8h); one shuffle
+// with lane l ^ 1 gives each lane four consecutive columns of group j (even l) or j + 1 (odd l), so a warp's
+// store of a group pair writes 32 contiguous bytes a row: whole sectors, 8 bytes a lane. Rows from `nv` on
+// (past the piece's end) are left alone.
+template <int ES, bool BF16>
+__device__ __forceinline__ void wg_store_direct(const float (&acc)[ES / 2], u16* __restrict__ o, u64 trow, int E,
+                                                int e0, int rows_before, int nv, int l) {
+  const bool odd = l & 1;
+  const int col0 = e0 + 2 * (l & 2) + 8 * odd;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = (l >> 2) + 8 * h;
+    u16* dst = o + (trow + row) * E + col0;
+#pragma unroll
+    for (int j = 0; j < ES / 8; j += 2) {
+      const u32 x = pack2<BF16>(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      const u32 y = pack2<BF16>(acc[4 * j + 4 + 2 * h], acc[4 * j + 4 + 2 * h + 1]);
+      const u32 got = __shfl_xor_sync(0xffffffffu, odd ? x : y, 1);
+      if (rows_before + row < nv)
+        *reinterpret_cast<uint2*>(dst + 8 * j) = odd ? make_uint2(got, y) : make_uint2(x, got);
+    }
+  }
+}
+
 // The consumer warpgroup. Thread t = 32w + l holds accumulator rows 16w + l/4 and 16w + l/4 + 8, columns
 // 8j + 2(l mod 4) and + 1 of every 8-column group j, at d[4j + x]: x = 0, 1 the first row, 2, 3 the second.
 // COPIES = 2 (chunk_wg only, KERNEL_NOTES v15): the state copy alternates between two buffers, so the copy for
@@ -736,11 +761,14 @@ __device__ __forceinline__ void wg_publish_copy(u32 cbar, float* ups, int j, int
 // registers more a thread.
 // BULK (KERNEL_NOTES v42): each output warp's staged rows leave as bulk copies (the TMA unit, a row a lane), so the
 // read back and the global stores are off the warp's chain (store).
+// DIRECT (KERNEL_NOTES v53): each output warp's rows leave straight from its accumulator (wg_store_direct): no
+// staging written and read back through shared memory (16 KB a chunk), one shuffle per two 32-bit words.
 template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false,
           class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false, bool QREG = false,
-          bool BULK = false>
+          bool BULK = false, bool DIRECT = false>
 struct WgSplit {
   static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
+  static_assert(!(BULK && DIRECT), "the output rows leave one way");
   using L = LAYOUT;
   using C1 = WgConsumer<D, ES, STAGES, BF16, 1, L, BARID>;  // its write_copy, state load and store, chunk start,
                                                             // output store
@@ -751,12 +779,15 @@ struct WgSplit {
     return reinterpret_cast<float*>(smem + L::UP);
   }
 
-  // A warp's 16 output rows of a chunk: staged at `ow` and stored (C1::store_outputs), or with BULK staged once
+  // A warp's 16 output rows of a chunk: with DIRECT from its registers, else staged at `ow` and stored
+  // (C1::store_outputs), or with BULK staged once
   // the previous chunk's bulk copies have read the staging, then sent a row a lane (lanes 0-15) as 2·ES-byte bulk
   // copies; `finish` (BULK) waits for the last ones before the CTA leaves.
   static __device__ __forceinline__ void store(const float (&acc_o)[NA], u16* ow, u16* __restrict__ o, u64 trow,
                                                int E, int e0, int rows_before, int nv, int l, int c0) {
-    if constexpr (!BULK) {
+    if constexpr (DIRECT) {
+      wg_store_direct<ES, BF16>(acc_o, o, trow, E, e0, rows_before, nv, l);
+    } else if constexpr (!BULK) {
       C1::store_outputs(acc_o, ow, o, trow, E, e0, rows_before, nv, l, c0);
     } else {
       if (l < 16) bulk_wait_read<0>();
@@ -970,10 +1001,10 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG, BULK: WgSplit's;
-// EARLY: wg_producer's.
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG, BULK, DIRECT:
+// WgSplit's; EARLY: wg_producer's.
 template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false,
-          bool TST = false, bool QREG = false, bool BULK = false>
+          bool TST = false, bool QREG = false, bool BULK = false, bool DIRECT = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -982,7 +1013,7 @@ __global__ void __launch_bounds__(288, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK>;
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT>;
   const int warp = warp_index();
   if (warp < 4) {
     if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);

@@ -18,7 +18,8 @@
 // each output warp stages its 16 rows, one slice after the other, in the Q tile of the chunk's slot, which only
 // the output warps read and which is not released before the outputs are stored (the producer's next cp.async
 // into it, generic writes as these are, is ordered after them by the slot's empty barrier): 18 KB fewer at
-// ES = 64, room for a third stage at D = 128.
+// ES = 64, room for a third stage at D = 128. DIRECT (KERNEL_NOTES v53) takes the same layout: its outputs leave
+// straight from the accumulators (wg_store_direct), staged nowhere.
 template <int D, int ES, int STAGES, bool QSTAGE = false>
 struct Wg4Smem {
   using W = WgSmem<D, ES, STAGES>;
@@ -70,9 +71,10 @@ __device__ __forceinline__ void wg_scores_masked(const float (&acc)[32], const f
 // columns (m64n128 at ES = 64) — Q's tiles read once for both slices, half as many wgmma instructions. The two
 // slices' state copies (and V tiles) are one MN-major operand: slice 1's tile at a fixed distance past slice
 // 0's (the descriptor's LBO), and the accumulator holds slice 0's columns in its first ES/2 values.
-template <int D, int ES, int STAGES, bool BF16, bool QSTAGE = false, bool WIDE = false>
+template <int D, int ES, int STAGES, bool BF16, bool QSTAGE = false, bool WIDE = false, bool DIRECT = false>
 struct WgPair {
-  using LY = Wg4Smem<D, ES, STAGES, QSTAGE>;
+  static_assert(!(QSTAGE && DIRECT), "the outputs are staged in Q or not staged at all");
+  using LY = Wg4Smem<D, ES, STAGES, QSTAGE || DIRECT>;
   using S0 = Wg4Slice<D, ES, STAGES, 0>;
   using S1 = Wg4Slice<D, ES, STAGES, 1>;
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its output store (the staging pitch OP is the same)
@@ -101,7 +103,7 @@ struct WgPair {
     const int w = t >> 5, l = t & 31;
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     const float f0 = scale * tab[r0 + 1], f1 = scale * tab[r0 + 9];
-    // each slice's own staging; unused under QSTAGE (Wg4Slice::OS lies past that layout's allocation)
+    // each slice's own staging; unused under QSTAGE and DIRECT (Wg4Slice::OS lies past that layout's allocation)
     u16* ow0 = reinterpret_cast<u16*>(smem + S0::OS) + 16 * w * LY::OP;
     u16* ow1 = reinterpret_cast<u16*>(smem + S1::OS) + 16 * w * LY::OP;
     const int nchunks = (seg.n + CH - 1) / CH;
@@ -163,7 +165,11 @@ struct WgPair {
         wg_pin(o1);
       }
       const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
-      if constexpr (QSTAGE) {
+      if constexpr (DIRECT) {
+        if (l == 0) mbar_arrive(sbase + LY::BAR + 8 * (STAGES + slot));  // this warp's share no longer reads it
+        wg_store_direct<ES, BF16>(o0, o, trow, E, e0, 16 * w, nv, l);
+        wg_store_direct<ES, BF16>(o1, o, trow, E, e0 + ES, 16 * w, nv, l);
+      } else if constexpr (QSTAGE) {
         // every output warp's products that read this Q tile are complete before any warp writes into it
         wg_sync<3>();
         u16* ow = reinterpret_cast<u16*>(smem + LY::QS + slot * DB * LY::QKT) + 16 * w * LY::OP;
@@ -181,14 +187,15 @@ struct WgPair {
 
 // Grid: B·H·RUNS·NSL CTAs of 416 threads, one per SM; arguments as chunk_wg's (NSL = E / (2·ES)). QSTAGE:
 // outputs staged in the slot's Q tile (Wg4Smem); EARLY: a chunk announced before the producer waits for a slot
-// (wg_producer); WIDE: the output warps' products over both slices at once (WgPair).
+// (wg_producer); WIDE: the output warps' products over both slices at once (WgPair); DIRECT: outputs stored from
+// the accumulators, QSTAGE's layout without its staging (WgPair).
 template <int D, int ES, int NSL, int STAGES, bool BF16, bool QSTAGE = false, bool EARLY = false,
-          bool WIDE = false>
+          bool WIDE = false, bool DIRECT = false>
 __global__ void __launch_bounds__(416, 1)
     chunk_wg4(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
               int E, float scale, int L, int RUNS) {
-  using LY = Wg4Smem<D, ES, STAGES, QSTAGE>;
+  using LY = Wg4Smem<D, ES, STAGES, QSTAGE || DIRECT>;
   static_assert(Wg4Slice<D, ES, STAGES, 1>::VS - Wg4Slice<D, ES, STAGES, 0>::VS == STAGES * LY::VT,
                 "wg_producer puts slice 1's V tiles STAGES·VT after slice 0's");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -201,7 +208,7 @@ __global__ void __launch_bounds__(416, 1)
   __syncthreads();
   const int tid = threadIdx.x, warp = warp_index();
   if (warp < 4) {
-    WgPair<D, ES, STAGES, BF16, QSTAGE, WIDE>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    WgPair<D, ES, STAGES, BF16, QSTAGE, WIDE, DIRECT>::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
   } else if (warp < 8) {
     WgSplit<D, ES, STAGES, BF16, true, false, Wg4Slice<D, ES, STAGES, 0>, 1>::state(cta.smem, s0, sN, cta.seg,
                                                                                     cta.e0, E, tid - 128);

@@ -280,6 +280,8 @@ class ChunkPlan:
     qreg: bool = False  # chunk_wg2: the output warps' Q products with Q loaded once into registers (QREG;
     #                     register_q_plan)
     bulk: bool = False  # chunk_wg2: the output rows stored by bulk copies from their staging (BULK; bulk_store_plan)
+    direct: bool = False  # chunk_wg2, chunk_wg4: the output rows stored straight from the accumulators, no staging
+    #                       (DIRECT; direct_store_plan)
 
     @property
     def opts(self) -> int:
@@ -288,7 +290,7 @@ class ChunkPlan:
     @property
     def wg2(self) -> bool:
         """Whether this is chunk_wg2 (16-bit, the state warpgroup apart), whose forms pipe_plan,
-        transposed_state_plan, register_q_plan and bulk_store_plan take."""
+        transposed_state_plan, register_q_plan, bulk_store_plan and direct_store_plan take."""
         return self.gen == 2 and not self.f32 and self.wgs == 2 and not self.pair
 
     @property
@@ -303,8 +305,8 @@ class ChunkPlan:
         if self.gen == 2:
             if self.f32:
                 return "wg32x2" if self.wgs == 2 else "wg32"
-            if self.pair:
-                return "wg4q" if self.qstage else "wg4"
+            if self.pair:  # (DIRECT stages nowhere: QSTAGE's layout without its staging)
+                return "wg4q" if self.qstage or self.direct else "wg4"
             return "wg3" if self.wgs == 3 else ("wg2" if self.wgs == 2 or self.copies == 2 else "wg")
         return "f32" if self.f32 else "half"
 
@@ -321,14 +323,14 @@ class ChunkPlan:
             return f"chunk_wg32<{self.D},{self.es},{self.cl},{self.producers}{psplit}>"
         if self.gen == 2:
             bf16 = "true" if self.bf16 else "false"
-            if self.pair:  # the kernel's QSTAGE, EARLY and WIDE, false by default
-                flags = _flags(self.qstage, self.early, self.wide)
+            if self.pair:  # the kernel's QSTAGE, EARLY, WIDE and DIRECT, false by default
+                flags = _flags(self.qstage, self.early, self.wide, self.direct)
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST, QREG and BULK, false by default
+            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST, QREG, BULK and DIRECT, false by default
                 return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
-                        f"{_flags(self.pipe, self.early, self.tstate, self.qreg, self.bulk)}>")
+                        f"{_flags(self.pipe, self.early, self.tstate, self.qreg, self.bulk, self.direct)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -340,8 +342,9 @@ class ChunkPlan:
         return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
 
 
-# chunk_wg2's own forms (ChunkPlan's tstate, qreg, bulk) off: a plan another transform builds starts without them.
-_WG2_FORMS_OFF = {"tstate": False, "qreg": False, "bulk": False}
+# chunk_wg2's own forms (ChunkPlan's tstate, qreg, bulk, direct) off: a plan another transform builds starts without
+# them.
+_WG2_FORMS_OFF = {"tstate": False, "qreg": False, "bulk": False, "direct": False}
 
 
 def _flags(*flags: bool) -> str:
@@ -630,7 +633,23 @@ def bulk_store_plan(plan: ChunkPlan) -> ChunkPlan:
     v42): the read back of the staging and the global stores off the warps' chain; the same shared memory."""
     if not plan.wg2:
         raise ValueError(f"the bulk output stores are chunk_wg2's (got {plan.name})")
+    if plan.direct:
+        raise ValueError(f"the output rows leave one way: bulk copies or straight from registers (got {plan.name})")
     return replace(plan, bulk=True)
+
+
+def direct_store_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
+    """`plan` (chunk_wg2 or chunk_wg4) with its output warps storing their rows straight from the accumulators
+    (DIRECT; KERNEL_NOTES v53): a shuffle pairs each lane's words into 8-byte stores of whole sectors, no staging
+    through shared memory. chunk_wg2 keeps its layout (the staging tile unused); chunk_wg4 takes QSTAGE's layout,
+    which has none, instead of staging in Q, at its deepest pipeline (a third stage at D = 128)."""
+    if not (plan.wg2 or plan.pair):
+        raise ValueError(f"the direct output stores are chunk_wg2's and chunk_wg4's (got {plan.name})")
+    if plan.bulk:
+        raise ValueError(f"the output rows leave one way: bulk copies or straight from registers (got {plan.name})")
+    if plan.pair:
+        return replace(plan, direct=True, qstage=False, **_deepest("wg4q", plan, dev, 1, "chunk_wg4"))
+    return replace(plan, direct=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
