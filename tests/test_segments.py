@@ -263,14 +263,16 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
     b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)        # one CTA per SM: two warpgroups, the
     assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4)          # producer announcing early (v33), the
-    assert b8.name == "chunk_wg2<128,64,2,4,true,1,false,true,true>"    # state held transposed (v39)
-    one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)
-    assert one.name == "chunk_wg<128,64,2,4,true,1>"
-    assert ops.transposed_state_plan(ops.early_plan(ops.split_plan(one, ctas=512))) == b8
+    assert b8.name == "chunk_wg2<128,64,2,4,true,1,true,true,true,false,false,true>"  # state held transposed (v39),
+    one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)                  # the output rows stored from the
+    assert one.name == "chunk_wg<128,64,2,4,true,1>"                          # accumulators, pipelined (v53)
+    assert ops.direct_store_plan(ops.pipe_plan(ops.transposed_state_plan(ops.early_plan(ops.split_plan(
+        one, ctas=512))))) == b8
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).name == "chunk_wg2<128,64,2,4,true,1>"  # as pinned
     d64 = ops.chunk_plan(8, 32, 64, 256, "bfloat16")                   # D = 64: two CTAs fit an SM, one warpgroup
     assert (d64.minb, d64.wgs) == (2, 1)
-    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == "chunk_wg2<64,64,4,4,true,1,false,true,true>"  # 128 CTAs
+    assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == \
+        "chunk_wg2<64,64,4,4,true,1,true,true,true,false,false,true>"  # 128 CTAs
     pinned = ops.chunk_plan(8, 32, 128, 128, "bfloat16", stages=2)     # a pinned chunk_wg shape stays chunk_wg
     assert (pinned.wgs, pinned.stages) == (1, 2) and ops.chunk_plan(1, 32, 128, 128, "bfloat16", minb=1).wgs == 1
     b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
@@ -362,9 +364,10 @@ def test_transposed_state_plan(h200_gen2):
     split = ops.early_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ctas=512))
     t = ops.transposed_state_plan(split)
     assert (t.name, t.smem, t.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true>", split.smem, 288)
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False) == t                   # the rule's
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False) == ops.direct_store_plan(ops.pipe_plan(t))  # rule
     assert ops.seq_plan(1, 32, 65536, 128, 128, "float16").out.tstate                       # through segments too
-    assert ops.chunk_plan(1, 32, 128, 128, "bfloat16").name == "chunk_wg2<128,32,4,4,true,1,false,true>"  # ES=32
+    assert ops.chunk_plan(1, 32, 128, 128, "bfloat16").name == \
+        "chunk_wg2<128,32,4,4,true,1,true,true,false,false,false,true>"  # ES = 32: the state not transposed
     assert not ops.split_plan(t).tstate and not ops.shared_scores_plan(t).tstate
     plain = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float16", wgs=1), ctas=512)
     assert ops.transposed_state_plan(plain).name == "chunk_wg2<128,64,2,4,false,1,false,false,true>"
@@ -399,10 +402,12 @@ def test_register_q_plan(h200_gen2):
     """chunk_wg2 with Q in the output warps' registers (QREG): the kernel's tenth template argument, the same layout;
     chunk_wg2 only and not with the pipelined output warps (that build spills), refused by name else; the plans
     built from another form do not inherit it."""
-    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
+    rule = ops.transposed_state_plan(ops.early_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1),
+                                                                    ctas=512)))  # the rule's form before v53
     q = ops.register_q_plan(rule)
     assert (q.name, q.smem, q.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true>", rule.smem, 288)
-    assert ops.register_q_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16")).name == \
+    assert ops.register_q_plan(ops.early_plan(ops.split_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16", wgs=1)))).name \
+        == \
         "chunk_wg2<128,32,4,4,true,1,false,true,false,true>"                    # ES = 32, the state not transposed
     narrow = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)  # two CTAs per SM
     with pytest.raises(ValueError, match=r"one CTA per SM: at two it spills \(got chunk_wg2<64,32,8,4,false,2>"):
@@ -420,7 +425,8 @@ def test_register_q_plan(h200_gen2):
 def test_bulk_store_plan(h200_gen2):
     """chunk_wg2 with its output rows stored by bulk copies (BULK): the kernel's eleventh template argument, the same
     layout, with every other chunk_wg2 form; refused by name for the other kernels; not inherited."""
-    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
+    rule = ops.transposed_state_plan(ops.early_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1),
+                                                                    ctas=512)))  # the rule's form before v53
     b = ops.bulk_store_plan(ops.register_q_plan(rule))
     assert (b.name, b.smem) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true,true>", rule.smem)
     crowded = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
@@ -434,15 +440,17 @@ def test_direct_store_plan(h200_gen2):
     """The output rows straight from the accumulators (DIRECT): chunk_wg2's twelfth template argument in its own
     layout; chunk_wg4's ninth in QSTAGE's layout (no staging), at that layout's deepest pipeline, QSTAGE itself
     off; refused by name for the other kernels and beside BULK; not inherited by a plan of another kernel."""
-    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)  # chunk_wg2 at ES = 64 (B = 1's segments')
+    rule = ops.transposed_state_plan(ops.early_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1),
+                                                                    ctas=512)))  # chunk_wg2 at ES = 64, staged
     d = ops.direct_store_plan(rule)
     assert (d.name, d.smem, d.kind) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,false,false,true>", rule.smem,
                                         "wg2")
     crowded = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
     assert ops.direct_store_plan(crowded).name == \
         "chunk_wg2<64,32,8,4,false,2,false,false,false,false,false,true>"
-    pair = ops.chunk_plan(8, 32, 128, 128, "bfloat16")  # the rule's pair: WIDE, staged in Q, three stages
-    dp = ops.direct_store_plan(pair)
+    pair = ops.wide_plan(ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), qstage=True))
+    dp = ops.direct_store_plan(pair)  # the pair before v53 (WIDE, staged in Q, three stages), and now the rule's
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16") == dp
     assert (dp.name, dp.kind, dp.stages, dp.smem) == ("chunk_wg4<128,64,1,3,true,false,false,true,true>", "wg4q", 3,
                                                       pair.smem)
     plain = ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1))  # two stages with staging,
@@ -459,6 +467,11 @@ def test_direct_store_plan(h200_gen2):
     b1 = _bench_module().gen_variants(1, 32, 128, 128, "bfloat16")  # bench_kernels.py's `…d` variants
     assert b1["v2P2wg2etd"] == {"plan": ops.direct_store_plan(b1["v2P2wg2et"]["plan"]), "segments": 2}
     assert _bench_module().gen_variants(8, 32, 128, 128, "bfloat16")["v2pairwd"]["plan"].name == dp.name
+    staged = _bench_module().staged_rule(1, 32, 16384, 128, 128, "bfloat16")  # v2staged: the rule before v53
+    assert staged == {"plan": ops.early_plan(ops.transposed_state_plan(ops.split_plan(ops.chunk_plan(
+        1, 64, 128, 128, "bfloat16", es=64, wgs=1)))), "segments": 2}
+    assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "bfloat16") == {"plan": pair, "segments": 1}
+    assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "float32") is None
 
 
 def test_two_output_plan(h200_gen2):
@@ -520,8 +533,8 @@ def test_staged_in_q_and_announced_early(h200_gen2):
         "chunk_wg4<64,32,1,4,false,true>"                                      # ES = 32: 5120 bytes fit 8192
     with pytest.raises(ValueError, match=r"staging \(9216 bytes at ES=64\) does not fit a Q tile \(8192 bytes at D=64"):
         ops.shared_scores_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16", wgs=1), qstage=True)
-    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16")
-    assert rule == ops.wide_plan(staged) and not rule.early                  # three stages against two
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16")                       # (v53: QSTAGE's layout, DIRECT)
+    assert rule == ops.direct_store_plan(ops.wide_plan(staged)) and not rule.early  # three stages against two
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True) == rule
     narrow = ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=32, wgs=1)       # ES = 32: four stages either way
     assert ops.shared_scores_plan(narrow, qstage=True).stages == ops.shared_scores_plan(narrow).stages == 4
@@ -535,18 +548,20 @@ def test_shared_scores_rule(h200_gen2):
     for dtype in ("bfloat16", "float16"):
         rule = ops.chunk_plan(8, 32, 128, 128, dtype)
         staged = ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, dtype, wgs=1), qstage=True)
-        assert rule == ops.wide_plan(staged) == ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
-    assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == "chunk_wg4<128,64,2,3,true,true,false,true>"  # 128 CTAs
+        assert rule == ops.direct_store_plan(ops.wide_plan(staged)) == ops.chunk_plan(8, 32, 128, 128, dtype, pair=True)
+    assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == \
+        "chunk_wg4<128,64,2,3,true,false,false,true,true>"  # 128 CTAs
     assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
-    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true,true>"  # 123
-    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == "chunk_wg2<128,64,2,4,true,1,false,true,true>"  # idle
+    wg2 = "chunk_wg2<128,64,2,4,true,1,true,true,true,false,false,true>"
+    assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == wg2           # 123
+    assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == wg2           # half the SMs idle
     assert not ops.chunk_plan(1, 32, 128, 256, "bfloat16").pair               # 64 CTAs
     assert not ops.chunk_plan(8, 16, 64, 256, "bfloat16").pair                # D = 64: slower measured
     assert not ops.chunk_plan(8, 32, 128, 128, "float32").pair
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=64).pair        # pinned: as asked
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).pair
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None           # one pass, the pair
-    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == ["chunk_wg4<128,64,1,3,true,true,false,true>"]
+    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == ["chunk_wg4<128,64,1,3,true,false,false,true,true>"]
     assert not ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16").out.pair      # segments: one slice a CTA
     with pytest.raises(ValueError, match=r"pair=True is chunk_wg4 with its own warpgroups \(got wgs=2\)"):
         ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True, wgs=2)
@@ -632,7 +647,7 @@ def test_wide_products_are_named_and_refused_off_the_pair(h200_gen2):
     for other in (base, ops.split_plan(base), ops.chunk_plan(8, 32, 128, 128, "float32")):
         with pytest.raises(ValueError, match=r"the wide products are chunk_wg4's, two E slices a CTA \(got chunk_wg"):
             ops.wide_plan(other)
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16") == wide
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16") == ops.direct_store_plan(wide)  # (v53: DIRECT, not QSTAGE)
     assert not ops.chunk_plan(4, 16, 128, 128, "bfloat16").wide                # chunk_wg2: one slice a CTA
     variants = _bench_module().gen_variants(8, 32, 128, 128, "bfloat16")
     assert variants["v2pairqw"]["plan"] == wide and variants["v2P4pairqw"]["segments"] == 4
@@ -735,9 +750,9 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     kws = bench.gen_variants(8, 32, 128, 128, "bfloat16")
     plan = {name: bench.variant_plan(8, 32, 65536, 128, 128, "bfloat16", kw) for name, kw in kws.items()}
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
-    assert plan["v2"] == plan["v2one"] == plan["v2pairqw"] == default and default.startswith("chunk_wg4<")
+    assert plan["v2"] == plan["v2one"] == plan["v2pairwd"] == default and default.startswith("chunk_wg4<")
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
-    assert plan["v2P2"] == f"{plan['v2wg2et']} P=2"                    # segments: one E slice a CTA, EARLY, TST
+    assert plan["v2P2"] == f"{plan['v2wg2eptd']} P=2"  # segments: one E slice a CTA, EARLY, PIPE, TST, DIRECT
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
 

@@ -32,7 +32,8 @@
 // writes clock64() at each of its events of the first LB_TL_CHUNKS chunks into lb_timeline[role][chunk][event]
 // (in the kernels of more threads, thread 384 on writes nothing); without it LB_STAMP is nothing. Events per role,
 // in order (timeline.py's EVENTS names them):
-//   outputs:  0 begun, 1 slot full, 2 state copy ready, 3 Q Kᵀ done, 4 Q S_in done, 5 P V done, 6 stored
+//   outputs:  0 begun, 1 slot full, 2 state copy ready, 3 Q Kᵀ done, 4 Q S_in done, 5 P V done, 6 stored (PIPE:
+//             while chunk c + 1's products run)
 //   state:    0 begun, 1 slot full, 2 Ṽ formed (warpgroup met), 3 Kᵀ Ṽ done, 4 met again, 5 copy buffer free,
 //             6 copy of the next state published
 //   producer: 0 begun, 1 slot free, 2 copies issued, 3 announced
@@ -885,7 +886,10 @@ struct WgSplit {
                                                     float (&cur)[NA], const float (&prev)[NA], float (&mask)[32],
                                                     float f0, float f1, u16* ow, int w, int l, int r0, int c0) {
     chunk_products(smem, seg.n - c * CH, c, acc_a, cur, mask, scale, f0, f1, l, r0, c0, [&] {
-      if (c > 0) store(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
+      if (c > 0) {
+        store(prev, ow, o, seg.tok0 + (u64)(c - 1) * CH + 16 * w, E, e0, 16 * w, CH, l, c0);
+        LB_STAMP(c - 1, 6);
+      }
     });
   }
 
@@ -911,6 +915,7 @@ struct WgSplit {
       const u64 trow = seg.tok0 + (u64)c * CH + 16 * w;
       if (c & 1) store(o1, ow, o, trow, E, e0, 16 * w, nv, l, c0);  // branches, not a pointer:
       else store(o0, ow, o, trow, E, e0, 16 * w, nv, l, c0);        // both stay in registers
+      LB_STAMP(c, 6);
     }
     finish(l);
   }

@@ -342,9 +342,9 @@ class ChunkPlan:
         return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
 
 
-# chunk_wg2's own forms (ChunkPlan's tstate, qreg, bulk, direct) off: a plan another transform builds starts without
-# them.
-_WG2_FORMS_OFF = {"tstate": False, "qreg": False, "bulk": False, "direct": False}
+# chunk_wg2's own forms (ChunkPlan's pipe, tstate, qreg, bulk, direct) off: a plan another transform builds starts
+# without them.
+_WG2_FORMS_OFF = {"pipe": False, "tstate": False, "qreg": False, "bulk": False, "direct": False}
 
 
 def _flags(*flags: bool) -> str:
@@ -385,7 +385,10 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # Its state warps hold Sᵀ where the slice is 64 columns (TST, KERNEL_NOTES v39: no Ṽ through shared
             # memory; H200, B=1, H=32, five interleaved rounds: D=E=128 through P=2 bf16 0.229 → 0.222 ms at
             # N=16384, 0.912 → 0.855 at 65536, fp16 0.266 → 0.247, 1.042 → 0.940; D=64, E=256 one pass bf16
-            # level, fp16 0.303 → 0.260, 1.238 → 1.026).
+            # level, fp16 0.303 → 0.260, 1.238 → 1.026). Its output warps store their rows straight from the
+            # accumulators, pipelined behind the next chunk's products (DIRECT and PIPE, KERNEL_NOTES v53: no
+            # staging through shared memory; H200, B=1, H=32, D=E=128 through P=2, five interleaved rounds: bf16
+            # 0.226 → 0.217 ms at N=16384, 0.903 → 0.867 at 65536, fp16 0.253 → 0.245, 1.029 → 0.967).
             wgs = 2 if plan.minb == 1 else 1
             early = wgs == 2
     else:
@@ -403,7 +406,8 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     split = split_plan(plan, dev, B * H * plan.cl)  # refused by name but for 16-bit gen 2
     if not early:
         return split
-    return transposed_state_plan(early_plan(split)) if split.es == 64 else early_plan(split)
+    rule = direct_store_plan(pipe_plan(early_plan(split)), dev)
+    return transposed_state_plan(rule) if split.es == 64 else rule
 
 
 def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:
@@ -422,15 +426,15 @@ def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:
 
 
 def _paired(plan: ChunkPlan, dev: int) -> ChunkPlan:
-    """chunk_plan's chunk_wg4: its outputs staged in Q (QSTAGE) where that buys a deeper pipeline, else staged
-    apart. H200, H=32 (KERNEL_NOTES v28), D=128 at ES=64, three stages instead of two: bf16 D=E=128, N=32768
-    B=8 3.282 → 2.976 ms, B=4 1.648 → 1.464; N=16384 B=8 1.653 → 1.476, fp16 1.714 → 1.596; D=128, E=256,
-    N=32768 B=8 6.611 → 5.689, B=4 3.322 → 2.795. Either way the output warps' products span both slices
-    (WIDE; v31, bf16, N=32768, one run: D=E=128 B=4 1.465 → 1.417, B=8 2.942 → 2.869; E=256 B=4 2.864 → 2.762,
-    B=8 5.725 → 5.605)."""
-    plain = shared_scores_plan(plan, dev)
-    staged = shared_scores_plan(plan, dev, qstage=True) if _qstage_fits(plan.D, plan.es) else plain
-    return wide_plan(staged if staged.stages > plain.stages else plain)
+    """chunk_plan's chunk_wg4: its outputs stored straight from the accumulators (DIRECT, KERNEL_NOTES v53), in
+    the layout without output staging and its deepest pipeline — the third stage at D = 128 that staging the
+    outputs in Q (QSTAGE) bought before (v28, H200, H=32, D=128 at ES=64, three stages instead of two: bf16
+    D=E=128, N=32768 B=8 3.282 → 2.976 ms, B=4 1.648 → 1.464; D=128, E=256, N=32768 B=8 6.611 → 5.689), without
+    the output warps meeting to stage in Q (v53, B=8, H=32, D=E=128, QSTAGE → DIRECT: bf16 1.369 → 1.306 ms at
+    N=16384, 5.400 → 5.349 at 65536; fp16 1.616 → 1.370, 6.166 → 5.756). The output warps' products span both
+    slices (WIDE; v31, bf16, N=32768, one run: D=E=128 B=4 1.465 → 1.417, B=8 2.942 → 2.869; E=256 B=4 2.864 →
+    2.762, B=8 5.725 → 5.605)."""
+    return wide_plan(direct_store_plan(shared_scores_plan(plan, dev), dev))
 
 
 def _wg_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
@@ -574,7 +578,7 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
         raise ValueError(f"shared scores: four warps' output staging ({_qstage_bytes(plan.es)} bytes at ES="
                          f"{plan.es}) does not fit a Q tile ({_q_tile_bytes(plan.D)} bytes at D={plan.D}); valid: "
                          f"D=128, or ES=32")
-    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, pipe=False, early=False, **_WG2_FORMS_OFF,
+    return replace(plan, pair=True, qstage=qstage, wgs=3, copies=1, early=False, **_WG2_FORMS_OFF,
                    cl=plan.cl // 2,
                    **_deepest("wg4q" if qstage else "wg4", plan, dev, 1, "chunk_wg4"))
 
