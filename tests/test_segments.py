@@ -453,6 +453,8 @@ def test_direct_store_plan(h200_gen2):
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16") == dp
     assert (dp.name, dp.kind, dp.stages, dp.smem) == ("chunk_wg4<128,64,1,3,true,false,false,true,true>", "wg4q", 3,
                                                       pair.smem)
+    narrow = ops.direct_store_plan(ops.shared_scores_plan(ops.chunk_plan(8, 32, 64, 256, "bfloat16", es=64, wgs=1)))
+    assert narrow.kind == "wg4q" and narrow.stages == 4  # D = 64, ES = 64: no staging, where QSTAGE's does not fit
     plain = ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1))  # two stages with staging,
     assert (plain.stages, ops.direct_store_plan(plain).stages) == (2, 3)                # three without
     for other in (ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ops.chunk_plan(8, 32, 128, 128, "float32")):

@@ -19,8 +19,8 @@
 // the output warps read and which is not released before the outputs are stored (the producer's next cp.async
 // into it, generic writes as these are, is ordered after them by the slot's empty barrier): 18 KB fewer at
 // ES = 64, room for a third stage at D = 128. DIRECT (KERNEL_NOTES v53) takes the same layout: its outputs leave
-// straight from the accumulators (wg_store_direct), staged nowhere.
-template <int D, int ES, int STAGES, bool QSTAGE = false>
+// straight from the accumulators (wg_store_direct), staged nowhere. NOSTAGE: the layout without output staging.
+template <int D, int ES, int STAGES, bool NOSTAGE = false>
 struct Wg4Smem {
   using W = WgSmem<D, ES, STAGES>;
   static constexpr int DB = W::DB, QKT = W::QKT, VRB = W::VRB, VT = W::VT, OP = W::OP;
@@ -32,9 +32,8 @@ struct Wg4Smem {
   static constexpr int VD = VS + 2 * STAGES * VT;    // slice s's Ṽ at VD + s·VT
   static constexpr int SB = VD + 2 * VT;             // slice s's copies at SB + 2s·D·VRB and one D·VRB further
   static constexpr int OS = SB + 4 * D * VRB;        // slice s's output staging [64][OP] at OS + s·64·OP·2
-  static constexpr int BYTES = QSTAGE ? OS : OS + 2 * 64 * OP * 2;
+  static constexpr int BYTES = NOSTAGE ? OS : OS + 2 * 64 * OP * 2;
   static constexpr int ALLOC = BYTES + 1024;
-  static_assert(!QSTAGE || 4 * 16 * OP * 2 <= DB * QKT, "four warps' output staging does not fit a Q tile");
   static_assert(CBAR + 2 * 40 <= WG_HEAD, "copy barriers overlap the tiles");
   static_assert(SM_SCL + 2 * 16 <= SM_TAB, "the slices' float16 scales overlap the λ table");
 };
@@ -75,6 +74,7 @@ template <int D, int ES, int STAGES, bool BF16, bool QSTAGE = false, bool WIDE =
 struct WgPair {
   static_assert(!(QSTAGE && DIRECT), "the outputs are staged in Q or not staged at all");
   using LY = Wg4Smem<D, ES, STAGES, QSTAGE || DIRECT>;
+  static_assert(!QSTAGE || 4 * 16 * LY::OP * 2 <= LY::DB * LY::QKT, "four warps' output staging does not fit a Q tile");
   using S0 = Wg4Slice<D, ES, STAGES, 0>;
   using S1 = Wg4Slice<D, ES, STAGES, 1>;
   using C1 = WgConsumer<D, ES, STAGES, BF16>;  // its output store (the staging pitch OP is the same)
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(416, 1)
   }
 }
 
-template <int D, int ES, int STAGES, bool QSTAGE = false>
+template <int D, int ES, int STAGES, bool NOSTAGE = false>
 __global__ void chunk_wg4_layout(int* out) {
-  out[0] = Wg4Smem<D, ES, STAGES, QSTAGE>::ALLOC;
+  out[0] = Wg4Smem<D, ES, STAGES, NOSTAGE>::ALLOC;
 }

@@ -187,7 +187,7 @@ def _read_wg_layouts(dev: int) -> None:
     chunk_wg32_layout, chunk_wg32_state_layout and chunk_wg32x2_layout."""
     combos = [(kind, D, es, st) for kind in ("wg", "wg2", "wg3", "wg4", "wgstate") for D in _WG_D for es in _WG_ES
               for st in _STAGES]
-    combos += [("wg4q", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES if _qstage_fits(D, es)]
+    combos += [("wg4q", D, es, st) for D in _WG_D for es in _WG_ES for st in _STAGES]  # (no output staging)
     combos += [(kind, D, es, 1) for kind in ("wg32", "wg32s", "wg32x2") for D in _WG_D for es in _WG_ES]
     combos += [("wglb", D, 64, st) for D in _WG_D for st in _STAGES]
     template = {"wg": "chunk_wg_layout<{},{},{}>", "wg2": "chunk_wg2_layout<{},{},{}>",
