@@ -158,9 +158,10 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
             for key in ("v2wg2et", "v2wg2etq", "v2P2wg2et", "v2P2wg2etq"):  # output rows by bulk copies (BULK)
                 if key in out and out[key]["plan"].wgs == 2:
                     out[key + "b"] = {**out[key], "plan": ops.bulk_store_plan(out[key]["plan"])}
-            for key in ("v2wg2et", "v2wg2ept", "v2P2wg2et", "v2P2wg2ept", "v2pair", "v2pairw"):  # output rows
-                if key in out and (out[key]["plan"].wgs == 2 or out[key]["plan"].pair):  # from the accumulators
-                    out[key + "d"] = {**out[key], "plan": ops.direct_store_plan(out[key]["plan"])}  # (DIRECT)
+            for key in ("v2wg2e", "v2wg2ep", "v2wg2et", "v2wg2ept", "v2P2wg2et", "v2P2wg2ept", "v2pair",  # output rows
+                        "v2pairw"):  # from the accumulators (DIRECT)
+                if key in out and (out[key]["plan"].wgs == 2 or out[key]["plan"].pair):
+                    out[key + "d"] = {**out[key], "plan": ops.direct_store_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
             if E % 64 == 0:  # the look-back kernel (chunk_wg2lb, v48) over pieces of L tokens: `v2lb<L>`
