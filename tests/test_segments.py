@@ -367,7 +367,7 @@ def test_transposed_state_plan(h200_gen2):
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False) == ops.direct_store_plan(ops.pipe_plan(t))  # rule
     assert ops.seq_plan(1, 32, 65536, 128, 128, "float16").out.tstate                       # through segments too
     assert ops.chunk_plan(1, 32, 128, 128, "bfloat16").name == \
-        "chunk_wg2<128,32,4,4,true,1,true,true,false,false,false,true>"  # ES = 32: the state not transposed
+        "chunk_wg2<128,32,4,4,true,1,false,true,false,false,false,true>"  # ES = 32: no TST, no PIPE
     assert not ops.split_plan(t).tstate and not ops.shared_scores_plan(t).tstate
     plain = ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "float16", wgs=1), ctas=512)
     assert ops.transposed_state_plan(plain).name == "chunk_wg2<128,64,2,4,false,1,false,false,true>"

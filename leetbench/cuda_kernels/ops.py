@@ -386,9 +386,11 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # memory; H200, B=1, H=32, five interleaved rounds: D=E=128 through P=2 bf16 0.229 → 0.222 ms at
             # N=16384, 0.912 → 0.855 at 65536, fp16 0.266 → 0.247, 1.042 → 0.940; D=64, E=256 one pass bf16
             # level, fp16 0.303 → 0.260, 1.238 → 1.026). Its output warps store their rows straight from the
-            # accumulators, pipelined behind the next chunk's products (DIRECT and PIPE, KERNEL_NOTES v53: no
-            # staging through shared memory; H200, B=1, H=32, D=E=128 through P=2, five interleaved rounds: bf16
-            # 0.226 → 0.217 ms at N=16384, 0.903 → 0.867 at 65536, fp16 0.253 → 0.245, 1.029 → 0.967).
+            # accumulators (DIRECT, KERNEL_NOTES v53: no staging through shared memory), and beside TST pipelined
+            # behind the next chunk's products (PIPE). H200, B=1, H=32, D=E=128 through P=2, five interleaved
+            # rounds: bf16 0.226 → 0.224 (DIRECT) → 0.217 ms (and PIPE) at N=16384, 0.903 → 0.899 → 0.867 at
+            # 65536, fp16 0.253 → 0.246 → 0.245, 1.029 → 0.993 → 0.967; at ES = 32 (one pass at short N) PIPE is
+            # slower: D=E=128, N=4096 0.067 (DIRECT) against 0.072 ms (and PIPE), D=128, E=64 0.065 against 0.070.
             wgs = 2 if plan.minb == 1 else 1
             early = wgs == 2
     else:
@@ -406,8 +408,8 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     split = split_plan(plan, dev, B * H * plan.cl)  # refused by name but for 16-bit gen 2
     if not early:
         return split
-    rule = direct_store_plan(pipe_plan(early_plan(split)), dev)
-    return transposed_state_plan(rule) if split.es == 64 else rule
+    rule = direct_store_plan(early_plan(split), dev)
+    return transposed_state_plan(pipe_plan(rule)) if split.es == 64 else rule
 
 
 def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:
