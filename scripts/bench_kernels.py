@@ -162,9 +162,6 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                         "v2pairw"):  # from the accumulators (DIRECT)
                 if key in out and (out[key]["plan"].wgs == 2 or out[key]["plan"].pair):
                     out[key + "d"] = {**out[key], "plan": ops.direct_store_plan(out[key]["plan"])}
-            for key in ("v2wg2eptd", "v2P2wg2eptd"):  # and Ṽᵀ formed a chunk ahead (AHEAD)
-                if key in out:
-                    out[key + "a"] = {**out[key], "plan": ops.ahead_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
             if E % 64 == 0:  # the look-back kernel (chunk_wg2lb, v48) over pieces of L tokens: `v2lb<L>`

@@ -373,8 +373,6 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         out += [ops.bulk_store_plan(p) for p in (qreg[0], ops.pipe_plan(shallow), crowded)]
         out += [ops.direct_store_plan(p) for p in (tst[0] if tst else ops.early_plan(split), ops.pipe_plan(shallow),
                                                    crowded)]
-        # and (TST) Ṽᵀ formed a chunk ahead (AHEAD): the rule's form and at two stages
-        out += [ops.ahead_plan(ops.direct_store_plan(p)) for p in (ops.pipe_plan(tst[0]), tst[1])] if tst else []
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages

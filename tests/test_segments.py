@@ -476,20 +476,6 @@ def test_direct_store_plan(h200_gen2):
     assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "float32") is None
 
 
-def test_ahead_plan(h200_gen2):
-    """chunk_wg2's state warps forming Ṽᵀ a chunk ahead (AHEAD): its thirteenth template argument, the same layout;
-    only with the state transposed, refused by name else; not inherited by a plan of another kernel."""
-    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)
-    a = ops.ahead_plan(rule)
-    assert (a.name, a.smem) == ("chunk_wg2<128,64,2,4,true,1,true,true,true,false,false,true,true>", rule.smem)
-    for other in (ops.chunk_plan(1, 32, 128, 128, "bfloat16"), ops.chunk_plan(8, 32, 128, 128, "bfloat16")):
-        with pytest.raises(ValueError, match=r"Ṽᵀ a chunk ahead is chunk_wg2's with its state transposed \(got chunk"):
-            ops.ahead_plan(other)  # ES = 32 (no TST), the pair
-    assert not ops.split_plan(a).ahead and not ops.shared_scores_plan(a).ahead
-    b1 = _bench_module().gen_variants(1, 32, 128, 128, "bfloat16")
-    assert b1["v2P2wg2eptda"] == {"plan": ops.ahead_plan(b1["v2P2wg2eptd"]["plan"]), "segments": 2}
-
-
 def test_two_output_plan(h200_gen2):
     """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
     whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""

@@ -764,14 +764,11 @@ __device__ __forceinline__ void wg_publish_copy(u32 cbar, float* ups, int j, int
 // read back and the global stores are off the warp's chain (store).
 // DIRECT (KERNEL_NOTES v53): each output warp's rows leave straight from its accumulator (wg_store_direct): no
 // staging written and read back through shared memory (16 KB a chunk), one shuffle per two 32-bit words.
-// AHEAD (TST; KERNEL_NOTES v53): the state warps load and weight chunk c + 1's Ṽᵀ fragments while chunk c's
-// Sᵀ += Ṽᵀ K runs (state_walk_ahead), so the state chain is the products, the decay and the copy.
 template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = false,
           class LAYOUT = Wg2Smem<D, ES, STAGES>, int BARID = 1, bool TST = false, bool QREG = false,
-          bool BULK = false, bool DIRECT = false, bool AHEAD = false>
+          bool BULK = false, bool DIRECT = false>
 struct WgSplit {
   static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
-  static_assert(!AHEAD || TST, "Ṽᵀ a chunk ahead is the transposed state's (its own registers)");
   static_assert(!(BULK && DIRECT), "the output rows leave one way");
   using L = LAYOUT;
   using C1 = WgConsumer<D, ES, STAGES, BF16, 1, L, BARID>;  // its write_copy, state load and store, chunk start,
@@ -979,51 +976,6 @@ struct WgSplit {
     return nchunks;
   }
 
-  // AHEAD: state_walk over a whole segment with chunk c + 1's Ṽᵀ fragments (its slot awaited first) formed while
-  // chunk c's product runs; they are kept live to the product's wait (wg_keep: the product reads its A registers
-  // until then).
-  static __device__ __forceinline__ void state_walk_ahead(float (&S)[DB][NA], unsigned char* smem, u32 sbase,
-                                                         const float* tab, int n, int w, int l, int r0, int t) {
-    publish(S, smem, 0, w, l, r0, t);
-    const int nchunks = (n + CH - 1) / CH;
-    u32 va[4][4], vn[4][4];
-    if (nchunks > 0) {
-      mbar_wait(sbase + L::BAR, 0);
-      wg_decayed_vt<BF16>(va, sbase + L::VS, tab, min(CH, n), w, l);
-    }
-    for (int c = 0; c < nchunks; ++c) {
-      const int slot = c % STAGES;
-      LB_STAMP(c, 0);
-      LB_STAMP(c, 1);
-      const float dn = tab[min(CH, n - c * CH)];
-#pragma unroll
-      for (int nb = 0; nb < DB; ++nb)
-#pragma unroll
-        for (int i = 0; i < NA; ++i) S[nb][i] *= dn;
-      wg_fence();
-      LB_STAMP(c, 2);
-      wg_state_update_t<D, BF16>(S, va, sbase + L::KS + slot * DB * L::QKT);
-      wg_commit();
-      if (c + 1 < nchunks) {
-        const int next = (c + 1) % STAGES;
-        mbar_wait(sbase + L::BAR + 8 * next, ((c + 1) / STAGES) & 1);
-        wg_decayed_vt<BF16>(vn, sbase + L::VS + next * L::VT, tab, min(CH, n - (c + 1) * CH), w, l);
-      }
-      wg_wait<0>();
-#pragma unroll
-      for (int nb = 0; nb < DB; ++nb) wg_pin(S[nb]);
-      wg_keep(va);
-      LB_STAMP(c, 3);
-      LB_STAMP(c, 4);
-      if (l == 0) mbar_arrive(sbase + L::BAR + 8 * (STAGES + slot));  // this warp's share read the slot
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) va[kk][r] = vn[kk][r];
-      if (c + 1 < nchunks) publish(S, smem, c + 1, w, l, r0, t);
-    }
-  }
-
   // The state warps. TST: S holds Sᵀ (S[nb] its block over columns 64·nb.. of D) and each warp's Ṽᵀ is its own
   // registers, so the warps meet only where write_copy's float16 maxima need it (two sets, alternating: a warp may
   // write the next copy's maximum before another has read this one's).
@@ -1035,8 +987,7 @@ struct WgSplit {
     const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
     float S[DB][NA];
     C1::template load_state<TST>(S, s0, seg, e0, E, r0, c0);
-    if constexpr (AHEAD) state_walk_ahead(S, smem, sbase, tab, seg.n, w, l, r0, t);
-    else state_walk(S, smem, sbase, tab, 0, seg.n, w, l, r0, t);
+    state_walk(S, smem, sbase, tab, 0, seg.n, w, l, r0, t);
     C1::template store_state<TST>(S, sN, seg, e0, E, r0, c0);
   }
 };
@@ -1055,10 +1006,10 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG, BULK, DIRECT,
-// AHEAD: WgSplit's; EARLY: wg_producer's.
+// Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG, BULK, DIRECT:
+// WgSplit's; EARLY: wg_producer's.
 template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool PIPE = false, bool EARLY = false,
-          bool TST = false, bool QREG = false, bool BULK = false, bool DIRECT = false, bool AHEAD = false>
+          bool TST = false, bool QREG = false, bool BULK = false, bool DIRECT = false>
 __global__ void __launch_bounds__(288, MINB)
     chunk_wg2(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, u16* __restrict__ o,
               const float* __restrict__ s0, float* __restrict__ sN, const double* __restrict__ lam, int H, int N,
@@ -1067,7 +1018,7 @@ __global__ void __launch_bounds__(288, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
   const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT, AHEAD>;
+  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT>;
   const int warp = warp_index();
   if (warp < 4) {
     if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);

@@ -282,8 +282,6 @@ class ChunkPlan:
     bulk: bool = False  # chunk_wg2: the output rows stored by bulk copies from their staging (BULK; bulk_store_plan)
     direct: bool = False  # chunk_wg2, chunk_wg4: the output rows stored straight from the accumulators, no staging
     #                       (DIRECT; direct_store_plan)
-    ahead: bool = False  # chunk_wg2 with TST: the state warps form chunk c + 1's Ṽᵀ while chunk c's product runs
-    #                      (AHEAD; ahead_plan)
 
     @property
     def opts(self) -> int:
@@ -330,9 +328,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
-            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST, QREG, BULK, DIRECT and AHEAD, false by default
-                flags = _flags(self.pipe, self.early, self.tstate, self.qreg, self.bulk, self.direct, self.ahead)
-                return f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{flags}>"
+            if self.wgs == 2:  # the kernel's PIPE, EARLY, TST, QREG, BULK and DIRECT, false by default
+                return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
+                        f"{_flags(self.pipe, self.early, self.tstate, self.qreg, self.bulk, self.direct)}>")
             copies = ",2" if self.copies == 2 else ""  # the kernel's COPIES, 1 by default
             return f"chunk_wg<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{copies}>"
         if self.f32:
@@ -344,9 +342,9 @@ class ChunkPlan:
         return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
 
 
-# chunk_wg2's own forms (ChunkPlan's pipe, tstate, qreg, bulk, direct, ahead) off: a plan another transform builds
-# starts without them.
-_WG2_FORMS_OFF = {"pipe": False, "tstate": False, "qreg": False, "bulk": False, "direct": False, "ahead": False}
+# chunk_wg2's own forms (ChunkPlan's pipe, tstate, qreg, bulk, direct) off: a plan another transform builds starts
+# without them.
+_WG2_FORMS_OFF = {"pipe": False, "tstate": False, "qreg": False, "bulk": False, "direct": False}
 
 
 def _flags(*flags: bool) -> str:
@@ -658,15 +656,6 @@ def direct_store_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     if plan.pair:
         return replace(plan, direct=True, qstage=False, **_deepest("wg4q", plan, dev, 1, "chunk_wg4"))
     return replace(plan, direct=True)
-
-
-def ahead_plan(plan: ChunkPlan) -> ChunkPlan:
-    """`plan` (chunk_wg2 with its state held transposed) with its state warps loading and weighting chunk c + 1's
-    Ṽᵀ fragments while chunk c's product runs (AHEAD; KERNEL_NOTES v53): the same shared memory, 16 registers more
-    a state thread."""
-    if not plan.wg2 or not plan.tstate:
-        raise ValueError(f"Ṽᵀ a chunk ahead is chunk_wg2's with its state transposed (got {plan.name})")
-    return replace(plan, ahead=True)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
