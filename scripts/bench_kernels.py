@@ -79,9 +79,10 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
     two output warpgroups, two E slices sharing their scores, two state copies, the state held transposed, Q in
-    registers, bulk output stores, output stores from the accumulators (`…d`), the look-back kernel; float32: fewer
-    producer warps, their split, the state chain apart: `v2sa32` in one pass at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2); `v2serial`: the rule with its
-    sequence-parallel passes launched one after another (not as programmatic dependents)."""
+    registers, bulk output stores, output stores from the accumulators (`…d`), loads through tensor maps (`…m`),
+    the look-back kernel; float32: fewer producer warps, their split, the state chain apart: `v2sa32` in one pass
+    at ES = 32, `v2P2sa` and `v2P2sa32` at P = 2); `v2serial`: the rule with its sequence-parallel passes launched
+    one after another (not as programmatic dependents)."""
     out = {"v1": {"gen": 1}, "v1one": {"gen": 1, "segments": 1}}
     if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype):
         out.update({"v2": {"gen": 2}, "v2one": {"gen": 2, "segments": 1}, "v2P2": {"gen": 2, "segments": 2},
@@ -162,6 +163,9 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                         "v2pairw"):  # from the accumulators (DIRECT)
                 if key in out and (out[key]["plan"].wgs == 2 or out[key]["plan"].pair):
                     out[key + "d"] = {**out[key], "plan": ops.direct_store_plan(out[key]["plan"])}
+            for key in ("v2wg2eptd", "v2P2wg2eptd"):  # and its producer loading through tensor maps (TMA)
+                if key in out and out[key]["plan"].es == 64:
+                    out[key + "m"] = {**out[key], "plan": ops.tma_load_plan(out[key]["plan"])}
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
             if E % 64 == 0:  # the look-back kernel (chunk_wg2lb, v48) over pieces of L tokens: `v2lb<L>`

@@ -373,6 +373,10 @@ def _wg_plans(B: int, H: int, D: int, E: int, dtype: str) -> list[ops.ChunkPlan]
         out += [ops.bulk_store_plan(p) for p in (qreg[0], ops.pipe_plan(shallow), crowded)]
         out += [ops.direct_store_plan(p) for p in (tst[0] if tst else ops.early_plan(split), ops.pipe_plan(shallow),
                                                    crowded)]
+        # and (ES = 64) its producer loading through tensor maps (chunk_wg2_tma): the rule's form, and plain at two
+        # stages
+        out += [ops.tma_load_plan(ops.direct_store_plan(ops.pipe_plan(tst[0]))), ops.tma_load_plan(shallow)] \
+            if es == 64 else []
         three = ops.two_output_plan(base, 0)  # two output warpgroups (chunk_wg3), deepest and two stages
         out += [three, replace(three, stages=2, smem=0)]
         if base.cl % 2 == 0:  # two E slices a CTA sharing their scores (chunk_wg4), deepest and two stages
@@ -507,6 +511,31 @@ def test_direct_stores_equal_staged_ones(dtype):
             torch.cuda.synchronize()
             if not all(torch.equal(a, b) for a, b in zip(*got)) or got[1][0].isnan().any():
                 bad.append(f"{ops.direct_store_plan(plan, 0).name} at D={D}, E={E}, N={N}")
+    assert not bad, "; ".join(bad)
+
+
+@needs_wg
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_tma_loads_equal_cp_async_ones(dtype):
+    """chunk_wg2_tma (its producer's lane 0 loading each chunk through tensor maps, the slot's barrier completed by
+    the bytes landing) gives the outputs and final state of the same chunk_wg2 form loading with cp.async, bit for
+    bit: at D=E=128 in the rule's form (TST, PIPE, DIRECT) and plain at two stages, at D=64 with E=64 and 256 — on
+    tails (the boxes past N arrive as zeros), three segments (each from its token offset) and an initial state,
+    the buffers poisoned with NaN first."""
+    bad = []
+    for D, E, N in ((128, 128, 1000), (64, 64, 131), (64, 256, 200), (128, 128, 64)):
+        x = _inputs(2, 3, N, D, E, dtype, "multiscale", True, seed=4)
+        split = ops.split_plan(ops.chunk_plan(2, 3, D, E, dtype, 0, es=64, gen=2, wgs=1), 0)
+        rule = ops.direct_store_plan(ops.pipe_plan(ops.transposed_state_plan(ops.early_plan(split))))
+        for plan in (rule, replace(split, stages=2, smem=0)):
+            got = []
+            for p in (plan, ops.tma_load_plan(plan)):
+                _poison()
+                got.append(ops.chunked(x.q, x.k, x.v, x.decay, scale=x.scale, initial_state=x.initial_state,
+                                       plan=p, segments=3))
+            torch.cuda.synchronize()
+            if not all(torch.equal(a, b) for a, b in zip(*got)) or got[1][0].isnan().any():
+                bad.append(f"{ops.tma_load_plan(plan).name} at D={D}, E={E}, N={N}")
     assert not bad, "; ".join(bad)
 
 
@@ -734,6 +763,10 @@ _SANITIZE = textwrap.dedent("""
                                                                                                         dt, wgs=2))))
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, segments=3,
                 plan=ops.direct_store_plan(plan(1, 2, 128, 128, dt, pair=True)))
+            run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, segments=3,  # TMA loads: tails, segments, the rule's form
+                plan=ops.tma_load_plan(ops.direct_store_plan(ops.pipe_plan(ops.transposed_state_plan(split)))))
+            run(ops.chunked, 2, 1, 131, 64, 256, dt, False, plan=ops.tma_load_plan(plan(2, 1, 64, 256, dt, es=64,
+                                                                                       wgs=2)))
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
             three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)

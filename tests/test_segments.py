@@ -417,7 +417,7 @@ def test_register_q_plan(h200_gen2):
         ops.register_q_plan(piped)
     with pytest.raises(ValueError, match=r"the pipelined output warps with Q in registers spill \(got chunk_wg2"):
         ops.pipe_plan(q)
-    with pytest.raises(ValueError, match=r"Q in registers is chunk_wg2's \(got chunk_wg4"):
+    with pytest.raises(ValueError, match=r"Q in registers is chunk_wg2's, not chunk_wg2_tma's \(got chunk_wg4"):
         ops.register_q_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
     assert not ops.split_plan(q).qreg and not ops.shared_scores_plan(q).qreg
 
@@ -431,7 +431,7 @@ def test_bulk_store_plan(h200_gen2):
     assert (b.name, b.smem) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true,true>", rule.smem)
     crowded = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
     assert ops.bulk_store_plan(crowded).name == "chunk_wg2<64,32,8,4,false,2,false,false,false,false,true>"
-    with pytest.raises(ValueError, match=r"the bulk output stores are chunk_wg2's \(got chunk_wg4"):
+    with pytest.raises(ValueError, match=r"the bulk output stores are chunk_wg2's, not chunk_wg2_tma's \(got chunk_wg4"):
         ops.bulk_store_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
     assert not ops.split_plan(b).bulk and not ops.shared_scores_plan(b).bulk
 
@@ -458,7 +458,8 @@ def test_direct_store_plan(h200_gen2):
     plain = ops.shared_scores_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1))  # two stages with staging,
     assert (plain.stages, ops.direct_store_plan(plain).stages) == (2, 3)                # three without
     for other in (ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ops.chunk_plan(8, 32, 128, 128, "float32")):
-        with pytest.raises(ValueError, match=r"the direct output stores are chunk_wg2's and chunk_wg4's \(got chunk_wg"):
+        with pytest.raises(ValueError, match=r"the direct output stores are chunk_wg2's and chunk_wg4's "
+                                             r"\(got chunk_wg"):
             ops.direct_store_plan(other)
     with pytest.raises(ValueError, match=r"the output rows leave one way: bulk copies or straight from registers"):
         ops.direct_store_plan(ops.bulk_store_plan(rule))
@@ -474,6 +475,32 @@ def test_direct_store_plan(h200_gen2):
         1, 64, 128, 128, "bfloat16", es=64, wgs=1)))), "segments": 2}
     assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "bfloat16") == {"plan": pair, "segments": 1}
     assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "float32") is None
+
+
+def test_tma_load_plan(h200_gen2):
+    """chunk_wg2 with its producer loading through tensor maps: a kernel of its own (chunk_wg2_tma, whose template
+    takes PIPE, TST and DIRECT) in the same layout, EARLY dropped; refused by name off 64-column chunk_wg2 at one CTA
+    per SM and beside QREG or BULK, and the producer's and the output warps' other forms refuse it; not inherited;
+    bench_kernels.py's `…m` variants."""
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)  # TST, PIPE, EARLY, DIRECT
+    t = ops.tma_load_plan(rule)
+    assert (t.name, t.smem, t.threads, t.kind, t.early) == ("chunk_wg2_tma<128,64,2,4,true,true,true,true>",
+                                                              rule.smem, 288, "wg2", False)
+    plain = ops.split_plan(ops.chunk_plan(8, 32, 64, 256, "float16", es=64, wgs=1))
+    assert ops.tma_load_plan(plain).name == "chunk_wg2_tma<64,64,4,4,false>"
+    narrow = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
+    for other in (narrow, ops.chunk_plan(8, 32, 128, 128, "bfloat16"), ops.chunk_plan(8, 32, 128, 128, "float32")):
+        with pytest.raises(ValueError, match=r"tensor-map loads are chunk_wg2's at ES=64, one CTA per SM \(got chunk"):
+            ops.tma_load_plan(other)
+    with pytest.raises(ValueError, match=r"chunk_wg2_tma takes PIPE, TST and DIRECT, not QREG or BULK \(got"):
+        ops.tma_load_plan(ops.register_q_plan(plain))
+    for form in (ops.early_plan, ops.register_q_plan, ops.bulk_store_plan):
+        with pytest.raises(ValueError, match=r"not chunk_wg2_tma's \(got chunk_wg2_tma<"):
+            form(t)
+    assert not ops.split_plan(t).tma and not ops.shared_scores_plan(t).tma
+    b1 = _bench_module().gen_variants(1, 32, 128, 128, "bfloat16")
+    assert b1["v2P2wg2eptdm"] == {"plan": ops.tma_load_plan(b1["v2P2wg2eptd"]["plan"]), "segments": 2}
+    assert "v2wg2eptdm" not in b1  # one pass at B=1 is 32-column slices
 
 
 def test_two_output_plan(h200_gen2):
@@ -527,7 +554,8 @@ def test_staged_in_q_and_announced_early(h200_gen2):
     assert ops.early_plan(split).name == "chunk_wg2<128,64,2,4,true,1,false,true>"
     assert ops.early_plan(ops.pipe_plan(split)).name == "chunk_wg2<128,64,2,4,true,1,true,true>"
     for other in (base, ops.chunk_plan(8, 32, 128, 128, "float32"), ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=3)):
-        with pytest.raises(ValueError, match=r"the early producer is chunk_wg2's and chunk_wg4's \(got chunk_wg"):
+        with pytest.raises(ValueError, match=r"the early producer is chunk_wg2's and chunk_wg4's, not chunk_wg2_tma's "
+                                             r"\(got chunk_wg"):
             ops.early_plan(other)
     with pytest.raises(ValueError, match=r"the plain producer \(got chunk_wg2<128,64,2,4,true,1,false,true>"):
         ops.two_output_plan(ops.early_plan(split))

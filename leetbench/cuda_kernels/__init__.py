@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from leetbench.cuda_kernels import cubin_cache
-from leetbench.cuda_kernels.dependent_launch import launch_dependent
+from leetbench.cuda_kernels.dependent_launch import launch as driver_launch
 
 KERNEL_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
@@ -96,7 +96,9 @@ class Kernel:
     def __call__(self, grid: int | tuple, block: int | tuple, args: tuple, shared_mem: int = 0,
                  dependent: bool = False) -> None:
         """Launch on torch's current stream; `dependent`: as a programmatic dependent of the kernel before it there
-        (dependent_launch; the kernel's own griddepcontrol.wait guards what it reads of that kernel's outputs)."""
+        (dependent_launch; the kernel's own griddepcontrol.wait guards what it reads of that kernel's outputs).
+        Through the driver where dependent or an argument is a struct by value (`bytes`: a tensor map), else
+        through CuPy's launcher."""
         cp = _cupy()
         if shared_mem > self._smem_limit:
             with cp.cuda.Device(self.device_index):
@@ -107,8 +109,8 @@ class Kernel:
         stream = torch_stream(self.device_index)
 
         def launch() -> None:
-            if dependent:
-                launch_dependent(self.handle, grid, block, args, int(shared_mem), int(stream.ptr))
+            if dependent or any(type(a) is bytes for a in args):
+                driver_launch(self.handle, grid, block, args, int(shared_mem), int(stream.ptr), dependent)
             else:
                 self.fn(grid, block, args, shared_mem=shared_mem, stream=stream)
 

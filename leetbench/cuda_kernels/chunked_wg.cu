@@ -213,6 +213,40 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
   }
 }
 
+// The producer with tensor maps (chunk_wg2_tma; KERNEL_NOTES v54): lane 0 alone loads chunk c into slot c mod
+// STAGES — Q and K as D/64 boxes of 64 tokens × 64 columns each, this CTA's 64-column V slice as one — with the
+// slot's full barrier expecting their bytes, so the copy engine completes it as they land: no lane copies 16 bytes
+// at a time, none waits for its copies to announce them. Rows past the sequence's end (the box past the maps'
+// bounds N) arrive as zeros, as the plain loop's zero-fill gives them. Coordinates: token t of (b·H + h) = bh.
+template <class L, int D, int STAGES>
+__device__ __forceinline__ void wg_producer_tma(const TensorMap* tq, const TensorMap* tk, const TensorMap* tv, int bh,
+                                                int t0, int n, int e0, int lane, u32 sbase) {
+  static_assert(L::VRB == 128, "a 64-column V slice: one box of 128-byte rows");
+  if (lane == 0) {
+    tma_prefetch(tq);
+    tma_prefetch(tk);
+    tma_prefetch(tv);
+  }
+  constexpr u32 BYTES = 2 * L::DB * L::QKT + L::VT;  // (a box past the bounds counts its zeros too)
+  const int nchunks = (n + CH - 1) / CH;
+  for (int c = 0; c < nchunks; ++c) {
+    const int slot = c % STAGES;
+    if (c >= STAGES) mbar_wait(sbase + L::BAR + 8 * (STAGES + slot), ((c / STAGES) + 1) & 1);  // (whole warp)
+    if (lane == 0) {
+      const u32 full = sbase + L::BAR + 8 * slot;
+      mbar_expect_tx(full, BYTES);
+      const int t = t0 + c * CH;
+#pragma unroll
+      for (int b = 0; b < L::DB; ++b) {
+        tma_load_3d(sbase + L::QS + (slot * L::DB + b) * L::QKT, tq, 64 * b, t, bh, full);
+        tma_load_3d(sbase + L::KS + (slot * L::DB + b) * L::QKT, tk, 64 * b, t, bh, full);
+      }
+      tma_load_3d(sbase + L::VS + slot * L::VT, tv, e0, t, bh, full);
+    }
+    __syncwarp();
+  }
+}
+
 // The products of a chunk, as the consumer warpgroup issues them (asynchronous: commit and wait after). Q and K
 // tiles are D/64 blocks of 64 tokens × 128 bytes (K-major for Q Kᵀ and Q S, M-major for Kᵀ Ṽ); V, Ṽ and the
 // state copy are N-major rows of 2·ES bytes. `acc`: add to d instead of overwriting it.
@@ -992,18 +1026,35 @@ struct WgSplit {
   }
 };
 
-// wg_cta for the kernels with a state warpgroup apart (layout LY: Wg2Smem's head): a slot released by eight warps,
+// wg_cta for the kernels with a state warpgroup apart (layout LY: Wg2Smem's head): a slot released by eight warps
+// and filled by `producers` arrivals (the producer warp's lanes, or the one that expects a tensor copy's bytes),
 // and the state copies' hand-over barriers.
 template <int D, int ES, int NSL, int STAGES, class LY>
 __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS, int L, int N, const double* lam,
-                                              int H) {
-  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 32, 8);
+                                              int H, u32 producers = 32) {
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, producers, 8);
   if (threadIdx.x == 0) {
     wg_copy_barriers_init(cta.sbase + LY::CBAR);
     fence_mbar_init();
   }
   __syncthreads();
   return cta;
+}
+
+// chunk_wg2's roles by warp: 0-3 the outputs (SP, pipelined with PIPE), 4-7 the state chain, 8 the producer
+// (`produce(lane)`).
+template <class SP, bool PIPE, class F>
+__device__ __forceinline__ void wg2_roles(const WgCta& cta, u16* __restrict__ o, const float* __restrict__ s0,
+                                          float* __restrict__ sN, int E, float scale, F&& produce) {
+  const int tid = threadIdx.x, warp = warp_index();
+  if (warp < 4) {
+    if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    else SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+  } else if (warp < 8) {
+    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
+  } else {
+    produce(tid & 31);
+  }
 }
 
 // Grid: B·H·RUNS·NSL CTAs of 288 threads, MINB per SM; arguments as chunk_wg's. PIPE, TST, QREG, BULK, DIRECT:
@@ -1017,17 +1068,31 @@ __global__ void __launch_bounds__(288, MINB)
   using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
-  const int tid = threadIdx.x;
-  using SP = WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT>;
-  const int warp = warp_index();
-  if (warp < 4) {
-    if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
-    else SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
-  } else if (warp < 8) {
-    SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
-  } else {
-    wg_producer<LY, D, STAGES, true, 1, EARLY>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, tid & 31, cta.sbase);
-  }
+  wg2_roles<WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT>, PIPE>(
+      cta, o, s0, sN, E, scale, [&](int lane) {
+        wg_producer<LY, D, STAGES, true, 1, EARLY>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, lane, cta.sbase);
+      });
+}
+
+// chunk_wg2 with its producer loading through tensor maps (wg_producer_tma; KERNEL_NOTES v54): tq, tk, tv map q,
+// k ([B·H, N, D]) and v ([B·H, N, E]) as tensor_maps.py encodes them; q, k, v are not read here. One CTA per SM,
+// 64-column slices (one V box); PIPE, TST, DIRECT: WgSplit's.
+template <int D, int ES, int NSL, int STAGES, bool BF16, bool PIPE = false, bool TST = false, bool DIRECT = false>
+__global__ void __launch_bounds__(288, 1)
+    chunk_wg2_tma(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                  u16* __restrict__ o, const float* __restrict__ s0, float* __restrict__ sN,
+                  const double* __restrict__ lam, int H, int N, int E, float scale, int L, int RUNS,
+                  const __grid_constant__ TensorMap tq, const __grid_constant__ TensorMap tk,
+                  const __grid_constant__ TensorMap tv) {
+  static_assert(ES == 64, "one V box of 64 columns (128-byte swizzled rows)");
+  using LY = Wg2Smem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 1);
+  wg2_roles<WgSplit<D, ES, STAGES, BF16, true, PIPE, LY, 1, TST, false, false, DIRECT>, PIPE>(
+      cta, o, s0, sN, E, scale, [&](int lane) {
+        const int t0 = (int)(cta.seg.tok0 - (u64)cta.seg.bh * N);  // the segment's first token in its sequence
+        wg_producer_tma<LY, D, STAGES>(&tq, &tk, &tv, cta.seg.bh, t0, cta.seg.n, cta.e0, lane, cta.sbase);
+      });
 }
 
 template <int D, int ES, int STAGES>

@@ -1,4 +1,5 @@
-"""Programmatic dependent launch (compute capability ≥ 9.0) through the driver's `cuLaunchKernelEx`.
+"""Launches through the driver's `cuLaunchKernelEx`: programmatic dependents (compute capability ≥ 9.0), and kernels
+whose parameters CuPy cannot pass (a struct by value: chunk_wg2_tma's tensor maps).
 
 A kernel launched this way may begin before the kernel ahead of it on the stream has ended: its CTAs become resident
 as that kernel's leave the SMs (or at once, where it has triggered `griddepcontrol.launch_dependents`) and run up
@@ -34,16 +35,20 @@ _C_TYPES = {np.int32: ctypes.c_int32, np.uint32: ctypes.c_uint32, np.int64: ctyp
             int: ctypes.c_uint64}  # (a Python int: a device pointer, as `Tensor.data_ptr()` gives it)
 
 
-def c_argument(a: Any) -> ctypes._SimpleCData:
+def c_argument(a: Any) -> Any:
     """A kernel argument as the C value the kernel's parameter holds: numpy scalars by their dtype, a Python int
-    (a device pointer) as 64 bits — what CuPy's launcher passes for each. (By exact type: this runs per launch.)"""
+    (a device pointer) as 64 bits — what CuPy's launcher passes for each — and `bytes` as a struct passed by value
+    (a tensor map's 128 bytes). (By exact type: this runs per launch.)"""
     ctype = _C_TYPES.get(type(a))
     if ctype is not None:
         return ctype(a)
+    if type(a) is bytes:
+        return (ctypes.c_ubyte * len(a)).from_buffer_copy(a)
     if isinstance(a, np.generic):
         raise TypeError(f"kernel argument {a!r}: dtype {a.dtype} is not one of "
                         f"{sorted(np.dtype(t).name for t in _C_TYPES if t is not int)}")
-    raise TypeError(f"kernel argument {a!r}: expected a numpy scalar or a Python int (a device pointer)")
+    raise TypeError(f"kernel argument {a!r}: expected a numpy scalar, a Python int (a device pointer) or bytes (a "
+                    "struct by value)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,13 +68,15 @@ def _driver() -> Any:
     return fn
 
 
-def launch_dependent(function: int, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
-                     shared_mem: int, stream: int) -> None:
-    """Launch the CUfunction `function` on `stream` (a CUstream handle) as a programmatic dependent of the kernel
-    before it there; RuntimeError with the driver's code if the launch is refused."""
+def launch(function: int, grid: Sequence[int], block: Sequence[int], args: Sequence[Any], shared_mem: int,
+           stream: int, dependent: bool) -> None:
+    """Launch the CUfunction `function` on `stream` (a CUstream handle), where `dependent` as a programmatic
+    dependent of the kernel before it there; RuntimeError with the driver's code if the launch is refused."""
     values = [c_argument(a) for a in args]  # (alive until the call returns: the driver copies them)
     params = (ctypes.c_void_p * max(1, len(values)))(*map(ctypes.addressof, values))
-    config = _LaunchConfig((*grid, 1, 1)[:3], (*block, 1, 1)[:3], shared_mem, stream, _serialization(), 1)
+    attrs = (_serialization(), 1) if dependent else (None, 0)
+    config = _LaunchConfig((*grid, 1, 1)[:3], (*block, 1, 1)[:3], shared_mem, stream, *attrs)
     rc = _driver()(ctypes.byref(config), function, params, None)
     if rc != 0:
-        raise RuntimeError(f"cuLaunchKernelEx (programmatic dependent launch) failed: CUresult {rc}")
+        what = "programmatic dependent launch" if dependent else "launch"
+        raise RuntimeError(f"cuLaunchKernelEx ({what}) failed: CUresult {rc}")

@@ -166,3 +166,26 @@ __device__ __forceinline__ void wg_rs(float (&d)[N / 2], const u32 (&a)[4], u64 
 #undef LB_D16
 #undef LB_D32
 #undef LB_D64
+
+// ---- tensor memory access (TMA) ------------------------------------------------------------------------------
+// A tensor map: the 128 opaque bytes of a CUtensorMap, encoded on the host (tensor_maps.py: cuTensorMapEncodeTiled)
+// and passed by value as a __grid_constant__ kernel parameter, so its address is a parameter's.
+struct alignas(64) TensorMap {
+  unsigned long long bits[16];
+};
+__device__ __forceinline__ void tma_prefetch(const TensorMap* m) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(m) : "memory");
+}
+// One arrival on `bar` that also tells it to expect `bytes` more of copies completing on it (the phase completes
+// when both its arrivals and its bytes are in).
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+// The box of tensor map `m` at coordinates (x, y, z) (innermost first) into shared memory at `dst`, its bytes
+// counted on `bar` as they land; elements past the map's bounds arrive as zeros.
+__device__ __forceinline__ void tma_load_3d(u32 dst, const TensorMap* m, int x, int y, int z, u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];" ::"r"(dst), "l"(m), "r"(x), "r"(y), "r"(z), "r"(bar)
+      : "memory");
+}

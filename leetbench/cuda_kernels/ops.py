@@ -18,6 +18,7 @@ import torch
 
 from leetbench.cuda_kernels import cupy_available, device_limits, kernel, precompile, use_torch_allocator
 from leetbench.cuda_kernels import segments as sp
+from leetbench.cuda_kernels.tensor_maps import token_map
 
 _DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _DT_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -282,6 +283,7 @@ class ChunkPlan:
     bulk: bool = False  # chunk_wg2: the output rows stored by bulk copies from their staging (BULK; bulk_store_plan)
     direct: bool = False  # chunk_wg2, chunk_wg4: the output rows stored straight from the accumulators, no staging
     #                       (DIRECT; direct_store_plan)
+    tma: bool = False  # chunk_wg2 at ES = 64: its producer loads through tensor maps (chunk_wg2_tma; tma_load_plan)
 
     @property
     def opts(self) -> int:
@@ -328,6 +330,9 @@ class ChunkPlan:
                 return f"chunk_wg4<{self.D},{self.es},{self.cl},{self.stages},{bf16}{flags}>"
             if self.wgs == 3:
                 return f"chunk_wg3<{self.D},{self.es},{self.cl},{self.stages},{bf16}>"
+            if self.wgs == 2 and self.tma:  # the kernel's PIPE, TST and DIRECT, false by default
+                return (f"chunk_wg2_tma<{self.D},{self.es},{self.cl},{self.stages},{bf16}"
+                        f"{_flags(self.pipe, self.tstate, self.direct)}>")
             if self.wgs == 2:  # the kernel's PIPE, EARLY, TST, QREG, BULK and DIRECT, false by default
                 return (f"chunk_wg2<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}"
                         f"{_flags(self.pipe, self.early, self.tstate, self.qreg, self.bulk, self.direct)}>")
@@ -342,9 +347,9 @@ class ChunkPlan:
         return self if self.smem else replace(self, smem=smem_bytes(self.kind, self.D, self.es, self.stages, dev))
 
 
-# chunk_wg2's own forms (ChunkPlan's pipe, tstate, qreg, bulk, direct) off: a plan another transform builds starts
-# without them.
-_WG2_FORMS_OFF = {"pipe": False, "tstate": False, "qreg": False, "bulk": False, "direct": False}
+# chunk_wg2's own forms (ChunkPlan's pipe, tstate, qreg, bulk, direct, tma) off: a plan another transform builds
+# starts without them.
+_WG2_FORMS_OFF = {"pipe": False, "tstate": False, "qreg": False, "bulk": False, "direct": False, "tma": False}
 
 
 def _flags(*flags: bool) -> str:
@@ -588,8 +593,8 @@ def shared_scores_plan(plan: ChunkPlan, dev: int = 0, qstage: bool = False) -> C
 def early_plan(plan: ChunkPlan) -> ChunkPlan:
     """`plan` (chunk_wg2 or chunk_wg4) with its producer announcing chunk c - 1 before it waits for the slot of
     chunk c, where that slot is not free yet (EARLY; KERNEL_NOTES v27): the same shared memory."""
-    if plan.gen != 2 or plan.f32 or not (plan.wgs == 2 or plan.pair):
-        raise ValueError(f"the early producer is chunk_wg2's and chunk_wg4's (got {plan.name})")
+    if plan.gen != 2 or plan.f32 or not (plan.wgs == 2 or plan.pair) or plan.tma:
+        raise ValueError(f"the early producer is chunk_wg2's and chunk_wg4's, not chunk_wg2_tma's (got {plan.name})")
     return replace(plan, early=True)
 
 
@@ -625,8 +630,8 @@ def register_q_plan(plan: ChunkPlan) -> ChunkPlan:
     Q Kᵀ and Q S_in from there (QREG; KERNEL_NOTES v40): Q read from shared memory once instead of twice; the same
     shared memory, 32 registers more a thread at D = 128 (at two CTAs per SM or with PIPE the build spills:
     refused)."""
-    if not plan.wg2:
-        raise ValueError(f"Q in registers is chunk_wg2's (got {plan.name})")
+    if not plan.wg2 or plan.tma:
+        raise ValueError(f"Q in registers is chunk_wg2's, not chunk_wg2_tma's (got {plan.name})")
     if plan.minb != 1:
         raise ValueError(f"Q in registers needs chunk_wg2 at one CTA per SM: at two it spills (got {plan.name})")
     if plan.pipe:
@@ -637,8 +642,8 @@ def register_q_plan(plan: ChunkPlan) -> ChunkPlan:
 def bulk_store_plan(plan: ChunkPlan) -> ChunkPlan:
     """`plan` (chunk_wg2) with its output warps' staged rows stored by bulk copies, a row a lane (BULK; KERNEL_NOTES
     v42): the read back of the staging and the global stores off the warps' chain; the same shared memory."""
-    if not plan.wg2:
-        raise ValueError(f"the bulk output stores are chunk_wg2's (got {plan.name})")
+    if not plan.wg2 or plan.tma:
+        raise ValueError(f"the bulk output stores are chunk_wg2's, not chunk_wg2_tma's (got {plan.name})")
     if plan.direct:
         raise ValueError(f"the output rows leave one way: bulk copies or straight from registers (got {plan.name})")
     return replace(plan, bulk=True)
@@ -656,6 +661,18 @@ def direct_store_plan(plan: ChunkPlan, dev: int = 0) -> ChunkPlan:
     if plan.pair:
         return replace(plan, direct=True, qstage=False, **_deepest("wg4q", plan, dev, 1, "chunk_wg4"))
     return replace(plan, direct=True)
+
+
+def tma_load_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2 at ES = 64, one CTA per SM) with its producer loading each chunk through tensor maps
+    (chunk_wg2_tma; KERNEL_NOTES v54): one lane issues D/32 + 1 tensor copies a chunk where the warp issued
+    ≈ 80 16-byte copies a lane, and the slot's barrier completes as their bytes land; the same shared memory.
+    Its kernel takes PIPE, TST and DIRECT; EARLY (the hand-made announcement) has no meaning there and is dropped."""
+    if not plan.wg2 or plan.es != 64 or plan.minb != 1:
+        raise ValueError(f"tensor-map loads are chunk_wg2's at ES=64, one CTA per SM (got {plan.name})")
+    if plan.qreg or plan.bulk:
+        raise ValueError(f"chunk_wg2_tma takes PIPE, TST and DIRECT, not QREG or BULK (got {plan.name})")
+    return replace(plan, tma=True, early=False)
 
 
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
@@ -857,6 +874,8 @@ def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: f
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
+    if plan.tma:  # chunk_wg2_tma: q, k and v's tensor maps, by value
+        args += tuple(token_map(t) for t in (q, k, v))
     kernel(plan.files, plan.name, dev, defines)(B * H * runs * plan.cl, plan.threads, args, plan.smem, dependent)
 
 
