@@ -75,6 +75,14 @@ def peers() -> dict[str, Callable]:
 LOOKBACK_PIECES = (256, 512, 1024, 2048)  # tokens per piece of the look-back kernel's variants
 
 
+def with_form(out: dict[str, dict], keys: tuple[str, ...], suffix: str, form: Callable[[ops.ChunkPlan], ops.ChunkPlan],
+              when: Callable[[ops.ChunkPlan], bool] = lambda plan: True) -> None:
+    """Each variant of `keys` in `out` whose plan `when` takes, again as `key + suffix` with its plan in `form`."""
+    for key in keys:
+        if key in out and when(out[key]["plan"]):
+            out[key + suffix] = {**out[key], "plan": form(out[key]["plan"])}
+
+
 def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     """The two kernel generations: each by its own rule (`v1`, `v2`), in one pass, and generation 2 at each
     E slice in one pass and at P = 2 (and the default at P = 4), and its variants (two consumer warpgroups,
@@ -138,34 +146,26 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
                                 **({"segments": segs} if segs > 1 else {})}
                 except ValueError as exc:
                     print(f"  {key}: {exc}")
-            for key in ("v2pair", "v2pairq", "v2P4pairq"):  # w: the output warps' products over both slices (v30)
-                if key in out:
-                    out[key + "w"] = {**out[key], "plan": ops.wide_plan(out[key]["plan"])}
+            # w: the output warps' products over both slices (v30)
+            with_form(out, ("v2pair", "v2pairq", "v2P4pairq"), "w", ops.wide_plan)
             if E % 32 == 0:  # chunk_wg2 at P = 2 in 32-column slices, two CTAs per SM where they fit (B=1: 256)
                 narrow2 = ops.chunk_plan(B, 2 * H, D, E, dtype, es=32, gen=2, wgs=1)
                 out["v2P2wg2n"] = {"plan": ops.split_plan(narrow2, 0, 2 * B * H * (E // 32)), "segments": 2}
-            for key in ("v2wg2", "v2P2wg2", "v2P2wg2n"):  # chunk_wg2 with its producer announcing early (v27)
-                if key in out and out[key]["plan"].wgs == 2:
-                    out[key + "e"] = {**out[key], "plan": ops.early_plan(out[key]["plan"])}
-            for key in ("v2wg2e", "v2P2wg2e"):  # and its output warps pipelined too
-                if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].minb == 1:
-                    out[key + "p"] = {**out[key], "plan": ops.pipe_plan(out[key]["plan"])}
-            for key in ("v2wg2e", "v2wg2ep", "v2P2wg2e", "v2P2wg2p", "v2P2wg2ep"):  # the state held transposed (TST)
-                if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].es == 64:
-                    out[key + "t"] = {**out[key], "plan": ops.transposed_state_plan(out[key]["plan"])}
-            for key in ("v2wg2e", "v2wg2et", "v2P2wg2e", "v2P2wg2et"):  # Q in the output warps' registers (QREG;
-                if key in out and out[key]["plan"].wgs == 2 and out[key]["plan"].minb == 1:  # one CTA per SM)
-                    out[key + "q"] = {**out[key], "plan": ops.register_q_plan(out[key]["plan"])}
-            for key in ("v2wg2et", "v2wg2etq", "v2P2wg2et", "v2P2wg2etq"):  # output rows by bulk copies (BULK)
-                if key in out and out[key]["plan"].wgs == 2:
-                    out[key + "b"] = {**out[key], "plan": ops.bulk_store_plan(out[key]["plan"])}
-            for key in ("v2wg2e", "v2wg2ep", "v2wg2et", "v2wg2ept", "v2P2wg2et", "v2P2wg2ept", "v2pair",  # output rows
-                        "v2pairw"):  # from the accumulators (DIRECT)
-                if key in out and (out[key]["plan"].wgs == 2 or out[key]["plan"].pair):
-                    out[key + "d"] = {**out[key], "plan": ops.direct_store_plan(out[key]["plan"])}
-            for key in ("v2wg2eptd", "v2P2wg2eptd"):  # and its producer loading through tensor maps (TMA)
-                if key in out and out[key]["plan"].es == 64:
-                    out[key + "m"] = {**out[key], "plan": ops.tma_load_plan(out[key]["plan"])}
+            with_form(out, ("v2wg2", "v2P2wg2", "v2P2wg2n"), "e",  # chunk_wg2's producer announcing early
+                      ops.early_plan, lambda p: p.wgs == 2)
+            with_form(out, ("v2wg2e", "v2P2wg2e"), "p",  # and its output warps pipelined too
+                      ops.pipe_plan, lambda p: p.wgs == 2 and p.minb == 1)
+            with_form(out, ("v2wg2e", "v2wg2ep", "v2P2wg2e", "v2P2wg2p", "v2P2wg2ep"), "t",  # the state transposed
+                      ops.transposed_state_plan, lambda p: p.wgs == 2 and p.es == 64)
+            with_form(out, ("v2wg2e", "v2wg2et", "v2P2wg2e", "v2P2wg2et"), "q",  # Q in the output warps' registers
+                      ops.register_q_plan, lambda p: p.wgs == 2 and p.minb == 1)
+            with_form(out, ("v2wg2et", "v2wg2etq", "v2P2wg2et", "v2P2wg2etq"), "b",  # output rows by bulk copies
+                      ops.bulk_store_plan, lambda p: p.wgs == 2)
+            with_form(out, ("v2wg2e", "v2wg2ep", "v2wg2et", "v2wg2ept", "v2P2wg2et", "v2P2wg2ept", "v2pair",
+                            "v2pairw"), "d",  # output rows from the accumulators (DIRECT)
+                      ops.direct_store_plan, lambda p: p.wgs == 2 or p.pair)
+            with_form(out, ("v2wg2eptd", "v2P2wg2eptd"), "m",  # its producer loading through tensor maps (TMA)
+                      ops.tma_load_plan, lambda p: p.es == 64)
             out["v2onec2"] = {"plan": ops.two_copy_plan(one)}
             out["v2P2c2"] = {"plan": ops.two_copy_plan(cut[2]), "segments": 2}
             if E % 64 == 0:  # the look-back kernel (chunk_wg2lb, v48) over pieces of L tokens: `v2lb<L>`
