@@ -804,6 +804,7 @@ template <int D, int ES, int STAGES, bool BF16, bool KEEP_MASK, bool PIPE = fals
 struct WgSplit {
   static_assert(!TST || ES == 64, "the transposed state is 64 columns of E (wgmma's M)");
   static_assert(!(BULK && DIRECT), "the output rows leave one way");
+  static constexpr bool PIPELINED = PIPE;
   using L = LAYOUT;
   using C1 = WgConsumer<D, ES, STAGES, BF16, 1, L, BARID>;  // its write_copy, state load and store, chunk start,
                                                             // output store
@@ -1041,14 +1042,14 @@ __device__ __forceinline__ WgCta wg_split_cta(unsigned char* smem_raw, int RUNS,
   return cta;
 }
 
-// chunk_wg2's roles by warp: 0-3 the outputs (SP, pipelined with PIPE), 4-7 the state chain, 8 the producer
+// chunk_wg2's roles by warp: 0-3 the outputs (SP's, pipelined where SP is), 4-7 the state chain, 8 the producer
 // (`produce(lane)`).
-template <class SP, bool PIPE, class F>
+template <class SP, class F>
 __device__ __forceinline__ void wg2_roles(const WgCta& cta, u16* __restrict__ o, const float* __restrict__ s0,
                                           float* __restrict__ sN, int E, float scale, F&& produce) {
   const int tid = threadIdx.x, warp = warp_index();
   if (warp < 4) {
-    if constexpr (PIPE) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
+    if constexpr (SP::PIPELINED) SP::outputs_pipelined(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
     else SP::outputs(cta.smem, o, cta.seg, cta.e0, E, scale, tid);
   } else if (warp < 8) {
     SP::state(cta.smem, s0, sN, cta.seg, cta.e0, E, tid - 128);
@@ -1068,7 +1069,7 @@ __global__ void __launch_bounds__(288, MINB)
   using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
-  wg2_roles<WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT>, PIPE>(
+  wg2_roles<WgSplit<D, ES, STAGES, BF16, MINB == 1, PIPE, LY, 1, TST, QREG, BULK, DIRECT>>(
       cta, o, s0, sN, E, scale, [&](int lane) {
         wg_producer<LY, D, STAGES, true, 1, EARLY>(q, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, lane, cta.sbase);
       });
@@ -1088,7 +1089,7 @@ __global__ void __launch_bounds__(288, 1)
   using LY = Wg2Smem<D, ES, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 1);
-  wg2_roles<WgSplit<D, ES, STAGES, BF16, true, PIPE, LY, 1, TST, false, false, DIRECT>, PIPE>(
+  wg2_roles<WgSplit<D, ES, STAGES, BF16, true, PIPE, LY, 1, TST, false, false, DIRECT>>(
       cta, o, s0, sN, E, scale, [&](int lane) {
         const int t0 = (int)(cta.seg.tok0 - (u64)cta.seg.bh * N);  // the segment's first token in its sequence
         wg_producer_tma<LY, D, STAGES>(&tq, &tk, &tv, cta.seg.bh, t0, cta.seg.n, cta.e0, lane, cta.sbase);
