@@ -130,10 +130,21 @@ def cut_definition(text: str, start: str, end: str = "\n}\n") -> str:
     return text[i:j + len(end)]
 
 
+# Before every host program: CUDA's function qualifiers as nothing (inline) and the kernel sources' integer names,
+# which every helper cut from them uses.
+HOST_PRELUDE = """#define __device__
+#define __forceinline__ inline
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+"""
+
+
 def run_host_program(source: str, tmp_path: Path, name: str) -> tuple[int, str]:
-    """`source` (C++17) compiled with the host's compiler and run: its exit status and standard output."""
+    """`source` (C++17, after HOST_PRELUDE) compiled with the host's compiler and run: its exit status and standard
+    output."""
     src = tmp_path / f"{name}.cpp"
-    src.write_text(source)
+    src.write_text(HOST_PRELUDE + source)
     exe = tmp_path / name
     build = subprocess.run([CXX, "-std=c++17", "-O1", "-Wno-unknown-pragmas", str(src), "-o", str(exe)],
                            capture_output=True, text=True)

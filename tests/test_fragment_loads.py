@@ -34,10 +34,6 @@ PROGRAM = r"""
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
-#define __device__
-#define __forceinline__ inline
-typedef unsigned int u32;
-typedef unsigned short u16;
 #define WG_QKT (64 * 128)
 
 static unsigned char smem[4 * WG_QKT];

@@ -36,10 +36,6 @@ PROGRAM = r"""
 #include <cstdio>
 #include <vector>
 #include <algorithm>
-#define __device__
-#define __forceinline__ inline
-typedef unsigned int u32;
-typedef unsigned long long u64;
 using std::min;
 HELPERS
 

@@ -29,12 +29,7 @@ PROGRAM = r"""
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
-#define __device__
-#define __forceinline__ inline
 #define __restrict__
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
 struct uint2 { u32 x, y; };
 static uint2 make_uint2(u32 x, u32 y) { return {x, y}; }
 // 16-bit values as small integers

@@ -34,10 +34,6 @@ def helper_source() -> str:
 
 PROGRAM = r"""
 #include <cstdio>
-#define __device__
-#define __forceinline__ inline
-typedef unsigned int u32;
-typedef unsigned long long u64;
 #define CH 64
 HELPER
 

@@ -28,9 +28,6 @@ def helper_source() -> str:
 PROGRAM = r"""
 #include <cstdio>
 #include <vector>
-#define __device__
-#define __forceinline__ inline
-typedef unsigned int u32;
 constexpr int CH = 64;
 struct TensorMap { int id; };
 
