@@ -173,24 +173,31 @@ def gen_variants(B: int, H: int, D: int, E: int, dtype: str) -> dict[str, dict]:
     return out
 
 
-def staged_rule(B: int, H: int, N: int, D: int, E: int, dtype: str) -> dict | None:
-    """`v2staged`: the rule's plan for the shape (its segments too) with its output rows staged through shared memory
-    as before KERNEL_NOTES v53 — chunk_wg2 without DIRECT and PIPE, chunk_wg4 staging in its Q tile (QSTAGE) in the
-    same layout — or None where the rule stores no rows straight from the accumulators."""
+def earlier_rules(B: int, H: int, N: int, D: int, E: int, dtype: str) -> dict[str, dict]:
+    """The rule's plan for the shape (its segments too) as earlier rules had it, where they differ from it:
+    `v2cpasync` with its producer copying each chunk by cp.async (EARLY) instead of through tensor maps (the rule
+    before KERNEL_NOTES v55), `v2staged` also with its output rows staged through shared memory as before v53 —
+    chunk_wg2 without DIRECT and PIPE, chunk_wg4 staging in its Q tile (QSTAGE) in the same layout."""
     seq = ops.seq_plan(B, H, N, D, E, dtype)
     rule = seq.out if seq else ops.chunk_plan(B, H, D, E, dtype)
-    if not rule.direct:
-        return None
-    plan = replace(rule, direct=False, qstage=True) if rule.pair else replace(rule, direct=False, pipe=False)
-    return {"plan": plan, "segments": seq.seg.count if seq else 1}
+    segments = {"segments": seq.seg.count if seq else 1}
+    out = {}
+    cp_async = replace(rule, tma=False, early=True) if rule.tma else rule
+    if rule.tma:
+        out["v2cpasync"] = {"plan": cp_async, **segments}
+    if rule.direct:
+        staged = replace(cp_async, direct=False, qstage=True) if rule.pair else replace(cp_async, direct=False,
+                                                                                          pipe=False)
+        out["v2staged"] = {"plan": staged, **segments}
+    return out
 
 
 def variants(B: int, H: int, N: int, D: int, E: int, dtype: str, ab: bool, es: bool = False,
              gen: bool = False) -> dict[str, dict]:
     """Keyword arguments of ops.chunked per variant."""
     if gen:
-        staged = staged_rule(B, H, N, D, E, dtype) if ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype) else None
-        return {**gen_variants(B, H, D, E, dtype), **({"v2staged": staged} if staged else {})}
+        earlier = ops.device_gen(0) == 2 and ops.wg_supports(D, E, dtype)
+        return {**gen_variants(B, H, D, E, dtype), **(earlier_rules(B, H, N, D, E, dtype) if earlier else {})}
     out = {"one": {"segments": 1}, "P2": {"segments": 2}, "P4": {"segments": 4}}
     if es:  # one pass at every E slice that fits, at one and (where it fits) two CTAs per SM
         for c in ops._es_options(D, E, dtype == "float32", 0):

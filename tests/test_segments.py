@@ -10,6 +10,7 @@ H200 limits and stub layout sizes (no device). Fast: well under 5 s.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,17 +263,17 @@ def test_generation_two_plans(h200_gen2):
     assert ops.chunk_plan(1, 32, 256, 256, "bfloat16").gen == 1         # D = 256: generation 1
     assert ops.chunk_plan(1, 32, 64, 48, "bfloat16").gen == 1           # E not a multiple of 32
     b8 = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)        # one CTA per SM: two warpgroups, the
-    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4)          # producer announcing early (v33), the
-    assert b8.name == "chunk_wg2<128,64,2,4,true,1,true,true,true,false,false,true>"  # state held transposed (v39),
-    one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)                  # the output rows stored from the
-    assert one.name == "chunk_wg<128,64,2,4,true,1>"                          # accumulators, pipelined (v53)
-    assert ops.direct_store_plan(ops.pipe_plan(ops.transposed_state_plan(ops.early_plan(ops.split_plan(
-        one, ctas=512))))) == b8
+    assert (b8.gen, b8.es, b8.minb, b8.stages) == (2, 64, 1, 4)          # state held transposed (v39), the output
+    assert b8.name == "chunk_wg2_tma<128,64,2,4,true,true,true,true>"  # rows stored from the accumulators,
+    one = ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1)          # pipelined (v53), loads through tensor
+    assert one.name == "chunk_wg<128,64,2,4,true,1>"                  # maps (v55)
+    assert ops.tma_load_plan(ops.direct_store_plan(ops.pipe_plan(ops.transposed_state_plan(ops.early_plan(
+        ops.split_plan(one, ctas=512)))))) == b8
     assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).name == "chunk_wg2<128,64,2,4,true,1>"  # as pinned
     d64 = ops.chunk_plan(8, 32, 64, 256, "bfloat16")                   # D = 64: two CTAs fit an SM, one warpgroup
     assert (d64.minb, d64.wgs) == (2, 1)
     assert ops.chunk_plan(1, 32, 64, 256, "bfloat16").name == \
-        "chunk_wg2<64,64,4,4,true,1,true,true,true,false,false,true>"  # 128 CTAs
+        "chunk_wg2_tma<64,64,4,4,true,true,true,true>"  # 128 CTAs
     pinned = ops.chunk_plan(8, 32, 128, 128, "bfloat16", stages=2)     # a pinned chunk_wg shape stays chunk_wg
     assert (pinned.wgs, pinned.stages) == (1, 2) and ops.chunk_plan(1, 32, 128, 128, "bfloat16", minb=1).wgs == 1
     b1 = ops.chunk_plan(1, 32, 128, 128, "bfloat16")
@@ -300,7 +301,7 @@ def test_generation_two_plans(h200_gen2):
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None
     few = ops.seq_plan(1, 8, 65536, 128, 128, "bfloat16")               # 32 CTAs: most SMs idle
     assert few is not None and few.seg.count >= 4
-    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg2<")
+    assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16")[0].startswith("chunk_wg2_tma<")
     assert ops.chunk_kernel_names(1, 32, 65536, 128, 128, "bfloat16", gen=1)[0].startswith("chunk_fwd<")
 
 
@@ -364,7 +365,8 @@ def test_transposed_state_plan(h200_gen2):
     split = ops.early_plan(ops.split_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=1), ctas=512))
     t = ops.transposed_state_plan(split)
     assert (t.name, t.smem, t.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true>", split.smem, 288)
-    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False) == ops.direct_store_plan(ops.pipe_plan(t))  # rule
+    assert ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False) == ops.tma_load_plan(  # the rule (TMA: v55)
+        ops.direct_store_plan(ops.pipe_plan(t)))
     assert ops.seq_plan(1, 32, 65536, 128, 128, "float16").out.tstate                       # through segments too
     assert ops.chunk_plan(1, 32, 128, 128, "bfloat16").name == \
         "chunk_wg2<128,32,4,4,true,1,false,true,false,false,false,true>"  # ES = 32: no TST, no PIPE
@@ -470,11 +472,12 @@ def test_direct_store_plan(h200_gen2):
     b1 = _bench_module().gen_variants(1, 32, 128, 128, "bfloat16")  # bench_kernels.py's `…d` variants
     assert b1["v2P2wg2etd"] == {"plan": ops.direct_store_plan(b1["v2P2wg2et"]["plan"]), "segments": 2}
     assert _bench_module().gen_variants(8, 32, 128, 128, "bfloat16")["v2pairwd"]["plan"].name == dp.name
-    staged = _bench_module().staged_rule(1, 32, 16384, 128, 128, "bfloat16")  # v2staged: the rule before v53
-    assert staged == {"plan": ops.early_plan(ops.transposed_state_plan(ops.split_plan(ops.chunk_plan(
+    earlier = _bench_module().earlier_rules(1, 32, 16384, 128, 128, "bfloat16")  # v2staged: the rule before v53
+    assert earlier["v2staged"] == {"plan": ops.early_plan(ops.transposed_state_plan(ops.split_plan(ops.chunk_plan(
         1, 64, 128, 128, "bfloat16", es=64, wgs=1)))), "segments": 2}
-    assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "bfloat16") == {"plan": pair, "segments": 1}
-    assert _bench_module().staged_rule(8, 32, 16384, 128, 128, "float32") is None
+    assert _bench_module().earlier_rules(8, 32, 16384, 128, 128, "bfloat16") == {
+        "v2staged": {"plan": pair, "segments": 1}}  # (the pair loads by cp.async: no v2cpasync)
+    assert _bench_module().earlier_rules(8, 32, 16384, 128, 128, "float32") == {}
 
 
 def test_tma_load_plan(h200_gen2):
@@ -482,8 +485,8 @@ def test_tma_load_plan(h200_gen2):
     takes PIPE, TST and DIRECT) in the same layout, EARLY dropped; refused by name off 64-column chunk_wg2 at one CTA
     per SM and beside QREG or BULK, and the producer's and the output warps' other forms refuse it; not inherited;
     bench_kernels.py's `…m` variants."""
-    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)  # TST, PIPE, EARLY, DIRECT
-    t = ops.tma_load_plan(rule)
+    rule = ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=False)  # TST, PIPE, DIRECT and (since v55) TMA
+    t = ops.tma_load_plan(ops.early_plan(replace(rule, tma=False)))
     assert (t.name, t.smem, t.threads, t.kind, t.early) == ("chunk_wg2_tma<128,64,2,4,true,true,true,true>",
                                                               rule.smem, 288, "wg2", False)
     plain = ops.split_plan(ops.chunk_plan(8, 32, 64, 256, "float16", es=64, wgs=1))
@@ -501,6 +504,13 @@ def test_tma_load_plan(h200_gen2):
     b1 = _bench_module().gen_variants(1, 32, 128, 128, "bfloat16")
     assert b1["v2P2wg2eptdm"] == {"plan": ops.tma_load_plan(b1["v2P2wg2eptd"]["plan"]), "segments": 2}
     assert "v2wg2eptdm" not in b1  # one pass at B=1 is 32-column slices
+    assert rule == t  # the rule's chunk_wg2 at ES = 64 (KERNEL_NOTES v55) …
+    earlier = _bench_module().earlier_rules(1, 32, 16384, 128, 128, "bfloat16")  # … and v2cpasync, the rule before
+    assert earlier["v2cpasync"]["plan"] == ops.early_plan(replace(ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16").out,
+                                                                  tma=False))
+    assert earlier["v2cpasync"]["plan"].name.startswith("chunk_wg2<") and earlier["v2cpasync"]["segments"] == 2
+    narrow_rule = ops.chunk_plan(1, 32, 128, 128, "float16")  # one pass at ES = 32: cp.async
+    assert not narrow_rule.tma and narrow_rule.early
 
 
 def test_two_output_plan(h200_gen2):
@@ -582,7 +592,7 @@ def test_shared_scores_rule(h200_gen2):
     assert ops.chunk_plan(4, 16, 128, 256, "bfloat16").name == \
         "chunk_wg4<128,64,2,3,true,false,false,true,true>"  # 128 CTAs
     assert ops.chunk_plan(1, 124, 128, 128, "bfloat16").pair                  # 124 CTAs of 132 SMs
-    wg2 = "chunk_wg2<128,64,2,4,true,1,true,true,true,false,false,true>"
+    wg2 = "chunk_wg2_tma<128,64,2,4,true,true,true,true>"
     assert ops.chunk_plan(1, 123, 128, 128, "bfloat16").name == wg2           # 123
     assert ops.chunk_plan(4, 16, 128, 128, "bfloat16").name == wg2           # half the SMs idle
     assert not ops.chunk_plan(1, 32, 128, 256, "bfloat16").pair               # 64 CTAs
@@ -782,7 +792,7 @@ def test_bench_names_the_instance_behind_each_variant(h200_gen2):
     default = ops.chunk_plan(8, 32, 128, 128, "bfloat16", gen=2).name
     assert plan["v2"] == plan["v2one"] == plan["v2pairwd"] == default and default.startswith("chunk_wg4<")
     assert plan["v2wg1"].startswith("chunk_wg<") and plan["v2wg3"].startswith("chunk_wg3<")
-    assert plan["v2P2"] == f"{plan['v2wg2eptd']} P=2"  # segments: one E slice a CTA, EARLY, PIPE, TST, DIRECT
+    assert plan["v2P2"] == f"{plan['v2wg2eptdm']} P=2"  # segments: one E slice a CTA, PIPE, TST, DIRECT, TMA
     one = bench.variant_plan(1, 32, 65536, 128, 128, "bfloat16", {"gen": 2})  # B=1: the rule cuts the sequence
     assert one == f"{ops.seq_plan(1, 32, 65536, 128, 128, 'bfloat16').out.name} P=2"
 

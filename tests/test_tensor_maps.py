@@ -26,7 +26,9 @@ def encoder(monkeypatch):
         return seen.get("rc", 0)
 
     monkeypatch.setattr(tensor_maps, "_encoder", lambda: encode)
-    return seen
+    tensor_maps._encoded.cache_clear()  # maps encoded before (by another test's stand-in) are not this one's
+    yield seen
+    tensor_maps._encoded.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -53,6 +55,20 @@ def test_a_tensor_a_map_cannot_take_is_named(encoder, t, words):
 
 def test_a_map_the_driver_refuses_is_a_runtime_error(encoder):
     encoder["rc"] = 1
-    with pytest.raises(RuntimeError, match=r"cuTensorMapEncodeTiled refused a map of \(1, 1, 64, 64\) "
+    with pytest.raises(RuntimeError, match=r"cuTensorMapEncodeTiled refused a map of 1 × 64 × 64 "
                                            r"torch.bfloat16: CUresult 1"):
         tensor_maps.token_map(torch.zeros(1, 1, 64, 64, dtype=torch.bfloat16))
+
+
+def test_a_map_is_encoded_once_per_address_and_shape(encoder):
+    """A timed loop calls with the same tensors: their maps come from the cache, the driver asked once per tensor;
+    the same storage seen with another shape, or another tensor, is encoded afresh."""
+    calls = []
+    stand_in = tensor_maps._encoder()
+    tensor_maps._encoder = lambda: lambda *args: calls.append(args[3]) or stand_in(*args)  # (monkeypatch undoes it)
+    t, u = torch.zeros(2, 2, 64, 64, dtype=torch.bfloat16), torch.zeros(2, 2, 64, 64, dtype=torch.float16)
+    first = tensor_maps.token_map(t)
+    assert tensor_maps.token_map(t) == first and calls == [t.data_ptr()]
+    tensor_maps.token_map(t.view(2, 2, 32, 128))
+    tensor_maps.token_map(u)
+    assert calls == [t.data_ptr(), t.data_ptr(), u.data_ptr()]

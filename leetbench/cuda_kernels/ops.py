@@ -396,6 +396,10 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # rounds: bf16 0.226 → 0.224 (DIRECT) → 0.217 ms (and PIPE) at N=16384, 0.903 → 0.899 → 0.867 at
             # 65536, fp16 0.253 → 0.246 → 0.245, 1.029 → 0.993 → 0.967; at ES = 32 (one pass at short N) PIPE is
             # slower: D=E=128, N=4096 0.067 (DIRECT) against 0.072 ms (and PIPE), D=128, E=64 0.065 against 0.070.
+            # At ES = 64 its producer loads each chunk through tensor maps (chunk_wg2_tma, KERNEL_NOTES v54/v55:
+            # one lane's D/32 + 1 tensor copies instead of the warp's ≈ 80 cp.async a lane). H200, B=1, H=32, five
+            # interleaved rounds: D=E=128 through P=2 bf16 0.215 → 0.200 ms at N=16384, 0.852 → 0.763 at 65536,
+            # fp16 0.248 → 0.227, 0.960 → 0.874; D=64, E=256 one pass bf16 0.262 → 0.220, 1.020 → 0.832.
             wgs = 2 if plan.minb == 1 else 1
             early = wgs == 2
     else:
@@ -414,7 +418,7 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
     if not early:
         return split
     rule = direct_store_plan(early_plan(split), dev)
-    return transposed_state_plan(pipe_plan(rule)) if split.es == 64 else rule
+    return tma_load_plan(transposed_state_plan(pipe_plan(rule))) if split.es == 64 else rule
 
 
 def _pairs(plan: ChunkPlan, BH: int, dev: int) -> bool:

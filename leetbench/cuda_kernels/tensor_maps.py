@@ -47,14 +47,21 @@ def token_map(t: torch.Tensor) -> bytes:
     B, H, N, C = t.shape
     if C % BOX_COLUMNS:
         raise ValueError(f"a tensor map's boxes are {BOX_COLUMNS} columns: C={C} is not a multiple of {BOX_COLUMNS}")
-    dims = (ctypes.c_uint64 * 3)(C, N, B * H)
+    return _encoded(t.data_ptr(), B * H, N, C, str(t.dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded(address: int, BH: int, N: int, C: int, dtype: str) -> bytes:
+    """The map of a [BH, N, C] 16-bit tensor at `address`, encoded once: a map is its address and shape alone, so
+    a tensor allocated where another of its shape was shares its map (timed loops call with the same tensors)."""
+    dims = (ctypes.c_uint64 * 3)(C, N, BH)
     strides = (ctypes.c_uint64 * 2)(C * 2, N * C * 2)  # bytes, of every dimension but the innermost
     box = (ctypes.c_uint32 * 3)(BOX_COLUMNS, BOX_TOKENS, 1)
     steps = (ctypes.c_uint32 * 3)(1, 1, 1)
     out = (ctypes.c_ubyte * (MAP_BYTES + 64))()  # CUtensorMap is 64-byte aligned: place it so inside
     at = (ctypes.addressof(out) + 63) & ~63
-    rc = _encoder()(at, _UINT16, 3, t.data_ptr(), dims, strides, box, steps, _INTERLEAVE_NONE, _SWIZZLE_128B,
+    rc = _encoder()(at, _UINT16, 3, address, dims, strides, box, steps, _INTERLEAVE_NONE, _SWIZZLE_128B,
                     _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
     if rc != 0:
-        raise RuntimeError(f"cuTensorMapEncodeTiled refused a map of {tuple(t.shape)} {t.dtype}: CUresult {rc}")
+        raise RuntimeError(f"cuTensorMapEncodeTiled refused a map of {BH} × {N} × {C} {dtype}: CUresult {rc}")
     return ctypes.string_at(at, MAP_BYTES)
