@@ -9,29 +9,48 @@ import ctypes
 import numpy as np
 import pytest
 
-from leetbench.cuda_kernels.dependent_launch import c_argument
+from leetbench.cuda_kernels.dependent_launch import packed_params, param_layout
 
 
-def test_arguments_become_the_c_values_cupy_would_pass():
-    cases = [(np.int32(-5), ctypes.c_int32, -5), (np.uint32(7), ctypes.c_uint32, 7),
-             (np.int64(1 << 40), ctypes.c_int64, 1 << 40), (np.float32(0.5), ctypes.c_float, 0.5),
-             (np.float64(0.25), ctypes.c_double, 0.25), (0x7F00_0000_1000, ctypes.c_uint64, 0x7F00_0000_1000)]
-    for value, ctype, want in cases:
-        got = c_argument(value)
-        assert type(got) is ctype and got.value == want, (value, got)
-    struct = bytes(range(128))  # a struct by value (a tensor map): its bytes, as they are
-    got = c_argument(struct)
-    assert ctypes.sizeof(got) == 128 and ctypes.string_at(ctypes.addressof(got), 128) == struct
+def _values(params) -> "ctypes._Pointer":
+    """The table of pointers at the start of a packed parameter buffer (`void **kernelParams`): entry i is the
+    address of parameter i's value."""
+    return ctypes.cast(params, ctypes.POINTER(ctypes.c_uint64))
 
 
-@pytest.mark.parametrize("bad, words", [(np.float16(1), r"dtype float16 is not one of"),
-                                        (True, r"expected a numpy scalar, a Python int .* or bytes"),
-                                        (1.5, r"expected a numpy scalar, a Python int .* or bytes"),
-                                        ("0x10", r"expected a numpy scalar, a Python int .* or bytes"),
-                                        (bytearray(8), r"expected a numpy scalar, a Python int .* or bytes")])
+def test_arguments_lie_where_the_kernels_parameter_space_has_them():
+    """Each argument packed as the C value CuPy's launcher would pass (numpy scalars by their dtype, a Python int as
+    64 bits, bytes as they are), at its C alignment after the ones before it (a struct at 64 bytes), and the table
+    before them points at each."""
+    args = (0x7F00_0000_1000, np.int32(-5), np.float32(0.5), np.uint32(7), np.int64(1 << 40), np.float64(0.25),
+            np.int32(9), bytes(range(128)), np.uint64(3))
+    params = packed_params(args)
+    layout = param_layout(tuple(map(type, args)), (128,))
+    table = _values(params)
+    base = ctypes.addressof(params)
+    assert [table[i] - base for i in range(len(args))] == list(layout.offsets)
+    rel = [o - layout.offsets[0] for o in layout.offsets]
+    assert rel == [0, 8, 12, 16, 24, 32, 40, 64, 192]  # int32 after a pointer at 8, int64 at 24, the struct at 64
+    assert layout.offsets[0] % 64 == 0
+    at = [table[i] for i in range(len(args))]
+    read = [ctypes.c_uint64.from_address(at[0]).value, ctypes.c_int32.from_address(at[1]).value,
+            ctypes.c_float.from_address(at[2]).value, ctypes.c_uint32.from_address(at[3]).value,
+            ctypes.c_int64.from_address(at[4]).value, ctypes.c_double.from_address(at[5]).value,
+            ctypes.c_int32.from_address(at[6]).value, ctypes.string_at(at[7], 128),
+            ctypes.c_uint64.from_address(at[8]).value]
+    assert read == [0x7F00_0000_1000, -5, 0.5, 7, 1 << 40, 0.25, 9, bytes(range(128)), 3]
+    two = packed_params((np.int32(1), b"\x05" * 128, b"\x06" * 64))  # structs of two sizes, each where it belongs
+    assert ctypes.string_at(_values(two)[2], 64) == b"\x06" * 64 and _values(two)[2] - _values(two)[1] == 128
+
+
+@pytest.mark.parametrize("bad, words", [(np.float16(1), r"kernel argument 1: dtype float16 is not one of"),
+                                        (True, r"kernel argument 1: bool; expected a numpy scalar, a Python int"),
+                                        (1.5, r"kernel argument 1: float; expected .* or bytes \(a struct by value\)"),
+                                        ("0x10", r"kernel argument 1: str; expected"),
+                                        (bytearray(8), r"kernel argument 1: bytearray; expected")])
 def test_an_argument_it_cannot_pass_is_named(bad, words):
     with pytest.raises(TypeError, match=words):
-        c_argument(bad)
+        packed_params((np.int32(0), bad))
 
 
 def test_the_driver_gets_the_launch_as_cuda_h_lays_it_out(monkeypatch):
@@ -47,10 +66,10 @@ def test_the_driver_gets_the_launch_as_cuda_h_lays_it_out(monkeypatch):
         attr = (c.attrs[0].id, c.attrs[0].value[0]) if c.num_attrs else bool(c.attrs)
         seen.update(grid=list(c.grid), block=list(c.block), smem=c.shared_mem, stream=c.stream, n=c.num_attrs,
                     attr=attr, function=function, extra=extra,
-                    args=[ctypes.cast(params[0], ctypes.POINTER(ctypes.c_uint64))[0],
-                          ctypes.cast(params[1], ctypes.POINTER(ctypes.c_int32))[0],
-                          ctypes.cast(params[2], ctypes.POINTER(ctypes.c_float))[0],
-                          ctypes.string_at(params[3], 4)])
+                    args=[ctypes.c_uint64.from_address(_values(params)[0]).value,
+                          ctypes.c_int32.from_address(_values(params)[1]).value,
+                          ctypes.c_float.from_address(_values(params)[2]).value,
+                          ctypes.string_at(_values(params)[3], 4)])
         return seen.get("rc", 0)
 
     monkeypatch.setattr(dl, "_driver", lambda: driver)

@@ -509,6 +509,9 @@ def test_tma_load_plan(h200_gen2):
     assert earlier["v2cpasync"]["plan"] == ops.early_plan(replace(ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16").out,
                                                                   tma=False))
     assert earlier["v2cpasync"]["plan"].name.startswith("chunk_wg2<") and earlier["v2cpasync"]["segments"] == 2
+    near_copy = ops.chunk_plan(8, 32, 128, 64, "bfloat16")  # D=128, E=64: the rule's form by cp.async (slower, v55)
+    assert near_copy.name.startswith("chunk_wg2<") and near_copy.early and near_copy.tstate
+    assert ops.chunk_plan(4, 32, 64, 64, "bfloat16").tma  # (D=64, E=64: faster, v55)
     narrow_rule = ops.chunk_plan(1, 32, 128, 128, "float16")  # one pass at ES = 32: cp.async
     assert not narrow_rule.tma and narrow_rule.early
 
