@@ -88,14 +88,14 @@ for stage in $stages; do
           *) flags=() ;;
         esac
         call=(python3 scripts/kernel_call.py --dtype "$dt" --batch "$b" "${flags[@]}")
-        ncu -k 'regex:^chunk_wg(2|3|4|32)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+        ncu -k 'regex:^chunk_wg(2|3|4|32|2_tma)?$' --launch-skip 1 --launch-count 1 --section SpeedOfLight \
           --section WarpStateStats --section Occupancy --section SourceCounters --section ComputeWorkloadAnalysis \
           --section MemoryWorkloadAnalysis \
           -o "$log/$name" -f "${call[@]}" > "$log/ncu-$name.log" 2>&1
         ncu -i "$log/$name.ncu-rep" --print-summary none > "$log/ncu-$name.txt" 2>&1
         ncu -i "$log/$name.ncu-rep" --page source --print-source sass --csv > "$log/sass-$name.csv" 2>&1
         # the tensor pipes by their own counters (names differ across Nsight versions, hence the regex)
-        ncu -k 'regex:^chunk_wg(2|3|4|32)?$' --launch-skip 1 --launch-count 1 \
+        ncu -k 'regex:^chunk_wg(2|3|4|32|2_tma)?$' --launch-skip 1 --launch-count 1 \
           --metrics 'regex:sm__pipe_tensor.*cycles_active.avg.pct_of_peak_sustained_active$' \
           "${call[@]}" > "$log/pipes-$name.txt" 2>&1
         echo "== profile $name: $(grep -h -o '^chunk_w[^:]*' "$log/ncu-$name.log" | head -1)"

@@ -8,7 +8,8 @@ kernel built with LB_TIMELINE=<cta>: lane 0 of that CTA's first output warp, fir
 clock64() at each event of each chunk (chunked_wg.cu names the events). Prints per role the median cycles from
 each event to the next over the chunks (the first --skip chunks, the pipeline filling, left out) and their share
 of the chunk period, then how far each role runs ahead of the output warps; the stamps go to OUT/timeline.npz.
-Only chunk_wg2's roles are stamped (threads 0, 128, 256), so other plans are refused. --tstate on / off: the
+Only chunk_wg2's roles are stamped (threads 0, 128, 256), so other plans are refused; where the rule loads through
+tensor maps (chunk_wg2_tma, whose copies the copy engine announces), its cp.async form runs instead. --tstate on / off: the
 rule's plan with its state held transposed or not (TST, KERNEL_NOTES v39; the rule's own choice by default).
 """
 
@@ -97,6 +98,8 @@ def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int,
     name = str(dt).removeprefix("torch.")
     seq = ops.seq_plan(B, H, N, D, E, name)
     plan = (seq.out if seq else ops.chunk_plan(B, H, D, E, name)).sized(0)
+    if plan.tma:  # chunk_wg2_tma's producer is one lane whose copies the copy engine announces: nothing to stamp
+        plan = replace(plan, tma=False, early=True)
     if not plan.name.startswith("chunk_wg2<"):
         raise SystemExit(f"timeline.py stamps chunk_wg2's roles; this shape's plan is {plan.name}")
     if tstate is not None and tstate != plan.tstate:

@@ -99,7 +99,8 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_de
 @pytest.mark.parametrize("tstate", [False, True])
 def test_the_timeline_build_stamps_every_event_in_order(tstate):
     """In the rule's chunk_wg2 (its output warps pipelined: chunk c's outputs stored while chunk c + 1's products
-    run) with its state held transposed (TST) and not."""
+    run; its producer copying by cp.async where the rule's loads through tensor maps) with its state held
+    transposed (TST) and not."""
     pytest.importorskip("cupy")
     tl = _timeline()
     stamps, name = tl.record(1, 32, 16384, 128, 128, "bf16", 0, tstate)
