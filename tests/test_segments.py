@@ -512,6 +512,9 @@ def test_tma_load_plan(h200_gen2):
     near_copy = ops.chunk_plan(8, 32, 128, 64, "bfloat16")  # D=128, E=64: the rule's form by cp.async (slower, v55)
     assert near_copy.name.startswith("chunk_wg2<") and near_copy.early and near_copy.tstate
     assert ops.chunk_plan(4, 32, 64, 64, "bfloat16").tma  # (D=64, E=64: faster, v55)
+    seq = ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16")  # its passes launched serially unless asked (v55)
+    assert not ops.default_overlap(seq.out, (9, 0)) and ops.default_overlap(earlier["v2cpasync"]["plan"], (9, 0))
+    assert not ops.default_overlap(earlier["v2cpasync"]["plan"], (8, 0))  # no programmatic dependents before 9.0
     narrow_rule = ops.chunk_plan(1, 32, 128, 128, "float16")  # one pass at ES = 32: cp.async
     assert not narrow_rule.tma and narrow_rule.early
 

@@ -991,6 +991,16 @@ def _lookback(plan: LookbackPlan, dev: int, q, k, v, decay, scale: float, s0):
     return o, sN
 
 
+def default_overlap(out: ChunkPlan, cc: tuple[int, int]) -> bool:
+    """Whether chunked launches the sequence-parallel passes as programmatic dependents when its caller leaves it
+    open: where the device has them (compute capability ≥ 9.0), but not before an output pass that loads through
+    tensor maps (chunk_wg2_tma), which ran faster launched after the scan had ended. H200, B=1, H=32, D=E=128,
+    bf16, N=16384, three alternating blocks of 20 calls: 0.204 ms as a dependent, 0.195 after; bench_kernels.py's
+    interleaved rounds 0.201 / 0.199 and 0.202 / 0.198; fp16 level (0.221 / 0.221); at N=65536 the spread of the
+    blocks (0.70–0.83 ms either way) hides any difference (KERNEL_NOTES v55)."""
+    return cc >= (9, 0) and not out.tma
+
+
 def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None = None,
             segments: int | None = None, scan: str = "cuda", gen: int | None = None, lookback: int | None = None,
             overlap: bool | None = None):
@@ -1004,7 +1014,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     gen: the kernel generation of the default plans (None: the newest the device and shape allow).
     lookback: pieces of this many tokens through the look-back kernel (lookback_plan), instead of any of the above.
     overlap: the sequence-parallel passes' scan and outputs launched as programmatic dependents, each taking the SMs
-    the pass before leaves (dependent_launch.py); None: where the device has it (compute capability ≥ 9.0).
+    the pass before leaves (dependent_launch.py); None: default_overlap.
     """
     if overlap not in (None, True, False):
         raise ValueError(f"chunked: overlap={overlap!r}; valid: None (where the device has it), True or False")
@@ -1033,7 +1043,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     if overlap and cc < (9, 0):
         raise ValueError(f"chunked: overlap=True needs compute capability ≥ 9.0 (got {cc[0]}.{cc[1]}); "
                          "valid: None or False")
-    dep = cc >= (9, 0) if overlap is None else overlap
+    dep = default_overlap(seq.out, cc) if overlap is None else overlap
     return sp.run(q, k, v, decay, scale=scale, initial_state=s0, seg=seq.seg,
                   local_states=functools.partial(_local_states, seq.state, dev),
                   outputs=functools.partial(_outputs, seq.out.sized(dev), dev,
