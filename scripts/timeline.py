@@ -9,8 +9,9 @@ clock64() at each event of each chunk (chunked_wg.cu names the events). Prints p
 each event to the next over the chunks (the first --skip chunks, the pipeline filling, left out) and their share
 of the chunk period, then how far each role runs ahead of the output warps; the stamps go to OUT/timeline.npz.
 Only chunk_wg2's roles are stamped (threads 0, 128, 256), so other plans are refused; where the rule loads through
-tensor maps (chunk_wg2_tma, whose copies the copy engine announces), its cp.async form runs instead. --tstate on / off: the
-rule's plan with its state held transposed or not (TST, KERNEL_NOTES v39; the rule's own choice by default).
+tensor maps (chunk_wg2_tma, whose copies the copy engine announces), its cp.async form runs instead. --tstate on /
+off: the rule's plan with its state held transposed or not (TST, KERNEL_NOTES v39; the rule's own choice by
+default).
 """
 
 from __future__ import annotations

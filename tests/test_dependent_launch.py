@@ -92,6 +92,6 @@ def test_chunked_names_an_overlap_it_cannot_take():
     from leetbench.cuda_kernels import ops
 
     for bad in ("yes", 2, "auto"):
-        with pytest.raises(ValueError, match=rf"chunked: overlap={bad!r}; valid: None \(where the device has it\), "
+        with pytest.raises(ValueError, match=rf"chunked: overlap={bad!r}; valid: None \(ops.default_overlap\), "
                                              r"True or False"):
             ops.chunked(None, None, None, None, scale=1.0, overlap=bad)

@@ -1017,7 +1017,7 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
     the pass before leaves (dependent_launch.py); None: default_overlap.
     """
     if overlap not in (None, True, False):
-        raise ValueError(f"chunked: overlap={overlap!r}; valid: None (where the device has it), True or False")
+        raise ValueError(f"chunked: overlap={overlap!r}; valid: None (ops.default_overlap), True or False")
     q, k, v, decay, s0 = _prepare(q, k, v, decay, initial_state)
     B, H, N, D = q.shape
     E = v.shape[-1]
