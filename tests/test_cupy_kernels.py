@@ -538,6 +538,20 @@ def test_tma_loads_equal_cp_async_ones(dtype):
 
 
 @needs_wg
+def test_no_tokens_through_the_tensor_map_rule_hand_the_initial_state_back():
+    """N = 0 where the rule loads through tensor maps (which have no empty dimension: ops.tokens_plan runs the
+    cp.async form): no output rows, the final state S0 as given; and one token after, as the reference has it."""
+    B, H, D, E = 4, 32, 64, 64
+    assert ops.chunk_plan(B, H, D, E, "bfloat16").tma
+    s0 = torch.randn(B, H, D, E, device="cuda")
+    empty = torch.zeros(B, H, 0, D, dtype=torch.bfloat16, device="cuda")
+    lam = decay_profile("multiscale", H).cuda()
+    o, sN = ops.chunked(empty, empty, empty, lam, scale=D ** -0.5, initial_state=s0)
+    assert o.shape == (B, H, 0, E) and torch.equal(sN, s0)
+    _direct(_inputs(B, H, 1, D, E, "bfloat16", "multiscale", True, seed=5), EXPECTED["bfloat16"])
+
+
+@needs_wg
 @pytest.mark.parametrize("qs, ks, vs", [(2.0 ** 20, 1.0, 1.0), (1.0, 2.0 ** -20, 2.0 ** 18), (2.0 ** -24, 2.0 ** -24, 1.0),
                                         (2.0 ** 12, 2.0 ** 12, 2.0 ** 12)])
 def test_wg_float32_pieces_follow_the_inputs_range(qs, ks, vs):

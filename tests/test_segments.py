@@ -515,6 +515,9 @@ def test_tma_load_plan(h200_gen2):
     seq = ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16")  # its passes launched serially unless asked (v55)
     assert not ops.default_overlap(seq.out, (9, 0)) and ops.default_overlap(earlier["v2cpasync"]["plan"], (9, 0))
     assert not ops.default_overlap(earlier["v2cpasync"]["plan"], (8, 0))  # no programmatic dependents before 9.0
+    empty = ops.tokens_plan(rule, 0)  # no token to load: no tensor map (a map has no empty dimension)
+    assert empty == ops.early_plan(replace(rule, tma=False)) and ops.tokens_plan(rule, 1) == rule
+    assert ops.tokens_plan(near_copy, 0) == near_copy
     narrow_rule = ops.chunk_plan(1, 32, 128, 128, "float16")  # one pass at ES = 32: cp.async
     assert not narrow_rule.tma and narrow_rule.early
 

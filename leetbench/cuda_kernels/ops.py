@@ -875,11 +875,18 @@ def _output_buffers(q, v) -> tuple[torch.Tensor, torch.Tensor]:
             torch.empty(B, H, D, E, dtype=torch.float32, device=v.device))
 
 
+def tokens_plan(plan: ChunkPlan, N: int) -> ChunkPlan:
+    """`plan` as it runs over N tokens: a tensor map has no empty dimension, so with no token to load (N = 0: the
+    kernel hands S0 back) chunk_wg2_tma's form runs with its producer copying by cp.async instead."""
+    return replace(plan, tma=False, early=True) if plan.tma and N == 0 else plan
+
+
 def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int,
                 defines: tuple[str, ...] = (), dependent: bool = False) -> None:
     """The output kernel over B·H·runs segments of L tokens (`defines`: a build with those macros; `dependent`: a
     programmatic dependent of the kernel before it, which wrote s_in)."""
     B, H, N, _ = q.shape
+    plan = tokens_plan(plan, N)
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
