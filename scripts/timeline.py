@@ -1,17 +1,17 @@
 """Per-role timeline of one chunk_wg2 CTA: where a chunk's time goes, role by role (KERNEL_NOTES v34/v35).
 
     PYTHONPATH=. python3 scripts/timeline.py [--batch 1] [--heads 32] [--length 16384] [--dims 128x128]
-        [--dtype bf16] [--cta 0] [--skip 4] [--tstate on|off] [--out DIR]
+        [--dtype bf16] [--cta 0] [--skip 4] [--tstate on|off] [--loads tma|cp.async] [--out DIR]
 
 Runs the rule's plan for the shape (its state pass and scan first where it cuts the sequence) with the output
 kernel built with LB_TIMELINE=<cta>: lane 0 of that CTA's first output warp, first state warp and producer writes
 clock64() at each event of each chunk (chunked_wg.cu names the events). Prints per role the median cycles from
 each event to the next over the chunks (the first --skip chunks, the pipeline filling, left out) and their share
 of the chunk period, then how far each role runs ahead of the output warps; the stamps go to OUT/timeline.npz.
-Only chunk_wg2's roles are stamped (threads 0, 128, 256), so other plans are refused; where the rule loads through
-tensor maps (chunk_wg2_tma, whose copies the copy engine announces), its cp.async form runs instead. --tstate on /
-off: the rule's plan with its state held transposed or not (TST, KERNEL_NOTES v39; the rule's own choice by
-default).
+Only chunk_wg2's roles are stamped (threads 0, 128, 256; in chunk_wg2_tma too, whose producer's lane 0 issues the
+copies and arms the barrier at once: its events 2 and 3 coincide), so other plans are refused. --tstate on / off:
+the rule's plan with its state held transposed or not (TST, KERNEL_NOTES v39); --loads tma / cp.async: its
+producer loading through tensor maps or not (v55); the rule's own choices by default.
 """
 
 from __future__ import annotations
@@ -85,10 +85,11 @@ def table(stamps: np.ndarray, skip: int = 4) -> str:
     return "\n".join(lines)
 
 
-def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int,
-           tstate: bool | None = None) -> tuple[np.ndarray, str]:
+def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int, tstate: bool | None = None,
+           tma: bool | None = None) -> tuple[np.ndarray, "ops.ChunkPlan"]:
     """The stamps of CTA `cta` in one call of the rule's plan (tstate True / False: with its state held transposed
-    or not; None: as the rule holds it), and the plan's name."""
+    or not; tma True / False: its producer loading through tensor maps or by cp.async; None: as the rule has it),
+    and the plan."""
     import cupy as cp  # noqa: PLC0415 - the GPU machine's
     import torch  # noqa: PLC0415
 
@@ -99,15 +100,18 @@ def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int,
     name = str(dt).removeprefix("torch.")
     seq = ops.seq_plan(B, H, N, D, E, name)
     plan = (seq.out if seq else ops.chunk_plan(B, H, D, E, name)).sized(0)
-    if plan.tma:  # chunk_wg2_tma's producer is one lane whose copies the copy engine announces: nothing to stamp
-        plan = replace(plan, tma=False, early=True)
-    if not plan.name.startswith("chunk_wg2<"):
+    if not plan.wg2:
         raise SystemExit(f"timeline.py stamps chunk_wg2's roles; this shape's plan is {plan.name}")
     if tstate is not None and tstate != plan.tstate:
         try:
             plan = ops.transposed_state_plan(plan) if tstate else replace(plan, tstate=False)
         except ValueError as exc:
             raise SystemExit(f"timeline.py --tstate on: {exc}") from None
+    if tma is not None and tma != plan.tma:
+        try:
+            plan = ops.tma_load_plan(plan) if tma else ops.early_plan(replace(plan, tma=False))
+        except ValueError as exc:
+            raise SystemExit(f"timeline.py --loads tma: {exc}") from None
     defines = (f"LB_TIMELINE={cta}",)
     g = torch.Generator(device="cuda").manual_seed(N)
     q, k = (torch.randn(B, H, N, D, device="cuda", generator=g).to(dt) for _ in range(2))
@@ -126,7 +130,7 @@ def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int,
         ops._launch_out(plan, 0, q, k, v, o, s_in, sN, lam, D ** -0.5, L, runs, defines)
         torch.cuda.synchronize()
     cp.cuda.runtime.memcpy(stamps.ctypes.data, ptr, stamps.nbytes, cp.cuda.runtime.memcpyDeviceToHost)
-    return stamps, plan.name
+    return stamps, plan
 
 
 def main() -> None:
@@ -140,6 +144,8 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=4, help="first chunks left out (the pipeline filling)")
     ap.add_argument("--tstate", choices=("on", "off"), default=None,
                     help="the state held transposed (TST) or not; default: as the rule holds it")
+    ap.add_argument("--loads", choices=("tma", "cp.async"), default=None,
+                    help="the producer loading through tensor maps or by cp.async; default: as the rule loads")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     try:
@@ -150,12 +156,13 @@ def main() -> None:
 
     if not cupy_available() or ops.device_gen(0) != 2:
         raise SystemExit("timeline.py: needs a Hopper GPU (compute capability 9.0) with CuPy: it stamps chunk_wg2")
-    stamps, name = record(args.batch, args.heads, args.length, D, E, args.dtype, args.cta,
-                          None if args.tstate is None else args.tstate == "on")
+    stamps, plan = record(args.batch, args.heads, args.length, D, E, args.dtype, args.cta,
+                          None if args.tstate is None else args.tstate == "on",
+                          None if args.loads is None else args.loads == "tma")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         np.savez(os.path.join(args.out, "timeline.npz"), stamps=stamps)
-    print(f"{name}, B={args.batch} H={args.heads} N={args.length} D={D} E={E} {args.dtype}, CTA {args.cta}:")
+    print(f"{plan.name}, B={args.batch} H={args.heads} N={args.length} D={D} E={E} {args.dtype}, CTA {args.cta}:")
     print(table(stamps, args.skip))
 
 

@@ -96,15 +96,16 @@ needs_wg = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_de
 
 
 @needs_wg
-@pytest.mark.parametrize("tstate", [False, True])
-def test_the_timeline_build_stamps_every_event_in_order(tstate):
+@pytest.mark.parametrize("tstate, tma", [(False, None), (True, None), (None, False)])
+def test_the_timeline_build_stamps_every_event_in_order(tstate, tma):
     """In the rule's chunk_wg2 (its output warps pipelined: chunk c's outputs stored while chunk c + 1's products
-    run; its producer copying by cp.async where the rule's loads through tensor maps) with its state held
-    transposed (TST) and not."""
+    run; its producer loading through tensor maps) with its state held transposed (TST) and not, and with its
+    producer copying by cp.async."""
     pytest.importorskip("cupy")
     tl = _timeline()
-    stamps, name = tl.record(1, 32, 16384, 128, 128, "bf16", 0, tstate)
-    assert name.startswith("chunk_wg2<") and (name[:-1].split(",")[8] == "true") == tstate  # TST: the ninth
+    stamps, plan = tl.record(1, 32, 16384, 128, 128, "bf16", 0, tstate, tma)
+    assert plan.wg2 and plan.tstate == (True if tstate is None else tstate) and plan.tma == (tma is None)
+    assert plan.name.startswith("chunk_wg2_tma<" if plan.tma else "chunk_wg2<")
     chunks = 16384 // 2 // 64  # two segments at B=1, H=32 (the rule), 64-token chunks
     for r, role in enumerate(tl.ROLES):
         t = stamps[r, :chunks, :len(tl.EVENTS[role])].astype(np.int64)

@@ -36,7 +36,8 @@
 //             while chunk c + 1's products run)
 //   state:    0 begun, 1 slot full, 2 Ṽ formed (warpgroup met), 3 Kᵀ Ṽ done, 4 met again, 5 copy buffer free,
 //             6 copy of the next state published
-//   producer: 0 begun, 1 slot free, 2 copies issued, 3 announced
+//   producer: 0 begun, 1 slot free, 2 copies issued, 3 announced (chunk_wg2_tma: its lane 0 arms the slot's barrier
+//             with the chunk's bytes and issues the copies, the copy engine completes the barrier — 2 and 3 at once)
 #ifdef LB_TIMELINE
 #define LB_TL_CHUNKS 512
 #define LB_TL_EVENTS 8
@@ -230,8 +231,10 @@ __device__ __forceinline__ void wg_producer_tma(const TensorMap* tq, const Tenso
   constexpr u32 BYTES = 2 * L::DB * L::QKT + L::VT;  // (a box past the bounds counts its zeros too)
   const int nchunks = (n + CH - 1) / CH;
   for (int c = 0; c < nchunks; ++c) {
+    LB_STAMP(c, 0);
     const int slot = c % STAGES;
     if (c >= STAGES) mbar_wait(sbase + L::BAR + 8 * (STAGES + slot), ((c / STAGES) + 1) & 1);  // (whole warp)
+    LB_STAMP(c, 1);
     if (lane == 0) {
       const u32 full = sbase + L::BAR + 8 * slot;
       mbar_expect_tx(full, BYTES);
@@ -242,6 +245,8 @@ __device__ __forceinline__ void wg_producer_tma(const TensorMap* tq, const Tenso
         tma_load_3d(sbase + L::KS + (slot * L::DB + b) * L::QKT, tk, 64 * b, t, bh, full);
       }
       tma_load_3d(sbase + L::VS + slot * L::VT, tv, e0, t, bh, full);
+      LB_STAMP(c, 2);  // the copies issued, and the slot's barrier armed with their bytes before them: the
+      LB_STAMP(c, 3);  // producer's part of the announcement (the copy engine completes it as the bytes land)
     }
     __syncwarp();
   }
