@@ -20,8 +20,12 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from leetbench.cuda_kernels.ops import ChunkPlan
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -86,7 +90,7 @@ def table(stamps: np.ndarray, skip: int = 4) -> str:
 
 
 def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int, tstate: bool | None = None,
-           tma: bool | None = None) -> tuple[np.ndarray, "ops.ChunkPlan"]:
+           tma: bool | None = None) -> tuple[np.ndarray, ChunkPlan]:
     """The stamps of CTA `cta` in one call of the rule's plan (tstate True / False: with its state held transposed
     or not; tma True / False: its producer loading through tensor maps or by cp.async; None: as the rule has it),
     and the plan."""
