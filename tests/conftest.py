@@ -137,7 +137,8 @@ HOST_PRELUDE = """#define __device__
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
-"""
+#define LB_STAMP(c, ev) do { } while (0)
+"""  # (LB_STAMP: the timeline's clock stamps, nothing outside a timeline build, as chunked_wg.cu has it)
 
 
 def run_host_program(source: str, tmp_path: Path, name: str) -> tuple[int, str]:
