@@ -10,8 +10,8 @@ options (`4loops`: four consumer loops, `noscale`: unscaled fp16 state copy); wi
 and output pass of the default plan alone, where it cuts the sequence (--passes P: of P segments; float32 on
 generation 2 also the state pass's other form, one set of pieces where the rule takes two, alone, `pass1one`,
 and in the whole call, `wholeone` beside `whole`, KERNEL_NOTES v37, v38; `DB` where the rule takes one set; 16-bit
-at ES = 64 the state pass with Ṽ through shared memory, `pass1plain` and `wholeplain`, v41, v43; all of them in
-the same rounds as the variants). `agree` is the
+at ES = 64 the state pass loading through tensor maps, `pass1tma` and `wholetma`, v56 — `cpasync` where the rule
+does; all of them in the same rounds as the variants). `agree` is the
 worst-head relative difference of each variant's output from the first one's (a sanity check only: accuracy is
 tested in tests/test_cupy_kernels.py). --variants times only the variants whose names match one of its globs
 (a short device call). Each row names the template instance behind every variant (`plan_*`;
@@ -269,16 +269,16 @@ def variant_products(B: int, H: int, N: int, D: int, E: int, dtype: str, kw: dic
 def other_state_pass(state: ops.StatePlan, D: int, E: int, dtype: str) -> tuple[str, ops.StatePlan] | None:
     """The rule's state pass in its other form, and its tag, where --passes times one beside it: float32 on
     generation 2 with one set of pieces where the rule takes two (`one`) or two where it takes one (`DB`; v37, v38);
-    16-bit on generation 2 at ES = 64 with Ṽ through shared memory where the rule holds the state transposed
-    (`plain`) or transposed where it does not (`T`; v41, v43)."""
+    16-bit on generation 2 at ES = 64 loading through tensor maps where the rule copies by cp.async (`tma`) or by
+    cp.async where it loads through them (`cpasync`; v56). (16-bit with Ṽ through shared memory, v41/v43's `plain`,
+    is ops.state_plan(..., tstate=False).)"""
     if state.gen != 2:
         return None
     if dtype == "float32":
         other = ops.state_plan(D, E, dtype, 0, dbuf=not state.dbuf)
         return ("DB" if other.dbuf else "one"), other
     if state.es == 64:
-        other = ops.state_plan(D, E, dtype, 0, tstate=not state.tstate)
-        return ("T" if other.tstate else "plain"), other
+        return ("cpasync", replace(state, tma=False)) if state.tma else ("tma", ops.tma_state_pass(state))
     return None
 
 

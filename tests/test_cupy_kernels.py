@@ -538,6 +538,28 @@ def test_tma_loads_equal_cp_async_ones(dtype):
 
 
 @needs_wg
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_tma_state_pass_equals_cp_async_one(dtype):
+    """chunk_wg_state_tma (the state pass's producer loading K and V through tensor maps, no Q) gives every piece's
+    local state bit for bit as chunk_wg_state copying by cp.async, and leaves no entry unwritten (NaN poisoned
+    first): at D=E=128 with the state held transposed (the rule's form), D=64, E=64 with Ṽ through shared memory and
+    D=64, E=256 in four slices, over the pieces of three segments (pieces starting inside the sequence)."""
+    bad = []
+    for D, E, N, tst in ((128, 128, 3000, True), (64, 64, 1500, False), (64, 256, 1100, True)):
+        x = _inputs(2, 3, N, D, E, dtype, "multiscale", False, seed=6)
+        seg = sp.split(N, 3, 2, min_piece=64)
+        plain = ops.state_plan(D, E, dtype, 0, tstate=tst)
+        got = []
+        for plan in (plain, ops.tma_state_pass(plain)):
+            _poison()
+            got.append(ops._local_states(plan, 0, x.k, x.v, x.decay, seg))
+        torch.cuda.synchronize()
+        if seg.pieces < 2 or got[1].isnan().any() or not torch.equal(got[0], got[1]):
+            bad.append(f"{ops.tma_state_pass(plain).name} at N={N}, {seg.pieces} pieces")
+    assert not bad, "; ".join(bad)
+
+
+@needs_wg
 def test_no_tokens_through_the_tensor_map_rule_hand_the_initial_state_back():
     """N = 0 where the rule loads through tensor maps (which have no empty dimension: ops.tokens_plan runs the
     cp.async form): no output rows, the final state S0 as given; and one token after, as the reference has it."""
@@ -730,6 +752,7 @@ def test_refuses_honestly(registry):
 _SANITIZE = textwrap.dedent("""
     import os, torch
     from leetbench.cuda_kernels import ops
+    from leetbench.cuda_kernels import segments as sp
     from leetbench.problem import decay_profile
     GEN = int(os.environ["LEETBENCH_SANITIZE_GEN"])
     torch.manual_seed(0)
@@ -744,6 +767,13 @@ _SANITIZE = textwrap.dedent("""
         assert torch.isfinite(o).all() and torch.isfinite(s).all()
     def plan(B, H, D, E, dt, **kw):
         return ops.chunk_plan(B, H, D, E, str(dt).removeprefix("torch."), 0, gen=GEN, **kw)
+    def state_pass(state, B, H, N, D, E, dt):  # pass 1 alone over the pieces of three segments
+        k = torch.randn(B, H, N, D, device="cuda").to(dt)
+        v = torch.randn(B, H, N, E, device="cuda").to(dt)
+        lam = decay_profile("multiscale", H).cuda()
+        local = ops._local_states(state, 0, k, v, lam, sp.split(N, 3, 2, min_piece=64))
+        torch.cuda.synchronize()
+        assert torch.isfinite(local).all()
     for dt in (torch.bfloat16, torch.float16) if GEN else ():
         run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=plan(1, 2, 64, 64, dt))      # E slices, tail
         run(ops.chunked, 2, 1, 70, 64, 64, dt, False, plan=plan(2, 1, 64, 64, dt, es=32, stages=2))
@@ -779,6 +809,9 @@ _SANITIZE = textwrap.dedent("""
                 plan=ops.tma_load_plan(ops.direct_store_plan(ops.pipe_plan(ops.transposed_state_plan(split)))))
             run(ops.chunked, 2, 1, 131, 64, 256, dt, False, plan=ops.tma_load_plan(plan(2, 1, 64, 256, dt, es=64,
                                                                                        wgs=2)))
+            name = str(dt).removeprefix("torch.")  # the state pass loading through tensor maps, TST and not
+            state_pass(ops.tma_state_pass(ops.state_plan(128, 128, name, 0)), 1, 2, 1100, 128, 128, dt)
+            state_pass(ops.tma_state_pass(ops.state_plan(64, 256, name, 0, tstate=False)), 2, 1, 700, 64, 256, dt)
             run(ops.chunked, 1, 2, 131, 64, 64, dt, True, plan=ops.pipe_plan(plan(1, 2, 64, 64, dt, wgs=2)))
             three = plan(1, 2, 128, 128, dt, es=64, wgs=3)  # two output warpgroups (chunk_wg3): odd and even chunks
             run(ops.chunked, 1, 2, 1100, 128, 128, dt, True, plan=three, segments=3)

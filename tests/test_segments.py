@@ -522,6 +522,23 @@ def test_tma_load_plan(h200_gen2):
     assert not narrow_rule.tma and narrow_rule.early
 
 
+def test_tma_state_pass(h200_gen2):
+    """The state pass with its producer loading through tensor maps: a kernel of its own (chunk_wg_state_tma, the same
+    template arguments, TST kept) in the same layout; refused by name off 16-bit generation 2 at ES = 64; not the
+    rule (unmeasured)."""
+    rule = ops.state_plan(128, 128, "bfloat16")
+    t = ops.tma_state_pass(rule)
+    assert (t.name, t.smem, t.threads, t.minb) == ("chunk_wg_state_tma<128,64,2,4,true,2,true>", rule.smem, 160, 2)
+    assert ops.tma_state_pass(ops.state_plan(64, 64, "float16", tstate=False)).name == \
+        "chunk_wg_state_tma<64,64,1,4,false,2>"
+    assert not rule.tma and not ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16").state.tma
+    for other in (ops.state_plan(128, 96, "bfloat16"), ops.state_plan(128, 128, "float32"),
+                  ops.state_plan(128, 128, "bfloat16", gen=1)):
+        with pytest.raises(ValueError, match=r"tensor-map loads in the state pass are chunk_wg_state's at ES=64 "
+                                             r"\(got chunk_"):
+            ops.tma_state_pass(other)
+
+
 def test_two_output_plan(h200_gen2):
     """chunk_wg3: chunk_wg2's roles with two output warpgroups, 416 threads, one CTA per SM, the deepest pipeline
     whose layout (a second output staging) fits; chunk_plan(wgs=3) gives it; 16-bit generation 2 only."""
@@ -779,15 +796,15 @@ def _bench_module():
 
 def test_bench_times_the_state_pass_in_its_other_form(h200_gen2):
     """bench_kernels.py --passes times the rule's state pass beside its other form: float32 with one set of pieces
-    (the rule takes two), 16-bit at ES = 64 with Ṽ through shared memory (the rule holds the state transposed);
+    (the rule takes two), 16-bit at ES = 64 loading through tensor maps (the rule copies by cp.async) and back;
     nothing else."""
     bench = _bench_module()
     f32 = ops.state_plan(128, 128, "float32")
     assert bench.other_state_pass(f32, 128, 128, "float32") == ("one", ops.state_plan(128, 128, "float32", dbuf=False))
     tag, t = bench.other_state_pass(ops.state_plan(128, 128, "bfloat16"), 128, 128, "bfloat16")
-    assert (tag, t.name) == ("plain", "chunk_wg_state<128,64,2,4,true,2>")
+    assert (tag, t.name) == ("tma", "chunk_wg_state_tma<128,64,2,4,true,2,true>")
     tag, t = bench.other_state_pass(t, 128, 128, "bfloat16")
-    assert (tag, t.name) == ("T", "chunk_wg_state<128,64,2,4,true,2,true>")
+    assert (tag, t) == ("cpasync", ops.state_plan(128, 128, "bfloat16"))
     assert bench.other_state_pass(ops.state_plan(128, 96, "float16"), 128, 96, "float16") is None  # ES = 32
     assert bench.other_state_pass(ops.state_plan(128, 128, "bfloat16", gen=1), 128, 128, "bfloat16") is None
 

@@ -214,21 +214,22 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
   }
 }
 
-// The producer with tensor maps (chunk_wg2_tma; KERNEL_NOTES v54): lane 0 alone loads chunk c into slot c mod
-// STAGES — Q and K as D/64 boxes of 64 tokens × 64 columns each, this CTA's 64-column V slice as one — with the
-// slot's full barrier expecting their bytes, so the copy engine completes it as they land: no lane copies 16 bytes
-// at a time, none waits for its copies to announce them. Rows past the sequence's end (the box past the maps'
-// bounds N) arrive as zeros, as the plain loop's zero-fill gives them. Coordinates: token t of (b·H + h) = bh.
-template <class L, int D, int STAGES>
+// The producer with tensor maps (chunk_wg2_tma, chunk_wg_state_tma; KERNEL_NOTES v54): lane 0 alone loads chunk
+// c into slot c mod STAGES — Q (LOADQ) and K as D/64 boxes of 64 tokens × 64 columns each, this CTA's 64-column V
+// slice as one — with the slot's full barrier expecting their bytes, so the copy engine completes it as they land:
+// no lane copies 16 bytes at a time, none waits for its copies to announce them. Rows past the sequence's end (the
+// box past the maps' bounds N) arrive as zeros, as the plain loop's zero-fill gives them. Coordinates: token t of
+// (b·H + h) = bh. Without Q, tq is not read.
+template <class L, int D, int STAGES, bool LOADQ = true>
 __device__ __forceinline__ void wg_producer_tma(const TensorMap* tq, const TensorMap* tk, const TensorMap* tv, int bh,
                                                 int t0, int n, int e0, int lane, u32 sbase) {
   static_assert(L::VRB == 128, "a 64-column V slice: one box of 128-byte rows");
   if (lane == 0) {
-    tma_prefetch(tq);
+    if (LOADQ) tma_prefetch(tq);
     tma_prefetch(tk);
     tma_prefetch(tv);
   }
-  constexpr u32 BYTES = 2 * L::DB * L::QKT + L::VT;  // (a box past the bounds counts its zeros too)
+  constexpr u32 BYTES = (LOADQ ? 2 : 1) * L::DB * L::QKT + L::VT;  // (a box past the bounds counts its zeros too)
   const int nchunks = (n + CH - 1) / CH;
   for (int c = 0; c < nchunks; ++c) {
     LB_STAMP(c, 0);
@@ -241,7 +242,7 @@ __device__ __forceinline__ void wg_producer_tma(const TensorMap* tq, const Tenso
       const int t = t0 + c * CH;
 #pragma unroll
       for (int b = 0; b < L::DB; ++b) {
-        tma_load_3d(sbase + L::QS + (slot * L::DB + b) * L::QKT, tq, 64 * b, t, bh, full);
+        if (LOADQ) tma_load_3d(sbase + L::QS + (slot * L::DB + b) * L::QKT, tq, 64 * b, t, bh, full);
         tma_load_3d(sbase + L::KS + (slot * L::DB + b) * L::QKT, tk, 64 * b, t, bh, full);
       }
       tma_load_3d(sbase + L::VS + slot * L::VT, tv, e0, t, bh, full);
@@ -1156,26 +1157,17 @@ struct WgStateSmem {
   static_assert(SM_HEAD <= WG_HEAD, "table overlaps the tiles");
 };
 
-// TST (KERNEL_NOTES v41; ES = 64): Sᵀ held and updated as chunk_wg2's TST state warps do (Ṽᵀ in registers, no Ṽ
-// tile, no barrier of the consumer warps), written back transposed.
-template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool TST = false>
-__global__ void __launch_bounds__(160, MINB)
-    chunk_wg_state(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
-                   const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
-  griddep_launch_dependents();  // the scan may be resident and waiting while this pass runs
-  using LY = WgStateSmem<D, ES, STAGES>;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
+// The state pass's consumer warps (0-3): S = λ^n S + Kᵀ Ṽ over the piece's chunks, as the producer fills the slots,
+// then S into local. TST (KERNEL_NOTES v41; ES = 64): Sᵀ held and updated as chunk_wg2's TST state warps do (Ṽᵀ in
+// registers, no Ṽ tile, no barrier of the consumer warps), written back transposed.
+template <int D, int ES, int STAGES, bool BF16, bool TST, class LY>
+__device__ __forceinline__ void wg_state_pass(const WgCta& cta, float* __restrict__ local, int E) {
   unsigned char* smem = cta.smem;
   const u32 sbase = cta.sbase;
   const int tid = threadIdx.x;
   const int e0 = cta.e0;
   const Seg seg = cta.seg;
   const float* tab = reinterpret_cast<const float*>(smem + LY::TAB);
-  if (warp_index() >= 4) {
-    wg_producer<LY, D, STAGES, false>(nullptr, k, v, seg.tok0, seg.n, E, e0, tid & 31, sbase);
-    return;
-  }
   const int w = tid >> 5, l = tid & 31;
   const int r0 = 16 * w + (l >> 2), c0 = 2 * (l & 3);
   float S[D / 64][ES / 2];
@@ -1212,6 +1204,45 @@ __global__ void __launch_bounds__(160, MINB)
   wg_each_state_entry<D, ES, TST>(r0, c0, [&](int mb, int i, int row, int col) {
     local[((u64)seg.idx * D + row) * E + e0 + col] = S[mb][i];
   });
+}
+
+// Grid: B·H·RUNS·NSL CTAs of 160 threads (warps 0-3 wg_state_pass, warp 4 the producer), MINB per SM.
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool TST = false>
+__global__ void __launch_bounds__(160, MINB)
+    chunk_wg_state(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
+                   const double* __restrict__ lam, int H, int N, int E, int L, int RUNS) {
+  griddep_launch_dependents();  // the scan may be resident and waiting while this pass runs
+  using LY = WgStateSmem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H);
+  if (warp_index() >= 4) {
+    wg_producer<LY, D, STAGES, false>(nullptr, k, v, cta.seg.tok0, cta.seg.n, E, cta.e0, threadIdx.x & 31,
+                                      cta.sbase);
+    return;
+  }
+  wg_state_pass<D, ES, STAGES, BF16, TST, LY>(cta, local, E);
+}
+
+// chunk_wg_state with its producer loading through tensor maps (wg_producer_tma without Q; KERNEL_NOTES v56): tk,
+// tv map k ([B·H, N, D]) and v ([B·H, N, E]) as tensor_maps.py encodes them; k and v are not read here.
+// 64-column slices (one V box).
+template <int D, int ES, int NSL, int STAGES, bool BF16, int MINB, bool TST = false>
+__global__ void __launch_bounds__(160, MINB)
+    chunk_wg_state_tma(const u16* __restrict__ k, const u16* __restrict__ v, float* __restrict__ local,
+                       const double* __restrict__ lam, int H, int N, int E, int L, int RUNS,
+                       const __grid_constant__ TensorMap tk, const __grid_constant__ TensorMap tv) {
+  static_assert(ES == 64, "one V box of 64 columns (128-byte swizzled rows)");
+  griddep_launch_dependents();  // the scan may be resident and waiting while this pass runs
+  using LY = WgStateSmem<D, ES, STAGES>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 1);
+  if (warp_index() >= 4) {
+    const int t0 = (int)(cta.seg.tok0 - (u64)cta.seg.bh * N);  // the piece's first token in its sequence
+    wg_producer_tma<LY, D, STAGES, false>(nullptr, &tk, &tv, cta.seg.bh, t0, cta.seg.n, cta.e0, threadIdx.x & 31,
+                                          cta.sbase);
+    return;
+  }
+  wg_state_pass<D, ES, STAGES, BF16, TST, LY>(cta, local, E);
 }
 
 template <int D, int ES, int STAGES>

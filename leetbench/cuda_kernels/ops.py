@@ -735,6 +735,7 @@ class StatePlan:
     producers: int = 1  # producer warps (chunk_wg32_state's NPW; one in the others)
     dbuf: bool = False  # chunk_wg32_state: two sets of pieces and stagings (DBUF; double_buffered_state_plan)
     tstate: bool = False  # chunk_wg_state at ES = 64: Sᵀ held, Ṽᵀ formed in registers (TST; transposed_state_pass)
+    tma: bool = False  # chunk_wg_state at ES = 64 loading through tensor maps (chunk_wg_state_tma; tma_state_pass)
 
     @property
     def threads(self) -> int:
@@ -748,7 +749,8 @@ class StatePlan:
         if self.gen == 2:
             bf16 = "true" if self.dt == _DT[torch.bfloat16] else "false"
             tst = ",true" if self.tstate else ""  # the kernel's TST, false by default
-            return f"chunk_wg_state<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{tst}>"
+            kernel = "chunk_wg_state_tma" if self.tma else "chunk_wg_state"
+            return f"{kernel}<{self.D},{self.es},{self.cl},{self.stages},{bf16},{self.minb}{tst}>"
         return f"chunk_state<{self.D},{self.es},{self.cl},{self.stages},{self.dt}>"
 
     @property
@@ -821,6 +823,15 @@ def transposed_state_pass(plan: StatePlan) -> StatePlan:
     if not (plan.gen == 2 and plan.dt != _DT[torch.float32] and plan.es == 64):
         raise ValueError(f"the transposed state pass is chunk_wg_state's at ES=64 (got {plan.name})")
     return replace(plan, tstate=True)
+
+
+def tma_state_pass(plan: StatePlan) -> StatePlan:
+    """`plan` (the 16-bit state pass on generation 2, chunk_wg_state, at ES = 64) with its producer loading each
+    chunk's K and V slice through tensor maps (chunk_wg_state_tma, KERNEL_NOTES v56: one lane's D/64 + 1 tensor
+    copies a chunk, as chunk_wg2_tma's producer without Q); the same shared memory. Not the rule: unmeasured."""
+    if not (plan.gen == 2 and plan.dt != _DT[torch.float32] and plan.es == 64):
+        raise ValueError(f"tensor-map loads in the state pass are chunk_wg_state's at ES=64 (got {plan.name})")
+    return replace(plan, tma=True)
 
 
 @dataclass(frozen=True)
@@ -904,6 +915,8 @@ def _local_states(plan: StatePlan, dev: int, k, v, decay, seg: sp.Segments) -> t
         i32 = np.int32
         args = (_ptr(k), _ptr(v), _ptr(local), _ptr(decay), i32(H), i32(N), i32(E), i32(seg.piece),
                 i32(seg.pieces))
+        if plan.tma:  # chunk_wg_state_tma: k and v's tensor maps, by value
+            args += (token_map(k), token_map(v))
         kernel(plan.files, plan.name, dev)(B * H * seg.pieces * plan.cl, plan.threads, args, plan.smem)
     return local
 
