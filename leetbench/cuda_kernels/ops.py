@@ -400,7 +400,7 @@ def chunk_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int = 0, es: int
             # one lane's D/32 + 1 tensor copies instead of the warp's ≈ 80 cp.async a lane). H200, B=1, H=32, five
             # interleaved rounds: D=E=128 through P=2 bf16 0.215 → 0.200 ms at N=16384, 0.852 → 0.763 at 65536,
             # fp16 0.248 → 0.227, 0.960 → 0.874; D=64, E=256 one pass bf16 0.262 → 0.220, 1.020 → 0.832; the
-            # wider grid at N=32768 (three rounds) 3–23% faster but at D=128, E=64 (one slice a CTA, near the copy
+            # wider grid at N=32768 (three rounds) 3–20% faster but at D=128, E=64 (one slice a CTA, near the copy
             # bandwidth), where it was 1–4% slower in bf16 and fp16: B=8, H=32 1.550 → 1.587, B=4 0.787 → 0.804.
             wgs = 2 if plan.minb == 1 else 1
             early = wgs == 2
