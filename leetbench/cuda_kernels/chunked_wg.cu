@@ -214,6 +214,12 @@ __device__ __forceinline__ void wg_producer(const u16* q, const u16* k, const u1
   }
 }
 
+// A piece's first token in its own sequence: the token coordinate of the tensor maps (Seg's tok0 counts the
+// [B·H·N] token rows).
+__device__ __forceinline__ int token_in_sequence(const Seg& seg, int N) {
+  return (int)(seg.tok0 - (u64)seg.bh * N);
+}
+
 // The producer with tensor maps (chunk_wg2_tma, chunk_wg_state_tma; KERNEL_NOTES v54): lane 0 alone loads chunk
 // c into slot c mod STAGES — Q (LOADQ) and K as D/64 boxes of 64 tokens × 64 columns each, this CTA's 64-column V
 // slice as one — with the slot's full barrier expecting their bytes, so the copy engine completes it as they land:
@@ -1097,8 +1103,8 @@ __global__ void __launch_bounds__(288, 1)
   const WgCta cta = wg_split_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 1);
   wg2_roles<WgSplit<D, ES, STAGES, BF16, true, PIPE, LY, 1, TST, false, false, DIRECT>>(
       cta, o, s0, sN, E, scale, [&](int lane) {
-        const int t0 = (int)(cta.seg.tok0 - (u64)cta.seg.bh * N);  // the segment's first token in its sequence
-        wg_producer_tma<LY, D, STAGES>(&tq, &tk, &tv, cta.seg.bh, t0, cta.seg.n, cta.e0, lane, cta.sbase);
+        wg_producer_tma<LY, D, STAGES>(&tq, &tk, &tv, cta.seg.bh, token_in_sequence(cta.seg, N), cta.seg.n, cta.e0,
+                                       lane, cta.sbase);
       });
 }
 
@@ -1237,9 +1243,8 @@ __global__ void __launch_bounds__(160, MINB)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const WgCta cta = wg_cta<D, ES, NSL, STAGES, LY>(smem_raw, RUNS, L, N, lam, H, 1);
   if (warp_index() >= 4) {
-    const int t0 = (int)(cta.seg.tok0 - (u64)cta.seg.bh * N);  // the piece's first token in its sequence
-    wg_producer_tma<LY, D, STAGES, false>(nullptr, &tk, &tv, cta.seg.bh, t0, cta.seg.n, cta.e0, threadIdx.x & 31,
-                                          cta.sbase);
+    wg_producer_tma<LY, D, STAGES, false>(nullptr, &tk, &tv, cta.seg.bh, token_in_sequence(cta.seg, N), cta.seg.n,
+                                          cta.e0, threadIdx.x & 31, cta.sbase);
     return;
   }
   wg_state_pass<D, ES, STAGES, BF16, TST, LY>(cta, local, E);
