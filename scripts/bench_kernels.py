@@ -182,7 +182,7 @@ def earlier_rules(B: int, H: int, N: int, D: int, E: int, dtype: str) -> dict[st
     rule = seq.out if seq else ops.chunk_plan(B, H, D, E, dtype)
     segments = {"segments": seq.seg.count if seq else 1}
     out = {}
-    cp_async = replace(rule, tma=False, early=True) if rule.tma else rule
+    cp_async = ops.cp_async_plan(rule) if rule.tma else rule
     if rule.tma:
         out["v2cpasync"] = {"plan": cp_async, **segments}
     if rule.direct:

@@ -113,7 +113,7 @@ def record(B: int, H: int, N: int, D: int, E: int, dtype: str, cta: int, tstate:
             raise SystemExit(f"timeline.py --tstate on: {exc}") from None
     if tma is not None and tma != plan.tma:
         try:
-            plan = ops.tma_load_plan(plan) if tma else ops.early_plan(replace(plan, tma=False))
+            plan = ops.tma_load_plan(plan) if tma else ops.cp_async_plan(plan)
         except ValueError as exc:
             raise SystemExit(f"timeline.py --loads tma: {exc}") from None
     defines = (f"LB_TIMELINE={cta}",)

@@ -561,8 +561,9 @@ def test_tma_state_pass_equals_cp_async_one(dtype):
 
 @needs_wg
 def test_no_tokens_through_the_tensor_map_rule_hand_the_initial_state_back():
-    """N = 0 where the rule loads through tensor maps (which have no empty dimension: ops.tokens_plan runs the
-    cp.async form): no output rows, the final state S0 as given; and one token after, as the reference has it."""
+    """N = 0 where the rule loads through tensor maps (which have no empty dimension: chunked launches nothing
+    there): no output rows, the final state S0 as given, or 0 without one; and one token after, as the reference
+    has it."""
     B, H, D, E = 4, 32, 64, 64
     assert ops.chunk_plan(B, H, D, E, "bfloat16").tma
     s0 = torch.randn(B, H, D, E, device="cuda")
@@ -570,6 +571,7 @@ def test_no_tokens_through_the_tensor_map_rule_hand_the_initial_state_back():
     lam = decay_profile("multiscale", H).cuda()
     o, sN = ops.chunked(empty, empty, empty, lam, scale=D ** -0.5, initial_state=s0)
     assert o.shape == (B, H, 0, E) and torch.equal(sN, s0)
+    assert not ops.chunked(empty, empty, empty, lam, scale=D ** -0.5)[1].any()
     _direct(_inputs(B, H, 1, D, E, "bfloat16", "multiscale", True, seed=5), EXPECTED["bfloat16"])
 
 

@@ -408,8 +408,8 @@ def test_register_q_plan(h200_gen2):
                                                                     ctas=512)))  # the rule's form before v53
     q = ops.register_q_plan(rule)
     assert (q.name, q.smem, q.threads) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true>", rule.smem, 288)
-    assert ops.register_q_plan(ops.early_plan(ops.split_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16", wgs=1)))).name \
-        == \
+    es32 = ops.early_plan(ops.split_plan(ops.chunk_plan(1, 32, 128, 128, "bfloat16", wgs=1)))
+    assert ops.register_q_plan(es32).name == \
         "chunk_wg2<128,32,4,4,true,1,false,true,false,true>"                    # ES = 32, the state not transposed
     narrow = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)  # two CTAs per SM
     with pytest.raises(ValueError, match=r"one CTA per SM: at two it spills \(got chunk_wg2<64,32,8,4,false,2>"):
@@ -433,7 +433,8 @@ def test_bulk_store_plan(h200_gen2):
     assert (b.name, b.smem) == ("chunk_wg2<128,64,2,4,true,1,false,true,true,true,true>", rule.smem)
     crowded = ops.split_plan(ops.chunk_plan(4, 32, 64, 256, "float16", es=32), ctas=1024)
     assert ops.bulk_store_plan(crowded).name == "chunk_wg2<64,32,8,4,false,2,false,false,false,false,true>"
-    with pytest.raises(ValueError, match=r"the bulk output stores are chunk_wg2's, not chunk_wg2_tma's \(got chunk_wg4"):
+    with pytest.raises(ValueError, match=r"the bulk output stores are chunk_wg2's, not chunk_wg2_tma's "
+                                         r"\(got chunk_wg4"):
         ops.bulk_store_plan(ops.chunk_plan(8, 32, 128, 128, "bfloat16"))
     assert not ops.split_plan(b).bulk and not ops.shared_scores_plan(b).bulk
 
@@ -515,9 +516,9 @@ def test_tma_load_plan(h200_gen2):
     seq = ops.seq_plan(1, 32, 16384, 128, 128, "bfloat16")  # its passes launched serially unless asked (v55)
     assert not ops.default_overlap(seq.out, (9, 0)) and ops.default_overlap(earlier["v2cpasync"]["plan"], (9, 0))
     assert not ops.default_overlap(earlier["v2cpasync"]["plan"], (8, 0))  # no programmatic dependents before 9.0
-    empty = ops.tokens_plan(rule, 0)  # no token to load: no tensor map (a map has no empty dimension)
-    assert empty == ops.early_plan(replace(rule, tma=False)) and ops.tokens_plan(rule, 1) == rule
-    assert ops.tokens_plan(near_copy, 0) == near_copy
+    assert ops.cp_async_plan(rule) == ops.early_plan(replace(rule, tma=False))  # tma_load_plan undone
+    with pytest.raises(ValueError, match=r"the cp.async form is chunk_wg2_tma's undone \(got chunk_wg2<"):
+        ops.cp_async_plan(near_copy)
     narrow_rule = ops.chunk_plan(1, 32, 128, 128, "float16")  # one pass at ES = 32: cp.async
     assert not narrow_rule.tma and narrow_rule.early
 
@@ -627,7 +628,8 @@ def test_shared_scores_rule(h200_gen2):
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", es=64).pair        # pinned: as asked
     assert not ops.chunk_plan(8, 32, 128, 128, "bfloat16", wgs=2).pair
     assert ops.seq_plan(8, 32, 65536, 128, 128, "bfloat16") is None           # one pass, the pair
-    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == ["chunk_wg4<128,64,1,3,true,false,false,true,true>"]
+    assert ops.chunk_kernel_names(8, 32, 65536, 128, 128, "bfloat16") == [
+        "chunk_wg4<128,64,1,3,true,false,false,true,true>"]
     assert not ops.seq_plan(1, 32, 65536, 128, 128, "bfloat16").out.pair      # segments: one slice a CTA
     with pytest.raises(ValueError, match=r"pair=True is chunk_wg4 with its own warpgroups \(got wgs=2\)"):
         ops.chunk_plan(8, 32, 128, 128, "bfloat16", pair=True, wgs=2)

@@ -684,6 +684,14 @@ def tma_load_plan(plan: ChunkPlan) -> ChunkPlan:
     return replace(plan, tma=True, early=False)
 
 
+def cp_async_plan(plan: ChunkPlan) -> ChunkPlan:
+    """`plan` (chunk_wg2_tma) with its producer copying each chunk by cp.async instead and announcing it early
+    (EARLY): tma_load_plan undone, the rule's form before KERNEL_NOTES v55."""
+    if not plan.tma:
+        raise ValueError(f"the cp.async form is chunk_wg2_tma's undone (got {plan.name})")
+    return early_plan(replace(plan, tma=False))
+
+
 def _mma_plan(B: int, H: int, D: int, E: int, dtype: str, dev: int, es: int | None, stages: int | None,
               minb: int | None, opt: int | None) -> ChunkPlan:
     """Generation 1 (chunked.cu).
@@ -886,18 +894,11 @@ def _output_buffers(q, v) -> tuple[torch.Tensor, torch.Tensor]:
             torch.empty(B, H, D, E, dtype=torch.float32, device=v.device))
 
 
-def tokens_plan(plan: ChunkPlan, N: int) -> ChunkPlan:
-    """`plan` as it runs over N tokens: a tensor map has no empty dimension, so with no token to load (N = 0: the
-    kernel hands S0 back) chunk_wg2_tma's form runs with its producer copying by cp.async instead."""
-    return replace(plan, tma=False, early=True) if plan.tma and N == 0 else plan
-
-
 def _launch_out(plan: ChunkPlan, dev: int, q, k, v, o, s_in, sN, decay, scale: float, L: int, runs: int,
                 defines: tuple[str, ...] = (), dependent: bool = False) -> None:
     """The output kernel over B·H·runs segments of L tokens (`defines`: a build with those macros; `dependent`: a
     programmatic dependent of the kernel before it, which wrote s_in)."""
     B, H, N, _ = q.shape
-    plan = tokens_plan(plan, N)
     i32 = np.int32
     args = (_ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(s_in), _ptr(sN), _ptr(decay),
             i32(H), i32(N), i32(v.shape[-1]), np.float32(scale), i32(L), i32(runs))
@@ -1050,13 +1051,15 @@ def chunked(q, k, v, decay, *, scale, initial_state=None, plan: ChunkPlan | None
         if plan is not None or segments is not None:
             raise ValueError("chunked: lookback is a plan of its own (got a plan or segments as well)")
         lb = lookback_plan(D, E, dtype, lookback, dev)
-        if N:  # (no pieces at N = 0: the one-pass kernel below hands S0 back)
+        if N:  # (no pieces at N = 0: S0 is handed back below)
             return _lookback(lb, dev, q, k, v, decay, scale, s0)
     seq = None if (plan is not None and segments is None) or N == 0 else seq_plan(
         B, H, N, D, E, dtype, dev, segments, plan, gen)
     if seq is None:
         plan = (plan or chunk_plan(B, H, D, E, dtype, dev, gen=gen)).sized(dev)
         o, sN = _output_buffers(q, v)
+        if N == 0:  # no token: S0 (or 0) handed back, nothing launched (a tensor map has no empty dimension)
+            return o, sN.copy_(s0) if s0 is not None else sN.zero_()
         _launch_out(plan, dev, q, k, v, o, s0, sN, decay, scale, N, 1)
         return o, sN
     cc = torch.cuda.get_device_capability(dev)
